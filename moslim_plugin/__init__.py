@@ -1,0 +1,10 @@
+"""MOSLIM multi-objective alignment as an OpenRLHF plugin.
+
+Kept import-light on purpose: this module is imported in every Ray worker by the activation hook, and most
+workers never need torch-heavy MOSLIM code.
+"""
+
+__version__ = "0.1.0"
+
+# The OpenRLHF releases whose source our runtime patches were fingerprinted against (see moslim_plugin/patches.py).
+SUPPORTED_OPENRLHF = ("0.11.2",)

@@ -1,0 +1,5 @@
+import sys
+
+from moslim_plugin.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""`moslim-openrlhf <command> ...`: one console script, one module per command.
+
+Commands are imported lazily so that `--help` and the launcher stay fast and a missing optional dependency only
+breaks the command that needs it.
+"""
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train_ppo_ray": ("moslim_plugin.launcher", "run OpenRLHF's train_ppo_ray with the --moslim.* flags"),
+    "prepare-prompts": ("moslim_plugin.datasets", "condition a prompt dataset on preference directives"),
+    "prepare-ratings": ("moslim_plugin.ratings", "turn rated responses into per-objective classification rows"),
+    "train-rm": ("moslim_plugin.train_rm", "train the multi-head classification reward model"),
+    "evaluate": ("moslim_plugin.evaluate", "controllability evaluation of a policy, judged by an oracle"),
+    "demo": ("moslim_plugin.demo", "the whole MOSLIM loop on one CPU machine with real small models"),
+    "reward-func-path": ("moslim_plugin.remote_reward", "print the .py path to pass as --reward.remote_url"),
+    "serve-reward": ("moslim_plugin.server", "HTTP reward server speaking OpenRLHF's remote-RM protocol"),
+}
+
+SETUP_HINT = "moslim-openrlhf: {missing!r} is not installed here; run `make setup` first (see README.md)"
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        width = max(map(len, COMMANDS))
+        print("usage: moslim-openrlhf <command> [args...]\n\ncommands:")
+        for name, (_, help_text) in COMMANDS.items():
+            print(f"  {name:<{width}}  {help_text}")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"moslim-openrlhf: unknown command {command!r}; expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[command][0])
+    except ModuleNotFoundError as e:
+        # Only a missing third-party package means "not set up"; a missing module of ours is a real bug.
+        if e.name and not e.name.startswith("moslim_plugin"):
+            print(SETUP_HINT.format(missing=e.name), file=sys.stderr)
+            return 1
+        raise
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Shared fixtures. No tests/__init__.py: OpenRLHF's wheel installs a top-level package named `tests`."""
+
+import os
+import tempfile
+
+import pytest
+
+# Before anything imports torch/deepspeed: no hub, no tokenizer thread pools fighting over 2 cores, and a fresh
+# DeepSpeed extension folder (a killed JIT build leaves a lock that makes later runs hang).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", tempfile.mkdtemp(prefix="moslim-torch-ext-"))
+
+from moslim_plugin import compat  # noqa: E402
+
+# Mocks what cannot exist on a CPU machine (flash-attn): the shim is product code, used the same way at run time.
+compat.install()
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    from moslim_plugin.real_models import smollm2_path
+
+    return smollm2_path()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    from moslim_plugin.real_models import minilm_path
+
+    return minilm_path()

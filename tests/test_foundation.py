@@ -1,0 +1,108 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from moslim_plugin import compat
+
+
+@pytest.mark.unit
+def test_shim_padding_helpers_round_trip_exactly():
+    from flash_attn.bert_padding import index_first_axis, pad_input, unpad_input
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    hidden = torch.randn(3, 4, 5)
+    flat, indices, cu_seqlens, max_len, used = unpad_input(hidden, mask)
+    assert flat.shape == (9, 5)
+    assert cu_seqlens.tolist() == [0, 3, 5, 9] and max_len == 4 and used.tolist() == [3, 2, 4]
+    back = pad_input(flat, indices, 3, 4)
+    assert torch.equal(back * mask[..., None], hidden * mask[..., None])
+    assert torch.equal(index_first_axis(hidden.reshape(12, 5), indices), flat)
+
+
+@pytest.mark.unit
+def test_shim_has_no_flash_attn_ops_so_openrlhf_uses_torch_cross_entropy():
+    from openrlhf.models.utils import log_probs_from_logits
+
+    with pytest.raises(ImportError):
+        import flash_attn.ops.triton.cross_entropy  # noqa: F401
+    logits, labels = torch.randn(2, 3, 7), torch.randint(0, 7, (2, 3))
+    expected = torch.log_softmax(logits, -1).gather(-1, labels[..., None]).squeeze(-1)
+    torch.testing.assert_close(log_probs_from_logits(logits, labels), expected)
+
+
+@pytest.mark.unit
+def test_packing_and_ring_attention_without_flash_attn_are_refused_by_name():
+    from types import SimpleNamespace as NS
+
+    if compat.real_flash_attn_available():
+        pytest.skip("real flash-attn installed: nothing to refuse")
+    with pytest.raises(ValueError, match="--ds.packing_samples"):
+        compat.check_args(NS(ds=NS(packing_samples=True, ring_attn_size=1, attn_implementation="sdpa")))
+    with pytest.raises(ValueError, match="--ds.ring_attn_size 2"):
+        compat.check_args(NS(ds=NS(packing_samples=False, ring_attn_size=2, attn_implementation="sdpa")))
+    with pytest.raises(RuntimeError, match="ring attention needs the real flash-attn"):
+        from flash_attn.utils.distributed import all_gather
+
+        all_gather(torch.zeros(1))
+    compat.check_args(NS(ds=NS(packing_samples=False, ring_attn_size=1, attn_implementation="sdpa")))
+
+
+@pytest.mark.integration
+def test_real_openrlhf_builds_a_reward_model_from_a_tiny_local_config(tmp_path):
+    from openrlhf.models import get_llm_for_sequence_regression
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    )
+    LlamaModel(config).save_pretrained(tmp_path)
+    model = get_llm_for_sequence_regression(
+        str(tmp_path), "reward", param_dtype="bf16", attn_implementation="eager", init_value_head=True
+    )
+    ids = torch.randint(0, 128, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # left padding, as OpenRLHF pads prompts
+    reward = model(ids, mask)
+    assert reward.shape == (2,) and torch.isfinite(reward.float()).all()
+
+
+@pytest.mark.integration
+def test_smollm2_is_materialised_with_im_end_as_eos_and_pad(smollm2_dir):
+    cfg = json.loads((smollm2_dir / "tokenizer_config.json").read_text())
+    assert cfg["eos_token"] == "<|im_end|>" and cfg["pad_token"] == "<|im_end|>"
+    assert (smollm2_dir / "model.safetensors").is_file() and not list(smollm2_dir.glob("*.bin"))
+
+
+@pytest.mark.integration
+def test_minilm_wheel_is_a_safetensors_bert_folder(minilm_dir):
+    assert json.loads((minilm_dir / "config.json").read_text())["model_type"] == "bert"
+    assert (minilm_dir / "model.safetensors").is_file()
+
+
+@pytest.mark.unit
+def test_cli_lists_commands_and_names_an_unknown_one():
+    ok = subprocess.run([sys.executable, "-m", "moslim_plugin", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "train_ppo_ray" in ok.stdout and "train-rm" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "moslim_plugin", "trian-rm"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "'trian-rm'" in bad.stderr and "train-rm" in bad.stderr
+
+
+@pytest.mark.unit
+def test_cli_before_setup_prints_a_one_line_hint_not_a_traceback(tmp_path):
+    # A bare interpreter with only our source on the path: no torch, no OpenRLHF, as before `make setup`.
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from moslim_plugin.cli import main; sys.exit(main(['train_ppo_ray']))"
+    import moslim_plugin
+
+    src = str(__import__("pathlib").Path(moslim_plugin.__file__).parent.parent)
+    proc = subprocess.run(["python3", "-I", "-c", code, src], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "make setup" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
