@@ -1,4 +1,6 @@
-"""Print the pip requirements (or, with --no-deps, the packages to install without theirs) for a machine without CUDA, one per line (used by `make setup`).
+"""Print the pip requirements for a machine without CUDA, one per line (used by `make setup`).
+
+With --no-deps: the packages to install without their own requirements instead.
 
 stdlib only: it runs before anything is installed. OpenRLHF 0.11.2 requires flash-attn (CUDA-only), so `make setup`
 installs OpenRLHF with --no-deps and then everything below: our own dependencies and extras from pyproject.toml

@@ -98,7 +98,10 @@ def test_cli_lists_commands_and_names_an_unknown_one():
 @pytest.mark.unit
 def test_cli_before_setup_prints_a_one_line_hint_not_a_traceback(tmp_path):
     # A bare interpreter with only our source on the path: no torch, no OpenRLHF, as before `make setup`.
-    code = "import sys; sys.path.insert(0, sys.argv[1]); from moslim_plugin.cli import main; sys.exit(main(['train_ppo_ray']))"
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from moslim_plugin.cli import main; "
+        "sys.exit(main(['train_ppo_ray']))"
+    )
     import moslim_plugin
 
     src = str(__import__("pathlib").Path(moslim_plugin.__file__).parent.parent)
@@ -106,3 +109,25 @@ def test_cli_before_setup_prints_a_one_line_hint_not_a_traceback(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "make setup" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.gpu
+def test_stock_openrlhf_reward_model_runs_in_bf16_on_cuda(tmp_path):
+    from openrlhf.models import get_llm_for_sequence_regression
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+    )
+    LlamaModel(config).save_pretrained(tmp_path)
+    model = get_llm_for_sequence_regression(
+        str(tmp_path), "reward", param_dtype="bf16", attn_implementation="sdpa", init_value_head=True
+    ).cuda()
+    ids = torch.randint(0, 256, (4, 16), device="cuda")
+    reward = model(ids, torch.ones_like(ids))
+    assert reward.dtype == torch.bfloat16 and torch.isfinite(reward.float()).all()
