@@ -1,0 +1,231 @@
+"""Rated responses -> per-objective classification rows for `train-rm`.
+
+Every reader turns its source rows into (question, response, record) triples; the level of objective `o` is then
+read from `record` at `o.rating.path` (the objective's name when the spec has no `rating`) and binned by
+`o.rating.bins` (without bins the rating must be an integer and level = rating - lowest rating). Output rows are
+`{"question", "response", "labels": {objective: level or null}}`; a null label (missing rating) masks that head in
+the loss and keeps the other labels.
+
+Readers (`--moslim.format`):
+  helpsteer2     prompt, response, helpfulness/correctness/coherence/complexity/verbosity rated 0-4
+  ultrafeedback  instruction, completions[i].response, completions[i].annotations.<aspect>.Rating rated 1-5
+                 (aspects helpfulness, honesty, instruction_following, truthfulness; "N/A" = missing)
+  pku_saferlhf   prompt, response_{0,1}, is_response_{0,1}_safe -> `safe` (0/1), response_{0,1}_severity_level
+                 -> `severity` (0-3)
+  hh_rlhf        chosen/rejected dialogues; chosen -> 1, rejected -> 0 for the file's subset objective:
+                 helpful-* files -> `helpful`, harmless-* files -> `harmless`
+  generic        any JSON/JSONL/parquet/arrow rows; question/response and the spec's rating paths are dotted
+                 paths (`annotations.helpfulness`); ranges come from `rating.range` in the spec
+
+    moslim-openrlhf prepare-ratings --moslim.format helpsteer2 --moslim.spec helpsteer \
+        --data.dataset helpsteer2_train.jsonl --moslim.output ratings.jsonl
+"""
+
+import argparse
+import collections
+import gzip
+import json
+import os
+
+from moslim_plugin.spec import load_spec
+
+MISSING = object()
+NA_STRINGS = ("", "N/A", "n/a", "NA", "null", "None")
+HELPSTEER2_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+ULTRAFEEDBACK_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
+
+
+def read_records(path: str) -> list:
+    """Rows of a .json/.jsonl file (optionally .gz), a parquet/arrow file or a datasets save_to_disk folder."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    name = path[:-3] if path.endswith(".gz") else path
+    if name.endswith((".json", ".jsonl")):
+        # Plain json keeps nested ratings as they are; Arrow would force one schema on heterogeneous rows.
+        with gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8") as f:
+            text = f.read()
+        if text.lstrip().startswith("["):
+            return json.loads(text)
+        rows = []
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: line {line_no} is not valid JSON ({e})") from None
+        return rows
+    import datasets
+
+    if name.endswith((".parquet", ".arrow", ".csv")):
+        kind = os.path.splitext(name)[1][1:]
+        return list(datasets.load_dataset(kind, data_files=path, split="train"))
+    if os.path.isdir(path):
+        data = datasets.load_from_disk(path)
+        return list(data["train"] if isinstance(data, datasets.DatasetDict) else data)
+    raise ValueError(f"{path}: unknown file type; expected .json, .jsonl(.gz), .parquet, .arrow, .csv or a folder")
+
+
+def get_path(record, path: str):
+    """`annotations.helpfulness` -> record["annotations"]["helpfulness"]; list items by number; MISSING if absent."""
+    value = record
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return MISSING
+    return value
+
+
+def split_hh_dialogue(text: str) -> tuple[str, str]:
+    """HH-RLHF dialogue -> (conversation up to the last assistant turn, last assistant turn)."""
+    head, sep, response = text.rpartition("\n\nAssistant:")
+    if not sep:
+        raise ValueError(f"no '\\n\\nAssistant:' turn in {text[:80]!r}")
+    return head.strip(), response.strip()
+
+
+def hh_subset(path: str) -> str:
+    base = os.path.basename(path)
+    if base.startswith("harmless"):
+        return "harmless"
+    if base.startswith("helpful"):
+        return "helpful"
+    raise ValueError(f"{path}: cannot tell the HH-RLHF subset from the file name; pass --moslim.hh_subset")
+
+
+def reader_triples(fmt: str, rows, path: str, question_key: str, response_key: str, subset: str | None):
+    """Yield (row index, question, response, record, declared ranges {attribute: (lo, hi)} or None)."""
+    if fmt == "helpsteer2":
+        ranges = {a: (0, 4) for a in HELPSTEER2_ATTRIBUTES}
+        for i, row in enumerate(rows):
+            yield i, row.get("prompt", MISSING), row.get("response", MISSING), row, ranges
+    elif fmt == "ultrafeedback":
+        ranges = {a: (1, 5) for a in ULTRAFEEDBACK_ASPECTS}
+        for i, row in enumerate(rows):
+            for completion in row.get("completions") or []:
+                annotations = completion.get("annotations") or {}
+                record = {a: get_path(annotations, f"{a}.Rating") for a in ULTRAFEEDBACK_ASPECTS}
+                yield i, row.get("instruction", MISSING), completion.get("response", MISSING), record, ranges
+    elif fmt == "pku_saferlhf":
+        ranges = {"safe": (0, 1), "severity": (0, 3)}
+        for i, row in enumerate(rows):
+            for r in (0, 1):
+                safe = row.get(f"is_response_{r}_safe", MISSING)
+                record = {
+                    "safe": int(safe) if isinstance(safe, bool) else safe,
+                    "severity": row.get(f"response_{r}_severity_level", MISSING),
+                }
+                yield i, row.get("prompt", MISSING), row.get(f"response_{r}", MISSING), record, ranges
+    elif fmt == "hh_rlhf":
+        subset = subset or hh_subset(path)
+        ranges = {"helpful": (0, 1), "harmless": (0, 1)}
+        for i, row in enumerate(rows):
+            for key, level in (("chosen", 1), ("rejected", 0)):
+                if not isinstance(row.get(key), str):
+                    raise ValueError(f"{path}: row {i}: expected a {key!r} dialogue string, got {row.get(key)!r:.80}")
+                question, response = split_hh_dialogue(row[key])
+                yield i, question, response, {subset: level}, ranges
+    elif fmt == "generic":
+        for i, row in enumerate(rows):
+            yield i, get_path(row, question_key), get_path(row, response_key), row, None
+    else:
+        raise ValueError(f"unknown --moslim.format {fmt!r}; expected one of {READERS}")
+
+
+READERS = ("helpsteer2", "ultrafeedback", "pku_saferlhf", "hh_rlhf", "generic")
+
+
+def to_level(objective, value, declared_range, where: str):
+    """A raw rating -> a level of `objective` (None when the rating is missing); errors name `where`."""
+    if value is MISSING or value is None or (isinstance(value, str) and value.strip() in NA_STRINGS):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"{where}: rating {value!r} for {objective.name!r} is not a number") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{where}: rating {value!r} for {objective.name!r} is not a number")
+    rating = objective.rating or {}
+    lo, hi = rating.get("range") or declared_range or (0, objective.levels - 1)
+    if not lo <= value <= hi:
+        raise ValueError(f"{where}: rating {value!r} for {objective.name!r} is outside its range [{lo}, {hi}]")
+    if "bins" in rating:
+        return sum(value >= threshold for threshold in rating["bins"])
+    if value != int(value) or hi - lo + 1 != objective.levels:
+        raise ValueError(
+            f"{where}: rating {value!r} for {objective.name!r} (range [{lo}, {hi}]) cannot be mapped onto "
+            f"{objective.levels} levels without 'rating.bins' in the spec"
+        )
+    return int(value - lo)
+
+
+def convert(spec, fmt: str, path: str, rows, question_key="question", response_key="response", subset=None):
+    """Rated rows of one file -> [{"question", "response", "labels"}]; every error names the file and the row."""
+    if not rows:
+        raise ValueError(f"{path}: the dataset is empty")
+    paths = {o.name: (o.rating or {}).get("path", o.name) for o in spec.objectives}
+    out, found = [], collections.Counter()
+    for i, question, response, record, ranges in reader_triples(fmt, rows, path, question_key, response_key, subset):
+        where = f"{path}: row {i}"
+        for key, value in (("question", question), ("response", response)):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{where}: expected a non-empty {key} string, got {value!r:.80}")
+        labels = {}
+        for objective in spec.objectives:
+            attribute = paths[objective.name]
+            if ranges is not None and attribute not in ranges:
+                raise ValueError(
+                    f"{path}: objective {objective.name!r} reads rating {attribute!r}, which the {fmt} reader "
+                    f"does not provide; it provides {sorted(ranges)} (set rating.path in the spec)"
+                )
+            value = get_path(record, attribute)
+            found[objective.name] += value is not MISSING
+            declared = ranges[attribute] if ranges is not None else None
+            labels[objective.name] = to_level(objective, value, declared, where)
+        out.append({"question": question, "response": response, "labels": labels})
+    if fmt == "generic":
+        unknown = [f"{name} -> {paths[name]!r}" for name in spec.names if not found[name]]
+        if unknown:
+            raise ValueError(f"{path}: rating path(s) found in no row: {unknown}; first row keys: {list(rows[0])}")
+    return out
+
+
+def level_summary(spec, rows) -> str:
+    lines = [f"{len(rows)} rated responses; level counts per objective ('-' = no rating):"]
+    for objective in spec.objectives:
+        c = collections.Counter(row["labels"][objective.name] for row in rows)
+        cells = [f"{name}:{c[i]}" for i, name in enumerate(objective.level_names)] + [f"-:{c[None]}"]
+        lines.append(f"  {objective.name:<16} " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="moslim-openrlhf prepare-ratings", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data.dataset", required=True, help="comma-separated files or save_to_disk folders")
+    p.add_argument("--moslim.format", required=True, choices=READERS)
+    p.add_argument("--moslim.spec", required=True, help="objective spec (YAML/JSON or a bundled name)")
+    p.add_argument("--moslim.output", required=True, help="output .jsonl")
+    p.add_argument("--moslim.question_key", default="question", help="dotted path of the question (generic)")
+    p.add_argument("--moslim.response_key", default="response", help="dotted path of the response (generic)")
+    p.add_argument("--moslim.hh_subset", default=None, choices=("helpful", "harmless"), help="default: file name")
+    args = vars(p.parse_args(argv))
+
+    spec = load_spec(args["moslim.spec"])
+    out = []
+    for path in (p.strip() for p in args["data.dataset"].split(",")):
+        rows = read_records(path)
+        keys = (args["moslim.question_key"], args["moslim.response_key"], args["moslim.hh_subset"])
+        out += convert(spec, args["moslim.format"], path, rows, *keys)
+    labelled = [row for row in out if any(level is not None for level in row["labels"].values())]
+    if not labelled:
+        raise ValueError(f"{args['data.dataset']}: no row has a rating for any objective of {list(spec.names)}")
+    os.makedirs(os.path.dirname(os.path.abspath(args["moslim.output"])), exist_ok=True)
+    with open(args["moslim.output"], "w") as f:
+        for row in labelled:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(level_summary(spec, labelled))
+    print(f"wrote {len(labelled)} rows to {args['moslim.output']} ({len(out) - len(labelled)} without any rating)")
+    return 0

@@ -1,0 +1,146 @@
+import gzip
+import json
+
+import pytest
+
+from moslim_plugin.ratings import convert, main, read_records
+from moslim_plugin.spec import load_spec
+
+HH_SHARED = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+GENERIC_SPEC = {
+    "objectives": [
+        {
+            "name": "helpfulness",
+            "levels": 3,
+            "rating": {"path": "annotations.help", "bins": [3.5, 7], "range": [0, 9]},
+        },
+        {"name": "safety", "levels": 2, "rating": {"path": "flags.safe", "bins": [0.5], "range": [0, 1]}},
+    ]
+}
+
+
+@pytest.mark.unit
+def test_generic_reader_bins_nested_ratings_and_keeps_other_labels_when_one_is_missing(tmp_path):
+    rows = [
+        {"q": {"text": "hi?"}, "a": "hello", "annotations": {"help": 8.0}, "flags": {"safe": 1}},
+        {"q": {"text": "how?"}, "a": "so", "annotations": {"help": 3.49}},  # no safety rating
+        {"q": {"text": "why?"}, "a": "because", "annotations": {"help": 3.5}, "flags": {"safe": 0}},
+    ]
+    src, out = write_jsonl(tmp_path / "r.jsonl", rows), tmp_path / "out.jsonl"
+    argv = ["--data.dataset", src, "--moslim.format", "generic", "--moslim.output", str(out)]
+    argv += ["--moslim.question_key", "q.text", "--moslim.response_key", "a"]
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(GENERIC_SPEC))
+    assert main(argv + ["--moslim.spec", str(spec_path)]) == 0
+    got = read_jsonl(out)
+    assert [r["labels"] for r in got] == [
+        {"helpfulness": 2, "safety": 1},
+        {"helpfulness": 0, "safety": None},
+        {"helpfulness": 1, "safety": 0},
+    ]
+    assert got[0]["question"] == "hi?" and got[2]["response"] == "because"
+
+
+@pytest.mark.unit
+def test_rating_outside_declared_range_names_file_row_and_value(tmp_path):
+    spec = load_spec(GENERIC_SPEC)
+    rows = [{"question": "q", "response": "r", "annotations": {"help": 5}, "flags": {"safe": 1}}] * 2
+    rows = rows + [{"question": "q", "response": "r", "annotations": {"help": 10}, "flags": {"safe": 1}}]
+    with pytest.raises(ValueError, match=r"data\.jsonl: row 2: rating 10 for 'helpfulness' is outside .*\[0, 9\]"):
+        convert(spec, "generic", "data.jsonl", rows)
+
+
+@pytest.mark.unit
+def test_rating_path_found_in_no_row_is_an_unknown_column_error():
+    spec = load_spec(GENERIC_SPEC)
+    rows = [{"question": "q", "response": "r", "annotations": {"helpfulness": 3}, "flags": {"safe": 1}}]
+    with pytest.raises(ValueError, match=r"x\.jsonl: rating path\(s\) found in no row.*annotations\.help"):
+        convert(spec, "generic", "x.jsonl", rows)
+
+
+@pytest.mark.unit
+def test_empty_dataset_is_an_error_naming_the_file(tmp_path):
+    src = tmp_path / "empty.jsonl"
+    src.write_text("")
+    with pytest.raises(ValueError, match="empty.jsonl: the dataset is empty"):
+        convert(load_spec("hh"), "hh_rlhf", str(src), read_records(str(src)))
+
+
+@pytest.mark.unit
+def test_helpsteer2_attributes_map_directly_onto_five_levels():
+    spec = load_spec("helpsteer")  # helpfulness, verbosity (0-4) and harmlessness, which HelpSteer2 does not rate
+    spec = load_spec({"objectives": [o.to_dict() for o in spec.objectives[:2]]})
+    rows = [{"prompt": "p", "response": "r", "helpfulness": 4, "verbosity": 0, "coherence": 3}]
+    assert convert(spec, "helpsteer2", "hs2.jsonl", rows)[0]["labels"] == {"helpfulness": 4, "verbosity": 0}
+    with pytest.raises(ValueError, match=r"hs2\.jsonl: row 0: rating 5 for 'verbosity' is outside its range \[0, 4\]"):
+        convert(spec, "helpsteer2", "hs2.jsonl", [dict(rows[0], verbosity=5)])
+
+
+@pytest.mark.unit
+def test_helpsteer2_reader_rejects_objective_it_cannot_rate():
+    with pytest.raises(ValueError, match="'harmlessness' reads rating 'harmlessness'.*does not provide"):
+        convert(load_spec("helpsteer"), "helpsteer2", "hs2.jsonl", [{"prompt": "p", "response": "r"}])
+
+
+@pytest.mark.unit
+def test_ultrafeedback_splits_completions_and_treats_na_as_missing():
+    spec = load_spec(
+        {
+            "objectives": [
+                {"name": "helpfulness", "levels": 5},  # no bins: rating 1-5 -> level 0-4
+                {"name": "honesty", "levels": 2, "rating": {"path": "honesty", "bins": [3.5]}},
+            ]
+        }
+    )
+    completion = {"response": "a", "annotations": {"helpfulness": {"Rating": "5"}, "honesty": {"Rating": "N/A"}}}
+    other = {"response": "b", "annotations": {"helpfulness": {"Rating": "1"}, "honesty": {"Rating": "4"}}}
+    rows = [{"instruction": "q", "completions": [completion, other]}]
+    got = convert(spec, "ultrafeedback", "uf.jsonl", rows)
+    assert [(r["response"], r["labels"]) for r in got] == [
+        ("a", {"helpfulness": 4, "honesty": None}),
+        ("b", {"helpfulness": 0, "honesty": 1}),
+    ]
+
+
+@pytest.mark.unit
+def test_pku_saferlhf_gives_safety_flag_and_severity_per_response():
+    spec = load_spec({"objectives": [{"name": "safe", "levels": 2}, {"name": "severity", "levels": 4}]})
+    row = {
+        "prompt": "p",
+        "response_0": "ok",
+        "response_1": "bad",
+        "is_response_0_safe": True,
+        "is_response_1_safe": False,
+        "response_0_severity_level": 0,
+        "response_1_severity_level": 3,
+    }
+    got = convert(spec, "pku_saferlhf", "pku.jsonl", [row])
+    assert [r["labels"] for r in got] == [{"safe": 1, "severity": 0}, {"safe": 0, "severity": 3}]
+    with pytest.raises(ValueError, match=r"pku\.jsonl: row 0: rating 4 for 'severity'"):
+        convert(spec, "pku_saferlhf", "pku.jsonl", [dict(row, response_1_severity_level=4)])
+
+
+@pytest.mark.unit
+def test_hh_rlhf_pairs_label_only_the_subset_objective(tmp_path):
+    # The first rows of the real harmless-base test split, re-compressed under the real file name.
+    with gzip.open(HH_SHARED, "rt") as f:
+        rows = [json.loads(next(f)) for _ in range(3)]
+    src = tmp_path / "harmless-base-test.jsonl.gz"
+    with gzip.open(src, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    got = convert(load_spec("hh"), "hh_rlhf", str(src), read_records(str(src)))
+    assert len(got) == 6
+    assert [r["labels"] for r in got[:2]] == [{"helpful": None, "harmless": 1}, {"helpful": None, "harmless": 0}]
+    assert got[0]["question"].startswith("Human:") and "\n\nAssistant:" not in got[0]["response"]
+    assert got[0]["response"] == rows[0]["chosen"].rpartition("\n\nAssistant:")[2].strip()
