@@ -1,0 +1,223 @@
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moslim_plugin.directives import (
+    DirectiveError,
+    apply_directive,
+    label_to_request,
+    parse_directive,
+    render_directive,
+    request_to_label,
+    validate_request,
+)
+from moslim_plugin.spec import load_spec
+
+HELPSTEER = load_spec("helpsteer")
+
+# Level names / phrasings as free as the spec allows: parentheses, colons, slashes, digits, unicode.
+_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters=";[]\n\r"), min_size=1, max_size=12
+).filter(str.strip)
+
+
+@st.composite
+def spec_and_request(draw):
+    names = draw(st.lists(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True), min_size=1, max_size=5,
+                          unique=True))  # fmt: skip
+    objectives = []
+    for name in names:
+        levels = draw(st.integers(2, 9))
+        objective = {"name": name, "levels": levels}
+        if draw(st.booleans()):
+            objective["level_names"] = draw(st.lists(_text, min_size=levels, max_size=levels, unique=True))
+        if draw(st.booleans()):
+            objective["phrasing"] = draw(st.sampled_from(["{level}", "be {level} ({index} of {max})", "", "x ) ("]))
+        objectives.append(objective)
+    spec = load_spec({"objectives": objectives})
+    chosen = draw(st.lists(st.sampled_from(names), unique=True))
+    request = {name: draw(st.integers(0, spec.levels[spec.index(name)] - 1)) for name in chosen}
+    return spec, request
+
+
+@pytest.mark.unit
+def test_render_matches_documented_format():
+    text = render_directive(HELPSTEER, {"verbosity": 1, "helpfulness": 3})
+    assert text == "[Preferences] helpfulness: 3/4 (very helpful); verbosity: 1/4 (concise) [/Preferences]"
+    assert render_directive(HELPSTEER, {}) == "[Preferences] no preference [/Preferences]"
+    unnamed = load_spec({"objectives": [{"name": "a", "levels": 3}]})
+    assert render_directive(unnamed, {"a": 2}) == "[Preferences] a: 2/2 [/Preferences]"
+
+
+@pytest.mark.unit
+@settings(max_examples=300, deadline=None)
+@given(spec_and_request(), st.text(max_size=30), st.text(max_size=30))
+def test_render_then_parse_is_identity_for_every_valid_request(spec_request, before, after):
+    spec, request = spec_request
+    text = render_directive(spec, request)
+    assert parse_directive(spec, text) == request
+    # Surrounding text (templates, user message, the response) does not disturb it unless it opens a directive first.
+    if "[preferences]" not in before.lower():
+        assert parse_directive(spec, before + text + after) == request
+    assert list(parse_directive(spec, text)) == [n for n in spec.names if n in request]  # spec order out
+
+
+@pytest.mark.unit
+@settings(max_examples=150, deadline=None)
+@given(spec_and_request())
+def test_label_round_trip_is_identity_for_string_and_decoded_forms(spec_request):
+    spec, request = spec_request
+    label = request_to_label(spec, request)
+    assert " " not in label
+    assert label_to_request(spec, label) == request
+    assert label_to_request(spec, json.loads(label)) == request
+
+
+@pytest.mark.unit
+def test_label_is_canonical_json_in_spec_order():
+    label = request_to_label(HELPSTEER, {"harmlessness": 1, "helpfulness": 0})
+    expected = '{"moslim":{"targets":{"helpfulness":0,"harmlessness":1},"spec":"FP"}}'
+    assert label == expected.replace("FP", HELPSTEER.fingerprint)
+
+
+@pytest.mark.unit
+def test_first_directive_wins_over_an_echo_in_the_response():
+    prompt = render_directive(HELPSTEER, {"verbosity": 0})
+    response = render_directive(HELPSTEER, {"verbosity": 4})
+    assert parse_directive(HELPSTEER, prompt + "\nSure! " + response) == {"verbosity": 0}
+
+
+@pytest.mark.unit
+def test_parse_accepts_lowercased_tags_and_loose_spacing():
+    assert parse_directive(HELPSTEER, "[preferences]helpfulness :2 / 4 ( x );verbosity: 0/4[/preferences]") == {
+        "helpfulness": 2,
+        "verbosity": 0,
+    }
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ("Just answer the question.", r"no \[Preferences\] \.\.\. \[/Preferences\] directive found in text: 'Just"),
+        ("[Preferences] helpfulness: 3/4", r"opening tag but no closing tag"),
+        ("[Preferences] style: 1/4 (x) [/Preferences]", r"unknown objective 'style'.*\['helpfulness', 'verbosity'"),
+        ("[Preferences] helpfulness: 5/4 [/Preferences]", r"level 5 for 'helpfulness' is out of range 0\.\.4"),
+        ("[Preferences] helpfulness: -1/4 [/Preferences]", r"level -1 for 'helpfulness' is out of range"),
+        (
+            "[Preferences] helpfulness: 1/2 [/Preferences]",
+            r"0\.\.2 scale, but the spec .*helpsteer\.yaml.* has 0\.\.4",
+        ),
+        ("[Preferences] helpfulness = high [/Preferences]", r"malformed directive item 'helpfulness = high'"),
+        ("[Preferences] [/Preferences]", r"malformed directive item ''"),
+        ("[Preferences] verbosity: 1/4; verbosity: 2/4 [/Preferences]", r"'verbosity' appears twice"),
+    ],
+)
+def test_bad_directive_text_gives_precise_error(text, pattern):
+    with pytest.raises(DirectiveError, match=pattern):
+        parse_directive(HELPSTEER, text)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "request_, pattern",
+    [
+        ({"style": 1}, r"unknown objective 'style' in request"),
+        ({"harmlessness": 2}, r"level 2 for 'harmlessness' is out of range: expected an integer 0\.\.1"),
+        ({"helpfulness": 1.0}, r"level 1\.0 for 'helpfulness'"),
+        ({"helpfulness": True}, r"level True for 'helpfulness'"),
+        ([("helpfulness", 1)], r"a request must be a dict"),
+    ],
+)
+def test_bad_request_gives_precise_error(request_, pattern):
+    with pytest.raises(DirectiveError, match=pattern):
+        render_directive(HELPSTEER, request_)
+    with pytest.raises(DirectiveError, match=pattern):
+        request_to_label(HELPSTEER, request_)
+
+
+@pytest.mark.unit
+def test_validate_request_accepts_numpy_ints_and_orders_by_spec():
+    np = pytest.importorskip("numpy")
+    out = validate_request(HELPSTEER, {"verbosity": np.int64(2), "helpfulness": 1})
+    assert out == {"helpfulness": 1, "verbosity": 2} and all(type(v) is int for v in out.values())
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "label, pattern",
+    [
+        ("not json", r"label is not MOSLIM JSON"),
+        ('{"targets": {}}', r'expected a label \{"moslim"'),
+        ({"moslim": {"targets": {}}}, r"exactly the keys 'targets' and 'spec'"),
+        ({"moslim": {"targets": {}, "spec": "0123456789abcdef"}}, r"made for spec fingerprint '0123456789abcdef'"),
+        (None, r'expected a label \{"moslim"'),
+    ],
+)
+def test_bad_label_gives_precise_error(label, pattern):
+    with pytest.raises(DirectiveError, match=pattern):
+        label_to_request(HELPSTEER, label)
+
+
+@pytest.mark.unit
+def test_label_for_another_spec_is_refused():
+    hh = load_spec("hh")
+    with pytest.raises(DirectiveError, match=r"prepare the prompts again"):
+        label_to_request(HELPSTEER, request_to_label(hh, {"helpful": 1}))
+
+
+@pytest.mark.unit
+def test_apply_directive_system_placement_creates_or_prepends_and_keeps_input():
+    req = {"helpfulness": 4}
+    assert apply_directive(HELPSTEER, req, "Hi") == [
+        {"role": "system", "content": render_directive(HELPSTEER, req)},
+        {"role": "user", "content": "Hi"},
+    ]
+    original = [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi"}]
+    out = apply_directive(HELPSTEER, req, original)
+    assert out[0]["content"] == render_directive(HELPSTEER, req) + "\n\nBe nice."
+    assert original[0]["content"] == "Be nice."  # not modified in place
+    assert parse_directive(HELPSTEER, out[0]["content"]) == req
+
+
+@pytest.mark.unit
+def test_apply_directive_user_prefix_goes_on_the_last_user_message():
+    messages = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "second"},
+    ]
+    out = apply_directive(HELPSTEER, {"verbosity": 3}, messages, placement="user_prefix")
+    assert out[0]["content"] == "first" and out[1]["content"] == "ok"
+    assert out[2]["content"] == "[Preferences] verbosity: 3/4 (detailed) [/Preferences]\n\nsecond"
+
+
+@pytest.mark.unit
+def test_apply_directive_errors():
+    with pytest.raises(DirectiveError, match=r"placement must be one of \('system', 'user_prefix'\), got 'top'"):
+        apply_directive(HELPSTEER, {}, "Hi", placement="top")
+    with pytest.raises(DirectiveError, match=r"needs a user message; roles: \['system'\]"):
+        apply_directive(HELPSTEER, {}, [{"role": "system", "content": "x"}], placement="user_prefix")
+    with pytest.raises(DirectiveError, match=r"prompt must be a str or a list"):
+        apply_directive(HELPSTEER, {}, [{"role": "user"}])
+    done = apply_directive(HELPSTEER, {"verbosity": 1}, "Hi")
+    with pytest.raises(DirectiveError, match=r"the system message already carries a directive"):
+        apply_directive(HELPSTEER, {"verbosity": 2}, done)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("placement", ["system", "user_prefix"])
+def test_directive_survives_smollm2_chat_template_and_tokenizer_round_trip(smollm2_dir, placement):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    request = {"helpfulness": 3, "harmlessness": 1}
+    messages = apply_directive(HELPSTEER, request, "What is the capital of France?", placement=placement)
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert "<|im_start|>" in prompt and "[Preferences]" in prompt
+    if placement == "system":  # our system message replaces SmolLM2's default one
+        assert prompt.count("<|im_start|>system") == 1
+    decoded = tokenizer.decode(tokenizer(prompt + "Paris.")["input_ids"], skip_special_tokens=False)
+    assert parse_directive(HELPSTEER, decoded) == request
