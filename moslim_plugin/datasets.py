@@ -1,0 +1,249 @@
+"""Prompt conditioning: give every prompt a preference directive and a MOSLIM label.
+
+`TargetSampler` picks the requested target levels of a row as a pure function of (seed, row index), so the offline
+`moslim-openrlhf prepare-prompts` command and the OpenRLHF dataset hook (which calls `condition_row` on each raw row)
+produce the same prompts for the same seed. A row that already carries a MOSLIM label passes through unchanged.
+
+    moslim-openrlhf prepare-prompts --data.dataset prompts.jsonl --data.input_key question \
+        --moslim.spec spec.yaml --moslim.sampling subset --moslim.output conditioned.jsonl
+"""
+
+import argparse
+import collections
+import json
+import os
+import random
+from types import SimpleNamespace
+
+from moslim_plugin.directives import (
+    DEFAULT_PLACEMENT,
+    DirectiveError,
+    apply_directive,
+    label_to_request,
+    request_to_label,
+    validate_request,
+)
+from moslim_plugin.spec import load_spec
+
+SAMPLING_MODES = ("uniform", "subset", "fixed", "column")
+FILE_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet", ".arrow")
+
+
+def check_request(spec, request: dict, where: str) -> dict[str, int]:
+    """Targets must be levels of the spec's objectives, and a conditioned prompt must request at least one."""
+    try:
+        request = validate_request(spec, request)
+    except DirectiveError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if not request:
+        raise ValueError(f"{where}: no objective is requested; at least one target is needed")
+    return request
+
+
+def parse_assignments(text: str, flag: str) -> dict[str, str]:
+    """`a=3,b=1` -> {"a": "3", "b": "1"}; a bare `a` maps to itself (used for column names)."""
+    pairs = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        pairs[key.strip()] = value.strip() or key.strip()
+    if not pairs:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated name=value pairs")
+    return pairs
+
+
+class TargetSampler:
+    """Which target levels a prompt asks for; deterministic in (seed, row index), independent of call order.
+
+    uniform: every objective, each level equally likely. subset: a random non-empty subset of the objectives (the
+    mask), uniform levels. fixed: the same targets for every row. column: per-row targets read from the columns
+    `columns` = {objective: column}; an empty cell leaves that objective unrequested.
+    """
+
+    def __init__(self, spec, mode="uniform", seed=0, fixed=None, columns=None):
+        if mode not in SAMPLING_MODES:
+            raise ValueError(f"unknown sampling mode {mode!r}; expected one of {SAMPLING_MODES}")
+        if mode == "fixed" and not fixed:
+            raise ValueError("sampling mode 'fixed' needs targets, e.g. --moslim.fixed helpfulness=3,verbosity=1")
+        if mode == "column" and not columns:
+            raise ValueError("sampling mode 'column' needs columns, e.g. --moslim.columns helpfulness=help_score")
+        self.spec, self.mode, self.seed = spec, mode, seed
+        self.fixed = check_request(spec, dict(fixed), "--moslim.fixed") if mode == "fixed" else None
+        self.columns = dict(columns) if mode == "column" else None
+        for name in self.columns or {}:
+            check_request(spec, {name: 0}, "--moslim.columns")
+
+    def sample(self, row: dict, index: int) -> dict[str, int]:
+        if self.mode == "fixed":
+            return dict(self.fixed)
+        if self.mode == "column":
+            return self._from_columns(row, index)
+        # A string seed goes through sha512: the same stream in every process, whatever PYTHONHASHSEED is.
+        rng = random.Random(f"moslim/{self.seed}/{index}")
+        names = list(self.spec.names)
+        if self.mode == "subset":
+            chosen = set(rng.sample(names, rng.randint(1, len(names))))
+            names = [name for name in names if name in chosen]
+        return {name: rng.randrange(self.spec.levels[self.spec.index(name)]) for name in names}
+
+    def _from_columns(self, row, index):
+        request = {}
+        for name, column in self.columns.items():
+            if column not in row:
+                raise ValueError(f"row {index}: no column {column!r} (for objective {name!r}); columns: {list(row)}")
+            value = row[column]
+            if value is None or value == "":
+                continue
+            level_names = self.spec.objectives[self.spec.index(name)].level_names
+            if isinstance(value, str) and value in level_names:
+                value = level_names.index(value)
+            elif isinstance(value, float) and value.is_integer():
+                value = int(value)
+            request[name] = value
+        return check_request(self.spec, request, f"row {index}")
+
+
+def is_moslim_label(label) -> bool:
+    if isinstance(label, dict):
+        return "moslim" in label
+    return isinstance(label, str) and label.lstrip().startswith('{"moslim"')
+
+
+def question_text(prompt) -> str:
+    """The user's own words: the prompt string, or the last user message of a chat."""
+    if isinstance(prompt, str):
+        return prompt
+    user_turns = [m["content"] for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+    if not user_turns or not isinstance(user_turns[-1], str):
+        raise ValueError(f"a chat prompt needs a user message with text content, got {prompt!r:.200}")
+    return user_turns[-1]
+
+
+def condition_row(
+    row,
+    spec,
+    sampler,
+    index,
+    input_key="input",
+    label_key="label",
+    placement=DEFAULT_PLACEMENT,
+    question_key="raw_question",
+) -> dict:
+    """The row with the directive applied to `row[input_key]` (chat messages) and the MOSLIM label set.
+
+    The raw question is kept in `question_key` because the reward model scores (question, response), not the
+    directive-carrying prompt. A row with a MOSLIM label already passes through unchanged (after checking that the
+    label was made with this spec); a row with some other label is an error rather than silently overwritten.
+    """
+    label = row.get(label_key)
+    if is_moslim_label(label):
+        label_to_request(spec, label)
+        return row
+    if label not in (None, ""):
+        raise ValueError(
+            f"row {index}: column {label_key!r} already holds a non-MOSLIM label {label!r:.80}; "
+            f"pass another --data.label_key"
+        )
+    if input_key not in row:
+        raise ValueError(f"row {index}: no input column {input_key!r} (--data.input_key); columns: {list(row)}")
+    prompt = row[input_key]
+    if not isinstance(prompt, (str, list)) or not prompt:
+        raise ValueError(f"row {index}: {input_key!r} must be a non-empty string or chat messages, got {prompt!r:.80}")
+    request = sampler.sample(row, index)
+    out = dict(row)
+    out[question_key] = question_text(prompt)
+    out[input_key] = apply_directive(spec, request, prompt, placement=placement)
+    out[label_key] = request_to_label(spec, request)
+    return out
+
+
+def condition_rows(rows, spec, sampler, source="<rows>", **keys) -> list[dict]:
+    """`condition_row` over an iterable of rows (row index = position); errors name `source` and the row."""
+    out = []
+    for index, row in enumerate(rows):
+        try:
+            out.append(condition_row(row, spec, sampler, index, **keys))
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
+    if not out:
+        raise ValueError(f"{source}: the dataset is empty")
+    return out
+
+
+def target_summary(spec, rows, label_key="label") -> str:
+    """One line per objective: how often each level is requested, and how often the objective is left out."""
+    counts = {name: collections.Counter() for name in spec.names}
+    for row in rows:
+        request = label_to_request(spec, row[label_key])
+        for name in spec.names:
+            counts[name][request.get(name, "-")] += 1
+    lines = [f"{len(rows)} prompts; requested level counts per objective ('-' = not requested):"]
+    for objective in spec.objectives:
+        c = counts[objective.name]
+        cells = [f"{level}:{c[i]}" for i, level in enumerate(objective.level_names)] + [f"-:{c['-']}"]
+        lines.append(f"  {objective.name:<16} " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def load_prompt_data(datasets: str, split: str, max_samples: int):
+    """Whatever OpenRLHF's `blending_datasets` reads (json/jsonl/csv/parquet/arrow files, save_to_disk folders)."""
+    from openrlhf.datasets.utils import blending_datasets
+
+    for path in (p.split("@")[0].strip() for p in datasets.split(",")):
+        # blending_datasets sends a missing local file to the hub loader, whose error does not say "not found".
+        if path.lower().endswith(FILE_EXTENSIONS) and not os.path.exists(path):
+            raise FileNotFoundError(f"--data.dataset: no such file {path!r}")
+    quiet = SimpleNamespace(print=lambda *a: None, is_rank_0=lambda: False, args=SimpleNamespace(use_ms=False))
+    return blending_datasets(datasets, None, quiet, max_count=max_samples, dataset_split=split)
+
+
+def write_rows(rows, output: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    if output.endswith((".jsonl", ".json")):
+        with open(output, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        from datasets import Dataset
+
+        Dataset.from_list(rows).save_to_disk(output)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="moslim-openrlhf prepare-prompts", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data.dataset", required=True, help="comma-separated paths, as OpenRLHF's --data.dataset")
+    p.add_argument("--data.dataset_split", default="train")
+    p.add_argument("--data.max_samples", type=int, default=int(1e8))
+    p.add_argument("--data.input_key", default="input")
+    p.add_argument("--data.label_key", default="label")
+    p.add_argument("--moslim.spec", required=True, help="objective spec (YAML or JSON)")
+    p.add_argument("--moslim.output", required=True, help=".jsonl file, or a folder for datasets' save_to_disk")
+    p.add_argument("--moslim.sampling", default="uniform", choices=SAMPLING_MODES)
+    p.add_argument("--moslim.fixed", default=None, help="fixed targets, e.g. helpfulness=3,verbosity=1")
+    p.add_argument("--moslim.columns", default=None, help="per-row targets: objective=column,...")
+    p.add_argument("--moslim.seed", type=int, default=42)
+    p.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=("system", "user_prefix"))
+    p.add_argument("--moslim.question_key", default="raw_question", help="column that keeps the raw question")
+    args = vars(p.parse_args(argv))
+
+    spec = load_spec(args["moslim.spec"])
+    fixed = args["moslim.fixed"] and parse_assignments(args["moslim.fixed"], "--moslim.fixed")
+    if fixed:
+        try:
+            fixed = {name: int(level) for name, level in fixed.items()}
+        except ValueError as e:
+            raise ValueError(f"--moslim.fixed {args['moslim.fixed']!r}: levels must be integers ({e})") from None
+    columns = args["moslim.columns"] and parse_assignments(args["moslim.columns"], "--moslim.columns")
+    sampler = TargetSampler(spec, args["moslim.sampling"], args["moslim.seed"], fixed=fixed, columns=columns)
+
+    data = load_prompt_data(args["data.dataset"], args["data.dataset_split"], args["data.max_samples"])
+    keys = dict(
+        input_key=args["data.input_key"],
+        label_key=args["data.label_key"],
+        placement=args["moslim.placement"],
+        question_key=args["moslim.question_key"],
+    )
+    rows = condition_rows(data, spec, sampler, source=args["data.dataset"], **keys)
+    write_rows(rows, args["moslim.output"])
+    print(target_summary(spec, rows, args["data.label_key"]))
+    print(f"wrote {len(rows)} rows to {args['moslim.output']} (spec {spec.fingerprint}, seed {args['moslim.seed']})")
+    return 0
