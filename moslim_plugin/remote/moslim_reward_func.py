@@ -1,0 +1,26 @@
+"""MOSLIM reward for OpenRLHF: pass this file as `--reward.remote_url` (`moslim-openrlhf reward-func-path` prints it).
+
+OpenRLHF's `SingleTurnAgentExecutor` imports it once per vLLM engine actor and calls `reward_func` through
+`asyncio.to_thread`, one sample per call, many calls at once. The engine below batches those threads into one
+forward pass of the MOSLIM reward model. Configuration comes from environment variables (MOSLIM_RM_PATH, required;
+see `moslim-openrlhf reward-func-path --help`), set for the Ray job, e.g. in `--runtime-env-json`.
+
+The model is loaded at import, so a wrong path or mapping stops the engine actor at start-up with the reason instead
+of producing a run without rewards.
+"""
+
+from moslim_plugin.remote_reward import engine_from_env
+
+ENGINE = engine_from_env()
+
+
+def reward_func(queries, prompts, labels):
+    reply = ENGINE(queries, prompts, labels)
+    if len(queries) != 1:
+        return reply
+    # OpenRLHF wraps each value as torch.tensor([value]): plain floats give the (1,) tensors it expects.
+    return {
+        "rewards": reply["rewards"][0],
+        "scores": reply["scores"][0],
+        "extra_logs": {key: values[0] for key, values in reply["extra_logs"].items()},
+    }
