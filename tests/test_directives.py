@@ -52,7 +52,7 @@ def test_render_matches_documented_format():
 
 
 @pytest.mark.unit
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(spec_and_request(), st.text(max_size=30), st.text(max_size=30))
 def test_render_then_parse_is_identity_for_every_valid_request(spec_request, before, after):
     spec, request = spec_request
@@ -65,7 +65,7 @@ def test_render_then_parse_is_identity_for_every_valid_request(spec_request, bef
 
 
 @pytest.mark.unit
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(spec_and_request())
 def test_label_round_trip_is_identity_for_string_and_decoded_forms(spec_request):
     spec, request = spec_request
@@ -108,7 +108,7 @@ def test_parse_accepts_lowercased_tags_and_loose_spacing():
         ("[Preferences] helpfulness: -1/4 [/Preferences]", r"level -1 for 'helpfulness' is out of range"),
         (
             "[Preferences] helpfulness: 1/2 [/Preferences]",
-            r"0\.\.2 scale, but the spec .*helpsteer\.yaml.* has 0\.\.4",
+            r"0\.\.2 scale, but the spec .*yaml.* has 0\.\.4",
         ),
         ("[Preferences] helpfulness = high [/Preferences]", r"malformed directive item 'helpfulness = high'"),
         ("[Preferences] [/Preferences]", r"malformed directive item ''"),
