@@ -1,0 +1,252 @@
+"""Every runtime change the plugin makes to OpenRLHF, each declared, fingerprinted and reversible.
+
+OpenRLHF 0.11.2 has no extension points for what MOSLIM needs (a reward model that sees the prompt's labels, a
+dataset preprocessing hook, a pluggable reward-model actor), so the plugin wraps or replaces three of its objects.
+Each `Patch` names its target (`module:qualname`), the OpenRLHF versions it was written for, the sha256 of the
+upstream source it wraps (`inspect.getsource`), why no public extension point exists, the upstream change that
+would make it unnecessary and when to remove it. A version or fingerprint mismatch is an error (upstream changed
+under us: the wrapper may be wrong) unless MOSLIM_ALLOW_UNSUPPORTED_OPENRLHF=1. `patches/openrlhf-0.11.2-moslim.diff`
+is the same change as the upstream proposal.
+
+`apply_on_import()` (called by the activation hook in the driver and in every Ray worker) applies each patch when
+OpenRLHF imports its module, or at once if it is already imported: a worker that never imports the module (vLLM
+engines, plain tasks) pays nothing and never imports torch. This module itself stays import-light for that reason.
+"""
+
+import hashlib
+import importlib
+import importlib.abc
+import importlib.metadata
+import inspect
+import os
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+
+from moslim_plugin import SUPPORTED_OPENRLHF
+
+ALLOW_ENV = "MOSLIM_ALLOW_UNSUPPORTED_OPENRLHF"
+
+
+class PatchError(RuntimeError):
+    """OpenRLHF is not the release (or the source) a patch was written for."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    target: str  # "package.module:Class.attribute"
+    fingerprint: str  # sha256 of inspect.getsource() of the upstream object
+    make: str  # "module:function"; function(original) -> replacement
+    why: str
+    upstream: str
+    remove_when: str
+    versions: tuple = SUPPORTED_OPENRLHF
+
+    @property
+    def module(self) -> str:
+        return self.target.split(":")[0]
+
+    def resolve(self):
+        """(owner, attribute, current value) of the target; the owner is a module or a class."""
+        module_name, qualname = self.target.split(":")
+        owner = importlib.import_module(module_name)
+        *path, attribute = qualname.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        return owner, attribute, owner.__dict__[attribute] if isinstance(owner, type) else getattr(owner, attribute)
+
+    def check(self, original) -> None:
+        """Refuse to patch a release or a source the wrapper was not written for (overridable, with a warning)."""
+        problems = []
+        version = openrlhf_version()
+        if version not in self.versions:
+            problems.append(f"installed OpenRLHF is {version}, this patch supports {', '.join(self.versions)}")
+        actual = source_fingerprint(original)
+        if actual != self.fingerprint:
+            problems.append(
+                f"the source of {self.target} changed (sha256 {actual[:16]}..., expected {self.fingerprint[:16]}...)"
+            )
+        if not problems:
+            return
+        message = f"MOSLIM patch {self.name!r} ({self.target}): " + "; ".join(problems)
+        if os.environ.get(ALLOW_ENV) == "1":
+            warnings.warn(f"{message}; applying anyway because {ALLOW_ENV}=1", stacklevel=3)
+            return
+        raise PatchError(
+            f"{message}. The plugin wraps this code and may now be wrong: install openrlhf=={self.versions[-1]}, or "
+            f"review the wrapper against the new source and set {ALLOW_ENV}=1 to run anyway"
+        )
+
+
+def openrlhf_version() -> str:
+    return importlib.metadata.version("openrlhf")
+
+
+def source_fingerprint(obj) -> str:
+    # A @ray.remote class is an ActorClass wrapper; the source is that of the class it wraps.
+    obj = getattr(obj, "__ray_actor_class__", obj)
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()
+
+
+PATCHES = (
+    Patch(
+        name="make_experience",
+        target="openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.make_experience",
+        fingerprint="85db1fe426dec3e6e9bb740e663f4cee8f1bfdedd3fc0f5d61a4c68fee0b8f67",
+        make="moslim_plugin.ray_reward:wrap_make_experience",
+        why="the reward-model dispatch sends only token ids (sequences, attention_mask); the MOSLIM reward needs each "
+        "sample's target levels, which travel in Experience.labels and never reach the reward-model actor",
+        upstream="pass prompts and labels to the reward group's forward (see patches/openrlhf-0.11.2-moslim.diff)",
+        remove_when="OpenRLHF's RemoteExperienceMaker sends Experience.prompts/labels to the reward model",
+    ),
+    Patch(
+        name="prompt_dataset",
+        target="openrlhf.datasets.prompts_dataset:PromptDataset.__init__",
+        fingerprint="068a62107852403824a094eca76d18f2a2decc8cbece573efc435771c03da85e",
+        make="moslim_plugin.patches:wrap_prompt_dataset_init",
+        why="PromptDataset is built inside the PPOTrainer Ray actor from the raw rows, with no hook between loading a "
+        "row and templating it, so the preference directive and label cannot be added on the fly",
+        upstream="a row-preprocessing hook (e.g. --data.preprocess_fn module:function) applied in PromptDataset",
+        remove_when="OpenRLHF's PromptDataset accepts a row-preprocessing function",
+    ),
+    Patch(
+        name="reward_actor",
+        target="openrlhf.trainer.ray.launcher:RewardModelActor",
+        fingerprint="ca80c418316a284b482fe0766002061c9f01672e8e0a42523036194eff4fb61c",
+        make="moslim_plugin.ray_reward:replace_reward_actor",
+        why="train_ppo_ray hard-codes RewardModelActor (a scalar-head reward model) and imports it by name",
+        upstream="a --reward.actor_class module:Class flag (pluggable reward-model actor)",
+        remove_when="OpenRLHF lets the reward-model actor class be chosen from the command line",
+    ),
+)
+# Applied by the launcher only (driver), with the parsed --moslim.* flags bound in: see launcher.py.
+HIERARCHIZE = Patch(
+    name="hierarchize",
+    target="openrlhf.utils.config:hierarchize",
+    fingerprint="76aa82b2af592f581039dab0740783555a2c0f49dda01a54989edcfb185191b3",
+    make="moslim_plugin.launcher:wrap_hierarchize",
+    why="train_ppo_ray builds its parser inline under `if __name__ == '__main__'` and rejects unknown flags; "
+    "hierarchize(args) is the one call between parse_args() and train() where args.moslim can be added",
+    upstream="an entry-point group through which plugins add arguments to the train_ppo_ray parser",
+    remove_when="train_ppo_ray exposes its parser (build_parser()) or a plugin hook for extra flags",
+)
+
+# name -> (owner, attribute, original) of each applied patch; the lock covers concurrent imports in threaded actors.
+_applied: dict[str, tuple] = {}
+_lock = threading.RLock()
+
+
+def apply(patch: Patch, make=None) -> None:
+    """Apply one patch now (idempotent). `make` overrides the record's replacement factory (tests, launcher)."""
+    with _lock:
+        if patch.name in _applied:
+            return
+        owner, attribute, original = patch.resolve()
+        patch.check(original)
+        if make is None:
+            module_name, function = patch.make.split(":")
+            make = getattr(importlib.import_module(module_name), function)
+        replacement = make(original)
+        replacement.__moslim_patch__ = patch.name
+        setattr(owner, attribute, replacement)
+        _applied[patch.name] = (owner, attribute, original)
+
+
+def revert(*names: str) -> None:
+    """Put the originals of the named patches (default: all) back; with no names, also stop patching on import."""
+    with _lock:
+        for name in names or list(_applied):
+            if name in _applied:
+                owner, attribute, original = _applied.pop(name)
+                setattr(owner, attribute, original)
+        if not names:
+            _pending.clear()
+            if _FINDER in sys.meta_path:
+                sys.meta_path.remove(_FINDER)
+
+
+def applied() -> list[str]:
+    return sorted(_applied)
+
+
+# module name -> patches waiting for that module to be imported
+_pending: dict[str, list[Patch]] = {}
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: when a pending module is found by the other finders, runs its patches after exec."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in _pending:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_then_patch(module):
+            try:
+                exec_module(module)
+            finally:
+                del spec.loader.exec_module  # loaders can be shared: leave no trace on this one
+            for patch in _pending.pop(fullname, []):
+                apply(patch)
+
+        spec.loader.exec_module = exec_then_patch
+        return spec
+
+
+_FINDER = _PatchOnImport()
+
+
+def apply_on_import(patches=PATCHES) -> None:
+    """Apply each patch now if its module is imported, else right after OpenRLHF imports it (idempotent)."""
+    with _lock:
+        for patch in patches:
+            if patch.name in _applied:
+                continue
+            if patch.module in sys.modules:
+                apply(patch)
+            elif patch not in _pending.setdefault(patch.module, []):
+                _pending[patch.module].append(patch)
+        if _pending and _FINDER not in sys.meta_path:
+            sys.meta_path.insert(0, _FINDER)
+
+
+def wrap_prompt_dataset_init(original):
+    """PromptDataset.__init__ that first conditions every raw row on a preference directive (--moslim.sampling)."""
+
+    def __init__(self, dataset, tokenizer, strategy, input_template=None, **kwargs):
+        moslim = getattr(strategy.args, "moslim", None)
+        if moslim is not None and moslim.sampling:
+            from tqdm import tqdm
+
+            from moslim_plugin.datasets import condition_row
+
+            spec, sampler = moslim_sampler(moslim)
+            data = strategy.args.data
+            # Row index = position in the blended dataset: the same index (so the same targets for the same seed)
+            # as `prepare-prompts` on the same files, since blending without --data.prompt_probs keeps file order.
+            dataset = [
+                condition_row(row, spec, sampler, i, data.input_key, data.label_key, moslim.placement)
+                for i, row in enumerate(tqdm(dataset, desc="MOSLIM directives", disable=not strategy.is_rank_0()))
+            ]
+        original(self, dataset, tokenizer, strategy, input_template, **kwargs)
+
+    return __init__
+
+
+def moslim_sampler(moslim):
+    """The spec and TargetSampler described by `args.moslim` (the launcher validated the flags)."""
+    from moslim_plugin.datasets import TargetSampler
+    from moslim_plugin.spec import load_spec
+
+    spec = load_spec(moslim.spec_dict)
+    return spec, TargetSampler(spec, moslim.sampling, moslim.seed, fixed=moslim.fixed, columns=moslim.columns)

@@ -1,0 +1,141 @@
+"""The MOSLIM reward inside OpenRLHF's Ray training: the reward-model actor and the dispatch that feeds it labels.
+
+`MoslimRewardModelActor` takes the place of OpenRLHF's `RewardModelActor` (patch `reward_actor`). On a MOSLIM
+checkpoint (`is_moslim_checkpoint`) it loads the multi-head RM into a `Scorer`; on any other checkpoint it is the
+stock actor. The stock `forward` only receives token ids, so `wrap_make_experience` (patch `make_experience`) sends
+the reward group each micro-batch's sequences, masks, prompts and labels through `moslim_forward` instead, and fills
+`rewards` (fp32) and `info` before OpenRLHF's own `make_experience`, which then skips its reward dispatch.
+
+Samples are turned into (question, response, targets) exactly as on the remote-reward path (`RewardEngine`): the
+policy's tokens are decoded with the POLICY tokenizer into OpenRLHF's query text, split against the prompt, and the
+Scorer re-tokenises with the RM's own tokenizer; the targets come from the label, never from the (possibly
+truncated) text. So the in-process and the remote reward of a sample are the same number. Unlike the remote path,
+a sample that cannot be scored stops the run: nothing here swallows the error.
+"""
+
+import functools
+import itertools
+
+import ray
+import torch
+from openrlhf.trainer.ray.launcher import RewardModelActor
+
+from moslim_plugin.rm import is_moslim_checkpoint
+
+# The class under OpenRLHF's @ray.remote decorator: we extend it, so non-MOSLIM checkpoints keep the stock behaviour.
+StockRewardModelActor = RewardModelActor.__ray_actor_class__
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@ray.remote(num_gpus=1)
+class MoslimRewardModelActor(StockRewardModelActor):
+    engine = None  # the RewardEngine when a MOSLIM checkpoint is loaded
+
+    def init_model_from_pretrained(self, strategy, pretrain):
+        if not is_moslim_checkpoint(pretrain):
+            return super().init_model_from_pretrained(strategy, pretrain)
+        from transformers import AutoTokenizer
+
+        from moslim_plugin.remote_reward import RewardEngine
+        from moslim_plugin.scorer import Scorer
+        from moslim_plugin.spec import load_spec
+
+        args = strategy.args
+        moslim = getattr(args, "moslim", None)
+        if moslim is None:
+            raise RuntimeError(
+                f"{pretrain} is a MOSLIM reward model but args.moslim is missing: start training with "
+                "`moslim-openrlhf train_ppo_ray`, which adds the MOSLIM settings to OpenRLHF's args"
+            )
+        # No DeepSpeed engine (and so no torch.distributed group): each rank scores its own chunk with a whole copy
+        # of the RM, which is small next to the policy. Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU.
+        self.strategy = strategy
+        cuda = torch.cuda.is_available()
+        device = "cuda" if cuda else "cpu"
+        # bf16 backward-free inference is fine on GPU; on CPU fp32 is both exact and faster.
+        dtype = DTYPES.get(args.ds.param_dtype, torch.float32) if cuda else torch.float32
+        scorer = Scorer.from_pretrained(
+            pretrain, mapping=moslim.mapping, mapping_kwargs=moslim.mapping_kwargs, device=device, dtype=dtype
+        )
+        scorer.max_length, scorer.batch_size = moslim.max_length, moslim.batch_size
+        if moslim.spec_dict is not None:
+            load_spec(moslim.spec_dict).check_same(scorer.model.spec, f"the reward model {pretrain}")
+        self.engine = RewardEngine(scorer, template=moslim.template, strict=True)
+        self.policy_tokenizer = AutoTokenizer.from_pretrained(args.actor.model_name_or_path, trust_remote_code=False)
+        strategy.print(f"MOSLIM reward model {pretrain}: objectives {list(scorer.model.spec.names)}, {device} {dtype}")
+
+    def forward(self, *args, **kwargs):
+        if self.engine is not None:
+            raise RuntimeError(
+                "the MOSLIM reward model was asked for a reward from token ids alone, without the samples' labels: "
+                "the `make_experience` patch is not active in the PPO trainer process (was the Ray job started with "
+                "`moslim-openrlhf train_ppo_ray`, whose worker setup hook applies it?)"
+            )
+        return super().forward(*args, **kwargs)
+
+    def moslim_forward(self, sequences, attention_mask, action_mask, prompts, labels):
+        """Rewards [B] fp32 and per-sample diagnostics {key: [B]} of one micro-batch."""
+        if self.engine is None:
+            raise RuntimeError("moslim_forward needs a MOSLIM reward model; this actor loaded a stock one")
+        # OpenRLHF's remote path decodes prompt + response with special tokens kept; so do we (same query text).
+        queries = [
+            self.policy_tokenizer.decode(seq[mask.bool()].tolist(), skip_special_tokens=False)
+            for seq, mask in zip(sequences, attention_mask)
+        ]
+        outcomes = self.engine.score_samples(list(zip(queries, prompts, labels)))
+        failures = [f"sample {i}: {reason}" for i, (reward, reason) in enumerate(outcomes) if reward is None]
+        if failures:
+            raise RuntimeError(
+                f"MOSLIM reward failed for {len(failures)} of {len(outcomes)} samples: " + "; ".join(failures)
+            )
+        rewards = torch.tensor([reward for reward, _ in outcomes], dtype=torch.float32)
+        keys = [key for key in self.engine.log_keys if key in outcomes[0][1]]
+        info = {key: torch.tensor([logs[key] for _, logs in outcomes], dtype=torch.float32) for key in keys}
+        return rewards, info
+
+    def empty_cache(self) -> None:
+        if torch.cuda.is_available():
+            super().empty_cache()
+
+
+def replace_reward_actor(original):
+    if original is not RewardModelActor:
+        raise RuntimeError(f"expected OpenRLHF's RewardModelActor, found {original!r}: another patch replaced it")
+    return MoslimRewardModelActor
+
+
+def wrap_make_experience(original):
+    @functools.wraps(original)
+    def make_experience(self, samples_list):
+        moslim = getattr(self.strategy.args, "moslim", None)
+        if moslim is None or not moslim.in_process or samples_list[0].rewards is not None:
+            return original(self, samples_list)
+        args, group = self.strategy.args, self.reward_model_group
+        refs = group.async_run_method_batch(
+            method_name="moslim_forward",
+            sequences=[s.sequences for s in samples_list],
+            attention_mask=[s.attention_mask for s in samples_list],
+            action_mask=[s.action_mask for s in samples_list],
+            prompts=[s.prompts for s in samples_list],
+            labels=[s.labels for s in samples_list],
+        )
+        if args.train.colocate_all or args.train.colocate_critic_reward:
+            # Sharing GPUs: finish and free the reward model before the other models run, as upstream does.
+            ray.get(refs)
+            ray.get(group.async_run_method(method_name="empty_cache"))
+        # A non-None placeholder makes upstream skip its own reward dispatch; the RM runs meanwhile, in parallel with
+        # the actor/critic/reference forwards, and the real rewards replace it below.
+        for samples in samples_list:
+            samples.rewards = torch.full((len(samples.sequences),), float("nan"))
+        samples_list = original(self, samples_list)
+        duplicate_factor = args.ds.ring_attn_size * args.ds.tensor_parallel_size
+        results = list(itertools.chain.from_iterable(ray.get(refs)[::duplicate_factor]))
+        for samples, (rewards, info) in zip(samples_list, results, strict=True):
+            if not torch.isfinite(rewards).all():
+                raise RuntimeError(f"MOSLIM reward model returned non-finite rewards {rewards.tolist()}")
+            samples.rewards = rewards
+            samples.info["reward"] = rewards
+            samples.info.update(info)
+        return samples_list
+
+    return make_experience

@@ -1,0 +1,3 @@
+"""Tests-only stand-in for vllm.inputs (see vllm/__init__.py)."""
+
+TokensPrompt = dict
