@@ -147,7 +147,8 @@ def _check_inputs(probs, targets, levels):
             f"or 0..{levels[i].item() - 1}"
         )
     probs = probs.float()
-    if not torch.isfinite(probs).all() or (probs < 0).any() or (probs > 1 + 1e-4).any():
+    # One pass: NaN fails both comparisons, so this also refuses NaN and inf (1e-4 slack for softmax rounding).
+    if not ((probs >= 0) & (probs <= 1 + 1e-4)).all():
         raise ValueError("probs must be finite probabilities in [0, 1] (got NaN, inf or values outside [0, 1])")
     return probs, targets.long(), levels.long(), targets >= 0
 

@@ -42,6 +42,17 @@ class SpecError(ValueError):
     """Invalid objective spec; the message names the file, the field and the bad value."""
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, except that a key written twice is an error (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        dupes = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key(s) {dupes}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -249,7 +260,7 @@ def load_spec(path_or_dict) -> ObjectiveSpec:
         if path.suffix == ".json":
             data = json.loads(text)
         elif path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_StrictLoader)
         else:
             raise SpecError(f"{path}: unknown spec file type {path.suffix!r}; expected .yaml, .yml or .json")
     except (json.JSONDecodeError, yaml.YAMLError) as e:

@@ -138,6 +138,10 @@ def test_file_errors_name_the_file(tmp_path):
     broken.write_text("{objectives: ")
     with pytest.raises(SpecError, match=r"broken\.json: not valid JSON"):
         load_spec(broken)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("objectives:\n  - name: x\n    levels: 3\n    levels: 4\n")
+    with pytest.raises(SpecError, match=r"(?s)twice\.yaml: not valid YAML: .*duplicate key\(s\) \['levels'\].*line 2"):
+        load_spec(twice)
     toml = tmp_path / "s.toml"
     toml.write_text("")
     with pytest.raises(SpecError, match=r"s\.toml: unknown spec file type '\.toml'"):
