@@ -13,7 +13,8 @@ Built-ins (keyword arguments come from ``--moslim.mapping_kwargs`` JSON):
   ``"dataset"``: avg/std of p_i[t_i] over a calibration set, stored in the checkpoint (`MappingStats.from_probs`);
   ``"running"``: like dataset, but ``stats`` is updated in place with every batch before it is scored (exact
   cumulative mean/variance, Chan et al.'s parallel merge, as OpenRLHF's RunningMoments; deterministic for a given
-  batch order); ``"auto"`` (default): dataset when ``stats`` is given, else sample.
+  batch order; not thread-safe, so callers serialise calls sharing one MappingStats); ``"auto"`` (default): dataset
+  when ``stats`` is given, else sample.
   ``k``: ``"requested"`` (default; the number of objectives the row requests) or ``"all"`` (K). ``eps`` = 1e-3.
 - ``expected_level``: ``-|E[level_i] - t_i| / (levels_i - 1)``, in [-1, 0], 0 when the expected level hits the target.
 - ``target_logprob``: ``log max(p_i[t_i], min_prob)`` (``min_prob`` = 1e-6 keeps one-hot misses finite).
@@ -21,11 +22,13 @@ Both also take ``k``.
 
 Why ``norm="auto"``: per-sample statistics need no calibration, so a fresh checkpoint trains out of the box; when
 the checkpoint carries calibration statistics, they are the paper's normalisation (how much more this response hits
-level t than typical responses do) and make objectives with different class balance comparable, so they are used.
+level t than typical responses do), keep the confidence that per-sample z-scores drop (a binary head's per-sample
+term is +-1 whatever the margin) and make objectives with different class balance comparable, so they are used.
 Which one was used is visible from the checkpoint's config (``moslim.stats``); pass ``norm`` to pin it.
 Why ``k="requested"``: a row that asks for one objective gets the same reward scale as one that asks for three.
 Why ``eps`` = 1e-3 and a floor rather than ``+ eps``: the formula is exact whenever the spread is meaningful, and a
 (near-)uniform head or a class that never varies in calibration cannot blow the reward up past ~1e3 x the gap.
+More, with the limits of each property: docs/mappings.md.
 """
 
 import importlib
