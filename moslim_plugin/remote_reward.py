@@ -136,7 +136,9 @@ class RewardEngine:
         self.strict, self.fallback_reward = strict, float(fallback_reward)
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000.0
         # Every reply carries the same keys (OpenRLHF stacks extra_logs key by key across samples).
-        diagnostics = ("p_target", "hit", "term")
+        # `requested` is 1 where the sample asked for the objective; its diagnostics are 0 where not, so the mean
+        # of p_target over requesting samples is the logged p_target divided by the logged requested.
+        diagnostics = ("p_target", "hit", "term", "requested")
         self.log_keys = [ERRORS_KEY] + [f"moslim/{name}/{d}" for name in self.spec.names for d in diagnostics]
         self.stats = {"requests": 0, "samples": 0, "forward_calls": 0, "errors": 0, "max_batch": 0}
         self._queue = queue.Queue()
@@ -227,7 +229,10 @@ class RewardEngine:
             if not math.isfinite(reward):
                 outcomes[i] = (None, f"scorer returned a non-finite reward {reward}")
                 continue
-            logs = {k: float(v) for k, v in _row_diagnostics(result, row).items()}
+            diagnostics = _row_diagnostics(result, row)
+            for name, requested in zip(self.spec.names, result.requested[row].tolist()):
+                diagnostics[f"moslim/{name}/requested"] = float(requested)
+            logs = {key: float(diagnostics.get(key, 0.0)) for key in self.log_keys[1:]}
             outcomes[i] = (reward, logs)
 
     def _reply(self, outcomes) -> dict:
@@ -241,9 +246,7 @@ class RewardEngine:
             rewards.append(reward)
             logs[ERRORS_KEY].append(1.0 if failed else 0.0)
             for key in self.log_keys[1:]:
-                # Unrequested objectives and failed samples log 0; moslim/errors says how many samples failed.
-                value = extra.get(key, 0.0)
-                logs[key].append(value if math.isfinite(value) else 0.0)
+                logs[key].append(extra.get(key, 0.0))  # failed samples log 0 (and 1 in moslim/errors)
         with self._lock:
             self.stats["requests"] += 1
         if failures and self.strict:
