@@ -119,7 +119,12 @@ def label_to_request(spec: ObjectiveSpec, label) -> dict[str, int]:
             f"label was made for spec fingerprint {body['spec']!r}, but this spec ({spec.source}) is "
             f"{spec.fingerprint!r}: prepare the prompts again with this spec"
         )
-    return validate_request(spec, body["targets"])
+    targets = body["targets"]
+    if isinstance(targets, dict):
+        # A label column of dicts loaded through Arrow is unified into one struct type: objectives a row did not
+        # request come back as None. None means "not requested", as the absent key did.
+        targets = {name: level for name, level in targets.items() if level is not None}
+    return validate_request(spec, targets)
 
 
 def apply_directive(spec: ObjectiveSpec, request, prompt, placement: str = DEFAULT_PLACEMENT) -> list[dict]:

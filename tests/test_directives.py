@@ -162,6 +162,13 @@ def test_bad_label_gives_precise_error(label, pattern):
 
 
 @pytest.mark.unit
+def test_label_dict_with_none_targets_from_arrow_struct_unification_means_not_requested():
+    label = json.loads(request_to_label(HELPSTEER, {"verbosity": 2}))
+    label["moslim"]["targets"].update(helpfulness=None, harmlessness=None)
+    assert label_to_request(HELPSTEER, label) == {"verbosity": 2}
+
+
+@pytest.mark.unit
 def test_label_for_another_spec_is_refused():
     hh = load_spec("hh")
     with pytest.raises(DirectiveError, match=r"prepare the prompts again"):
