@@ -1,0 +1,258 @@
+"""Reward server throughput and latency: `moslim-openrlhf serve-reward` vs OpenRLHF's own `serve_rm`, same model.
+
+Clients behave like OpenRLHF's vLLM engine actors: each sends ONE sample per request, through OpenRLHF's own HTTP
+client code (`SingleTurnAgentExecutor._fetch_rewards_via_http`, a new aiohttp session per request), at 1, 8 and 64
+concurrent clients, each level a fixed number of requests (bounded loops), loopback only. Both servers load the same
+MOSLIM checkpoint (all-MiniLM-L6-v2 backbone + helpsteer heads); `serve_rm` loads it as a stock scalar RM (the
+checkpoint's zero `score` head), so it runs the same backbone forward.
+
+What had to be adapted to run `serve_rm` here, nothing else: the flash-attn shim (`compat.install()`, for
+`import openrlhf.models`), `--ds.attn_implementation sdpa`, and on CPU its dtype: its `--ds.param_dtype` accepts only
+bf16/fp16, and bf16 on CPU is several times slower than fp32, so `convert_to_torch_dtype` is replaced to give fp32,
+the dtype our server uses on CPU. Samples: real HH-RLHF prompts (../shared/data) with a directive, SmolLM2 chat
+template, the HH "chosen" reply as response, decoded as OpenRLHF decodes them.
+
+    python -m bench.bench_server [--concurrency 1 8 64] [--requests 48 128 256] [--repeats 2]
+"""
+
+import argparse
+import asyncio
+import gzip
+import itertools
+import json
+import math
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bench import RESULTS_DIR, write_result
+
+REPO = Path(__file__).resolve().parent.parent
+HH_FILE = REPO.parent / "shared" / "data" / "hh-rlhf" / "helpful-base-test.jsonl.gz"
+SERVE_RM_FP32 = (
+    "import runpy, sys, torch; from moslim_plugin import compat; compat.install(); "
+    "import openrlhf.utils.utils as u; u.convert_to_torch_dtype = lambda _: torch.float32; "
+    "sys.argv[0] = 'serve_rm'; runpy.run_module('openrlhf.cli.serve_rm', run_name='__main__')"
+)
+
+
+def make_samples(n: int, max_response_words: int = 120) -> list[tuple[str, str, str]]:
+    """(query, prompt, label) triples as OpenRLHF's SingleTurnAgentExecutor would send them."""
+    from transformers import AutoTokenizer
+
+    from moslim_plugin.datasets import TargetSampler
+    from moslim_plugin.directives import apply_directive, request_to_label
+    from moslim_plugin.real_models import smollm2_path
+    from moslim_plugin.spec import load_spec
+
+    spec, tok = load_spec("helpsteer"), AutoTokenizer.from_pretrained(smollm2_path())
+    sampler = TargetSampler(spec, "subset", seed=0)
+    samples = []
+    with gzip.open(HH_FILE, "rt") as f:
+        for index, line in enumerate(itertools.islice(f, n)):
+            chosen = json.loads(line)["chosen"]
+            question = chosen.split("\n\nAssistant:")[0].split("\n\nHuman: ", 1)[1].strip()
+            response = chosen.split("\n\nAssistant: ", 1)[1].split("\n\nHuman:")[0].strip()
+            response = " ".join(response.split()[:max_response_words])
+            request = sampler.sample({}, index)
+            messages = apply_directive(spec, request, question)
+            prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            ids += tok(response + tok.eos_token, add_special_tokens=False)["input_ids"]
+            samples.append((tok.decode(ids, skip_special_tokens=False), prompt, request_to_label(spec, request)))
+    return samples
+
+
+def make_checkpoint(directory: Path) -> Path:
+    import torch
+    from transformers import AutoTokenizer
+
+    from moslim_plugin.real_models import minilm_path
+    from moslim_plugin.rm import MultiHeadRewardModel
+    from moslim_plugin.spec import load_spec
+
+    torch.manual_seed(0)
+    model = MultiHeadRewardModel.from_backbone(minilm_path(), load_spec("helpsteer"))
+    model.save_pretrained(directory, tokenizer=AutoTokenizer.from_pretrained(minilm_path()))
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd: list[str], url: str, sample, log_path: Path, timeout: float = 300) -> subprocess.Popen:
+    """Start a server subprocess and wait until it answers a real request."""
+    log = open(log_path, "w")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    body = json.dumps({"query": [sample[0]], "prompts": [sample[1]], "labels": [sample[2]]}).encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server {cmd[:4]} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                json.loads(response.read())
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError(f"server {cmd[:4]} did not answer within {timeout} s:\n{log_path.read_text()[-3000:]}")
+
+
+async def load_level(url: str, samples, concurrency: int, n_requests: int) -> dict:
+    from moslim_plugin import compat
+
+    compat.install()
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    executor = SingleTurnAgentExecutor(url)
+    latencies, counter = [], itertools.count()
+
+    async def client():
+        while (i := next(counter)) < n_requests:
+            query, prompt, label = samples[i % len(samples)]
+            start = time.perf_counter()
+            reply = (await executor._fetch_rewards_via_http([query], [prompt], [label]))[0]
+            latencies.append(time.perf_counter() - start)
+            rewards = reply["rewards"]
+            if len(rewards) != 1 or not math.isfinite(rewards[0]):
+                raise RuntimeError(f"bad reply from {url}: {reply!r:.300}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "requests": n_requests,
+        "wall_s": wall,
+        "throughput_rps": n_requests / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)],
+    }
+
+
+def stats_of(base_url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(base_url + "/stats", timeout=10) as response:
+            return json.loads(response.read())
+    except OSError:
+        return None
+
+
+def plot(results: dict, concurrency: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
+    for server, levels in results.items():
+        best = [max(r["throughput_rps"] for r in levels[str(c)]) for c in concurrency]
+        p50 = [statistics.median(r["p50_ms"] for r in levels[str(c)]) for c in concurrency]
+        p99 = [statistics.median(r["p99_ms"] for r in levels[str(c)]) for c in concurrency]
+        ax_t.plot(concurrency, best, marker="o", label=server)
+        ax_l.plot(concurrency, p50, marker="o", label=f"{server} p50")
+        ax_l.plot(concurrency, p99, marker="x", linestyle="--", label=f"{server} p99")
+    for ax, ylabel in ((ax_t, "requests / s (1 sample each)"), (ax_l, "latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(concurrency, [str(c) for c in concurrency])
+        ax.legend()
+    fig.suptitle("MOSLIM serve-reward vs OpenRLHF serve_rm, same MiniLM model, loopback")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_server", description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--requests", type=int, nargs="+", default=[16, 32, 128], help="per concurrency level")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=64, help="distinct HH-RLHF samples, cycled")
+    parser.add_argument("--max_batch_size", type=int, default=64)
+    parser.add_argument("--max_wait_ms", type=float, default=5.0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--servers", nargs="+", default=["moslim", "serve_rm"], choices=["moslim", "serve_rm"])
+    args = parser.parse_args(argv)
+    if len(args.requests) != len(args.concurrency):
+        parser.error("--requests needs one count per --concurrency level")
+    on_gpu = args.device.startswith("cuda")
+    samples = make_samples(args.samples)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    checkpoint = make_checkpoint(workdir / "rm")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+
+    # Both servers stay up and take turns at each level and repeat, so that a change in the machine's load (shared
+    # CPUs) hits both alike; the idle one costs nothing.
+    servers, results, server_stats = {}, {s: {} for s in args.servers}, {}
+    try:
+        for server in args.servers:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}/get_reward"
+            if server == "moslim":
+                cmd = [sys.executable, "-m", "moslim_plugin", "serve-reward", "--reward.model_name_or_path",
+                       str(checkpoint), "--port", str(port), "--log_level", "warning", "--device", args.device,
+                       "--max_batch_size", str(args.max_batch_size), "--max_wait_ms", str(args.max_wait_ms),
+                       "--data.max_len", "512"]  # fmt: skip
+            else:
+                launcher = ["-c", SERVE_RM_FP32] if not on_gpu else ["-m", "openrlhf.cli.serve_rm"]
+                cmd = [sys.executable, *launcher, "--reward.model_name_or_path", str(checkpoint), "--port", str(port),
+                       "--host", "127.0.0.1", "--data.max_len", "512", "--ds.attn_implementation", "sdpa"]  # fmt: skip
+            servers[server] = (url, start_server(cmd, url, samples[0], workdir / f"{server}.log"))
+        runs = [(c, n, rep, s) for c, n in zip(args.concurrency, args.requests) for rep in range(args.repeats + 1)
+                for s in args.servers]  # fmt: skip
+        for concurrency, n_requests, repeat, server in tqdm(runs, desc="bench_server", unit="run"):
+            url = servers[server][0]
+            if repeat == 0:  # warm-up at this concurrency: connections, allocator, thread pools
+                asyncio.run(load_level(url, samples, concurrency, concurrency))
+                continue
+            run = asyncio.run(load_level(url, samples, concurrency, n_requests))
+            results[server].setdefault(str(concurrency), []).append(run)
+        server_stats = {s: stats_of(url.rsplit("/", 1)[0]) for s, (url, _) in servers.items()}
+    finally:
+        for _, proc in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    headline, summary = [], []
+    if set(args.servers) == {"moslim", "serve_rm"}:
+        for concurrency in args.concurrency:
+            best = {s: max(r["throughput_rps"] for r in results[s][str(concurrency)]) for s in results}
+            ratio = best["moslim"] / best["serve_rm"]
+            target = ">= 5" if concurrency == max(args.concurrency) else "n/a"
+            metric = f"throughput moslim/serve_rm, {concurrency} clients"
+            met = ratio >= 5 if target != "n/a" else None
+            headline.append({"metric": metric, "value": ratio, "target": target, "met": met})
+            rates = f"{best['moslim']:.0f} vs {best['serve_rm']:.0f} req/s"
+            summary.append(f"{concurrency} clients: {rates} ({ratio:.1f}x)")
+    plot(results, args.concurrency, RESULTS_DIR / "bench_server.png")
+    write_result(
+        "bench_server",
+        config=vars(args) | {"model": "all-MiniLM-L6-v2 + helpsteer heads (3)", "dtype": "bf16" if on_gpu else "fp32"},
+        results={"per_server": results, "server_stats": server_stats},
+        summary="; ".join(summary) or json.dumps(results)[:300],
+        headline=headline,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
