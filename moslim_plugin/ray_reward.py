@@ -20,6 +20,7 @@ import ray
 import torch
 from openrlhf.trainer.ray.launcher import RewardModelActor
 
+from moslim_plugin.remote_reward import ERRORS_KEY
 from moslim_plugin.rm import is_moslim_checkpoint
 
 # The class under OpenRLHF's @ray.remote decorator: we extend it, so non-MOSLIM checkpoints keep the stock behaviour.
@@ -89,8 +90,10 @@ class MoslimRewardModelActor(StockRewardModelActor):
                 f"MOSLIM reward failed for {len(failures)} of {len(outcomes)} samples: " + "; ".join(failures)
             )
         rewards = torch.tensor([reward for reward, _ in outcomes], dtype=torch.float32)
-        keys = [key for key in self.engine.log_keys if key in outcomes[0][1]]
-        info = {key: torch.tensor([logs[key] for _, logs in outcomes], dtype=torch.float32) for key in keys}
+        # Every micro-batch carries every key (OpenRLHF merges info key by key); an objective a sample did not
+        # request logs 0 there, as on the remote path.
+        keys = [key for key in self.engine.log_keys if key != ERRORS_KEY]
+        info = {key: torch.tensor([logs.get(key, 0.0) for _, logs in outcomes], dtype=torch.float32) for key in keys}
         return rewards, info
 
     def empty_cache(self) -> None:

@@ -1,9 +1,10 @@
-"""`moslim-openrlhf train_ppo_ray`: flag handling, checks against OpenRLHF's flags, Ray runtime env, a real launch."""
+"""`moslim-openrlhf train_ppo_ray`: flag handling, checks against OpenRLHF's flags, the Ray runtime env.
+
+The real launch (a full command line through OpenRLHF's own train_ppo_ray up to train()) is in test_ray_integration.py,
+which shares its Ray cluster.
+"""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace as NS
 
@@ -102,91 +103,3 @@ def test_a_job_with_another_setup_hook_is_told_how_to_chain_ours():
         "mycompany.hooks.setup" in exit_info.value.code
         and "moslim_plugin.activate.activate_all()" in exit_info.value.code
     )
-
-
-# Stops OpenRLHF's train() at its first step after ray.init (get_strategy; the GPU work starts after it) and reports
-# what train() received. Replacing that OpenRLHF function is the only stand-in: nothing of ours is replaced.
-DRIVER = """
-import json, os, sys
-import openrlhf.utils
-
-def stop_before_gpu_work(args):
-    import ray
-    report = {
-        "moslim": vars(args.moslim),
-        "ray_initialized": ray.is_initialized(),
-        "runtime_env": dict(ray.get_runtime_context().runtime_env),
-        "estimator": args.algo.advantage.estimator,
-        "clip_range": list(args.reward.clip_range),
-        "critic": args.critic.model_name_or_path,
-        "label_key": args.data.label_key,
-    }
-    with open(os.environ["MOSLIM_TEST_REPORT"], "w") as f:
-        json.dump(report, f, default=str)
-    raise SystemExit(0)
-
-openrlhf.utils.get_strategy = stop_before_gpu_work
-from moslim_plugin.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-@pytest.mark.integration
-def test_a_full_command_line_reaches_openrlhfs_train_with_args_moslim_under_a_job_runtime_env(tmp_path, minilm_dir):
-    from moslim_plugin.rm import MultiHeadRewardModel
-    from moslim_plugin.spec import load_spec
-
-    rm_dir = tmp_path / "rm"
-    MultiHeadRewardModel.from_backbone(minilm_dir, load_spec("hh")).save_pretrained(rm_dir)
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"input": "How do I bake bread?"}) + "\n")
-    argv = [
-        "train_ppo_ray",
-        "--ref.num_nodes", "1", "--ref.num_gpus_per_node", "1",
-        "--reward.num_nodes", "1", "--reward.num_gpus_per_node", "1",
-        "--critic.num_nodes", "1", "--critic.num_gpus_per_node", "1",
-        "--actor.num_nodes", "1", "--actor.num_gpus_per_node", "1",
-        "--vllm.num_engines", "1", "--vllm.tensor_parallel_size", "1", "--train.colocate_all",
-        "--actor.model_name_or_path", str(minilm_dir), "--reward.model_name_or_path", str(rm_dir),
-        "--ckpt.path", str(tmp_path / "ckpt"), "--ckpt.save_steps", "-1",
-        "--train.micro_batch_size", "2", "--train.batch_size", "8",
-        "--rollout.micro_batch_size", "4", "--rollout.batch_size", "8", "--rollout.n_samples_per_prompt", "4",
-        "--train.max_epochs", "1", "--data.max_len", "1024", "--rollout.max_new_tokens", "256",
-        "--ds.zero_stage", "2", "--ds.param_dtype", "bf16", "--ds.attn_implementation", "sdpa",
-        "--actor.adam.lr", "5e-7", "--algo.kl.init_coef", "0.01", "--algo.kl.estimator", "k3", "--algo.kl.use_loss",
-        "--algo.advantage.estimator", "group_norm", "--reward.clip_range", "-5", "5",
-        "--data.prompt_dataset", str(prompts), "--data.input_key", "input", "--data.label_key", "label",
-        "--data.apply_chat_template", "--actor.gradient_checkpointing_enable",
-        "--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "7",
-        "--moslim.mapping", "moslim", "--moslim.mapping_kwargs", "{}", "--moslim.placement", "user_prefix",
-    ]  # fmt: skip
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
-    report = tmp_path / "report.json"
-    # A `ray job submit --runtime-env-json '{"env_vars": {"NCCL_DEBUG": "INFO"}}'` as the job supervisor passes it on:
-    # the launcher must not declare NCCL_DEBUG again (Ray would refuse to merge the two runtime envs).
-    job = {"runtime_env": {"env_vars": {"NCCL_DEBUG": "INFO"}}, "metadata": {}}
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(VLLM_STUB), os.environ.get("PYTHONPATH", "")]),
-        MOSLIM_TEST_REPORT=str(report),
-        RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(job),
-        NCCL_DEBUG="INFO",
-    )
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(
-        [sys.executable, str(driver), *argv], env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    got = json.loads(report.read_text())
-    assert got["ray_initialized"]
-    moslim = got["moslim"]
-    assert moslim["sampling"] == "subset" and moslim["seed"] == 7 and moslim["placement"] == "user_prefix"
-    assert moslim["in_process"] is True  # the reward model is a MOSLIM checkpoint
-    # OpenRLHF's own parsing and validation ran: its values, and its critic defaulting for gae... not for group_norm.
-    assert got["estimator"] == "group_norm" and got["clip_range"] == [-5.0, 5.0] and got["critic"] is None
-    assert got["label_key"] == "label"
-    runtime_env = got["runtime_env"]
-    hook = runtime_env.get("worker_process_setup_hook") or runtime_env["env_vars"].get(HOOK_ENV)
-    assert hook == activate.WORKER_SETUP_HOOK
-    assert runtime_env["env_vars"]["NCCL_DEBUG"] == "INFO"

@@ -1,0 +1,314 @@
+"""The plugin inside a real local Ray cluster with OpenRLHF's real Ray pieces, on CPU.
+
+vLLM cannot be installed here: `openrlhf.trainer.ray` imports it at module level, so `tests/vllm_stub` (three names,
+no generation) is put on the path of this process and of every Ray worker. The cluster advertises one fake GPU;
+each actor takes a fraction of it, as OpenRLHF's colocation does. One cluster serves the whole module (~10 s to
+start, ~10 s per actor group on 2 cores).
+"""
+
+import gzip
+import importlib.util
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace as NS
+
+import pytest
+
+from moslim_plugin import activate, launcher, patches
+
+VLLM_STUB = Path(__file__).parent / "vllm_stub"
+DATA = Path(__file__).parent.parent.parent / "shared" / "data"
+NEEDS_STUB = importlib.util.find_spec("vllm") is None
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    saved_path = os.environ.get("PYTHONPATH")
+    if NEEDS_STUB:
+        sys.path.insert(0, str(VLLM_STUB))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(VLLM_STUB), saved_path]))  # workers inherit it
+    # Functions and classes of this module run in the workers: ship them by value (the module is not importable there).
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, runtime_env=launcher.driver_runtime_env())
+    # This process plays the PPOTrainer actor (it runs the experience maker): activate here as the hook does there.
+    activate.activate()
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+    patches.revert()
+    if NEEDS_STUB:
+        sys.path.remove(str(VLLM_STUB))
+        os.environ.pop("PYTHONPATH") if saved_path is None else os.environ.__setitem__("PYTHONPATH", saved_path)
+
+
+def probe_worker():
+    """What a fresh Ray worker looks like after the setup hook, then after OpenRLHF imports its dataset module."""
+    import sys
+
+    from moslim_plugin import patches
+
+    before = {"torch": "torch" in sys.modules, "openrlhf": "openrlhf" in sys.modules, "applied": patches.applied()}
+    from openrlhf.datasets.prompts_dataset import PromptDataset
+
+    return before, getattr(PromptDataset.__init__, "__moslim_patch__", None)
+
+
+@pytest.mark.integration
+def test_the_worker_setup_hook_activates_the_patches_in_ray_workers_without_importing_torch(ray_cluster):
+    import ray
+
+    before, patched = ray.get(ray.remote(num_cpus=0.1)(probe_worker).remote())
+    assert before == {"torch": False, "openrlhf": False, "applied": []}  # activation alone is cheap
+    assert patched == "prompt_dataset"  # applied the moment OpenRLHF imported the module
+
+
+def hh_samples(n):
+    """(question, response) pairs: first human turn and the chosen assistant reply of real HH-RLHF dialogues."""
+    pairs = []
+    with gzip.open(DATA / "hh-rlhf" / "helpful-base-test.jsonl.gz", "rt") as f:
+        for line in itertools.islice(f, n):
+            chosen = json.loads(line)["chosen"]
+            question = chosen.split("\n\nAssistant:")[0].split("\n\nHuman: ", 1)[1].strip()
+            response = chosen.split("\n\nAssistant:")[1].split("\n\nHuman:")[0].strip()
+            pairs.append((question, response))
+    return pairs
+
+
+def experience_of(tokenizer, prompt, label, response):
+    """One rollout sample, built as OpenRLHF's SamplesGenerator builds it from a vLLM output."""
+    import torch
+    from openrlhf.trainer.ppo_utils.experience import Experience
+
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    sequences = torch.tensor(prompt_ids + response_ids)
+    action_mask = torch.zeros(len(sequences), dtype=torch.long)
+    action_mask[len(prompt_ids) :] = 1
+    return Experience(
+        sequences=sequences.unsqueeze(0),
+        attention_mask=torch.ones_like(sequences).unsqueeze(0),
+        action_mask=action_mask[1:].unsqueeze(0),
+        prompts=[prompt],
+        labels=[label],
+        response_length=torch.tensor([len(response_ids)]),
+        truncated=torch.tensor([False]),
+        total_length=torch.tensor([float(len(sequences))]),
+        info={"response_clip_ratio": torch.tensor([False])},
+    )
+
+
+def ppo_args(actor_path, rm_path):
+    """OpenRLHF's hierarchized args as train_ppo_ray builds them (the fields the experience maker reads)."""
+    args = NS(
+        actor=NS(model_name_or_path=str(actor_path), num_nodes=1, num_gpus_per_node=1),
+        reward=NS(model_name_or_path=str(rm_path), remote_url=None, clip_range=(-10, 10), overlong_buffer_len=None,
+                  stop_properly_penalty_coef=None, normalize_enable=False, offload=False),
+        data=NS(apply_chat_template=True, label_key="label", input_key="input"),
+        train=NS(seed=42, full_determinism_enable=False, micro_batch_size=2, batch_size=8, agent_func_path=None,
+                 colocate_all=False, colocate_actor_ref=False, colocate_critic_reward=False,
+                 dynamic_batch_enable=False),
+        rollout=NS(micro_batch_size=4, n_samples_per_prompt=2),
+        ds=NS(zero_stage=0, param_dtype="bf16", ring_attn_size=1, tensor_parallel_size=1, packing_samples=False),
+        algo=NS(advantage=NS(estimator="reinforce_baseline", gamma=1.0, lambd=1.0, no_std_norm=False),
+                kl=NS(use_loss=False, estimator="k1")),
+    )  # fmt: skip
+    flags = ["--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "3"]
+    ours, _ = launcher.build_parser().parse_known_args(flags)
+    args.moslim = launcher.check_moslim_args(NS(**{k.split(".", 1)[1]: v for k, v in vars(ours).items()}), args)
+    return args
+
+
+@pytest.fixture(scope="module")
+def moslim_rm(tmp_path_factory, minilm_dir):
+    from transformers import AutoTokenizer
+
+    from moslim_plugin.rm import MultiHeadRewardModel
+    from moslim_plugin.spec import load_spec
+
+    path = tmp_path_factory.mktemp("rm")
+    model = MultiHeadRewardModel.from_backbone(minilm_dir, load_spec("hh"))
+    model.save_pretrained(path, tokenizer=AutoTokenizer.from_pretrained(minilm_dir))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reward_group(ray_cluster, moslim_rm, smollm2_dir):
+    from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
+    from openrlhf.utils import get_strategy
+
+    from moslim_plugin.ray_reward import MoslimRewardModelActor
+
+    assert RewardModelActor is MoslimRewardModelActor  # the reward_actor patch, as train_ppo_ray will see it
+    args = ppo_args(smollm2_dir, moslim_rm)
+    strategy = get_strategy(args)
+    group = RayActorGroup(1, 1, RewardModelActor, num_gpus_per_actor=0.25)
+    import ray
+
+    ray.get(group.async_init_model_from_pretrained(strategy, args.reward.model_name_or_path))
+    return group, strategy
+
+
+def _zero_log_prob_actor_class():
+    # Stands in for OpenRLHF's PolicyModelActor, whose forward needs CUDA: the experience maker always asks the
+    # policy for log-probs; their value does not matter to the rewards under test.
+    import ray
+    import torch
+    from openrlhf.trainer.ray.launcher import BaseModelActor
+
+    class ZeroLogProbActor(BaseModelActor):
+        def init_model_from_pretrained(self, strategy):
+            self.strategy = strategy
+
+        def forward(self, sequences, action_mask, attention_mask, **kwargs):
+            return torch.zeros(action_mask.shape, dtype=torch.float32)
+
+    return ray.remote(num_gpus=1)(ZeroLogProbActor)
+
+
+@pytest.mark.integration
+def test_openrlhfs_experience_maker_with_the_moslim_reward_actor_gives_the_scorers_rewards(reward_group, moslim_rm):
+    import ray
+    import torch
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+    from openrlhf.trainer.ray.launcher import RayActorGroup
+    from transformers import AutoTokenizer
+
+    from moslim_plugin.datasets import TargetSampler, condition_row
+    from moslim_plugin.directives import label_to_request
+    from moslim_plugin.scorer import Scorer
+
+    group, strategy = reward_group
+    args = strategy.args
+    policy = RayActorGroup(1, 1, _zero_log_prob_actor_class(), num_gpus_per_actor=0.25)
+    ray.get(policy.async_init_model_from_pretrained(strategy))
+    tokenizer = AutoTokenizer.from_pretrained(args.actor.model_name_or_path)
+
+    spec, sampler = patches.moslim_sampler(args.moslim)
+    assert isinstance(sampler, TargetSampler)
+    samples, expected_inputs = [], []
+    for index, (question, response) in enumerate(hh_samples(4)):
+        row = condition_row({"input": question}, spec, sampler, index, "input", "label", "system")
+        prompt = tokenizer.apply_chat_template(row["input"], tokenize=False, add_generation_prompt=True)
+        for _ in range(args.rollout.n_samples_per_prompt):
+            samples.append(experience_of(tokenizer, prompt, row["label"], response))
+            expected_inputs.append((question, response, label_to_request(spec, row["label"])))
+
+    maker = RemoteExperienceMaker(policy, None, group, None, FixedKLController(0.0), strategy, tokenizer)
+    experiences = maker.make_experience_batch(samples)
+
+    scorer = Scorer.from_pretrained(moslim_rm)
+    direct = scorer.score(*map(list, zip(*expected_inputs)))
+    got = torch.cat([e.info["reward"] for e in experiences])
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, direct.rewards, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([e.rewards for e in experiences]), direct.rewards, atol=1e-5, rtol=1e-5)
+    # Per-objective diagnostics reach the experience info (the trainer logs every info key).
+    p_helpful = torch.cat([e.info["moslim/helpful/p_target"] for e in experiences])
+    requested = direct.requested[:, spec.index("helpful")]
+    assert requested.any()
+    expected_p = direct.probs[:, 0].gather(-1, direct.targets[:, :1].clamp_min(0)).squeeze(-1)
+    torch.testing.assert_close(p_helpful[requested], expected_p[requested], atol=1e-5, rtol=1e-5)
+    # The estimator ran on these rewards (reinforce_baseline: per-prompt mean removed, so equal pairs give 0).
+    assert all(torch.isfinite(e.advantages).all() for e in experiences)
+
+
+@pytest.mark.integration
+def test_the_stock_forward_on_a_moslim_checkpoint_refuses_instead_of_returning_a_constant(reward_group):
+    import ray
+    import torch
+
+    group, _ = reward_group
+    sequences = torch.ones(1, 5, dtype=torch.long)
+    refs = group.async_run_method_batch(method_name="forward", sequences=[sequences], attention_mask=[sequences])
+    with pytest.raises(ray.exceptions.RayTaskError, match="make_experience. patch is not active"):
+        ray.get(refs)
+
+
+# Stops OpenRLHF's train() at its first step after ray.init (get_strategy; GPU work starts after it) and reports what
+# train() received. Replacing that OpenRLHF function is the only stand-in: nothing of ours is replaced.
+DRIVER = """
+import json, os, sys
+import openrlhf.utils
+
+def stop_before_gpu_work(args):
+    import ray
+    report = {
+        "moslim": vars(args.moslim),
+        "ray_initialized": ray.is_initialized(),
+        "runtime_env": dict(ray.get_runtime_context().runtime_env),
+        "estimator": args.algo.advantage.estimator,
+        "clip_range": list(args.reward.clip_range),
+        "critic": args.critic.model_name_or_path,
+        "label_key": args.data.label_key,
+    }
+    with open(os.environ["MOSLIM_TEST_REPORT"], "w") as f:
+        json.dump(report, f, default=str)
+    raise SystemExit(0)
+
+openrlhf.utils.get_strategy = stop_before_gpu_work
+from moslim_plugin.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.integration
+def test_a_full_command_line_reaches_openrlhfs_train_with_args_moslim_under_a_job_runtime_env(
+    ray_cluster, moslim_rm, minilm_dir, tmp_path
+):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"input": "How do I bake bread?"}) + "\n")
+    argv = [
+        "train_ppo_ray",
+        "--ref.num_nodes", "1", "--ref.num_gpus_per_node", "1",
+        "--reward.num_nodes", "1", "--reward.num_gpus_per_node", "1",
+        "--critic.num_nodes", "1", "--critic.num_gpus_per_node", "1",
+        "--actor.num_nodes", "1", "--actor.num_gpus_per_node", "1",
+        "--vllm.num_engines", "1", "--vllm.tensor_parallel_size", "1", "--train.colocate_all",
+        "--actor.model_name_or_path", str(minilm_dir), "--reward.model_name_or_path", str(moslim_rm),
+        "--ckpt.path", str(tmp_path / "ckpt"), "--ckpt.save_steps", "-1",
+        "--train.micro_batch_size", "2", "--train.batch_size", "8",
+        "--rollout.micro_batch_size", "4", "--rollout.batch_size", "8", "--rollout.n_samples_per_prompt", "4",
+        "--train.max_epochs", "1", "--data.max_len", "1024", "--rollout.max_new_tokens", "256",
+        "--ds.zero_stage", "2", "--ds.param_dtype", "bf16", "--ds.attn_implementation", "sdpa",
+        "--actor.adam.lr", "5e-7", "--algo.kl.init_coef", "0.01", "--algo.kl.estimator", "k3", "--algo.kl.use_loss",
+        "--algo.advantage.estimator", "group_norm", "--reward.clip_range", "-5", "5",
+        "--data.prompt_dataset", str(prompts), "--data.input_key", "input", "--data.label_key", "label",
+        "--data.apply_chat_template", "--actor.gradient_checkpointing_enable",
+        "--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "7",
+        "--moslim.mapping", "moslim", "--moslim.mapping_kwargs", "{}", "--moslim.placement", "user_prefix",
+    ]  # fmt: skip
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    report = tmp_path / "report.json"
+    # As the job supervisor of `ray job submit --runtime-env-json '{"env_vars": {"NCCL_DEBUG": "INFO"}}'` passes it
+    # on: the launcher must not declare NCCL_DEBUG again (Ray refuses to merge two runtime envs sharing a key).
+    job = {"runtime_env": {"env_vars": {"NCCL_DEBUG": "INFO"}}, "metadata": {}}
+    env = dict(
+        os.environ,
+        MOSLIM_TEST_REPORT=str(report),
+        RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(job),
+        NCCL_DEBUG="INFO",
+        RAY_ADDRESS=ray_cluster,  # the module's cluster: starting another one costs ~30 s here
+    )
+    proc = subprocess.run(
+        [sys.executable, str(driver), *argv], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads(report.read_text())
+    assert got["ray_initialized"]
+    moslim = got["moslim"]
+    assert moslim["sampling"] == "subset" and moslim["seed"] == 7 and moslim["placement"] == "user_prefix"
+    assert moslim["in_process"] is True  # the reward model is a MOSLIM checkpoint
+    # OpenRLHF's own parsing and validation ran (its values; no critic for group_norm).
+    assert got["estimator"] == "group_norm" and got["clip_range"] == [-5.0, 5.0] and got["critic"] is None
+    assert got["label_key"] == "label"
+    runtime_env = got["runtime_env"]
+    hook = runtime_env.get("worker_process_setup_hook") or runtime_env["env_vars"].get(launcher.RAY_SETUP_HOOK_ENV_VAR)
+    assert hook == activate.WORKER_SETUP_HOOK
+    assert runtime_env["env_vars"]["NCCL_DEBUG"] == "INFO"
