@@ -138,6 +138,17 @@ def test_row_without_requests_gets_zero_reward(name, kwargs):
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("name, kwargs", CONFIGS + [("moslim", {"norm": "running"})], ids=CONFIG_IDS + ["running"])
+def test_empty_batch_and_bf16_probs_give_fp32_rewards(name, kwargs):
+    stats = MappingStats.empty(LEVELS) if kwargs.get("norm") == "running" else calibration()
+    rewards, terms = run(name, kwargs, torch.zeros(0, 3, 5), torch.zeros(0, 3, dtype=torch.long), stats)
+    assert rewards.shape == (0,) and terms.shape == (0, 3)
+    probs, targets = random_probs(4).bfloat16(), random_targets(4, generator=torch.Generator().manual_seed(10))
+    rewards, terms = run(name, kwargs, probs, targets, stats)
+    assert rewards.dtype == terms.dtype == torch.float32 and torch.isfinite(rewards).all()
+
+
+@pytest.mark.unit
 @settings(max_examples=60, deadline=None)
 @given(
     st.integers(0, 2**31 - 1),
