@@ -1,0 +1,163 @@
+"""Runtime patches of OpenRLHF: fingerprints, idempotent apply/revert, refusal on changed upstream code, the
+upstream diff, and OpenRLHF's own PromptDataset conditioned through the dataset patch. (Activation in Ray workers,
+applied when OpenRLHF imports the patched module, is tested in test_ray_integration.py.)"""
+
+import dataclasses
+import gzip
+import importlib.util
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace as NS
+
+import pytest
+
+from moslim_plugin import launcher, patches
+
+ROOT = Path(__file__).parent.parent
+VLLM_STUB = Path(__file__).parent / "vllm_stub"
+DIFF = ROOT / "patches" / "openrlhf-0.11.2-moslim.diff"
+PROMPT_DATASET = next(p for p in patches.PATCHES if p.name == "prompt_dataset")
+
+
+def openrlhf_dir() -> Path:
+    return Path(importlib.util.find_spec("openrlhf").origin).parent
+
+
+@pytest.fixture
+def reverted():
+    yield
+    patches.revert()
+
+
+@pytest.mark.integration
+def test_every_patch_still_matches_the_installed_openrlhf_source(monkeypatch):
+    if importlib.util.find_spec("vllm") is None:
+        monkeypatch.syspath_prepend(str(VLLM_STUB))  # openrlhf.trainer.ray imports vLLM at module level
+    for patch in (*patches.PATCHES, patches.HIERARCHIZE):
+        patch.check(patch.resolve()[2])  # raises PatchError on any difference
+
+
+@pytest.mark.integration
+def test_apply_is_idempotent_and_revert_restores_the_original(reverted):
+    from openrlhf.datasets.prompts_dataset import PromptDataset
+
+    original = PromptDataset.__init__
+    patches.apply(PROMPT_DATASET)
+    wrapped = PromptDataset.__init__
+    assert wrapped is not original and wrapped.__moslim_patch__ == "prompt_dataset"
+    patches.apply(PROMPT_DATASET)
+    patches.apply_on_import([PROMPT_DATASET])  # module already imported: applies now, still once
+    assert PromptDataset.__init__ is wrapped and patches.applied() == ["prompt_dataset"]
+    patches.revert()
+    assert PromptDataset.__init__ is original and patches.applied() == []
+
+
+@pytest.fixture
+def altered_prompts_dataset(tmp_path):
+    """A copy of OpenRLHF's prompts_dataset.py with one line of PromptDataset.__init__ changed, importable by name."""
+    source = (openrlhf_dir() / "datasets" / "prompts_dataset.py").read_text()
+    changed = source.replace('desc="Preprocessing data"', 'desc="Preprocessing rows"')
+    assert changed != source
+    (tmp_path / "altered_prompts_dataset.py").write_text(changed)
+    sys.path.insert(0, str(tmp_path))
+    yield dataclasses.replace(PROMPT_DATASET, target="altered_prompts_dataset:PromptDataset.__init__")
+    sys.path.remove(str(tmp_path))
+    sys.modules.pop("altered_prompts_dataset", None)
+
+
+@pytest.mark.integration
+def test_a_changed_upstream_source_fails_the_fingerprint_check(altered_prompts_dataset, reverted, monkeypatch):
+    monkeypatch.delenv(patches.ALLOW_ENV, raising=False)
+    with pytest.raises(
+        patches.PatchError, match=r"the source of altered_prompts_dataset:PromptDataset\.__init__ changed"
+    ):
+        patches.apply(altered_prompts_dataset)
+    assert patches.applied() == []
+    # The explicit override applies it anyway, loudly.
+    monkeypatch.setenv(patches.ALLOW_ENV, "1")
+    with pytest.warns(UserWarning, match="applying anyway"):
+        patches.apply(altered_prompts_dataset)
+    assert patches.applied() == ["prompt_dataset"]
+
+
+@pytest.mark.integration
+def test_an_unsupported_openrlhf_release_is_refused_with_both_versions(monkeypatch):
+    from openrlhf.datasets.prompts_dataset import PromptDataset
+
+    monkeypatch.delenv(patches.ALLOW_ENV, raising=False)
+    future = dataclasses.replace(PROMPT_DATASET, versions=("0.12.0",))
+    with pytest.raises(patches.PatchError, match=r"installed OpenRLHF is 0\.11\.2, this patch supports 0\.12\.0"):
+        future.check(PromptDataset.__dict__["__init__"])
+
+
+@pytest.mark.integration
+def test_the_upstream_diff_still_applies_to_the_installed_openrlhf(tmp_path):
+    shutil.copytree(openrlhf_dir(), tmp_path / "openrlhf", ignore=shutil.ignore_patterns("__pycache__"))
+    dry = subprocess.run(["patch", "-p1", "--dry-run", "-i", str(DIFF)], cwd=tmp_path, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    subprocess.run(["patch", "-p1", "-s", "-i", str(DIFF)], cwd=tmp_path, check=True)
+    changed = [line.split()[-1][2:] for line in DIFF.read_text().splitlines() if line.startswith("+++ ")]
+    assert len(changed) == 4
+    for path in changed:  # the patched files are still valid Python
+        compile((tmp_path / path).read_text(), path, "exec")
+
+
+def hh_prompt_rows(n):
+    rows = []
+    with gzip.open(ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt") as f:
+        for line in itertools.islice(f, n):
+            chosen = json.loads(line)["chosen"]
+            rows.append({"input": chosen.split("\n\nAssistant:")[0].split("\n\nHuman: ", 1)[1].strip()})
+    return rows
+
+
+@pytest.mark.integration
+def test_openrlhfs_prompt_dataset_built_through_the_hook_matches_prepare_prompts(tmp_path, smollm2_dir, reverted):
+    from openrlhf.datasets import PromptDataset
+    from openrlhf.datasets.utils import blending_datasets
+    from transformers import AutoTokenizer
+
+    from moslim_plugin import datasets
+    from moslim_plugin.directives import label_to_request, parse_directive, request_to_label
+    from moslim_plugin.spec import load_spec
+
+    spec = load_spec("hh")
+    rows = hh_prompt_rows(6)
+    already = request_to_label(spec, {"harmless": 1})
+    rows[2]["label"] = already  # a prompt that already carries a MOSLIM label passes through
+    data_file = tmp_path / "prompts.jsonl"
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    flags = ["--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "11", "--moslim.placement",
+             "user_prefix"]  # fmt: skip
+    ours, _ = launcher.build_parser().parse_known_args(flags)
+    args = NS(
+        data=NS(apply_chat_template=True, label_key="label", input_key="input"),
+        reward=NS(model_name_or_path=None, remote_url="http://127.0.0.1:5000/get_reward"),
+        train=NS(agent_func_path=None),
+        use_ms=False,
+    )
+    args.moslim = launcher.check_moslim_args(NS(**{k.split(".", 1)[1]: v for k, v in vars(ours).items()}), args)
+    strategy = NS(args=args, is_rank_0=lambda: True, print=lambda *a: None)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+
+    patches.apply(PROMPT_DATASET)
+    dataset = PromptDataset(blending_datasets(str(data_file), None, strategy), tokenizer, strategy)
+
+    # The offline command on the same file with the same seed and placement.
+    out = tmp_path / "conditioned.jsonl"
+    offline_flags = ["--data.dataset", str(data_file), "--moslim.output", str(out), *flags]
+    assert datasets.main(offline_flags) == 0
+    offline = [json.loads(line) for line in out.read_text().splitlines()]
+    assert dataset.labels == [row["label"] for row in offline]
+    chats = [row["input"] if isinstance(row["input"], list) else [{"role": "user", "content": row["input"]}]
+             for row in offline]  # fmt: skip
+    expected = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
+    assert dataset.prompts == expected
+    assert dataset.labels[2] == already and "[Preferences]" not in dataset.prompts[2]
+    for i in (0, 1, 3, 4, 5):
+        assert parse_directive(spec, dataset.prompts[i]) == label_to_request(spec, dataset.labels[i])
