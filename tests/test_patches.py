@@ -72,9 +72,7 @@ def altered_prompts_dataset(tmp_path):
 @pytest.mark.integration
 def test_a_changed_upstream_source_fails_the_fingerprint_check(altered_prompts_dataset, reverted, monkeypatch):
     monkeypatch.delenv(patches.ALLOW_ENV, raising=False)
-    with pytest.raises(
-        patches.PatchError, match=r"the source of altered_prompts_dataset:PromptDataset\.__init__ changed"
-    ):
+    with pytest.raises(patches.PatchError, match=r"source of altered_prompts_dataset:PromptDataset\.__init__ changed"):
         patches.apply(altered_prompts_dataset)
     assert patches.applied() == []
     # The explicit override applies it anyway, loudly.
