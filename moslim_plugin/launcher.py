@@ -152,6 +152,12 @@ def check_moslim_args(moslim, args) -> SimpleNamespace:
     m.in_process = bool(path) and not remote and any(is_moslim_checkpoint(p) for p in path.split(","))
     if m.in_process and "," in path:
         fail(f"--reward.model_name_or_path {path!r}: a MOSLIM reward model cannot be combined with others")
+    if m.in_process and args.algo.advantage.estimator == "gae" and not args.critic.model_name_or_path:
+        fail(
+            "PPO (gae) without --critic.model_name_or_path: OpenRLHF would initialise the critic from the reward "
+            "model, but a MOSLIM reward model is a multi-head classifier with its own tokenizer; pass the policy "
+            "(--critic.model_name_or_path <actor path>)"
+        )
     if m.sampling and not (m.in_process or remote):
         fail(
             f"--moslim.sampling conditions prompts on directives, but nothing would score them: "

@@ -4,7 +4,12 @@ The real launch (a full command line through OpenRLHF's own train_ppo_ray up to 
 which shares its Ray cluster.
 """
 
+import importlib.util
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace as NS
 
@@ -12,16 +17,18 @@ import pytest
 
 from moslim_plugin import activate, launcher
 
-VLLM_STUB = Path(__file__).parent / "vllm_stub"
 HOOK_ENV = launcher.RAY_SETUP_HOOK_ENV_VAR
+ROOT = Path(__file__).parent.parent
 
 
-def openrlhf_args(label_key="label", chat=True, rm=None, remote="http://127.0.0.1:5000/get_reward"):
+def openrlhf_args(label_key="label", chat=True, rm=None, remote="http://127.0.0.1:5000/get_reward", estimator="rloo"):
     """The parts of OpenRLHF's hierarchized args that the MOSLIM checks read."""
     return NS(
         data=NS(apply_chat_template=chat, label_key=label_key),
         reward=NS(model_name_or_path=rm, remote_url=remote),
         train=NS(agent_func_path=None),
+        algo=NS(advantage=NS(estimator=estimator)),
+        critic=NS(model_name_or_path=None),
     )
 
 
@@ -78,6 +85,17 @@ def test_moslim_flags_that_contradict_openrlhf_flags_stop_the_launch_by_name(fla
 
 
 @pytest.mark.unit
+def test_ppo_with_an_in_process_moslim_reward_model_needs_an_explicit_critic(tmp_path):
+    # is_moslim_checkpoint reads only config.json: a folder with the `moslim` entry is a MOSLIM checkpoint to it.
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "moslim": {"format_version": 1}}))
+    args = openrlhf_args(rm=str(tmp_path), remote=None, estimator="gae")
+    with pytest.raises(SystemExit, match="--critic.model_name_or_path"):
+        launcher.check_moslim_args(moslim_flags(), args)
+    args.critic.model_name_or_path = "policy"
+    assert launcher.check_moslim_args(moslim_flags(), args).in_process is True
+
+
+@pytest.mark.unit
 def test_plain_driver_declares_the_worker_hook_and_openrlhfs_env_vars():
     env = launcher.driver_runtime_env({"NCCL_DEBUG": "INFO"})
     assert env["worker_process_setup_hook"] == activate.WORKER_SETUP_HOOK
@@ -103,3 +121,40 @@ def test_a_job_with_another_setup_hook_is_told_how_to_chain_ours():
         "mycompany.hooks.setup" in exit_info.value.code
         and "moslim_plugin.activate.activate_all()" in exit_info.value.code
     )
+
+
+def openrlhf_flag_names() -> set[str]:
+    source = (Path(importlib.util.find_spec("openrlhf").origin).parent / "cli" / "train_ppo_ray.py").read_text()
+    names = set(re.findall(r'"(--[a-z_.0-9]+)"', source))
+    for prefix in ("actor", "critic"):  # flags that train_ppo_ray adds in a loop over f"--{prefix}..."
+        names |= {n.replace("{prefix}", prefix) for n in re.findall(r'f"(--\{prefix\}[a-z_.0-9]*)"', source)}
+    return names
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("script", ["ppo.sh", "reinforce_pp.sh", "rloo.sh", "grpo.sh"])
+@pytest.mark.parametrize("variant", ["inprocess", "remote"])
+def test_launch_scripts_submit_only_flags_that_openrlhf_and_the_plugin_know(script, variant):
+    path = ROOT / "launch" / script
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    env = dict(os.environ, DRY_RUN="1", PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    proc = subprocess.run(["bash", str(path), variant], env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    argv = proc.stdout.decode().split("\0")[:-1]
+    assert argv[:3] == ["ray", "job", "submit"]
+    runtime_env = json.loads(next(a for a in argv if a.startswith("--runtime-env-json=")).split("=", 1)[1])
+    entrypoint = argv[argv.index("--") + 1 :]
+    assert entrypoint[:4] == ["python3", "-m", "moslim_plugin", "train_ppo_ray"]
+    ours, rest = launcher.build_parser().parse_known_args(entrypoint[4:])  # invalid choices exit here
+    unknown = {a for a in rest if a.startswith("--")} - openrlhf_flag_names()
+    assert not unknown, f"{script} passes flags OpenRLHF does not have: {unknown}"
+    estimator = rest[rest.index("--algo.advantage.estimator") + 1]
+    expected = {"ppo.sh": "gae", "reinforce_pp.sh": "reinforce_baseline", "rloo.sh": "rloo", "grpo.sh": "group_norm"}
+    assert estimator == expected[script]
+    if variant == "remote":
+        assert Path(rest[rest.index("--reward.remote_url") + 1]).is_file()  # the plugin's reward_func file
+        assert runtime_env["env_vars"]["MOSLIM_STRICT"] == "1"
+    else:
+        assert "--reward.model_name_or_path" in rest and "--reward.remote_url" not in rest
+    # Nothing the launcher itself declares at ray.init may be in the job's runtime env twice.
+    launcher.driver_runtime_env({launcher.RAY_JOB_CONFIG_JSON_ENV_VAR: json.dumps({"runtime_env": runtime_env})})

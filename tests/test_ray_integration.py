@@ -50,21 +50,22 @@ def probe_worker():
     """What a fresh Ray worker looks like after the setup hook, then after OpenRLHF imports its dataset module."""
     import sys
 
-    from moslim_plugin import patches
+    from moslim_plugin import activate, patches
 
     before = {"torch": "torch" in sys.modules, "openrlhf": "openrlhf" in sys.modules, "applied": patches.applied()}
+    activate.activate_all()  # again: idempotent
     from openrlhf.datasets.prompts_dataset import PromptDataset
 
-    return before, getattr(PromptDataset.__init__, "__moslim_patch__", None)
+    return before, getattr(PromptDataset.__init__, "__moslim_patch__", None), patches.applied()
 
 
 @pytest.mark.integration
 def test_the_worker_setup_hook_activates_the_patches_in_ray_workers_without_importing_torch(ray_cluster):
     import ray
 
-    before, patched = ray.get(ray.remote(num_cpus=0.1)(probe_worker).remote())
+    before, patched, applied = ray.get(ray.remote(num_cpus=0.1)(probe_worker).remote())
     assert before == {"torch": False, "openrlhf": False, "applied": []}  # activation alone is cheap
-    assert patched == "prompt_dataset"  # applied the moment OpenRLHF imported the module
+    assert patched == "prompt_dataset" and applied == ["prompt_dataset"]  # applied once, when OpenRLHF imported it
 
 
 def hh_samples(n):
