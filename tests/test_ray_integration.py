@@ -247,6 +247,9 @@ def stop_before_gpu_work(args):
         "clip_range": list(args.reward.clip_range),
         "critic": args.critic.model_name_or_path,
         "label_key": args.data.label_key,
+        # The reward actor class train_ppo_ray (running as __main__) imported by name, and what is patched here.
+        "reward_actor": sys.modules["__main__"].RewardModelActor.__ray_actor_class__.__qualname__,
+        "applied": __import__("moslim_plugin.patches").patches.applied(),
     }
     with open(os.environ["MOSLIM_TEST_REPORT"], "w") as f:
         json.dump(report, f, default=str)
@@ -309,6 +312,8 @@ def test_a_full_command_line_reaches_openrlhfs_train_with_args_moslim_under_a_jo
     # OpenRLHF's own parsing and validation ran (its values; no critic for group_norm).
     assert got["estimator"] == "group_norm" and got["clip_range"] == [-5.0, 5.0] and got["critic"] is None
     assert got["label_key"] == "label"
+    assert got["reward_actor"] == "MoslimRewardModelActor"
+    assert {"reward_actor", "hierarchize"} <= set(got["applied"])
     runtime_env = got["runtime_env"]
     hook = runtime_env.get("worker_process_setup_hook") or runtime_env["env_vars"].get(launcher.RAY_SETUP_HOOK_ENV_VAR)
     assert hook == activate.WORKER_SETUP_HOOK
