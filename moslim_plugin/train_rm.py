@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import time
 from datetime import datetime
 from functools import partial
 
@@ -71,23 +72,24 @@ def split_by_question(rows, eval_ratio: float, seed: int):
     return [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]
 
 
-def encode(tokenizer, questions, responses, max_len):
-    """(question, response) pairs -> input ids; the question is truncated, never the response (as the scorer does)."""
-    return tokenizer(
-        list(questions),
-        list(responses),
-        truncation="only_first",
-        max_length=max_len,
-        padding=True,
-        return_tensors="pt",
-    )
+def encode_rows(rows, tokenizer, spec, max_len, source):
+    """Each row encoded once, exactly as the Scorer reads a pair at reward time (`scorer.encode`: chat template or
+    pair encoding, the question truncated from its start), with its labels (IGNORE for a missing rating)."""
+    from moslim_plugin.scorer import encode
+
+    out = []
+    for row in tqdm(rows, desc=f"encode {os.path.basename(source)}", leave=False):
+        try:
+            encoded = encode(tokenizer, row["question"], row["response"], max_len)
+        except ValueError as e:
+            raise ValueError(f"{source}: row with question {row['question'][:60]!r}: {e}") from None
+        out.append((encoded, [IGNORE if row["labels"].get(n) is None else row["labels"][n] for n in spec.names]))
+    return out
 
 
-def collate(batch, tokenizer, spec, max_len):
-    enc = encode(tokenizer, [r["question"] for r in batch], [r["response"] for r in batch], max_len)
-    labels = [[r["labels"].get(n) for n in spec.names] for r in batch]
-    labels = torch.tensor([[IGNORE if x is None else x for x in row] for row in labels], dtype=torch.long)
-    return enc["input_ids"], enc["attention_mask"], labels
+def collate(batch, tokenizer):
+    inputs = tokenizer.pad([encoded for encoded, _ in batch], return_tensors="pt")
+    return dict(inputs), torch.tensor([labels for _, labels in batch], dtype=torch.long)
 
 
 def head_losses(logits, labels, spec, class_weights=None, label_smoothing=0.0):
@@ -157,8 +159,8 @@ def predict(model, loader, device):
     """Softmax probabilities [N, K, Lmax] and labels [N, K] over a loader, in order."""
     model.eval()
     probs, labels = [], []
-    for input_ids, attention_mask, batch_labels in loader:
-        logits = model(input_ids.to(device), attention_mask.to(device))
+    for inputs, batch_labels in loader:
+        logits = model(**{k: v.to(device) for k, v in inputs.items()})
         probs.append(logits.float().softmax(-1).cpu())
         labels.append(batch_labels)
     model.train()
@@ -324,15 +326,19 @@ def _no_decay(name: str) -> bool:
     return any(nd in name for nd in NO_DECAY_NAMES)
 
 
-def build_model(args, spec, device):
+def load_tokenizer(path):
     from transformers import AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # pad positions are masked and never pooled (as in the Scorer)
+    return tokenizer
+
+
+def build_model(args, spec):
     from moslim_plugin.rm import MultiHeadRewardModel
 
     path = args.model.model_name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     # fp32 master weights on CPU; under DeepSpeed the engine casts to --ds.param_dtype itself.
     model = MultiHeadRewardModel.from_backbone(
         path, spec, pooling=args.moslim.pooling, dtype=torch.float32, attn_implementation=args.ds.attn_implementation
@@ -352,7 +358,7 @@ def build_model(args, spec, device):
         model.backbone.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": args.model.gradient_checkpointing_reentrant}
         )
-    return model, tokenizer
+    return model
 
 
 def open_logger(args):
@@ -401,6 +407,10 @@ def train(args, rows=None, eval_rows=None) -> dict:
             f"({args.train.batch_size}) training rows and >= 1 held-out row"
         )
 
+    tokenizer = load_tokenizer(args.model.model_name_or_path)
+    train_set = encode_rows(train_rows, tokenizer, spec, args.data.max_len, args.data.dataset or "<rows>")
+    eval_set = encode_rows(eval_rows, tokenizer, spec, args.data.max_len, args.eval.dataset or "<held-out rows>")
+
     use_deepspeed = torch.cuda.is_available()
     if use_deepspeed:
         from openrlhf.utils import get_strategy
@@ -410,12 +420,12 @@ def train(args, rows=None, eval_rows=None) -> dict:
         strategy = TorchStrategy(args)
     strategy.setup_distributed()
     device = torch.device("cuda", torch.cuda.current_device()) if use_deepspeed else torch.device("cpu")
-    model, tokenizer = build_model(args, spec, device)
+    model = build_model(args, spec)
 
-    collate_fn = partial(collate, tokenizer=tokenizer, spec=spec, max_len=args.data.max_len)
-    train_loader = strategy.setup_dataloader(train_rows, args.train.micro_batch_size, True, True, collate_fn)
+    collate_fn = partial(collate, tokenizer=tokenizer)
+    train_loader = strategy.setup_dataloader(train_set, args.train.micro_batch_size, True, True, collate_fn)
     eval_loader = strategy.setup_dataloader(
-        eval_rows, args.train.micro_batch_size, True, False, collate_fn, drop_last=False
+        eval_set, args.train.micro_batch_size, True, False, collate_fn, drop_last=False
     )
     steps_per_epoch = len(train_rows) // args.train.batch_size
     max_steps = (
@@ -445,12 +455,13 @@ def train(args, rows=None, eval_rows=None) -> dict:
     global_step = consumed_samples // args.train.batch_size
     micro_step = 0
     bar = tqdm(total=max_steps, initial=global_step, desc="train-rm", disable=not strategy.is_rank_0())
+    start = time.perf_counter()
     epoch = global_step // max(steps_per_epoch, 1)
     while global_step < max_steps:
         skip = consumed_samples - epoch * steps_per_epoch * args.train.batch_size
         train_loader.sampler.set_epoch(epoch, consumed_samples=max(skip, 0))
-        for input_ids, attention_mask, labels in train_loader:
-            logits = model(input_ids.to(device), attention_mask.to(device))
+        for inputs, labels in train_loader:
+            logits = model(**{k: v.to(device) for k, v in inputs.items()})
             losses = head_losses(logits, labels.to(device), spec, class_weights, args.moslim.label_smoothing)
             present = [loss for loss in losses if loss is not None]
             # A micro-batch without any label still goes through backward: DeepSpeed counts micro-steps.
@@ -489,6 +500,7 @@ def train(args, rows=None, eval_rows=None) -> dict:
                 break
         epoch += 1
     bar.close()
+    train_seconds = time.perf_counter() - start  # the loop alone: no model load, evaluation or save
 
     probs, labels = predict(model, eval_loader, device)
     metrics = head_metrics(probs, labels, spec)
@@ -502,6 +514,7 @@ def train(args, rows=None, eval_rows=None) -> dict:
         "global_step": global_step,
         "train_rows": len(train_rows),
         "eval_rows": len(eval_rows),
+        "train_seconds": train_seconds,
         "metrics": metrics,
     }
     if strategy.is_rank_0():
@@ -595,19 +608,20 @@ def parse_args(argv):
 def train_reward_model(data, spec, pretrain, output_dir, *, eval_data=None, **flags) -> dict:
     """Python API: `data`/`eval_data` are prepare-ratings rows (a list) or a path; `flags` are train-rm flags by
     their last name, e.g. `train_reward_model(rows, "hh", path, out, max_steps=20, micro_batch_size=8, lr=1e-4)`."""
-    actions = {a.dest.rsplit(".", 1)[-1]: a for a in build_parser()._actions if a.dest != "help"}
-    argv = [
-        "--model.model_name_or_path",
-        str(pretrain),
-        "--moslim.spec",
-        "<api>",
-        "--ckpt.output_dir",
-        str(output_dir),
-    ]
+    actions = {}
+    for action in build_parser()._actions:
+        if action.dest != "help":
+            actions[action.dest] = action
+            # A last name shared by two flags (data.dataset / eval.dataset) must be given in full.
+            last = action.dest.rsplit(".", 1)[-1]
+            actions[last] = None if last in actions and last != action.dest else action
+    argv = ["--model.model_name_or_path", str(pretrain), "--moslim.spec", "<api>"]
+    argv += ["--ckpt.output_dir", str(output_dir)]
     argv += ["--data.dataset", data if isinstance(data, (str, os.PathLike)) else "<rows>"]
     for name, value in flags.items():
-        if name not in actions:
-            raise TypeError(f"train_reward_model: unknown flag {name!r}; known: {sorted(actions)}")
+        if actions.get(name) is None:
+            known = sorted(k for k, v in actions.items() if v is not None)
+            raise TypeError(f"train_reward_model: unknown or ambiguous flag {name!r}; known: {known}")
         option = actions[name].option_strings[0]
         if isinstance(value, bool):
             argv += [option] if value else []

@@ -1,0 +1,321 @@
+"""Real-data check: MOSLIM classification RM vs OpenRLHF's pairwise RM on HH-RLHF, same backbone, same budget.
+
+Data: the helpful-base and harmless-base test splits in ../shared/data/hh-rlhf, split into training and held-out
+parts BY PROMPT (a conversation prefix never lands in both), pairs whose dialogue does not fit `--max_len` dropped so
+that neither model sees truncated text. Both models start from all-MiniLM-L6-v2 and get the same optimizer steps,
+batch (in pairs = 2 sequences each), learning rate, scheduler and data:
+
+(a) MOSLIM: `train_rm.train_reward_model` with objectives helpful and harmless (spec `hh`). Each pair gives two
+    classification rows: chosen = level 1, rejected = level 0 of its subset's objective; the other head is masked.
+    A held-out pair is ranked by the expected level of the subset's objective (= p[level 1]).
+(b) OpenRLHF: its own `RewardDataset` (chosen/rejected dialogues, as `openrlhf.cli.train_rm` reads HH-RLHF),
+    `get_llm_for_sequence_regression(..., "reward")`, and `RewardModelTrainer.fit` with its `PairWiseLoss`.
+    `RewardModelTrainer` cannot get OpenRLHF's DeepspeedStrategy on a CPU torch build (`setup_distributed` calls
+    `torch.cuda.set_device`), so it runs on `train_rm.TorchStrategy`, the same AdamW + scheduler + accumulation the
+    MOSLIM trainer uses here. Weights are loaded in fp32 (OpenRLHF accepts only bf16/fp16; the dtype lookup is
+    widened for this run) so neither side is handicapped by precision.
+
+Held-out pairwise accuracy = share of pairs where chosen scores strictly higher than rejected.
+
+    nice -n 10 .venv/bin/python -m bench.hh_rlhf_check        # ~15 min on 2 shared CPU cores
+"""
+
+import argparse
+import contextlib
+import os
+import random
+import tempfile
+import time
+
+import torch
+from tqdm import tqdm
+
+from bench import RESULTS_DIR, write_result
+from moslim_plugin import compat
+from moslim_plugin.ratings import read_records, split_hh_dialogue
+from moslim_plugin.train_rm import TorchStrategy, parse_args, split_by_question, train_reward_model
+
+SUBSETS = ("helpful", "harmless")
+
+
+def load_pairs(data_dir, tokenizer, max_len):
+    """HH-RLHF pairs that fit max_len tokens whole (both sides, with the special tokens either model adds)."""
+    pairs, dropped = [], 0
+    for subset in SUBSETS:
+        for row in read_records(os.path.join(data_dir, "hh-rlhf", f"{subset}-base-test.jsonl.gz")):
+            question, chosen = split_hh_dialogue(row["chosen"])
+            other, rejected = split_hh_dialogue(row["rejected"])
+            longest = max(
+                len(tokenizer(row[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected")
+            )
+            if other != question or chosen == rejected or longest + 3 > max_len:
+                dropped += 1
+                continue
+            pairs.append(
+                dict(
+                    subset=subset,
+                    question=question,
+                    chosen=chosen,
+                    rejected=rejected,
+                    chosen_text=row["chosen"],
+                    rejected_text=row["rejected"],
+                )
+            )
+    return pairs, dropped
+
+
+def per_subset(pairs, n, rng):
+    """n pairs, half from each subset (pairs shuffled first)."""
+    out = []
+    for subset in SUBSETS:
+        of_subset = [p for p in pairs if p["subset"] == subset]
+        rng.shuffle(of_subset)
+        if len(of_subset) < n // 2:
+            raise ValueError(f"only {len(of_subset)} {subset} pairs available, {n // 2} asked for: lower the counts")
+        out += of_subset[: n // 2]
+    rng.shuffle(out)
+    return out
+
+
+def accuracy(pairs, chosen_scores, rejected_scores):
+    wins = [c > r for c, r in zip(chosen_scores, rejected_scores)]
+    result = {"all": sum(wins) / len(wins)}
+    for subset in SUBSETS:
+        w = [x for x, p in zip(wins, pairs) if p["subset"] == subset]
+        result[subset] = sum(w) / len(w)
+    return result
+
+
+def train_moslim(train_pairs, eval_pairs, backbone, a, workdir):
+    """Train with train_rm; returns (held-out pairwise accuracy or None when eval_pairs is empty, loop seconds)."""
+
+    def rows(pairs):
+        return [
+            {
+                "question": p["question"],
+                "response": p[side],
+                "labels": {s: level if s == p["subset"] else None for s in SUBSETS},
+            }
+            for p in pairs
+            for side, level in (("chosen", 1), ("rejected", 0))
+        ]
+
+    out = os.path.join(workdir, "moslim")
+    # Same budget in sequences: a pairwise micro-batch of m pairs forwards 2m sequences. The trainer's own held-out
+    # pass (per-head metrics, calibration stats) gets 64 pairs, or a few training pairs when there is no eval set.
+    train_seconds = train_reward_model(
+        rows(train_pairs),
+        "hh",
+        backbone,
+        out,
+        eval_data=rows(eval_pairs[:64] or train_pairs[:4]),
+        max_steps=a.steps,
+        micro_batch_size=2 * a.micro_batch_pairs,
+        batch_size=2 * a.batch_pairs,
+        lr=a.lr,
+        max_len=a.max_len,
+        seed=a.seed,
+        lr_warmup_ratio=0.1,
+    )["train_seconds"]
+    if not eval_pairs:
+        return None, train_seconds
+    # Scored through the product's own path: Scorer.from_pretrained + score(), expected level of the pair's objective.
+    from moslim_plugin.scorer import Scorer
+
+    scorer = Scorer.from_pretrained(out, max_length=a.max_len, batch_size=16)
+    scores = {}
+    for side in ("chosen", "rejected"):
+        scores[side] = []
+        for i in tqdm(range(0, len(eval_pairs), 64), desc=f"moslim eval {side}"):
+            batch = eval_pairs[i : i + 64]
+            result = scorer.score(
+                [p["question"] for p in batch], [p[side] for p in batch], [{p["subset"]: 1} for p in batch]
+            )
+            heads = torch.tensor([SUBSETS.index(p["subset"]) for p in batch])
+            scores[side] += result.expected_level[torch.arange(len(batch)), heads].tolist()
+    return accuracy(eval_pairs, scores["chosen"], scores["rejected"]), train_seconds
+
+
+@contextlib.contextmanager
+def fp32_openrlhf_models():
+    """OpenRLHF's dtype lookup accepts bf16/fp16 only; fp32 for this run (looked up at call time, so patchable)."""
+    import openrlhf.utils.utils as utils
+
+    original = utils.convert_to_torch_dtype
+    utils.convert_to_torch_dtype = lambda name: torch.float32 if name == "fp32" else original(name)
+    try:
+        yield
+    finally:
+        utils.convert_to_torch_dtype = original
+
+
+def openrlhf_args(backbone, a, workdir):
+    """train_rm's flags plus the attributes RewardModelTrainer and RewardDataset read from openrlhf/cli/train_rm.py."""
+    args = parse_args(
+        [
+            "--model.model_name_or_path",
+            str(backbone),
+            "--moslim.spec",
+            "hh",
+            "--data.dataset",
+            "-",
+            "--train.micro_batch_size",
+            str(a.micro_batch_pairs),
+            "--train.batch_size",
+            str(a.batch_pairs),
+            "--adam.lr",
+            str(a.lr),
+            "--lr_warmup_ratio",
+            "0.1",
+            "--train.seed",
+            str(a.seed),
+            "--ckpt.output_dir",
+            os.path.join(workdir, "openrlhf"),
+        ]
+    )
+    args.model.aux_loss_coef, args.model.margin_loss_enable, args.model.compute_fp32_loss_enable = 0, False, False
+    args.ds.packing_samples = False
+    args.data.prompt_key, args.data.chosen_key, args.data.rejected_key = None, "chosen", "rejected"
+    args.data.apply_chat_template = False
+    return args
+
+
+def train_openrlhf(train_pairs, eval_pairs, backbone, a, workdir):
+    """RewardModelTrainer.fit; returns (held-out pairwise accuracy or None when eval_pairs is empty, fit seconds)."""
+    from datasets import Dataset
+    from openrlhf.datasets import RewardDataset
+    from openrlhf.models import get_llm_for_sequence_regression
+    from openrlhf.trainer.rm_trainer import RewardModelTrainer
+    from openrlhf.utils import get_tokenizer
+
+    args = openrlhf_args(backbone, a, workdir)
+    strategy = TorchStrategy(args)
+    strategy.setup_distributed()
+    with fp32_openrlhf_models():
+        model = get_llm_for_sequence_regression(
+            str(backbone), "reward", param_dtype="fp32", attn_implementation="sdpa", init_value_head=True
+        )
+    tokenizer = get_tokenizer(str(backbone), model, "left", strategy)
+    tokenizer.eos_token = tokenizer.sep_token  # BERT has no eos; RewardDataset ends every sequence with one
+
+    def dataset(pairs):
+        data = Dataset.from_list([{"chosen": p["chosen_text"], "rejected": p["rejected_text"]} for p in pairs])
+        return RewardDataset(data, tokenizer, a.max_len, strategy, num_processors=1)
+
+    # Both datasets before prepare(): RewardDataset pickles the strategy for datasets' map workers, and a prepared
+    # TorchStrategy holds an optimizer and scheduler that do not pickle.
+    train_set, eval_set = dataset(train_pairs), eval_pairs and dataset(eval_pairs)
+    loader = strategy.setup_dataloader(train_set, a.micro_batch_pairs, True, True, train_set.collate_fn)
+    cfg = dict(
+        optim="adam",
+        muon={},
+        adam=vars(args.adam),
+        lr_scheduler=args.lr_scheduler,
+        lr_warmup_ratio=0.1,
+        min_lr_ratio=args.min_lr_ratio,
+        max_norm=args.max_norm,
+        scheduler_steps=a.steps,
+    )
+    model, optim, scheduler = strategy.prepare((model, cfg))
+    trainer = RewardModelTrainer(
+        model, strategy, optim, loader, None, scheduler, tokenizer, max_norm=args.max_norm, max_epochs=1
+    )
+    start = time.perf_counter()
+    trainer.fit(args, 0, a.steps)
+    seconds = time.perf_counter() - start
+    if not eval_pairs:
+        return None, seconds
+
+    eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=16, shuffle=False, collate_fn=eval_set.collate_fn)
+    chosen, rejected = [], []
+    model.eval()
+    with torch.no_grad():
+        for chosen_ids, c_mask, reject_ids, r_mask, _ in tqdm(eval_loader, desc="openrlhf eval"):
+            ids = (chosen_ids.squeeze(1), c_mask.squeeze(1), reject_ids.squeeze(1), r_mask.squeeze(1))
+            c, r, _ = trainer.concatenated_forward(model, *ids)
+            chosen += c.tolist()
+            rejected += r.tolist()
+    return accuracy(eval_pairs, chosen, rejected), seconds
+
+
+def draw(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    groups, width = ("all", *SUBSETS), 0.38
+    for j, (name, label) in enumerate((("moslim", "MOSLIM classification RM"), ("openrlhf", "OpenRLHF pairwise RM"))):
+        values = [results[name]["pairwise_accuracy"][g] for g in groups]
+        bars = ax.bar([i + (j - 0.5) * width for i in range(len(groups))], values, width, label=label)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(groups)), [f"{g} (n={results['eval_pairs'][g]})" for g in groups])
+    ax.set_ylabel("held-out pairwise accuracy")
+    ax.set_ylim(0.4, 0.8)
+    ax.set_title("HH-RLHF, all-MiniLM-L6-v2, same budget", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps for each model")
+    p.add_argument("--batch_pairs", type=int, default=16, help="pairs per optimizer step")
+    p.add_argument("--micro_batch_pairs", type=int, default=8)
+    p.add_argument("--eval_pairs", type=int, default=300, help="held-out pairs, half per subset")
+    p.add_argument("--max_len", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--eval_ratio", type=float, default=0.3, help="share of prompts held out")
+    p.add_argument("--seed", type=int, default=42)
+    a = p.parse_args(argv)
+    compat.install()
+    from transformers import AutoTokenizer
+
+    from moslim_plugin.real_models import minilm_path
+
+    backbone = minilm_path()
+    pairs, dropped = load_pairs(a.data_dir, AutoTokenizer.from_pretrained(backbone), a.max_len)
+    train_part, held_part = split_by_question(pairs, a.eval_ratio, a.seed)
+    assert not {p["question"] for p in train_part} & {p["question"] for p in held_part}
+    rng = random.Random(a.seed)
+    train_pairs = per_subset(train_part, a.steps * a.batch_pairs, rng)
+    eval_pairs = per_subset(held_part, a.eval_pairs, rng)
+
+    with tempfile.TemporaryDirectory(prefix="hh-check-") as workdir:
+        moslim_acc, moslim_s = train_moslim(train_pairs, eval_pairs, backbone, a, workdir)
+        openrlhf_acc, openrlhf_s = train_openrlhf(train_pairs, eval_pairs, backbone, a, workdir)
+
+    results = {
+        "pairs_fitting_max_len": len(pairs),
+        "pairs_dropped": dropped,
+        "train_pairs": len(train_pairs),
+        "eval_pairs": {"all": len(eval_pairs), **{s: sum(p["subset"] == s for p in eval_pairs) for s in SUBSETS}},
+        "moslim": {"pairwise_accuracy": moslim_acc, "train_seconds": moslim_s},
+        "openrlhf": {"pairwise_accuracy": openrlhf_acc, "train_seconds": openrlhf_s},
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    draw(results, RESULTS_DIR / "hh_rlhf_check.png")
+    summary = (
+        f"held-out pairwise accuracy, {len(eval_pairs)} pairs: MOSLIM {moslim_acc['all']:.3f} "
+        f"(helpful {moslim_acc['helpful']:.3f}, harmless {moslim_acc['harmless']:.3f}) vs OpenRLHF pairwise "
+        f"{openrlhf_acc['all']:.3f} (helpful {openrlhf_acc['helpful']:.3f}, harmless {openrlhf_acc['harmless']:.3f}); "
+        f"train {moslim_s:.0f} s vs {openrlhf_s:.0f} s"
+    )
+    headline = [
+        {
+            "metric": "pairwise accuracy MOSLIM minus OpenRLHF (held-out HH-RLHF)",
+            "value": moslim_acc["all"] - openrlhf_acc["all"],
+            "target": ">= -0.02 (parity)",
+            "met": moslim_acc["all"] - openrlhf_acc["all"] >= -0.02,
+        }
+    ]
+    write_result("hh_rlhf_check", vars(a), results, summary, headline)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
