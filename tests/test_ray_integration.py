@@ -231,6 +231,28 @@ def test_the_stock_forward_on_a_moslim_checkpoint_refuses_instead_of_returning_a
         ray.get(refs)
 
 
+@pytest.mark.integration
+def test_a_sample_without_a_moslim_label_stops_the_run_with_the_reason(reward_group):
+    import ray
+    from transformers import AutoTokenizer
+
+    group, strategy = reward_group
+    tokenizer = AutoTokenizer.from_pretrained(strategy.args.actor.model_name_or_path)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    s = experience_of(tokenizer, prompt, "", "Hello!")  # a prompt dataset that was never conditioned: empty label
+    refs = group.async_run_method_batch(
+        method_name="moslim_forward",
+        sequences=[s.sequences], attention_mask=[s.attention_mask], action_mask=[s.action_mask],
+        prompts=[s.prompts], labels=[s.labels],
+    )  # fmt: skip
+    with pytest.raises(
+        ray.exceptions.RayTaskError, match="MOSLIM reward failed for 1 of 1 samples: sample 0: .*label"
+    ):
+        ray.get(refs)
+
+
 # Stops OpenRLHF's train() at its first step after ray.init (get_strategy; GPU work starts after it) and reports what
 # train() received. Replacing that OpenRLHF function is the only stand-in: nothing of ours is replaced.
 DRIVER = """
