@@ -1,7 +1,8 @@
 """Every runtime change the plugin makes to OpenRLHF, each declared, fingerprinted and reversible.
 
 OpenRLHF 0.11.2 has no extension points for what MOSLIM needs (a reward model that sees the prompt's labels, a
-dataset preprocessing hook, a pluggable reward-model actor), so the plugin wraps or replaces three of its objects.
+dataset preprocessing hook, a pluggable reward-model actor), so the plugin wraps or replaces three of its objects
+(and the launcher a fourth, `hierarchize`).
 Each `Patch` names its target (`module:qualname`), the OpenRLHF versions it was written for, the sha256 of the
 upstream source it wraps (`inspect.getsource`), why no public extension point exists, the upstream change that
 would make it unnecessary and when to remove it. A version or fingerprint mismatch is an error (upstream changed
