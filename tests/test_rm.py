@@ -110,6 +110,20 @@ def test_round_trip_gives_identical_logits_spec_pooling_and_tokenizer(tiny_check
 
 
 @pytest.mark.integration
+def test_mapping_statistics_survive_the_round_trip(tmp_path):
+    from moslim_plugin.mappings import MappingStats
+
+    model = MultiHeadRewardModel(tiny_llama(), SPEC)
+    probs = torch.rand(7, 3, 5) * (torch.arange(5) < torch.tensor(SPEC.levels)[:, None])
+    model.stats = MappingStats.from_probs(probs / probs.sum(-1, keepdim=True), SPEC.levels)
+    model.save_pretrained(tmp_path)
+    loaded = MultiHeadRewardModel.from_pretrained(tmp_path)
+    for key in ("mean", "std", "count"):
+        torch.testing.assert_close(getattr(loaded.stats, key), getattr(model.stats, key), rtol=0, atol=1e-12)
+    assert json.loads((tmp_path / "config.json").read_text())["moslim"]["stats"]["levels"] == [5, 5, 2]
+
+
+@pytest.mark.integration
 def test_stock_openrlhf_loads_the_checkpoint_and_gives_a_constant_reward(tiny_checkpoint):
     from openrlhf.models import get_llm_for_sequence_regression
 
