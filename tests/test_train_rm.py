@@ -15,8 +15,9 @@ def tiny_bert(tmp_path_factory, minilm_dir):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=128)  # fmt: skip
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128
+    )
     path = tmp_path_factory.mktemp("tiny-bert")
     BertModel(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
@@ -130,3 +131,26 @@ def test_resumed_training_reaches_the_same_weights_as_uninterrupted_training(tmp
     fresh = tmp_path / "three"
     train_reward_model(rows, SPEC, tiny_bert, fresh, **{**common, "max_steps": 3})
     assert not torch.equal(load_file(fresh / "model.safetensors")["heads.0.weight"], a["heads.0.weight"])
+
+
+@pytest.mark.integration
+def test_lora_training_saves_merged_weights_that_change_only_the_adapted_layers(tmp_path, tiny_bert):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "lora"
+    flags = dict(micro_batch_size=8, batch_size=8, max_steps=2, lr=1e-2, max_len=32, eval_ratio=0.2)
+    train_reward_model(
+        synthetic_rows(40),
+        SPEC,
+        tiny_bert,
+        out,
+        rank=4,
+        target_modules=["query"],
+        gradient_checkpointing_enable=True,
+        **flags,
+    )
+    before, after = load_file(tiny_bert / "model.safetensors"), load_file(out / "model.safetensors")
+    assert not any("lora" in key for key in after)
+    query, key = "encoder.layer.0.attention.self.query.weight", "encoder.layer.0.attention.self.key.weight"
+    assert not torch.allclose(before[query], after["bert." + query])  # LoRA delta merged in
+    torch.testing.assert_close(before[key], after["bert." + key], rtol=0, atol=0)  # not adapted: untouched
