@@ -2,7 +2,7 @@
 
 The demo needs ground truth that no learned model can fool, so every objective is a property of the text itself:
 
-- `length` (3 ordered levels): words in the response, <= 15 short / 16..30 medium / > 30 long.
+- `length` (3 ordered levels): words in the response, <= 12 short / 13..24 medium / > 24 long.
 - `format` (2 levels): a list (at least two lines starting with a bullet `-`, `*`, `•` or a number `1.` / `2)`)
   or plain prose.
 - `excitement` (2 levels): whether the response contains an exclamation mark.
@@ -17,7 +17,7 @@ import re
 
 from moslim_plugin.spec import ObjectiveSpec, load_spec
 
-SHORT_MAX_WORDS, MEDIUM_MAX_WORDS = 15, 30
+SHORT_MAX_WORDS, MEDIUM_MAX_WORDS = 12, 24
 MIN_LIST_ITEMS = 2
 
 DEMO_SPEC = {

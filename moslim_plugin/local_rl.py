@@ -1,0 +1,335 @@
+"""Single-process RL on one machine: the CPU counterpart of OpenRLHF's Ray PPO path, with HF `generate` for rollouts.
+
+Every algorithm piece is OpenRLHF's own: `openrlhf.models.Actor` wraps the policy, `compute_approx_kl` gives the KL to
+the initial policy, `RemoteExperienceMaker.compute_advantages_and_returns` (called on real `Experience` objects)
+applies the reward clip, the KL-shaped reward (`compute_reward`) and the advantage estimator, and `PolicyLoss` gives
+the clipped surrogate. Flags have OpenRLHF's names and meanings (`--algo.advantage.estimator`,
+`--rollout.n_samples_per_prompt`, `--algo.kl.init_coef`, `--actor.adam.lr`, `--reward.clip_range`, ...).
+
+What differs, and why: rollouts come from HF `generate` (no vLLM on CPU); the policy is fp32 (bf16 backward is ~7x
+slower on CPU); only the top `--moslim.trainable_layers` decoder layers are trained, so backward stops there; and the
+log-probs that OpenRLHF computes in a separate no-grad pass before training are taken from the training forward
+itself (detached). With `--train.max_epochs 1` and one optimizer step per rollout batch (what this driver does) the
+weights are the same in both passes, so the numbers are identical and one forward pass per step is saved.
+"""
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import random
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+ESTIMATORS = ("reinforce", "reinforce_baseline", "rloo", "group_norm", "dr_grpo")
+
+
+def install_vllm_import_shim() -> None:
+    """`openrlhf.trainer.ppo_utils.experience_maker` imports `openrlhf.trainer.ray`, whose `vllm_engine` module
+    imports vLLM names at module level. This driver never creates a vLLM engine; it only needs the advantage code.
+    So, for THIS local driver only and only when vLLM is not installed, register the three names read at import
+    time (`vllm.SamplingParams`, `vllm.inputs.TokensPrompt`, `vllm.utils.random_uuid`); anything else raises."""
+    if "vllm" in sys.modules or importlib.util.find_spec("vllm") is not None:
+        return
+    vllm, inputs, utils = (types.ModuleType(n) for n in ("vllm", "vllm.inputs", "vllm.utils"))
+
+    class _NotAvailable:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("vLLM is not installed: the local RL driver generates with HF transformers")
+
+    vllm.SamplingParams, inputs.TokensPrompt, utils.random_uuid = _NotAvailable, dict, lambda: os.urandom(16).hex()
+    vllm.inputs, vllm.utils, vllm.__version__ = inputs, utils, "0.0.0+moslim-local-shim"
+    sys.modules.update({"vllm": vllm, "vllm.inputs": inputs, "vllm.utils": utils})
+
+
+def add_rl_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    # Same names, meanings and (unless noted) defaults as openrlhf/cli/train_ppo_ray.py.
+    p.add_argument("--actor.model_name_or_path", type=str, default=None, help="default: SmolLM2-135M-Instruct")
+    p.add_argument("--actor.adam.lr", type=float, default=1e-6)
+    p.add_argument("--actor.adam.betas", type=float, nargs=2, default=(0.9, 0.95))
+    p.add_argument("--actor.adam.eps", type=float, default=1e-8)
+    p.add_argument("--actor.adam.weight_decay", type=float, default=0.0)
+    p.add_argument("--actor.max_norm", type=float, default=1.0)
+    p.add_argument("--actor.eps_clip", type=float, default=0.2)
+    p.add_argument("--actor.policy_loss_type", type=str, default="ppo", choices=["ppo", "gspo"])
+    p.add_argument("--actor.entropy_coef", type=float, default=None)
+    p.add_argument("--algo.advantage.estimator", type=str, default="reinforce_baseline", choices=ESTIMATORS)
+    p.add_argument("--algo.advantage.gamma", type=float, default=1.0)
+    p.add_argument("--algo.advantage.lambd", type=float, default=1.0)
+    p.add_argument("--algo.advantage.no_std_norm", action="store_true", default=False)
+    p.add_argument("--algo.kl.init_coef", type=float, default=0.01)
+    p.add_argument("--algo.kl.estimator", type=str, default="k1", choices=["k1", "k2", "k3"])
+    p.add_argument("--algo.kl.use_loss", action="store_true", default=False)
+    p.add_argument("--algo.kl.unbiased_gradient", action="store_true", default=False)
+    p.add_argument("--rollout.batch_size", type=int, default=8, help="prompts per rollout (OpenRLHF: 1024)")
+    p.add_argument("--rollout.n_samples_per_prompt", type=int, default=4, help="(OpenRLHF: 1)")
+    p.add_argument("--rollout.max_new_tokens", type=int, default=48, help="(OpenRLHF: 1024)")
+    p.add_argument("--rollout.temperature", type=float, default=1.0)
+    p.add_argument("--rollout.top_p", type=float, default=1.0)
+    p.add_argument("--rollout.micro_batch_size", type=int, default=16, help="samples per forward (OpenRLHF: 1)")
+    p.add_argument("--reward.clip_range", type=float, nargs=2, default=(-10, 10))
+    p.add_argument("--reward.overlong_buffer_len", type=float, default=None)
+    p.add_argument("--reward.overlong_penalty_factor", type=float, default=1)
+    p.add_argument("--reward.stop_properly_penalty_coef", type=float, default=None)
+    p.add_argument("--train.num_episodes", type=int, default=1)
+    p.add_argument("--train.max_epochs", type=int, default=1)
+    p.add_argument("--train.seed", type=int, default=42)
+    p.add_argument("--data.max_samples", type=int, default=int(1e8), help="prompts used (steps = this / batch)")
+    p.add_argument("--ckpt.output_dir", type=str, default="./ckpt")
+    # Ours: CPU budget knob. The bottom layers (and the tied embeddings) stay frozen so backward stops early.
+    p.add_argument("--moslim.trainable_layers", type=int, default=4, help="top decoder layers trained (-1: all)")
+    return p
+
+
+def parse_rl_args(argv) -> argparse.Namespace:
+    from openrlhf.utils.config import hierarchize
+
+    return check_rl_args(hierarchize(add_rl_args(argparse.ArgumentParser(prog="local_rl")).parse_args(argv)))
+
+
+def check_rl_args(args):
+    """The run-time fields OpenRLHF's experience maker reads, plus the checks train_ppo_ray.py does."""
+    algo, rollout = args.algo, args.rollout
+    if algo.advantage.estimator in ("rloo", "reinforce_baseline", "group_norm", "dr_grpo"):
+        if rollout.n_samples_per_prompt < 2:
+            raise ValueError(f"{algo.advantage.estimator} requires --rollout.n_samples_per_prompt > 1")
+    if args.train.max_epochs != 1:
+        raise ValueError(f"--train.max_epochs {args.train.max_epochs}: the local driver does one epoch per rollout")
+    if args.actor.entropy_coef is not None:
+        raise ValueError("--actor.entropy_coef: not supported locally (OpenRLHF's entropy is torch.compile'd)")
+    if args.reward.clip_range[0] >= args.reward.clip_range[1]:
+        raise ValueError(f"--reward.clip_range {args.reward.clip_range}: low must be < high")
+    args.actor.eps_clip_low_high = (args.actor.eps_clip, args.actor.eps_clip)
+    # Fields RemoteExperienceMaker reads; fixed on one process.
+    for ns, fields in {
+        "train": dict(colocate_all=False, colocate_actor_ref=False, colocate_critic_reward=False),
+        "ds": dict(ring_attn_size=1, tensor_parallel_size=1),
+        "actor": dict(num_nodes=1, num_gpus_per_node=1),
+    }.items():
+        if not hasattr(args, ns):
+            setattr(args, ns, argparse.Namespace())
+        for key, value in fields.items():
+            setattr(getattr(args, ns), key, value)
+    args.train.dynamic_batch_enable = False
+    args.data.max_len = rollout.max_new_tokens
+    return args
+
+
+def load_policy(path, trainable_layers: int = -1):
+    """fp32 HF causal LM + left-padding tokenizer; freezes all but the top `trainable_layers` decoder layers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"{path}: the tokenizer has no pad token; set one (e.g. the eos token) and save it")
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
+    )
+    if trainable_layers >= 0:
+        layers = model.model.layers
+        if trainable_layers > len(layers):
+            raise ValueError(f"--moslim.trainable_layers {trainable_layers}: the model has {len(layers)} layers")
+        model.requires_grad_(False)
+        for layer in layers[len(layers) - trainable_layers :]:
+            layer.requires_grad_(True)
+        model.model.norm.requires_grad_(True)
+    return model, tokenizer
+
+
+@torch.no_grad()
+def generate(model, tokenizer, messages_list, max_new_tokens, temperature=1.0, top_p=1.0, batch_size=16, desc=None):
+    """Sample one response per chat (left-padded batches). Returns (prompt_ids list, response_ids list, texts)."""
+    prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_list]
+    prompt_ids, response_ids, texts = [], [], []
+    eos = tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(prompts), desc=desc or "generate", disable=desc is False, leave=False)
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        sample = temperature > 0
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            temperature=temperature if sample else None,
+            top_p=top_p if sample else None,
+            top_k=0 if sample else None,
+            eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        for i in range(out.shape[0]):
+            ids = out[i, enc.input_ids.shape[1] :].tolist()
+            # Keep up to and including the first eos (pad == eos for SmolLM2, so trailing pads go too).
+            if eos in ids:
+                ids = ids[: ids.index(eos) + 1]
+            prompt_ids.append(enc.input_ids[i][enc.attention_mask[i].bool()].tolist())
+            response_ids.append(ids)
+            texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+        bar.update(out.shape[0])
+    bar.close()
+    model.train(was_training)
+    return prompt_ids, response_ids, texts
+
+
+def make_experience(prompt_ids, response_ids, pad_id, eos_id):
+    """An OpenRLHF `Experience` (left-padded prompts, right-padded responses) from token id lists."""
+    from openrlhf.trainer.ppo_utils.experience import Experience
+
+    p_len, r_len = max(map(len, prompt_ids)), max(max(map(len, response_ids)), 1)
+    seqs, attn, act = [], [], []
+    for p, r in zip(prompt_ids, response_ids):
+        seqs.append([pad_id] * (p_len - len(p)) + p + r + [pad_id] * (r_len - len(r)))
+        attn.append([0] * (p_len - len(p)) + [1] * (len(p) + len(r)) + [0] * (r_len - len(r)))
+        act.append([1] * len(r) + [0] * (r_len - len(r)))
+    truncated = torch.tensor([not r or r[-1] != eos_id for r in response_ids])
+    return Experience(
+        sequences=torch.tensor(seqs),
+        attention_mask=torch.tensor(attn),
+        action_mask=torch.tensor(act, dtype=torch.bool),
+        response_length=torch.tensor([float(len(r)) for r in response_ids]),
+        truncated=truncated,
+        total_length=torch.tensor([float(len(p) + len(r)) for p, r in zip(prompt_ids, response_ids)]),
+        info={},
+    )
+
+
+def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=True) -> dict:
+    """RL on `rows` ({"messages": chat with directive, "question": str, "request": dict}); `reward_fn(questions,
+    responses, requests) -> (rewards[B] fp32, info dict of [B] tensors)`. Saves the policy to --ckpt.output_dir and
+    returns {"history": per-step logs, "output_dir", "seconds"}."""
+    from moslim_plugin import compat
+
+    compat.install()  # before openrlhf.models: it imports flash-attn's padding helpers at module level
+    install_vllm_import_shim()
+    from openrlhf.models import Actor, PolicyLoss
+    from openrlhf.models.utils import compute_approx_kl, masked_mean
+    from openrlhf.trainer.ppo_utils import FixedKLController
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+
+    from moslim_plugin.real_models import smollm2_path
+
+    random.seed(args.train.seed)
+    torch.manual_seed(args.train.seed)
+    if model is None:
+        model, tokenizer = load_policy(args.actor.model_name_or_path or smollm2_path(), args.moslim.trainable_layers)
+    actor = Actor(model, temperature=args.rollout.temperature)
+    actor.packing_samples = False
+    # The reference policy is only built when the KL term is on, as in train_ppo_ray.py.
+    ref = None
+    if args.algo.kl.init_coef > 0:
+        ref_model, _ = load_policy(args.actor.model_name_or_path or smollm2_path(), 0)
+        ref = Actor(ref_model.eval(), temperature=args.rollout.temperature)
+        ref.packing_samples = False
+    params = [p for p in actor.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(
+        params, lr=args.actor.adam.lr, betas=args.actor.adam.betas, eps=args.actor.adam.eps,
+        weight_decay=args.actor.adam.weight_decay,
+    )  # fmt: skip
+    eps = args.actor.eps_clip
+    loss_fn = PolicyLoss(clip_eps_low=eps, clip_eps_high=eps, policy_loss_type=args.actor.policy_loss_type)
+    # The strategy-like object and the KL controller are all RemoteExperienceMaker needs off the Ray path.
+    strategy = argparse.Namespace(args=args, ring_attn_group=None, is_rank_0=lambda: True, print=print)
+    kl_ctl = FixedKLController(args.algo.kl.init_coef)
+    maker = RemoteExperienceMaker(None, None, None, None, kl_ctl, strategy, tokenizer)
+
+    rows = list(rows)[: args.data.max_samples]
+    order = []
+    for episode in range(args.train.num_episodes):
+        order += random.Random(args.train.seed + episode).sample(range(len(rows)), len(rows))
+    n, bs, mbs = args.rollout.n_samples_per_prompt, args.rollout.batch_size, args.rollout.micro_batch_size
+    steps = len(order) // bs
+    if steps == 0:
+        raise ValueError(f"{len(rows)} prompts x {args.train.num_episodes} episodes < --rollout.batch_size {bs}")
+    history, start = [], time.time()
+    bar = tqdm(range(steps), desc="RL steps", disable=not progress)
+    for step in bar:
+        batch = [rows[i] for i in order[step * bs : (step + 1) * bs] for _ in range(n)]
+        t0 = time.time()
+        prompt_ids, response_ids, texts = generate(
+            model, tokenizer, [r["messages"] for r in batch], args.rollout.max_new_tokens,
+            args.rollout.temperature, args.rollout.top_p, batch_size=mbs, desc=False,
+        )  # fmt: skip
+        t_gen = time.time() - t0
+        rewards, reward_info = reward_fn([r["question"] for r in batch], texts, [r["request"] for r in batch])
+        rewards = torch.as_tensor(rewards, dtype=torch.float32)
+        if rewards.shape != (len(batch),) or not torch.isfinite(rewards).all():
+            raise ValueError(f"step {step}: reward_fn must return {len(batch)} finite rewards, got {rewards!r:.200}")
+        # One Experience per micro-batch, with the training forward's graph kept until the advantages exist.
+        experiences, graphs = [], []
+        for i in range(0, len(batch), mbs):
+            exp = make_experience(prompt_ids[i : i + mbs], response_ids[i : i + mbs], tokenizer.pad_token_id,
+                                  tokenizer.eos_token_id)  # fmt: skip
+            exp.index = list(range(i, i + len(exp.sequences)))
+            exp.rewards = rewards[i : i + mbs]
+            exp.info = {"reward": exp.rewards, **{k: torch.as_tensor(v)[i : i + mbs] for k, v in reward_info.items()}}
+            actor.train()
+            log_probs = actor(exp.sequences, exp.action_mask, attention_mask=exp.attention_mask)
+            exp.action_log_probs = log_probs.detach()
+            if ref is not None:
+                with torch.no_grad():
+                    base = ref(exp.sequences, exp.action_mask, attention_mask=exp.attention_mask)
+                kl = compute_approx_kl(exp.action_log_probs, base, kl_estimator=args.algo.kl.estimator)
+                exp.base_action_log_probs = base if args.algo.kl.use_loss else None
+            else:
+                kl = torch.zeros_like(exp.action_log_probs)
+            exp.kl = torch.zeros_like(kl) if args.algo.kl.use_loss else kl
+            exp.info["kl"] = masked_mean(kl, exp.action_mask, dim=-1)
+            experiences.append(exp)
+            graphs.append(log_probs)
+        experiences = maker.compute_advantages_and_returns(experiences)
+
+        batch_tokens = float(sum(e.action_mask.sum() for e in experiences))
+        optim.zero_grad(set_to_none=True)
+        logs = {"policy_loss": 0.0, "kl_loss": 0.0}
+        for exp, log_probs in zip(experiences, graphs):
+            loss, clip_ratio, ppo_kl, _, _ = loss_fn(
+                log_probs, exp.action_log_probs, exp.advantages, action_mask=exp.action_mask,
+                batch_num_tokens=batch_tokens, global_batch_size=float(len(batch)),
+            )  # fmt: skip
+            logs["policy_loss"] += float(loss.detach())
+            if args.algo.kl.use_loss and ref is not None:
+                kl = compute_approx_kl(
+                    log_probs, exp.base_action_log_probs, log_probs_old=exp.action_log_probs,
+                    kl_estimator=args.algo.kl.estimator, unbiased_gradient=args.algo.kl.unbiased_gradient,
+                )  # fmt: skip
+                kl_loss = (kl * exp.action_mask).sum() / batch_tokens
+                logs["kl_loss"] += float(kl_loss.detach())
+                loss = loss + kl_loss * args.algo.kl.init_coef
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.actor.max_norm)
+        optim.step()
+
+        info = {k: torch.cat([e.info[k].float().reshape(-1) for e in experiences]) for k in experiences[0].info}
+        logs.update({k: float(v.mean()) for k, v in info.items()})
+        logs.update(
+            step=step + 1,
+            grad_norm=float(grad_norm),
+            response_length=float(torch.cat([e.response_length for e in experiences]).mean()),
+            truncated=float(torch.cat([e.truncated.float() for e in experiences]).mean()),
+            seconds_generate=t_gen,
+            seconds_step=time.time() - t0,
+        )
+        for key, value in logs.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise FloatingPointError(f"step {step + 1}: {key} is {value}; stopping before the policy is ruined")
+        history.append(logs)
+        bar.set_postfix(reward=f"{logs['reward']:.3f}", kl=f"{logs['kl']:.4f}")
+    bar.close()
+
+    out = Path(args.ckpt.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    with open(out / "rl_history.json", "w") as f:
+        json.dump(history, f, indent=1)
+    return {"history": history, "output_dir": str(out), "seconds": time.time() - start}

@@ -1,0 +1,112 @@
+"""The local RL driver: OpenRLHF's Actor / PolicyLoss / KL / advantage code on one process with HF generate.
+
+A tiny random-init Llama (SmolLM2's real tokenizer and chat template) keeps these tests fast: what is checked is the
+driver's plumbing and OpenRLHF's algorithm code on real Experience objects, not what the weights know.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+from moslim_plugin.local_rl import load_policy, make_experience, parse_rl_args, train_policy
+from moslim_plugin.oracle import judge, request_hits
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory, smollm2_dir):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_policy")
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+def rows(n=4):
+    questions = ["Name a fruit.", "Say hi.", "Count to three.", "Name a color."][:n]
+    return [{"question": q, "request": {"length": 0}, "messages": [{"role": "user", "content": q}]} for q in questions]
+
+
+def oracle_reward(questions, responses, requests):
+    return torch.tensor([request_hits(judge(r), q) for r, q in zip(responses, requests)]), {}
+
+
+@pytest.mark.unit
+def test_make_experience_left_pads_prompts_and_masks_only_response_tokens():
+    exp = make_experience([[5, 6, 7], [8]], [[1, 2, 0], [3]], pad_id=0, eos_id=0)
+    assert exp.sequences.tolist() == [[5, 6, 7, 1, 2, 0], [0, 0, 8, 3, 0, 0]]
+    assert exp.attention_mask.tolist() == [[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0]]
+    assert exp.action_mask.tolist() == [[True, True, True], [True, False, False]]
+    assert exp.truncated.tolist() == [False, True]  # the second response never produced eos
+
+
+@pytest.mark.unit
+def test_group_estimators_need_several_samples_per_prompt_as_in_openrlhf():
+    with pytest.raises(ValueError, match="rloo requires --rollout.n_samples_per_prompt > 1"):
+        parse_rl_args(["--algo.advantage.estimator", "rloo", "--rollout.n_samples_per_prompt", "1"])
+    with pytest.raises(SystemExit):  # an unknown estimator is refused by argparse, naming the choices
+        parse_rl_args(["--algo.advantage.estimator", "ppo_magic"])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("estimator", ["reinforce_baseline", "rloo", "group_norm"])
+def test_rl_step_trains_only_the_top_layers_and_logs_finite_numbers(tiny_policy, tmp_path, estimator):
+    args = parse_rl_args([
+        "--actor.model_name_or_path", str(tiny_policy), "--algo.advantage.estimator", estimator,
+        "--rollout.batch_size", "2", "--rollout.n_samples_per_prompt", "2", "--rollout.max_new_tokens", "6",
+        "--moslim.trainable_layers", "1", "--actor.adam.lr", "1e-2", "--algo.kl.init_coef", "0.05",
+        "--ckpt.output_dir", str(tmp_path / "out"), "--train.num_episodes", "1",
+    ])  # fmt: skip
+    model, tokenizer = load_policy(tiny_policy, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    # Different rewards inside each prompt group, so every estimator gives non-zero advantages.
+    def reward_fn(questions, responses, requests):
+        return torch.arange(len(responses), dtype=torch.float32) % 2, {"custom": torch.ones(len(responses))}
+
+    result = train_policy(args, rows(4), reward_fn, model=model, tokenizer=tokenizer, progress=False)
+    after = model.state_dict()
+    assert len(result["history"]) == 2  # 4 prompts / 2 per rollout
+    assert torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    assert not torch.equal(before["model.layers.2.mlp.up_proj.weight"], after["model.layers.2.mlp.up_proj.weight"])
+    for log in result["history"]:
+        assert {"reward", "kl", "policy_loss", "grad_norm", "custom", "return"} <= set(log)
+        assert all(math.isfinite(v) for v in log.values() if isinstance(v, float))
+    assert result["history"][1]["kl"] != 0.0  # the policy moved away from the reference after step 1
+    saved = json.loads((tmp_path / "out" / "rl_history.json").read_text())
+    assert saved == result["history"]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.integration
+def test_non_finite_reward_stops_training_before_any_update(tiny_policy, tmp_path):
+    args = parse_rl_args(["--rollout.batch_size", "2", "--rollout.n_samples_per_prompt", "2",
+                          "--rollout.max_new_tokens", "4", "--algo.kl.init_coef", "0",
+                          "--ckpt.output_dir", str(tmp_path)])  # fmt: skip
+    model, tokenizer = load_policy(tiny_policy, 1)
+
+    def nan_reward(questions, responses, requests):
+        return torch.full((len(responses),), float("nan")), {}
+
+    with pytest.raises(ValueError, match="finite rewards"):
+        train_policy(args, rows(2), nan_reward, model=model, tokenizer=tokenizer, progress=False)
+
+
+@pytest.mark.integration
+def test_oracle_reward_runs_through_the_driver(tiny_policy, tmp_path):
+    args = parse_rl_args(["--rollout.batch_size", "2", "--rollout.n_samples_per_prompt", "2",
+                          "--rollout.max_new_tokens", "4", "--algo.kl.init_coef", "0",
+                          "--ckpt.output_dir", str(tmp_path)])  # fmt: skip
+    model, tokenizer = load_policy(tiny_policy, 1)
+    result = train_policy(args, rows(2), oracle_reward, model=model, tokenizer=tokenizer, progress=False)
+    # Four tokens of random text are always <= 15 words: the oracle says every sample hit "short".
+    assert result["history"][0]["reward"] == 1.0
