@@ -35,12 +35,10 @@ def ray_cluster():
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(VLLM_STUB), saved_path]))  # workers inherit it
     # Functions and classes of this module run in the workers: ship them by value (the module is not importable there).
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # The runtime env the launcher declares: every worker runs the plugin's activation. This process does not.
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, runtime_env=launcher.driver_runtime_env())
-    # This process plays the PPOTrainer actor (it runs the experience maker): activate here as the hook does there.
-    activate.activate()
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-    patches.revert()
     if NEEDS_STUB:
         sys.path.remove(str(VLLM_STUB))
         os.environ.pop("PYTHONPATH") if saved_path is None else os.environ.__setitem__("PYTHONPATH", saved_path)
@@ -139,15 +137,14 @@ def moslim_rm(tmp_path_factory, minilm_dir):
 
 @pytest.fixture(scope="module")
 def reward_group(ray_cluster, moslim_rm, smollm2_dir):
-    from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
+    from openrlhf.trainer.ray.launcher import RayActorGroup
     from openrlhf.utils import get_strategy
 
     from moslim_plugin.ray_reward import MoslimRewardModelActor
 
-    assert RewardModelActor is MoslimRewardModelActor  # the reward_actor patch, as train_ppo_ray will see it
     args = ppo_args(smollm2_dir, moslim_rm)
     strategy = get_strategy(args)
-    group = RayActorGroup(1, 1, RewardModelActor, num_gpus_per_actor=0.25)
+    group = RayActorGroup(1, 1, MoslimRewardModelActor, num_gpus_per_actor=0.25)
     import ray
 
     ray.get(group.async_init_model_from_pretrained(strategy, args.reward.model_name_or_path))
@@ -171,16 +168,28 @@ def _zero_log_prob_actor_class():
     return ray.remote(num_gpus=1)(ZeroLogProbActor)
 
 
+def make_experiences_in_worker(policy, reward, strategy, samples):
+    """What OpenRLHF's PPOTrainer actor does with a rollout batch, in a Ray worker where only the setup hook ran."""
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(strategy.args.actor.model_name_or_path)
+    maker = RemoteExperienceMaker(policy, None, reward, None, FixedKLController(0.0), strategy, tokenizer)
+    experiences = maker.make_experience_batch(samples)
+    return RemoteExperienceMaker.make_experience.__moslim_patch__, [
+        (e.rewards, e.info, e.advantages) for e in experiences
+    ]
+
+
 @pytest.mark.integration
 def test_openrlhfs_experience_maker_with_the_moslim_reward_actor_gives_the_scorers_rewards(reward_group, moslim_rm):
     import ray
     import torch
-    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
-    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
     from openrlhf.trainer.ray.launcher import RayActorGroup
     from transformers import AutoTokenizer
 
-    from moslim_plugin.datasets import TargetSampler, condition_row
+    from moslim_plugin.datasets import condition_row
     from moslim_plugin.directives import label_to_request
     from moslim_plugin.scorer import Scorer
 
@@ -188,10 +197,9 @@ def test_openrlhfs_experience_maker_with_the_moslim_reward_actor_gives_the_score
     args = strategy.args
     policy = RayActorGroup(1, 1, _zero_log_prob_actor_class(), num_gpus_per_actor=0.25)
     ray.get(policy.async_init_model_from_pretrained(strategy))
-    tokenizer = AutoTokenizer.from_pretrained(args.actor.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(args.actor.model_name_or_path)  # the policy's (SmolLM2), not the RM's
 
     spec, sampler = patches.moslim_sampler(args.moslim)
-    assert isinstance(sampler, TargetSampler)
     samples, expected_inputs = [], []
     for index, (question, response) in enumerate(hh_samples(4)):
         row = condition_row({"input": question}, spec, sampler, index, "input", "label", "system")
@@ -200,23 +208,23 @@ def test_openrlhfs_experience_maker_with_the_moslim_reward_actor_gives_the_score
             samples.append(experience_of(tokenizer, prompt, row["label"], response))
             expected_inputs.append((question, response, label_to_request(spec, row["label"])))
 
-    maker = RemoteExperienceMaker(policy, None, group, None, FixedKLController(0.0), strategy, tokenizer)
-    experiences = maker.make_experience_batch(samples)
+    task = ray.remote(num_cpus=0.1)(make_experiences_in_worker)
+    patched, experiences = ray.get(task.remote(policy, group, strategy, samples))
+    assert patched == "make_experience"
 
-    scorer = Scorer.from_pretrained(moslim_rm)
-    direct = scorer.score(*map(list, zip(*expected_inputs)))
-    got = torch.cat([e.info["reward"] for e in experiences])
+    direct = Scorer.from_pretrained(moslim_rm).score(*map(list, zip(*expected_inputs)))
+    got = torch.cat([info["reward"] for _, info, _ in experiences])
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, direct.rewards, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(torch.cat([e.rewards for e in experiences]), direct.rewards, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([r for r, _, _ in experiences]), direct.rewards, atol=1e-5, rtol=1e-5)
     # Per-objective diagnostics reach the experience info (the trainer logs every info key).
-    p_helpful = torch.cat([e.info["moslim/helpful/p_target"] for e in experiences])
+    p_helpful = torch.cat([info["moslim/helpful/p_target"] for _, info, _ in experiences])
     requested = direct.requested[:, spec.index("helpful")]
     assert requested.any()
     expected_p = direct.probs[:, 0].gather(-1, direct.targets[:, :1].clamp_min(0)).squeeze(-1)
     torch.testing.assert_close(p_helpful[requested], expected_p[requested], atol=1e-5, rtol=1e-5)
-    # The estimator ran on these rewards (reinforce_baseline: per-prompt mean removed, so equal pairs give 0).
-    assert all(torch.isfinite(e.advantages).all() for e in experiences)
+    # OpenRLHF's estimator then ran on these rewards.
+    assert all(torch.isfinite(advantages).all() for _, _, advantages in experiences)
 
 
 @pytest.mark.integration
