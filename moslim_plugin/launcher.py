@@ -152,6 +152,8 @@ def check_moslim_args(moslim, args) -> SimpleNamespace:
     m.in_process = bool(path) and not remote and any(is_moslim_checkpoint(p) for p in path.split(","))
     if m.in_process and "," in path:
         fail(f"--reward.model_name_or_path {path!r}: a MOSLIM reward model cannot be combined with others")
+    if m.in_process and not args.data.label_key:
+        fail("the MOSLIM reward model reads each prompt's targets from its label: pass --data.label_key (e.g. label)")
     if m.in_process and args.algo.advantage.estimator == "gae" and not args.critic.model_name_or_path:
         fail(
             "PPO (gae) without --critic.model_name_or_path: OpenRLHF would initialise the critic from the reward "

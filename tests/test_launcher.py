@@ -93,6 +93,9 @@ def test_ppo_with_an_in_process_moslim_reward_model_needs_an_explicit_critic(tmp
         launcher.check_moslim_args(moslim_flags(), args)
     args.critic.model_name_or_path = "policy"
     assert launcher.check_moslim_args(moslim_flags(), args).in_process is True
+    args.data.label_key = None  # the targets travel in the label
+    with pytest.raises(SystemExit, match="--data.label_key"):
+        launcher.check_moslim_args(moslim_flags(), args)
 
 
 @pytest.mark.unit

@@ -2,8 +2,8 @@
 
 vLLM cannot be installed here: `openrlhf.trainer.ray` imports it at module level, so `tests/vllm_stub` (three names,
 no generation) is put on the path of this process and of every Ray worker. The cluster advertises one fake GPU;
-each actor takes a fraction of it, as OpenRLHF's colocation does. One cluster serves the whole module (~10 s to
-start, ~10 s per actor group on 2 cores).
+each actor takes a fraction of it, as OpenRLHF's colocation does. One cluster serves the whole module: starting it
+and each actor group cost ~10-25 s on 2 shared cores, most of this module's ~2 minutes.
 """
 
 import gzip
