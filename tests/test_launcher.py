@@ -161,3 +161,12 @@ def test_launch_scripts_submit_only_flags_that_openrlhf_and_the_plugin_know(scri
         assert "--reward.model_name_or_path" in rest and "--reward.remote_url" not in rest
     # Nothing the launcher itself declares at ray.init may be in the job's runtime env twice.
     launcher.driver_runtime_env({launcher.RAY_JOB_CONFIG_JSON_ENV_VAR: json.dumps({"runtime_env": runtime_env})})
+
+
+@pytest.mark.unit
+def test_the_ray_env_var_names_the_launcher_reads_are_rays_own():
+    from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    assert launcher.RAY_JOB_CONFIG_JSON_ENV_VAR == RAY_JOB_CONFIG_JSON_ENV_VAR
+    assert launcher.RAY_SETUP_HOOK_ENV_VAR == WORKER_PROCESS_SETUP_HOOK_ENV_VAR
