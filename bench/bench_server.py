@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -84,6 +85,20 @@ def make_checkpoint(directory: Path) -> Path:
     model = MultiHeadRewardModel.from_backbone(minilm_path(), load_spec("helpsteer"))
     model.save_pretrained(directory, tokenizer=AutoTokenizer.from_pretrained(minilm_path()))
     return directory
+
+
+def mean_tokens(samples) -> dict:
+    """RM tokens per sample: serve_rm reads the whole templated query, ours the (question, response) pair."""
+    from transformers import AutoTokenizer
+
+    from moslim_plugin.real_models import minilm_path
+    from moslim_plugin.remote_reward import split_query
+    from moslim_plugin.scorer import encode
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    serve_rm = [len(tok(q, add_special_tokens=False, truncation=True, max_length=512).input_ids) for q, *_ in samples]
+    ours = [len(encode(tok, *split_query(q, p), 512)["input_ids"]) for q, p, _ in samples]
+    return {"moslim": statistics.mean(ours), "serve_rm": statistics.mean(serve_rm)}
 
 
 def free_port() -> int:
@@ -153,6 +168,24 @@ def stats_of(base_url: str) -> dict | None:
         return None
 
 
+def profile_shares(path: Path) -> dict | None:
+    """Where our server spent its time (py-spy raw samples): the RM forward vs everything else of ours."""
+    if not path.is_file():
+        return None
+    counts = {"total": 0, "rm_forward": 0, "batcher_other": 0, "event_loop_http": 0}
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        counts["total"] += int(n)
+        if "MultiHeadRewardModel.forward" in stack:
+            counts["rm_forward"] += int(n)
+        elif "moslim-reward-batcher" in stack:
+            counts["batcher_other"] += int(n)  # tokenisation, padding, mapping, diagnostics, queue
+        elif "MainThread" in stack:
+            counts["event_loop_http"] += int(n)
+    total = max(counts["total"], 1)
+    return {"samples": counts["total"]} | {k: v / total for k, v in counts.items() if k != "total"}
+
+
 def plot(results: dict, concurrency: list[int], path: Path) -> None:
     import matplotlib
 
@@ -189,6 +222,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max_batch_size", type=int, default=64)
     parser.add_argument("--max_wait_ms", type=float, default=5.0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no_profile", action="store_true", help="skip py-spy on our server at top concurrency")
     parser.add_argument("--servers", nargs="+", default=["moslim", "serve_rm"], choices=["moslim", "serve_rm"])
     args = parser.parse_args(argv)
     if len(args.requests) != len(args.concurrency):
@@ -201,7 +235,9 @@ def main(argv=None) -> int:
 
     # Both servers stay up and take turns at each level and repeat, so that a change in the machine's load (shared
     # CPUs) hits both alike; the idle one costs nothing.
-    servers, results, server_stats = {}, {s: {} for s in args.servers}, {}
+    servers, results, server_stats, profile = {}, {s: {} for s in args.servers}, {}, None
+    search_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    profile_with = None if args.no_profile else shutil.which("py-spy", path=search_path)
     try:
         for server in args.servers:
             port = free_port()
@@ -223,8 +259,17 @@ def main(argv=None) -> int:
             if repeat == 0:  # warm-up at this concurrency: connections, allocator, thread pools
                 asyncio.run(load_level(url, samples, concurrency, concurrency))
                 continue
+            spy = None
+            if profile_with and server == "moslim" and concurrency == max(args.concurrency) and repeat == 1:
+                spy = subprocess.Popen([profile_with, "record", "-p", str(servers[server][1].pid), "-f", "raw", "-o",
+                                        str(workdir / "profile.txt"), "-r", "50", "--threads"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
             run = asyncio.run(load_level(url, samples, concurrency, n_requests))
             results[server].setdefault(str(concurrency), []).append(run)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
+                spy.wait(timeout=60)
+                profile = profile_shares(workdir / "profile.txt")
         server_stats = {s: stats_of(url.rsplit("/", 1)[0]) for s, (url, _) in servers.items()}
     finally:
         for _, proc in servers.values():
@@ -232,7 +277,7 @@ def main(argv=None) -> int:
             proc.wait(timeout=30)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    headline, summary = [], []
+    headline, summary, tokens = [], [], mean_tokens(samples)
     if set(args.servers) == {"moslim", "serve_rm"}:
         for concurrency in args.concurrency:
             best = {s: max(r["throughput_rps"] for r in results[s][str(concurrency)]) for s in results}
@@ -241,13 +286,25 @@ def main(argv=None) -> int:
             metric = f"throughput moslim/serve_rm, {concurrency} clients"
             met = ratio >= 5 if target != "n/a" else None
             headline.append({"metric": metric, "value": ratio, "target": target, "met": met})
-            rates = f"{best['moslim']:.0f} vs {best['serve_rm']:.0f} req/s"
+            rates = f"{best['moslim']:.3g} vs {best['serve_rm']:.3g} req/s"
             summary.append(f"{concurrency} clients: {rates} ({ratio:.1f}x)")
+            if concurrency == max(args.concurrency):
+                # serve_rm reads the whole templated query, we read (question, response): fewer tokens per sample.
+                # The same ratio per RM token separates what batching alone gives.
+                per_token = ratio * tokens["moslim"] / tokens["serve_rm"]
+                metric = f"same, per RM token ({tokens['moslim']:.0f} vs {tokens['serve_rm']:.0f} tokens/sample)"
+                headline.append({"metric": metric, "value": per_token, "target": "n/a", "met": None})
+                summary.append(f"per RM token: {per_token:.1f}x")
     plot(results, args.concurrency, RESULTS_DIR / "bench_server.png")
     write_result(
         "bench_server",
         config=vars(args) | {"model": "all-MiniLM-L6-v2 + helpsteer heads (3)", "dtype": "bf16" if on_gpu else "fp32"},
-        results={"per_server": results, "server_stats": server_stats},
+        results={
+            "mean_rm_tokens_per_sample": tokens,
+            "per_server": results,
+            "server_stats": server_stats,
+            "profile_moslim_top_concurrency": profile,
+        },
         summary="; ".join(summary) or json.dumps(results)[:300],
         headline=headline,
     )

@@ -8,9 +8,11 @@ exit status non-zero.
 
 import argparse
 import ast
+import collections
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,19 +39,29 @@ def discover() -> list[str]:
 def run_one(name: str, timeout: float, extra_args: list[str]) -> dict:
     start = time.time()
     cmd = [sys.executable, "-m", f"bench.{name}", *extra_args]
-    try:
-        proc = subprocess.run(cmd, cwd=BENCH_DIR.parent, capture_output=True, text=True, timeout=timeout)
-        returncode, output = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        returncode, output = None, f"TIMEOUT after {timeout:.0f} s\n{(e.stdout or b'')[-2000:]!r}"
+    # The script's output (its tqdm bars included) goes through to the terminal as it comes; its tail is kept for the
+    # failure report. A timer kills a script that runs past the timeout.
+    proc = subprocess.Popen(cmd, cwd=BENCH_DIR.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    tail = collections.deque(maxlen=64)
+    while chunk := proc.stdout.read1(4096):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+        tail.append(chunk)
+    returncode, timed_out = proc.wait(), not timer.is_alive()
+    timer.cancel()
+    output = b"".join(tail).decode(errors="replace")
     seconds = time.time() - start
     result_file = RESULTS_DIR / f"{name}.json"
     result = None
     if result_file.is_file() and result_file.stat().st_mtime >= start:
         result = json.loads(result_file.read_text())
     error = None
-    if returncode != 0:
-        error = f"exit status {returncode}" if returncode is not None else "timeout"
+    if timed_out:
+        error = f"killed after the {timeout:.0f} s timeout"
+    elif returncode != 0:
+        error = f"exit status {returncode}"
     elif result is None:
         error = f"finished but did not write {result_file.relative_to(BENCH_DIR.parent)}"
     return {"name": name, "seconds": seconds, "error": error, "result": result, "output_tail": output[-3000:]}
@@ -114,8 +126,6 @@ def main(argv=None) -> int:
         run = run_one(name, args.timeout, extra)
         status = "ok" if run["error"] is None else f"FAILED ({run['error']})"
         tqdm.write(f"[run_all] {name}: {status} in {run['seconds']:.0f} s")
-        if run["error"]:
-            tqdm.write(run["output_tail"][-1500:])
         runs.append(run)
     # Scripts left out by --only keep their last results in the table, marked as earlier runs.
     earlier = [

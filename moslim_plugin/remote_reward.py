@@ -16,6 +16,7 @@ and logged at WARNING; in strict mode the caller gets `StrictRewardError` instea
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import math
@@ -259,9 +260,7 @@ class RewardEngine:
 
 def _row_diagnostics(result, row: int) -> dict:
     """`ScoreResult.diagnostics()` of one sample, so that each OpenRLHF sample carries its own values."""
-    import dataclasses
-
-    import torch
+    import torch  # lazily: `reward-func-path` only prints a path
 
     one = {
         f.name: getattr(result, f.name)[row : row + 1]
