@@ -35,10 +35,14 @@ def reverted():
 
 @pytest.mark.integration
 def test_every_patch_still_matches_the_installed_openrlhf_source(monkeypatch):
-    if importlib.util.find_spec("vllm") is None:
+    stub = importlib.util.find_spec("vllm") is None
+    if stub:
         monkeypatch.syspath_prepend(str(VLLM_STUB))  # openrlhf.trainer.ray imports vLLM at module level
     for patch in (*patches.PATCHES, patches.HIERARCHIZE):
         patch.check(patch.resolve()[2])  # raises PatchError on any difference
+    if stub:  # later tests must not mistake the stub for an installed vLLM
+        for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+            del sys.modules[name]
 
 
 @pytest.mark.integration

@@ -39,9 +39,11 @@ def ray_cluster():
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, runtime_env=launcher.driver_runtime_env())
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-    if NEEDS_STUB:
+    if NEEDS_STUB:  # leave no trace: later tests must not mistake the stub for an installed vLLM
         sys.path.remove(str(VLLM_STUB))
         os.environ.pop("PYTHONPATH") if saved_path is None else os.environ.__setitem__("PYTHONPATH", saved_path)
+        for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+            del sys.modules[name]
 
 
 def probe_worker():
