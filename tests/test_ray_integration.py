@@ -167,6 +167,9 @@ def _zero_log_prob_actor_class():
         def forward(self, sequences, action_mask, attention_mask, **kwargs):
             return torch.zeros(action_mask.shape, dtype=torch.float32)
 
+        def empty_cache(self):  # the stock one calls torch.cuda (colocated runs)
+            pass
+
     return ray.remote(num_gpus=1)(ZeroLogProbActor)
 
 
@@ -227,6 +230,12 @@ def test_openrlhfs_experience_maker_with_the_moslim_reward_actor_gives_the_score
     torch.testing.assert_close(p_helpful[requested], expected_p[requested], atol=1e-5, rtol=1e-5)
     # OpenRLHF's estimator then ran on these rewards.
     assert all(torch.isfinite(advantages).all() for _, _, advantages in experiences)
+
+    # Colocated models (shared GPUs): the reward model finishes and frees its cache first; same rewards.
+    strategy.args.train.colocate_all = True
+    _, colocated = ray.get(task.remote(policy, group, strategy, samples))
+    strategy.args.train.colocate_all = False
+    torch.testing.assert_close(torch.cat([r for r, _, _ in colocated]), direct.rewards, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.integration
