@@ -30,22 +30,32 @@ from tqdm import tqdm
 ESTIMATORS = ("reinforce", "reinforce_baseline", "rloo", "group_norm", "dr_grpo")
 
 
-def install_vllm_import_shim() -> None:
-    """`openrlhf.trainer.ppo_utils.experience_maker` imports `openrlhf.trainer.ray`, whose `vllm_engine` module
-    imports vLLM names at module level. This driver never creates a vLLM engine; it only needs the advantage code.
-    So, for THIS local driver only and only when vLLM is not installed, register the three names read at import
-    time (`vllm.SamplingParams`, `vllm.inputs.TokensPrompt`, `vllm.utils.random_uuid`); anything else raises."""
-    if "vllm" in sys.modules or importlib.util.find_spec("vllm") is not None:
-        return
-    vllm, inputs, utils = (types.ModuleType(n) for n in ("vllm", "vllm.inputs", "vllm.utils"))
+def import_experience_maker():
+    """OpenRLHF's `RemoteExperienceMaker`, importable without vLLM.
 
-    class _NotAvailable:
-        def __init__(self, *args, **kwargs):
-            raise RuntimeError("vLLM is not installed: the local RL driver generates with HF transformers")
+    `openrlhf.trainer.ppo_utils.experience_maker` imports `openrlhf.trainer.ray`, whose `vllm_engine` module reads
+    `vllm.SamplingParams`, `vllm.inputs.TokensPrompt` and `vllm.utils.random_uuid` at import time. This driver never
+    creates a vLLM engine; it only needs the advantage code. So, for THIS local driver only and only when vLLM is
+    not installed, those three names are registered for the duration of the import and removed right after, so
+    nothing else in the process can mistake the stand-in for vLLM."""
+    added = []
+    if "vllm" not in sys.modules and importlib.util.find_spec("vllm") is None:
+        vllm, inputs, utils = (types.ModuleType(n) for n in ("vllm", "vllm.inputs", "vllm.utils"))
 
-    vllm.SamplingParams, inputs.TokensPrompt, utils.random_uuid = _NotAvailable, dict, lambda: os.urandom(16).hex()
-    vllm.inputs, vllm.utils, vllm.__version__ = inputs, utils, "0.0.0+moslim-local-shim"
-    sys.modules.update({"vllm": vllm, "vllm.inputs": inputs, "vllm.utils": utils})
+        class _NotAvailable:
+            def __init__(self, *args, **kwargs):
+                raise RuntimeError("vLLM is not installed: the local RL driver generates with HF transformers")
+
+        vllm.SamplingParams, inputs.TokensPrompt, utils.random_uuid = _NotAvailable, dict, lambda: os.urandom(16).hex()
+        vllm.inputs, vllm.utils, vllm.__version__ = inputs, utils, "0.0.0+moslim-local-shim"
+        added = {"vllm": vllm, "vllm.inputs": inputs, "vllm.utils": utils}
+        sys.modules.update(added)
+    try:
+        from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
+    return RemoteExperienceMaker
 
 
 def add_rl_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -210,11 +220,11 @@ def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=Tru
     from moslim_plugin import compat
 
     compat.install()  # before openrlhf.models: it imports flash-attn's padding helpers at module level
-    install_vllm_import_shim()
     from openrlhf.models import Actor, PolicyLoss
     from openrlhf.models.utils import compute_approx_kl, masked_mean
     from openrlhf.trainer.ppo_utils import FixedKLController
-    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+
+    RemoteExperienceMaker = import_experience_maker()
 
     from moslim_plugin.real_models import smollm2_path
 

@@ -110,3 +110,18 @@ def test_oracle_reward_runs_through_the_driver(tiny_policy, tmp_path):
     result = train_policy(args, rows(2), oracle_reward, model=model, tokenizer=tokenizer, progress=False)
     # Four tokens of random text are always <= 15 words: the oracle says every sample hit "short".
     assert result["history"][0]["reward"] == 1.0
+
+
+@pytest.mark.integration
+def test_experience_maker_import_leaves_no_vllm_stand_in_behind():
+    import importlib.util
+    import sys
+
+    from moslim_plugin.local_rl import import_experience_maker
+
+    maker = import_experience_maker()
+    assert maker.__module__ == "openrlhf.trainer.ppo_utils.experience_maker"
+    assert hasattr(maker, "compute_advantages_and_returns")
+    if importlib.util.find_spec("vllm") is None:  # no real vLLM on CPU machines
+        stand_in = sys.modules.get("vllm")
+        assert stand_in is None or "moslim-local-shim" not in getattr(stand_in, "__version__", "")
