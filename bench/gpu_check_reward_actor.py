@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from bench import write_result
-    from moslim_plugin.launcher import build_parser, check_moslim_args
+    from moslim_plugin.launcher import check_moslim_args, split_argv
     from moslim_plugin.ray_reward import MoslimRewardModelActor
     from moslim_plugin.scorer import Scorer
 
@@ -157,10 +157,8 @@ def main(argv=None) -> int:
         critic=NS(model_name_or_path=None),
         ds=NS(param_dtype="bf16" if full else "fp32"),
     )
-    ours, _ = build_parser().parse_known_args(["--moslim.max_length", "1024", "--moslim.batch_size", str(micro_batch)])
-    openrlhf_args.moslim = check_moslim_args(
-        NS(**{k.split(".", 1)[1]: v for k, v in vars(ours).items()}), openrlhf_args
-    )
+    moslim, _ = split_argv(["--moslim.max_length", "1024", "--moslim.batch_size", str(micro_batch)])
+    openrlhf_args.moslim = check_moslim_args(moslim, openrlhf_args)
     strategy = NS(args=openrlhf_args, print=print, is_rank_0=lambda: True)
 
     actor = MoslimRewardModelActor.__ray_actor_class__(1, 0, "127.0.0.1", 29500)

@@ -70,15 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     if "-h" in argv or "--help" in argv:
-        parser.print_help()  # then OpenRLHF prints its own help and exits
-    ours, rest = parser.parse_known_args(argv)
-    stray = [a for a in rest if a.startswith("--moslim")]
-    if stray:
-        known = ", ".join(a.option_strings[0] for a in parser._actions)
-        parser.error(f"unknown MOSLIM flag(s) {stray}; expected one of: {known}")
-    moslim = SimpleNamespace(**{key.split(".", 1)[1]: value for key, value in vars(ours).items()})
+        build_parser().print_help()  # then OpenRLHF prints its own help and exits
+    moslim, rest = split_argv(argv)
 
     activate.activate_all()
     patches.apply(patches.HIERARCHIZE, make=functools.partial(wrap_hierarchize, moslim=moslim))
@@ -90,6 +84,17 @@ def main(argv=None) -> int:
         sys.argv = saved_argv
         patches.revert(patches.HIERARCHIZE.name)
     return 0
+
+
+def split_argv(argv) -> tuple[SimpleNamespace, list[str]]:
+    """(the --moslim.* flags as a namespace without the prefix, every other argument in its original order)."""
+    parser = build_parser()
+    ours, rest = parser.parse_known_args(argv)
+    stray = [a for a in rest if a.startswith("--moslim")]
+    if stray:
+        known = ", ".join(a.option_strings[0] for a in parser._actions)
+        parser.error(f"unknown MOSLIM flag(s) {stray}; expected one of: {known}")
+    return SimpleNamespace(**{key.split(".", 1)[1]: value for key, value in vars(ours).items()}), rest
 
 
 def wrap_hierarchize(original, moslim):

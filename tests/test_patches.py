@@ -136,14 +136,14 @@ def test_openrlhfs_prompt_dataset_built_through_the_hook_matches_prepare_prompts
 
     flags = ["--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "11", "--moslim.placement",
              "user_prefix"]  # fmt: skip
-    ours, _ = launcher.build_parser().parse_known_args(flags)
+
     args = NS(
         data=NS(apply_chat_template=True, label_key="label", input_key="input"),
         reward=NS(model_name_or_path=None, remote_url="http://127.0.0.1:5000/get_reward"),
         train=NS(agent_func_path=None),
         use_ms=False,
     )
-    args.moslim = launcher.check_moslim_args(NS(**{k.split(".", 1)[1]: v for k, v in vars(ours).items()}), args)
+    args.moslim = launcher.check_moslim_args(launcher.split_argv(flags)[0], args)
     strategy = NS(args=args, is_rank_0=lambda: True, print=lambda *a: None)
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
 

@@ -119,8 +119,7 @@ def ppo_args(actor_path, rm_path):
                 kl=NS(use_loss=False, estimator="k1")),
     )  # fmt: skip
     flags = ["--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "3"]
-    ours, _ = launcher.build_parser().parse_known_args(flags)
-    args.moslim = launcher.check_moslim_args(NS(**{k.split(".", 1)[1]: v for k, v in vars(ours).items()}), args)
+    args.moslim = launcher.check_moslim_args(launcher.split_argv(flags)[0], args)
     return args
 
 
