@@ -7,6 +7,7 @@ compare, each `{"metric": str, "value": float, "target": str, "met": bool | None
 """
 
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -39,9 +40,9 @@ def machine_info() -> dict:
         pass
     for package in ("torch", "transformers", "openrlhf", "deepspeed"):
         try:
-            info[package] = __import__(package).__version__
-        except Exception as e:  # a bench must still record what it measured
-            info[package] = f"unavailable: {type(e).__name__}"
+            info[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            info[package] = "not installed"
     try:
         info["git_commit"] = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent

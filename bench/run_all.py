@@ -75,7 +75,8 @@ def write_doc(runs: list[dict], machine: dict) -> None:
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `make bench` (`python -m bench.run_all`) on {machine['date_utc']}. Machine: {machine['cpu']}, "
+        f"Written by `make bench` (`python -m bench.run_all`) on {machine['date_utc']}; each script's own run date is "
+        f"in its summary line. Machine: {machine['cpu']}, "
         f"{machine['cpu_count']} CPUs, GPU: {machine['gpu'] or 'none'}; torch {machine['torch']}, transformers "
         f"{machine['transformers']}, OpenRLHF {machine['openrlhf']}; commit {machine['git_commit']}.",
         "",
@@ -114,8 +115,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", default=None, help="run only these scripts (module names)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per script before it counts as failed")
+    parser.add_argument("--doc_only", action="store_true", help="only rewrite the table from bench/results/*.json")
     args, extra = parser.parse_known_args(argv)
-    names = discover()
+    names = [] if args.doc_only else discover()
     if args.only:
         unknown = sorted(set(args.only) - set(names))
         if unknown:
