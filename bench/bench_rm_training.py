@@ -24,7 +24,7 @@ from moslim_plugin import compat
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch_pairs", type=int, default=8)
     p.add_argument("--micro_batch_pairs", type=int, default=8)
     p.add_argument("--max_len", type=int, default=160)
