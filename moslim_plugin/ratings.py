@@ -170,9 +170,15 @@ def convert(spec, fmt: str, path: str, rows, question_key="question", response_k
     out, found = [], collections.Counter()
     for i, question, response, record, ranges in reader_triples(fmt, rows, path, question_key, response_key, subset):
         where = f"{path}: row {i}"
+        # An empty response is real data (HH-RLHF has some) and a fair thing to rate; an empty question is not.
         for key, value in (("question", question), ("response", response)):
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{where}: expected a non-empty {key} string, got {value!r:.80}")
+            if value is MISSING:
+                field = f" at {question_key if key == 'question' else response_key!r}" if fmt == "generic" else ""
+                raise ValueError(f"{where}: no {key}{field} for the {fmt} reader; row keys: {list(rows[i])[:20]}")
+            if not isinstance(value, str) or (key == "question" and not value.strip()):
+                raise ValueError(
+                    f"{where}: expected a {'non-empty ' * (key == 'question')}{key} string, got {value!r:.80}"
+                )
         labels = {}
         for objective in spec.objectives:
             attribute = paths[objective.name]

@@ -144,3 +144,18 @@ def test_hh_rlhf_pairs_label_only_the_subset_objective(tmp_path):
     assert [r["labels"] for r in got[:2]] == [{"helpful": None, "harmless": 1}, {"helpful": None, "harmless": 0}]
     assert got[0]["question"].startswith("Human:") and "\n\nAssistant:" not in got[0]["response"]
     assert got[0]["response"] == rows[0]["chosen"].rpartition("\n\nAssistant:")[2].strip()
+
+
+@pytest.mark.unit
+def test_whole_real_hh_file_converts_including_its_empty_responses():
+    rows = read_records(HH_SHARED)
+    got = convert(load_spec("hh"), "hh_rlhf", HH_SHARED, rows)
+    assert len(got) == 2 * len(rows) == 2 * 2312
+    assert any(r["response"] == "" for r in got)  # real HH-RLHF has empty assistant turns: rated, not dropped
+
+
+@pytest.mark.unit
+def test_missing_text_field_names_the_reader_row_and_keys():
+    spec = load_spec({"objectives": [{"name": "helpfulness", "levels": 5}]})
+    with pytest.raises(ValueError, match=r"hs2\.jsonl: row 0: no question for the helpsteer2 reader; row keys: \['q'"):
+        convert(spec, "helpsteer2", "hs2.jsonl", [{"q": "p", "response": "r", "helpfulness": 1}])
