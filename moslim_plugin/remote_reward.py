@@ -278,9 +278,21 @@ def env_flag(name: str) -> bool:
 
 
 def build_engine(
-    rm_path, mapping="moslim", mapping_kwargs=None, device=None, dtype=None, max_length=512, **engine_kwargs
+    rm_path,
+    mapping="moslim",
+    mapping_kwargs=None,
+    device=None,
+    dtype=None,
+    max_length=512,
+    rm_batch_size=None,
+    **engine_kwargs,
 ) -> RewardEngine:
-    """Load the MOSLIM RM checkpoint into a `Scorer` and wrap it in a `RewardEngine`."""
+    """Load the MOSLIM RM checkpoint into a `Scorer` and wrap it in a `RewardEngine`.
+
+    `rm_batch_size`: rows per model call inside one micro-batch. The scorer sorts a micro-batch by length, so smaller
+    chunks pad less: on CPU, 16 is ~1.6x faster than one padded batch of 64 (HH-RLHF lengths, MiniLM); on GPU,
+    bigger calls keep the device busy. Default: 16 on CPU, the micro-batch size on GPU.
+    """
     import torch
 
     from moslim_plugin.scorer import Scorer
@@ -298,7 +310,7 @@ def build_engine(
         rm_path, mapping=mapping, mapping_kwargs=mapping_kwargs or {}, device=device, dtype=dtypes[dtype]
     )
     scorer.max_length = max_length
-    scorer.batch_size = engine_kwargs.get("max_batch_size", 64)
+    scorer.batch_size = rm_batch_size or (16 if device == "cpu" else engine_kwargs.get("max_batch_size", 64))
     return RewardEngine(scorer, **engine_kwargs)
 
 
@@ -311,6 +323,7 @@ def engine_from_env() -> RewardEngine:
         device=os.environ.get("MOSLIM_RM_DEVICE") or None,
         dtype=os.environ.get("MOSLIM_RM_DTYPE") or None,
         max_length=int(os.environ.get("MOSLIM_MAX_LENGTH", "512")),
+        rm_batch_size=int(os.environ.get("MOSLIM_RM_BATCH", "0")) or None,
         template=os.environ.get("MOSLIM_TEMPLATE", DEFAULT_TEMPLATE),
         strict=env_flag("MOSLIM_STRICT"),
         fallback_reward=float(os.environ.get("MOSLIM_FALLBACK_REWARD", "0")),
@@ -326,7 +339,7 @@ def main(argv=None) -> int:
         "configured by environment variables (set them in the Ray job's runtime env): MOSLIM_RM_PATH (required), "
         "MOSLIM_MAPPING, MOSLIM_MAPPING_KWARGS (JSON), MOSLIM_STRICT (0/1), MOSLIM_FALLBACK_REWARD (default 0), "
         "MOSLIM_TEMPLATE (auto|chatml|llama3|JSON), MOSLIM_RM_DEVICE, MOSLIM_RM_DTYPE (fp32|bf16|fp16), "
-        "MOSLIM_MAX_LENGTH, MOSLIM_MAX_BATCH, MOSLIM_MAX_WAIT_MS.",
+        "MOSLIM_MAX_LENGTH, MOSLIM_MAX_BATCH, MOSLIM_MAX_WAIT_MS, MOSLIM_RM_BATCH (rows per model call).",
     )
     parser.parse_args(argv)
     if not REWARD_FUNC_FILE.is_file():

@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default: bf16 on cuda, else fp32")
     p.add_argument("--max_batch_size", type=int, default=64, help="most samples in one forward pass")
+    p.add_argument("--rm_batch_size", type=int, default=None, help="rows per model call (default: 16 on cpu)")
     p.add_argument("--max_wait_ms", type=float, default=5.0, help="longest wait for more requests to batch")
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes the server to the network)")
     p.add_argument("--port", type=int, default=5000)
@@ -106,6 +107,7 @@ def main(argv=None) -> int:
         device=args.device,
         dtype=args.dtype,
         max_length=args.max_length,
+        rm_batch_size=args.rm_batch_size,
         template=args.template,
         strict=args.strict,
         fallback_reward=args.fallback_reward,
