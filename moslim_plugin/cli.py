@@ -34,14 +34,14 @@ def main(argv=None) -> int:
         print(f"moslim-openrlhf: unknown command {command!r}; expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
-        module = importlib.import_module(COMMANDS[command][0])
+        return importlib.import_module(COMMANDS[command][0]).main(rest) or 0
     except ModuleNotFoundError as e:
-        # Only a missing third-party package means "not set up"; a missing module of ours is a real bug.
+        # Commands import heavy packages lazily, so this can come from inside main(). Only a missing third-party
+        # package means "not set up"; a missing module of ours is a real bug and keeps its traceback.
         if e.name and not e.name.startswith("moslim_plugin"):
             print(SETUP_HINT.format(missing=e.name), file=sys.stderr)
             return 1
         raise
-    return module.main(rest) or 0
 
 
 if __name__ == "__main__":
