@@ -102,6 +102,7 @@ def load_models(variant: str, path, k: int, device: str, dtype):
 
     if variant == "bare":
         model = AutoModel.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+        model.config.use_cache = False  # as in both reward models
 
         def run(batch):
             mask = batch["attention_mask"]
@@ -146,6 +147,33 @@ def load_models(variant: str, path, k: int, device: str, dtype):
         return torch.stack(rewards).float().mean(0)
 
     return run, models
+
+
+def head_overhead_seconds(path, batch: dict, device: str, dtype, calls: int = 50) -> float:
+    """Seconds per call of everything MOSLIM adds after the backbone: pooling, K heads, softmax, mapping.
+
+    The same `forward` and mapping as `load_models("moslim")`, with the backbone replaced by its cached output: this
+    isolates a cost far below the noise of whole-forward timings on a shared machine.
+    """
+    run, (model,) = load_models("moslim", path, 3, device, dtype)
+    with torch.inference_mode():
+        mask = batch["attention_mask"]
+        position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        out = model.backbone(**batch, position_ids=position_ids)
+
+    class Cached(torch.nn.Module):
+        def forward(self, **kwargs):
+            return out
+
+    model.backbone = Cached()
+    with torch.inference_mode():
+        run(batch)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            run(batch)
+        sync(device)
+    return (time.perf_counter() - start) / calls
 
 
 def sync(device: str) -> None:
@@ -287,6 +315,7 @@ def main(argv=None) -> int:
         runs = {v: load_models(v, path, 3, args.device, dtype)[0] for v in ("bare", "stock", "moslim")}
         times_a = time_variants(runs, batch, args.repeats, args.device, f"{name} (a)")
         del runs
+        head_s = head_overhead_seconds(path, batch, args.device, dtype)
         # (b) time: one K-head RM vs K scalar RMs.
         times_b, b = {}, {}
         for k in args.ks if name in b_backbones else []:
@@ -309,6 +338,9 @@ def main(argv=None) -> int:
             "a": {
                 "moslim_over_stock": ratios(times_a, "moslim", "stock")["best"],
                 "moslim_over_bare": ratios(times_a, "moslim", "bare")["best"],
+                # Precise version of moslim/bare - 1: the added work alone over the best bare forward.
+                "heads_mapping_seconds": head_s,
+                "heads_mapping_fraction_of_backbone": head_s / min(times_a["bare"]),
                 "all": {
                     f"{x}/{y}": ratios(times_a, x, y)
                     for x, y in [("moslim", "stock"), ("moslim", "bare"), ("stock", "bare")]
@@ -326,7 +358,11 @@ def main(argv=None) -> int:
             {"metric": f"{name}: time moslim/bare backbone", "value": r["a"]["moslim_over_bare"], "target": "n/a",
              "met": None}
         )  # fmt: skip
-        parts = [f"{name}: moslim/stock {a:.3f}, moslim/bare {r['a']['moslim_over_bare']:.3f}"]
+        heads = r["a"]["heads_mapping_fraction_of_backbone"]
+        headline.append({"metric": f"{name}: heads+mapping time / backbone time", "value": heads, "target": "n/a",
+                         "met": None})  # fmt: skip
+        parts = [f"{name}: moslim/stock {a:.3f}, moslim/bare {r['a']['moslim_over_bare']:.3f} "
+                 f"(heads+mapping alone {100 * heads:.3f}% of the backbone)"]  # fmt: skip
         for k, rk in r["b"].items():
             for metric in ("time_ratio", "memory_ratio"):
                 # "close to 1/K": within 25% of it (the K-head RM still pays one backbone's activations and heads).

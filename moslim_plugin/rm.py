@@ -60,6 +60,8 @@ class MultiHeadRewardModel(nn.Module):
             raise ValueError(
                 f"pooling {pooling!r} on causal model {type(backbone).__name__}: only 'last' sees the whole sequence"
             )
+        # A reward model scores whole sequences once: no KV cache (building one costs time and memory per call).
+        backbone.config.use_cache = False
         self.backbone = backbone
         self.spec = spec
         self.pooling = pooling
