@@ -130,7 +130,7 @@ def ric_sft(model, tokenizer, spec, samples, epochs, lr, seed, micro_batch_size)
     return losses
 
 
-def plot_training(histories: dict, rm_metrics: dict, path) -> str:
+def plot_training(histories: dict, path) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
         "rm_eval": rm_result["metrics"],
         "ric_sft_loss_first_last": [ric_losses[0], ric_losses[-1]],
     }
-    curves = plot_training(histories, rm_result["metrics"], out / "training_curves.png")
+    curves = plot_training(histories, out / "training_curves.png")
     plot = plot_requested_vs_achieved(spec, evals, out / "requested_vs_achieved.png")
     done("report")
     timings["total"] = round(time.time() - t_start, 1)

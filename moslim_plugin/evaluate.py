@@ -200,8 +200,10 @@ def build_parser():
 def main(argv=None) -> int:
     from openrlhf.utils.config import hierarchize
 
+    from moslim_plugin import compat
     from moslim_plugin.local_rl import load_policy
 
+    compat.install()  # the reward model path may import openrlhf.models, which needs flash-attn's helpers
     args = hierarchize(build_parser().parse_args(argv))
     spec = demo_spec()
     prompts = read_prompts(args.eval.dataset) if args.eval.dataset else builtin_prompts("heldout")
