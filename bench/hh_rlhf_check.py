@@ -269,7 +269,7 @@ def draw(results, path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-    p.add_argument("--steps", type=int, default=16, help="optimizer steps for each model")
+    p.add_argument("--steps", type=int, default=64, help="optimizer steps for each model")
     p.add_argument("--batch_pairs", type=int, default=16, help="pairs per optimizer step")
     p.add_argument("--micro_batch_pairs", type=int, default=8)
     p.add_argument("--eval_pairs", type=int, default=200, help="held-out pairs, half per subset")
