@@ -44,6 +44,12 @@ SERVE_RM_FP32 = (
     "import openrlhf.utils.utils as u; u.convert_to_torch_dtype = lambda _: torch.float32; "
     "sys.argv[0] = 'serve_rm'; runpy.run_module('openrlhf.cli.serve_rm', run_name='__main__')"
 )
+# On a GPU, serve_rm as shipped, but with the shim too: without flash-attn its `import openrlhf.models` fails
+# (compat.install() is a no-op where the real flash-attn is installed).
+SERVE_RM = (
+    "import runpy, sys; from moslim_plugin import compat; compat.install(); "
+    "sys.argv[0] = 'serve_rm'; runpy.run_module('openrlhf.cli.serve_rm', run_name='__main__')"
+)
 
 
 def make_samples(n: int, max_response_words: int = 120) -> list[tuple[str, str, str]]:
@@ -248,7 +254,7 @@ def main(argv=None) -> int:
                        "--max_batch_size", str(args.max_batch_size), "--max_wait_ms", str(args.max_wait_ms),
                        "--data.max_len", "512"]  # fmt: skip
             else:
-                launcher = ["-c", SERVE_RM_FP32] if not on_gpu else ["-m", "openrlhf.cli.serve_rm"]
+                launcher = ["-c", SERVE_RM if on_gpu else SERVE_RM_FP32]
                 cmd = [sys.executable, *launcher, "--reward.model_name_or_path", str(checkpoint), "--port", str(port),
                        "--host", "127.0.0.1", "--data.max_len", "512", "--ds.attn_implementation", "sdpa"]  # fmt: skip
             servers[server] = (url, start_server(cmd, url, samples[0], workdir / f"{server}.log"))
