@@ -12,7 +12,7 @@ python_has_cuda=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))"
 status=0
 run() { echo "== $*"; timeout "$1" "$PY" "${@:2}" || { echo "!! failed or timed out: ${*:2}" >&2; status=1; }; }
 run 150 -m bench.gpu_check_reward_actor
-run 180 -m bench.bench_heads --device cuda --repeats 5
+run 240 -m bench.bench_heads --device cuda --repeats 5
 run 150 -m bench.bench_server --device cuda --repeats 1 --no_profile
 "$PY" -m bench.run_all --doc_only
 exit $status
