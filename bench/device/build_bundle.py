@@ -1,10 +1,22 @@
+# ruff: noqa: E402, E501  (device-call script: prints versions before importing; long literal lists)
 """Build /work/main/.gpu (and the optional /work/main/.gpu_tf515): a self-contained site folder for the GPU machine
 (Python 3.12, x86-64, torch/transformers/... already there), packed as .tar.xz because raw bytes count against the
 64 MiB the device tool carries. Run with the repo's venv python (3.11): nothing from the packages is imported,
 except torch/safetensors to cast MiniLM's weights. Inputs: the venv's site-packages (pure-Python packages and their
 dist-info, copied by their RECORD), cp312 manylinux wheels in /tmp/gpuprep/whl (pip download, see .gpu/README.txt).
 """
-import gzip, importlib.metadata as md, io, itertools, json, os, re, shutil, struct, subprocess, sys, tarfile, zipfile
+
+import gzip
+import importlib.metadata as md
+import itertools
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tarfile
+import zipfile
 from pathlib import Path
 
 REPO = Path("/work/main")
@@ -15,14 +27,46 @@ OUT = REPO / ".gpu"
 OUT_TF = REPO / ".gpu_tf515"
 MINILM_BF16 = Path("/tmp/gpuprep/minilm/model.safetensors")  # made by cast_minilm() if missing
 
-PURE = ["openrlhf", "deepspeed", "hjson", "pydantic", "annotated-types", "typing-inspection", "typing-extensions",
-        "fastapi", "starlette", "uvicorn", "pylatexenc", "jsonschema", "jsonschema-specifications", "referencing",
-        "opentelemetry-api", "torchdata"]
+PURE = [
+    "openrlhf",
+    "deepspeed",
+    "hjson",
+    "pydantic",
+    "annotated-types",
+    "typing-inspection",
+    "typing-extensions",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "pylatexenc",
+    "jsonschema",
+    "jsonschema-specifications",
+    "referencing",
+    "opentelemetry-api",
+    "torchdata",
+]
 WHEELS = ["ray-2.55.0-cp312-*.whl", "pydantic_core-2.50.5-cp312-*.whl", "rpds_py-2026.9.1-cp312-*.whl"]
-RAY_DROP = ["core/src/ray/raylet", "core/src/ray/gcs", "core/libjemalloc.so", "jars", "dashboard",
-            "_private/runtime_env/agent/thirdparty_files", "includes", "data", "train", "tune", "serve", "rllib",
-            "llm", "air", "cpp"]
-norm = lambda s: re.sub(r"[-_.]+", "-", s.lower())
+RAY_DROP = [
+    "core/src/ray/raylet",
+    "core/src/ray/gcs",
+    "core/libjemalloc.so",
+    "jars",
+    "dashboard",
+    "_private/runtime_env/agent/thirdparty_files",
+    "includes",
+    "data",
+    "train",
+    "tune",
+    "serve",
+    "rllib",
+    "llm",
+    "air",
+    "cpp",
+]
+
+
+def norm(s):
+    return re.sub(r"[-_.]+", "-", s.lower())
 
 
 def copy_dists(names, site):
@@ -70,8 +114,17 @@ def pack(src_dir, members, dest):
     tar_path = dest.with_suffix("")  # .tar
     with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
         for m in members:
-            tar.add(src_dir / m, arcname=m, filter=lambda ti: (setattr(ti, "uname", "root"), setattr(ti, "gname", "root"),
-                                                                setattr(ti, "uid", 0), setattr(ti, "gid", 0), ti)[-1])
+            tar.add(
+                src_dir / m,
+                arcname=m,
+                filter=lambda ti: (
+                    setattr(ti, "uname", "root"),
+                    setattr(ti, "gname", "root"),
+                    setattr(ti, "uid", 0),
+                    setattr(ti, "gid", 0),
+                    ti,
+                )[-1],
+            )
     subprocess.run(["nice", "-n", "19", "xz", "-6", "-T1", "-f", str(tar_path)], check=True)
     print(f"  {dest}: {dest.stat().st_size / 2**20:.1f} MiB")
 
@@ -131,8 +184,10 @@ def main():
     for f in smol_src.iterdir():
         if f.name != "model.safetensors":
             shutil.copy2(f, smol / f.name)
-    safetensors_placeholder(smol / "model.safetensors",
-                            "placeholder: tokenizer-only SmolLM2 folder for the GPU benches; weights not shipped")
+    safetensors_placeholder(
+        smol / "model.safetensors",
+        "placeholder: tokenizer-only SmolLM2 folder for the GPU benches; weights not shipped",
+    )
     # HH-RLHF helpful-base test: the first 256 rows (bench_heads reads 32, bench_server 64), for ../shared/data
     hh = WORK / "data/hh-rlhf"
     hh.mkdir(parents=True)
