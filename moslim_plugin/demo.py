@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import random
+import re
 import statistics
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ from moslim_plugin.oracle import demo_spec, judge
 
 # name: (initial samples, RM epochs, RiC epochs, eval prompts, RL steps per seed, max_new_tokens, prompts per step)
 SIZES = {
-    "full": dict(samples=96, rm_epochs=4, ric_epochs=1, eval_prompts=21, rl_steps=8, max_new_tokens=40, batch=4),
+    "full": dict(samples=96, rm_epochs=4, ric_epochs=1, eval_prompts=21, rl_steps=16, max_new_tokens=40, batch=8),
     "quick": dict(samples=16, rm_epochs=1, ric_epochs=1, eval_prompts=3, rl_steps=1, max_new_tokens=8, batch=2),
 }
 
@@ -59,10 +60,10 @@ def build_parser():
     # The demo's RL defaults, sized for 2 CPU cores (any flag can still be given on the command line).
     p.set_defaults(
         **{
-            "actor.adam.lr": 5e-5,
+            "actor.adam.lr": 2e-4,
             "algo.kl.init_coef": 0.0,
             "rollout.n_samples_per_prompt": 4,
-            "rollout.micro_batch_size": 16,
+            "rollout.micro_batch_size": 32,
         }
     )
     return p
@@ -85,18 +86,29 @@ def sample_stage(model, tokenizer, spec, prompts, n, max_new_tokens, seed):
 
 
 def augment(samples, spec, seed):
-    """Two cheap edits of every sampled response, relabelled by the oracle: its first k words (every length band)
-    and its sentences as bullet lines (the policy rarely writes lists on its own). More and more balanced rows for
-    the reward model without generating more; the RL and the evaluation never see these edits."""
+    """Two cheap edits of every sampled response, relabelled by the oracle: its first k complete sentences (every
+    sentence level) and a formal, impersonal rewrite (contractions expanded, "you" replaced). More and more balanced
+    rows for the reward model without generating more; the RL and the evaluation never see these edits."""
     rng = random.Random(seed)
     rows = []
     for s in samples:
-        words = s["response"].split()
-        cut = " ".join(words[: rng.randint(1, max(len(words), 1))])
-        sentences = [x.strip() for x in s["response"].replace("!", "!.").split(".") if x.strip()]
-        bullets = "\n".join(f"- {x.rstrip('.')}" for x in sentences[:4]) if len(sentences) >= 2 else cut
-        rows += [{"question": s["question"], "response": t, "labels": judge(t, spec)} for t in (cut, bullets)]
+        sentences = re.split(r"(?<=[.!?])\s+", s["response"])
+        cut = " ".join(sentences[: rng.randint(1, max(len(sentences), 1))])
+        formal = s["response"]
+        for pattern, repl in _FORMAL_REWRITES:
+            formal = re.sub(pattern, repl, formal, flags=re.IGNORECASE)
+        rows += [{"question": s["question"], "response": t, "labels": judge(t, spec)} for t in (cut, formal)]
     return rows
+
+
+_FORMAL_REWRITES = [
+    (r"\b(ca)n['’]t\b", r"\1n not"), (r"\bwon['’]t\b", "will not"), (r"\b(\w+)n['’]t\b", r"\1 not"),
+    (r"['’]re\b", " are"), (r"['’]ll\b", " will"), (r"['’]ve\b", " have"), (r"\bI['’]m\b", "I am"),
+    (r"\b(it|that|there|here|what|who|he|she)['’]s\b", r"\1 is"), (r"\blet['’]s\b", "let us"),
+    (r"\b(i|you|we|they|he|she|it)['’]d\b", r"\1 would"),
+    (r"\byourself\b", "oneself"), (r"\byourselves\b", "themselves"), (r"\byours\b", "one's own"),
+    (r"\byour\b", "one's"), (r"\byou\b", "one"),
+]  # fmt: skip
 
 
 def ric_sft(model, tokenizer, spec, samples, epochs, lr, seed, micro_batch_size):
@@ -236,15 +248,18 @@ def main(argv=None) -> int:
     done("RiC SFT")
 
     # 4. MOSLIM RL, one run per seed, reward = Scorer(RM, mapping) on the raw question
-    from moslim_plugin.datasets import TargetSampler
-
     for seed in args.seeds:
         stage(f"MOSLIM RL seed {seed}")
-        sampler = TargetSampler(spec, mode="subset", seed=1000 + seed)
-        requests = [sampler.sample({}, i) for i in range(len(train_prompts))]
+        # One objective per RL prompt, every (objective, level) pair equally often, as in the evaluation: the
+        # reward is then one clean signal per sample instead of an average over objectives (k = 1 in the mapping).
+        # Prompts repeat (with another request) when the run needs more than the built-in set.
+        pairs = [(n, lv) for n, levels in zip(spec.names, spec.levels) for lv in range(levels)]
+        order = random.Random(seed).sample(range(len(train_prompts)), len(train_prompts))
+        n_rows = size["rl_steps"] * size["batch"]
+        questions = [train_prompts[order[i % len(order)]] for i in range(n_rows)]
+        requests = [dict([pairs[i % len(pairs)]]) for i in range(n_rows)]
         rl_rows = [
-            {"question": q, "request": r, "messages": apply_directive(spec, r, q)}
-            for q, r in zip(train_prompts, requests)
+            {"question": q, "request": r, "messages": apply_directive(spec, r, q)} for q, r in zip(questions, requests)
         ]
 
         def reward_fn(questions, responses, requests):
@@ -341,8 +356,8 @@ def report_markdown(spec, evals, summary, timings, args, size, n_heldout, plot, 
         f"({', '.join(f'{n}: {lv} levels' for n, lv in zip(spec.names, spec.levels))}); mapping "
         f"`{args.moslim.mapping}`; estimator `{args.algo.advantage.estimator}`; {size['rl_steps']} RL steps x "
         f"{size['batch']} prompts x {args.rollout.n_samples_per_prompt} samples per seed; seeds {args.seeds}.",
-        f"Held-out prompts: {n_heldout}, each answered greedily twice (one single-objective request + no preference); "
-        "all levels judged by the oracle (`moslim_plugin/oracle.py`), never by the reward model.",
+        f"Held-out prompts: {n_heldout}, each answered greedily once per single-objective request and once with no "
+        "preference; all levels judged by the oracle (`moslim_plugin/oracle.py`), never by the reward model.",
         "",
         metrics_table(spec, evals),
         "",

@@ -2,9 +2,9 @@
 
     moslim-openrlhf evaluate --actor.model_name_or_path <policy> [--reward.model_name_or_path <moslim rm>]
 
-For every held-out prompt the policy answers twice, greedily (so the numbers do not depend on sampling luck):
-once with a directive requesting ONE level of ONE objective (the (objective, level) pairs are spread evenly over
-the prompts) and once with the "no preference" directive (what the policy does by default on that prompt). Per
+For every held-out prompt the policy answers greedily (so the numbers do not depend on sampling luck), once
+with a directive for each single (objective, level) pair (so every requested level is tried on the same
+prompts) and once with the "no preference" directive (what the policy does by default on that prompt). Per
 objective, over the responses that requested it:
 
 - accuracy: achieved level == requested level (the oracle's level);
@@ -45,10 +45,10 @@ def builtin_prompts(split: str) -> list[str]:
 
 
 def eval_requests(spec, prompts):
-    """(prompt, request) pairs: prompt i requests the (objective, level) pair i mod #pairs, then every prompt with
+    """(prompt, request) pairs: every prompt with every single (objective, level) request, then every prompt with
     no preference."""
     pairs = [(name, level) for name, levels in zip(spec.names, spec.levels) for level in range(levels)]
-    requested = [(p, dict([pairs[i % len(pairs)]])) for i, p in enumerate(prompts)]
+    requested = [(p, {name: level}) for p in prompts for name, level in pairs]
     return requested + [(p, {}) for p in prompts]
 
 
@@ -190,7 +190,7 @@ def build_parser():
     p.add_argument("--actor.model_name_or_path", type=str, required=True, help="policy checkpoint (HF folder)")
     p.add_argument("--reward.model_name_or_path", type=str, default=None, help="MOSLIM RM: also report agreement")
     p.add_argument("--eval.dataset", type=str, default=None, help="prompts, one per line (default: built-in)")
-    p.add_argument("--eval.max_samples", type=int, default=42, help="held-out prompts used")
+    p.add_argument("--eval.max_samples", type=int, default=21, help="held-out prompts (each answered per level)")
     p.add_argument("--eval.output_dir", type=str, default="runs/evaluate")
     p.add_argument("--rollout.max_new_tokens", type=int, default=48)
     p.add_argument("--rollout.micro_batch_size", type=int, default=16)

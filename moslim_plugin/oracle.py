@@ -2,51 +2,62 @@
 
 The demo needs ground truth that no learned model can fool, so every objective is a property of the text itself:
 
-- `length` (3 ordered levels): words in the response, <= 12 short / 13..24 medium / > 24 long.
-- `format` (2 levels): a list (at least two lines starting with a bullet `-`, `*`, `•` or a number `1.` / `2)`)
-  or plain prose.
-- `excitement` (2 levels): whether the response contains an exclamation mark.
+- `sentences` (3 ordered levels): complete sentences in the response (a `.`, `!` or `?` followed by whitespace or
+  the end of the text): at most one / two / three or more.
+- `formality` (2 levels): casual if the response uses a contraction (`don't`, `it's`, `you're`, `we'll`, ...; a
+  possessive `'s` after a noun is not one), formal otherwise.
+- `address` (2 levels): personal if the response speaks to the reader as "you" (`you`, `your`, `yourself`, ...),
+  impersonal otherwise.
 
-SmolLM2-135M-Instruct hits every level now and then on its own (it sometimes answers in one line, sometimes lists
-tips, sometimes exclaims) but does not do so on request: the exploration RL needs, and the control it lacks.
-The oracle labels the reward model's training data and judges the controllability evaluation; it never gives the
-policy its reward in the demo (that goes through the trained reward model, the scorer and the mapping).
+Why these and not, say, word-count bands, bulleted lists or exclamation marks (the first version of the demo):
+RL can only reinforce what the policy samples. Measured on the training prompts (40 new tokens, temperature 1),
+SmolLM2-135M-Instruct wrote <= 12 words in 3 % of its answers, a list in 2-5 % and a '!' in 4-8 %, whatever the
+directive asked, so a few hundred CPU rollouts held almost no positive examples. The objectives above sit in the
+middle of its sampled distribution (roughly 70/15/15 % over the sentence levels, 35-45 % casual, 25-45 % personal)
+and are equally ignored by it when requested, so the starting policy scores about chance and any gain is control
+that RL added. The oracle labels the reward model's training data and judges the controllability evaluation; it
+never gives the policy its reward in the demo (that goes through the trained reward model, the scorer and the
+mapping).
 """
 
 import re
 
 from moslim_plugin.spec import ObjectiveSpec, load_spec
 
-SHORT_MAX_WORDS, MEDIUM_MAX_WORDS = 12, 24
-MIN_LIST_ITEMS = 2
-
 DEMO_SPEC = {
     "objectives": [
         {
-            "name": "length",
+            "name": "sentences",
             "levels": 3,
-            "level_names": ["one short sentence", "a few sentences", "a long detailed answer"],
-            "description": f"words in the response: <= {SHORT_MAX_WORDS}, <= {MEDIUM_MAX_WORDS}, more",
+            "level_names": ["one sentence", "two sentences", "three or more short sentences"],
+            "description": "complete sentences in the response: <= 1, 2, >= 3",
             "phrasing": "answer in {level}",
         },
         {
-            "name": "format",
+            "name": "formality",
             "levels": 2,
-            "level_names": ["plain prose", "a bulleted list"],
-            "description": f"a list has >= {MIN_LIST_ITEMS} lines starting with a bullet or a number",
-            "phrasing": "write {level}",
+            "level_names": ["formal, without contractions", "casual, with contractions like it's and don't"],
+            "description": "casual if the response contains a contraction",
+            "phrasing": "sound {level}",
         },
         {
-            "name": "excitement",
+            "name": "address",
             "levels": 2,
-            "level_names": ["calm, no exclamation marks", "enthusiastic, with exclamation marks!"],
-            "description": "whether the response contains '!'",
-            "phrasing": "sound {level}",
+            "level_names": ["impersonal, never saying 'you'", "personal, talking to the reader as 'you'"],
+            "description": "personal if the response says you / your / yourself",
+            "phrasing": "be {level}",
         },
     ]
 }
 
-_LIST_ITEM_RE = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+\S")
+_SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)")
+# n't anywhere; 's / 're / 'll / 've / 'm / 'd only after a pronoun or it/that/there/here/what/who/let, so that a
+# possessive ("the body's cells") is not taken for a contraction. Straight and curly apostrophes.
+_CONTRACTION_RE = re.compile(
+    r"\b(?:\w+n['’]t|(?:i|you|we|they|he|she|it|that|there|here|what|who|let)['’](?:s|re|ll|ve|m|d))\b",
+    re.IGNORECASE,
+)
+_YOU_RE = re.compile(r"\byou(?:r|rs|rself|rselves)?\b", re.IGNORECASE)
 
 
 def demo_spec() -> ObjectiveSpec:
@@ -54,21 +65,19 @@ def demo_spec() -> ObjectiveSpec:
     return ObjectiveSpec(spec.objectives, source="moslim_plugin.oracle:DEMO_SPEC")
 
 
-def length_level(text: str) -> int:
-    words = len(text.split())
-    return 0 if words <= SHORT_MAX_WORDS else 1 if words <= MEDIUM_MAX_WORDS else 2
+def sentences_level(text: str) -> int:
+    return min(max(len(_SENTENCE_END_RE.findall(text)) - 1, 0), 2)
 
 
-def format_level(text: str) -> int:
-    items = sum(bool(_LIST_ITEM_RE.match(line)) for line in text.splitlines())
-    return int(items >= MIN_LIST_ITEMS)
+def formality_level(text: str) -> int:
+    return int(_CONTRACTION_RE.search(text) is not None)
 
 
-def excitement_level(text: str) -> int:
-    return int("!" in text)
+def address_level(text: str) -> int:
+    return int(_YOU_RE.search(text) is not None)
 
 
-JUDGES = {"length": length_level, "format": format_level, "excitement": excitement_level}
+JUDGES = {"sentences": sentences_level, "formality": formality_level, "address": address_level}
 
 
 def judge(text: str, spec: ObjectiveSpec | None = None) -> dict[str, int]:

@@ -28,32 +28,34 @@ def test_spearman_is_one_for_monotone_ties_allowed_and_zero_for_constant_output(
 
 
 @pytest.mark.unit
-def test_eval_requests_cover_every_level_once_per_cycle_plus_a_default_per_prompt():
+def test_eval_requests_try_every_level_on_every_prompt_plus_a_default_per_prompt():
     spec = demo_spec()
-    prompts = [f"q{i}" for i in range(sum(spec.levels))]
+    prompts = ["q0", "q1", "q2"]
     pairs = eval_requests(spec, prompts)
-    singles = {(next(iter(r)), next(iter(r.values()))) for _, r in pairs if r}
-    assert singles == {(n, lv) for n, levels in zip(spec.names, spec.levels) for lv in range(levels)}
+    every = {(n, lv) for n, levels in zip(spec.names, spec.levels) for lv in range(levels)}
+    for p in prompts:
+        singles = [next(iter(r.items())) for q, r in pairs if q == p and r]
+        assert sorted(singles) == sorted(every)  # each pair once per prompt
     assert [p for p, r in pairs if not r] == prompts
 
 
 @pytest.mark.unit
 def test_controllability_metrics_score_requested_and_unrequested_objectives():
     spec = demo_spec()
-    default = {"length": 2, "format": 0, "excitement": 0}
+    default = {"sentences": 2, "formality": 0, "address": 0}
     samples = [
         {"prompt": "a", "request": {}, "achieved": default},
         {"prompt": "b", "request": {}, "achieved": default},
-        # length requested: one hit (0), one off by two; format moved on prompt "a" although not requested
-        {"prompt": "a", "request": {"length": 0}, "achieved": {"length": 0, "format": 1, "excitement": 0}},
-        {"prompt": "b", "request": {"length": 0}, "achieved": {"length": 2, "format": 0, "excitement": 0}},
+        # sentences requested: one hit (0), one off by two; formality moved on prompt "a" although not requested
+        {"prompt": "a", "request": {"sentences": 0}, "achieved": {"sentences": 0, "formality": 1, "address": 0}},
+        {"prompt": "b", "request": {"sentences": 0}, "achieved": {"sentences": 2, "formality": 0, "address": 0}},
     ]
     m = controllability_metrics(spec, samples)["objectives"]
-    assert m["length"]["accuracy"] == 0.5 and m["length"]["mae"] == 1.0 and m["length"]["n"] == 2
-    assert m["format"]["unrequested_kept"] == 0.5
-    assert m["excitement"]["unrequested_kept"] == 1.0
-    assert m["length"]["by_level"]["0"] == [1, 0, 1]
-    assert m["length"]["default_distribution"] == [0.0, 0.0, 1.0]
+    assert m["sentences"]["accuracy"] == 0.5 and m["sentences"]["mae"] == 1.0 and m["sentences"]["n"] == 2
+    assert m["formality"]["unrequested_kept"] == 0.5
+    assert m["address"]["unrequested_kept"] == 1.0
+    assert m["sentences"]["by_level"]["0"] == [1, 0, 1]
+    assert m["sentences"]["default_distribution"] == [0.0, 0.0, 1.0]
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,7 @@ def test_evaluate_command_works_on_any_policy_checkpoint_with_an_rm(quick_demo, 
             "--eval.output_dir", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
-    assert len(result["samples"]) == 4  # 2 prompts x (one request + no preference)
+    pairs = sum(demo_spec().levels)
+    assert len(result["samples"]) == 2 * (pairs + 1)  # 2 prompts x (every single-objective request + no preference)
     assert set(result["metrics"]["rm_agreement"]) == set(demo_spec().names)
     assert (tmp_path / "eval.md").is_file() and (tmp_path / "requested_vs_achieved.png").is_file()

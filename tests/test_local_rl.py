@@ -32,7 +32,8 @@ def tiny_policy(tmp_path_factory, smollm2_dir):
 
 def rows(n=4):
     questions = ["Name a fruit.", "Say hi.", "Count to three.", "Name a color."][:n]
-    return [{"question": q, "request": {"length": 0}, "messages": [{"role": "user", "content": q}]} for q in questions]
+    request = {"sentences": 0}
+    return [{"question": q, "request": request, "messages": [{"role": "user", "content": q}]} for q in questions]
 
 
 def oracle_reward(questions, responses, requests):
@@ -108,7 +109,7 @@ def test_oracle_reward_runs_through_the_driver(tiny_policy, tmp_path):
                           "--ckpt.output_dir", str(tmp_path)])  # fmt: skip
     model, tokenizer = load_policy(tiny_policy, 1)
     result = train_policy(args, rows(2), oracle_reward, model=model, tokenizer=tokenizer, progress=False)
-    # Four tokens of random text are always <= 15 words: the oracle says every sample hit "short".
+    # Four tokens hold at most one complete sentence: the oracle says every sample hit "one sentence".
     assert result["history"][0]["reward"] == 1.0
 
 
@@ -125,3 +126,36 @@ def test_experience_maker_import_leaves_no_vllm_stand_in_behind():
     if importlib.util.find_spec("vllm") is None:  # no real vLLM on CPU machines
         stand_in = sys.modules.get("vllm")
         assert stand_in is None or "moslim-local-shim" not in getattr(stand_in, "__version__", "")
+
+
+@pytest.mark.integration
+def test_an_rl_step_makes_rewarded_responses_more_likely_and_the_others_less(tiny_policy, tmp_path):
+    # Guards the direction of the whole chain (advantage sign, baseline, loss, optimizer): after one step, the
+    # response rewarded in each group of 4 gained log-probability and its unrewarded siblings lost some.
+    args = parse_rl_args(["--rollout.batch_size", "4", "--rollout.n_samples_per_prompt", "4",
+                          "--rollout.max_new_tokens", "4", "--algo.kl.init_coef", "0", "--actor.adam.lr", "1e-3",
+                          "--moslim.trainable_layers", "-1", "--ckpt.output_dir", str(tmp_path)])  # fmt: skip
+    model, tokenizer = load_policy(tiny_policy, -1)
+    seen = []
+
+    def first_of_each_group_wins(questions, texts, requests):
+        seen.extend(texts)
+        return torch.tensor([float(i % 4 == 0) for i in range(len(texts))]), {}
+
+    def response_logprobs(policy):
+        chats = [r["messages"] for r in rows() for _ in range(4)]
+        prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+        out = []
+        for prompt, text in zip(prompts, seen):
+            p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+            r_ids = tokenizer(text, add_special_tokens=False).input_ids
+            with torch.no_grad():
+                logits = policy(torch.tensor([p_ids + r_ids])).logits[0, len(p_ids) - 1 : -1]
+            out.append(float(logits.log_softmax(-1).gather(-1, torch.tensor(r_ids)[:, None]).sum()))
+        return torch.tensor(out)
+
+    initial, _ = load_policy(tiny_policy, -1)
+    train_policy(args, rows(), first_of_each_group_wins, model=model, tokenizer=tokenizer, progress=False)
+    delta = response_logprobs(model) - response_logprobs(initial)
+    winners = torch.tensor([i % 4 == 0 for i in range(len(seen))])
+    assert delta[winners].mean() > 0 > delta[~winners].mean(), delta
