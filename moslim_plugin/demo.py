@@ -40,7 +40,7 @@ from moslim_plugin.oracle import demo_spec, judge
 
 # name: (initial samples, RM epochs, RiC epochs, eval prompts, RL steps per seed, max_new_tokens, prompts per step)
 SIZES = {
-    "full": dict(samples=96, rm_epochs=4, ric_epochs=1, eval_prompts=21, rl_steps=16, max_new_tokens=40, batch=8),
+    "full": dict(samples=96, rm_epochs=8, ric_epochs=1, eval_prompts=21, rl_steps=16, max_new_tokens=40, batch=8),
     "quick": dict(samples=16, rm_epochs=1, ric_epochs=1, eval_prompts=3, rl_steps=1, max_new_tokens=8, batch=2),
 }
 
@@ -52,7 +52,7 @@ def build_parser():
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="one MOSLIM RL run per seed")
     p.add_argument("--moslim.mapping", type=str, default="moslim")
     p.add_argument("--moslim.mapping_kwargs", type=str, default=None)
-    p.add_argument("--moslim.rm_lr", type=float, default=1e-4, help="reward-model learning rate")
+    p.add_argument("--moslim.rm_lr", type=float, default=3e-4, help="reward-model learning rate")
     for key in ("samples", "eval_prompts", "rl_steps"):
         p.add_argument(f"--demo.{key}", type=int, default=None, help=f"override the size preset's {key}")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
