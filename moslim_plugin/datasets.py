@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 from moslim_plugin.directives import (
     DEFAULT_PLACEMENT,
+    PLACEMENTS,
     DirectiveError,
     apply_directive,
     label_to_request,
@@ -221,7 +222,7 @@ def main(argv=None) -> int:
     p.add_argument("--moslim.fixed", default=None, help="fixed targets, e.g. helpfulness=3,verbosity=1")
     p.add_argument("--moslim.columns", default=None, help="per-row targets: objective=column,...")
     p.add_argument("--moslim.seed", type=int, default=42)
-    p.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=("system", "user_prefix"))
+    p.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS)
     p.add_argument("--moslim.question_key", default="raw_question", help="column that keeps the raw question")
     args = vars(p.parse_args(argv))
 

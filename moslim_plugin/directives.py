@@ -7,8 +7,9 @@ A request is a dict objective -> target level, any subset of the spec (empty all
 `name: index/max` is what the parser reads; the parenthesis is the objective's phrasing (see spec.py), the part the
 policy understands. The bracketed tags survive chat templates (ChatML `<|im_start|>system ...`) and tokenizer
 round trips, so `parse_directive` works on a bare message, a system prompt or a whole templated prompt + response.
-Only the FIRST directive in a text counts: ours is always placed before any user or response text, and a policy
-that learns to echo the directive in its response must not be able to rewrite its own request.
+Only the FIRST directive in a text counts: ours always comes before any response text (and `apply_directive`
+refuses messages that already carry one), so a policy that learns to echo the directive in its response cannot
+rewrite its own request.
 
 The same request travels in the OpenRLHF label column as canonical JSON (`request_to_label`), tied to the spec by
 its fingerprint, so a dataset prepared for another spec is refused instead of being scored against the wrong heads.
@@ -22,7 +23,7 @@ from moslim_plugin.spec import ObjectiveSpec
 
 OPEN_TAG, CLOSE_TAG = "[Preferences]", "[/Preferences]"
 NO_PREFERENCE = "no preference"
-PLACEMENTS = ("system", "user_prefix")
+PLACEMENTS = ("system", "user_prefix", "user_suffix")
 DEFAULT_PLACEMENT = "system"
 
 # Tags case-insensitive: an uncased tokenizer (BERT) lowercases the text it decodes.
@@ -128,10 +129,11 @@ def label_to_request(spec: ObjectiveSpec, label) -> dict[str, int]:
 
 
 def apply_directive(spec: ObjectiveSpec, request, prompt, placement: str = DEFAULT_PLACEMENT) -> list[dict]:
-    """Chat messages with the directive in the system message (created or prepended) or before the user's text.
+    """Chat messages with the directive in the system message (created or prepended), or before or after the text
+    of the LAST user message (the one the response answers): `user_prefix` / `user_suffix`.
 
     `prompt` is the user message (str) or a list of `{"role", "content"}` messages; the input is not modified.
-    `user_prefix` puts it on the LAST user message, the one the response answers.
+    `user_suffix` puts the directive right before the assistant turn, where a small policy attends most.
     """
     if placement not in PLACEMENTS:
         raise DirectiveError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
@@ -156,7 +158,9 @@ def apply_directive(spec: ObjectiveSpec, request, prompt, placement: str = DEFAU
         users = [i for i, m in enumerate(messages) if m["role"] == "user"]
         if not users:
             raise DirectiveError(
-                f"placement 'user_prefix' needs a user message; roles: {[m['role'] for m in messages]}"
+                f"placement {placement!r} needs a user message; roles: {[m['role'] for m in messages]}"
             )
-        messages[users[-1]]["content"] = f"{directive}\n\n{messages[users[-1]]['content']}"
+        text = messages[users[-1]]["content"]
+        parts = (directive, text) if placement == "user_prefix" else (text, directive)
+        messages[users[-1]]["content"] = "\n\n".join(parts)
     return messages

@@ -190,23 +190,29 @@ def test_apply_directive_system_placement_creates_or_prepends_and_keeps_input():
 
 
 @pytest.mark.unit
-def test_apply_directive_user_prefix_goes_on_the_last_user_message():
+def test_apply_directive_user_placements_go_on_the_last_user_message_before_or_after_its_text():
     messages = [
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": "ok"},
         {"role": "user", "content": "second"},
     ]
+    directive = "[Preferences] verbosity: 3/4 (detailed) [/Preferences]"
     out = apply_directive(HELPSTEER, {"verbosity": 3}, messages, placement="user_prefix")
     assert out[0]["content"] == "first" and out[1]["content"] == "ok"
-    assert out[2]["content"] == "[Preferences] verbosity: 3/4 (detailed) [/Preferences]\n\nsecond"
+    assert out[2]["content"] == f"{directive}\n\nsecond"
+    out = apply_directive(HELPSTEER, {"verbosity": 3}, messages, placement="user_suffix")
+    assert out[0]["content"] == "first" and out[1]["content"] == "ok"
+    assert out[2]["content"] == f"second\n\n{directive}"
+    assert messages[2]["content"] == "second"  # not modified in place
 
 
 @pytest.mark.unit
 def test_apply_directive_errors():
-    with pytest.raises(DirectiveError, match=r"placement must be one of \('system', 'user_prefix'\), got 'top'"):
+    expected = r"placement must be one of \('system', 'user_prefix', 'user_suffix'\), got 'top'"
+    with pytest.raises(DirectiveError, match=expected):
         apply_directive(HELPSTEER, {}, "Hi", placement="top")
-    with pytest.raises(DirectiveError, match=r"needs a user message; roles: \['system'\]"):
-        apply_directive(HELPSTEER, {}, [{"role": "system", "content": "x"}], placement="user_prefix")
+    with pytest.raises(DirectiveError, match=r"'user_suffix' needs a user message; roles: \['system'\]"):
+        apply_directive(HELPSTEER, {}, [{"role": "system", "content": "x"}], placement="user_suffix")
     with pytest.raises(DirectiveError, match=r"prompt must be a str or a list"):
         apply_directive(HELPSTEER, {}, [{"role": "user"}])
     done = apply_directive(HELPSTEER, {"verbosity": 1}, "Hi")
@@ -215,7 +221,7 @@ def test_apply_directive_errors():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("placement", ["system", "user_prefix"])
+@pytest.mark.parametrize("placement", ["system", "user_prefix", "user_suffix"])
 def test_directive_survives_smollm2_chat_template_and_tokenizer_round_trip(smollm2_dir, placement):
     from transformers import AutoTokenizer
 
