@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from moslim_plugin.directives import apply_directive
+from moslim_plugin.directives import DEFAULT_PLACEMENT, PLACEMENTS, apply_directive
 from moslim_plugin.oracle import demo_spec, judge
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -115,12 +115,15 @@ def rm_agreement(spec, scorer, samples) -> dict[str, float]:
     }
 
 
-def evaluate_policy(model, tokenizer, prompts, spec=None, max_new_tokens=48, scorer=None, batch_size=16, desc=None):
+def evaluate_policy(
+    model, tokenizer, prompts, spec=None, max_new_tokens=48, scorer=None, batch_size=16, desc=None,
+    placement=DEFAULT_PLACEMENT,
+):  # fmt: skip
     from moslim_plugin.local_rl import generate
 
     spec = spec or demo_spec()
     pairs = eval_requests(spec, prompts)
-    messages = [apply_directive(spec, request, prompt) for prompt, request in pairs]
+    messages = [apply_directive(spec, request, prompt, placement=placement) for prompt, request in pairs]
     _, _, texts = generate(model, tokenizer, messages, max_new_tokens, temperature=0.0, batch_size=batch_size,
                            desc=desc or "evaluate")  # fmt: skip
     samples = [
@@ -194,6 +197,8 @@ def build_parser():
     p.add_argument("--eval.output_dir", type=str, default="runs/evaluate")
     p.add_argument("--rollout.max_new_tokens", type=int, default=48)
     p.add_argument("--rollout.micro_batch_size", type=int, default=16)
+    p.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS,
+                   help="where the directive goes: use the placement the policy was trained with")  # fmt: skip
     return p
 
 
@@ -216,7 +221,7 @@ def main(argv=None) -> int:
         scorer = Scorer.from_pretrained(args.reward.model_name_or_path)
         spec.check_same(scorer.model.spec, f"reward model {args.reward.model_name_or_path}")
     result = evaluate_policy(model, tokenizer, prompts, spec, args.rollout.max_new_tokens, scorer,
-                             args.rollout.micro_batch_size)  # fmt: skip
+                             args.rollout.micro_batch_size, placement=args.moslim.placement)  # fmt: skip
     check_finite(result["metrics"])
     out = Path(args.eval.output_dir)
     out.mkdir(parents=True, exist_ok=True)
