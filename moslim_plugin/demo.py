@@ -319,7 +319,8 @@ def main(argv=None) -> int:
     timings["total"] = round(time.time() - t_start, 1)
     report = {
         "settings": {"size": size, "quick": args.quick, "seeds": args.seeds, "mapping": args.moslim.mapping,
-                     "rl_flags": flags_of(args), "policy": str(policy_path), "heldout_prompts": len(heldout)},
+                     "rl_flags": flags_of(args), "policy": str(policy_path), "heldout_prompts": len(heldout),
+                     "placement": placement},
         "summary": summary,
         "timings_s": timings,
         "policies": {name: e["metrics"] for name, e in evals.items()},
@@ -343,6 +344,8 @@ def main(argv=None) -> int:
     )
     print(f"total {timings['total']:.0f} s; stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     print(f"report: {out / 'report.md'}\njson:   {out / 'report.json'}\nplots:  {plot}\n        {curves}")
+    print(f"evaluate a policy again: moslim-openrlhf evaluate --actor.model_name_or_path {args.ckpt.output_dir} "
+          f"--reward.model_name_or_path {rm_dir} --moslim.placement {placement}")  # fmt: skip
     return 0
 
 
@@ -368,7 +371,8 @@ def report_markdown(spec, evals, summary, timings, args, size, n_heldout, plot, 
         f"Policy SmolLM2-135M-Instruct; reward model all-MiniLM-L6-v2 with {len(spec.names)} heads "
         f"({', '.join(f'{n}: {lv} levels' for n, lv in zip(spec.names, spec.levels))}); mapping "
         f"`{args.moslim.mapping}`; estimator `{args.algo.advantage.estimator}`; {size['rl_steps']} RL steps x "
-        f"{size['batch']} prompts x {args.rollout.n_samples_per_prompt} samples per seed; seeds {args.seeds}.",
+        f"{size['batch']} prompts x {args.rollout.n_samples_per_prompt} samples per seed at temperature "
+        f"{args.rollout.temperature}; seeds {args.seeds}; directive placement `{args.moslim.placement}`.",
         f"Held-out prompts: {n_heldout}, each answered greedily once per single-objective request and once with no "
         "preference; all levels judged by the oracle (`moslim_plugin/oracle.py`), never by the reward model.",
         "",
