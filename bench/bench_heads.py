@@ -55,14 +55,14 @@ GPU_SHAPES = {
 
 
 def k_spec(k: int):
-    from moslim_plugin.spec import ObjectiveSpec
+    from moslim_plugin.core.spec import ObjectiveSpec
 
     return ObjectiveSpec.from_dict({"objectives": [{"name": f"objective_{i}", "levels": 5} for i in range(k)]})
 
 
 def backbones(device: str, workdir: Path) -> dict:
     """name -> (model folder, tokenizer folder)."""
-    from moslim_plugin.real_models import minilm_path, smollm2_path
+    from moslim_plugin.demo.real_models import minilm_path, smollm2_path
 
     if not device.startswith("cuda"):
         return {"minilm": (minilm_path(), minilm_path()), "smollm2": (smollm2_path(), smollm2_path())}
@@ -81,7 +81,7 @@ def backbones(device: str, workdir: Path) -> dict:
 def make_batch(tokenizer_dir, batch_size: int, max_length: int) -> dict:
     from transformers import AutoTokenizer
 
-    from moslim_plugin.scorer import encode
+    from moslim_plugin.core.scorer import encode
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     encoded = []
@@ -111,8 +111,8 @@ def load_models(variant: str, path, k: int, device: str, dtype):
 
         return run, [model]
     if variant == "moslim":
-        from moslim_plugin.mappings import moslim
-        from moslim_plugin.rm import MultiHeadRewardModel
+        from moslim_plugin.core.mappings import moslim
+        from moslim_plugin.core.rm import MultiHeadRewardModel
 
         spec = k_spec(k)
         model = MultiHeadRewardModel.from_backbone(path, spec, dtype=dtype, attn_implementation="sdpa")
@@ -127,7 +127,7 @@ def load_models(variant: str, path, k: int, device: str, dtype):
 
         return run, [model]
     # "stock" (one scalar RM) or "separate" (k scalar RMs, one backbone copy each, rewards averaged).
-    from moslim_plugin import compat
+    from moslim_plugin.integration import compat
 
     compat.install()
     import openrlhf.utils.utils as openrlhf_utils
@@ -217,7 +217,7 @@ def memory_probe(spec: dict) -> dict:
         line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field))
         return int(line.split()[1])
 
-    from moslim_plugin import compat
+    from moslim_plugin.integration import compat
 
     compat.install()
     import openrlhf.models  # noqa: F401  (imported before the baseline by every variant: only models count)

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from bench import write_result
-from moslim_plugin.mappings import MappingStats, resolve_mapping
+from moslim_plugin.core.mappings import MappingStats, resolve_mapping
 
 LEVELS = (5, 5, 2)
 CONFIGS = {
@@ -58,7 +58,7 @@ def time_calls(fn, calls: int, device: str) -> float:
 def backbone_forward_seconds(device: str, repeats: int) -> float:
     from transformers import AutoModel
 
-    from moslim_plugin.real_models import minilm_path
+    from moslim_plugin.demo.real_models import minilm_path
 
     model = AutoModel.from_pretrained(minilm_path(), dtype=torch.float32).to(device).eval()
     ids = torch.randint(1000, 2000, (32, 128), device=device)

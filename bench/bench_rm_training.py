@@ -18,7 +18,7 @@ import tempfile
 
 from bench import write_result
 from bench.hh_rlhf_check import load_pairs, per_subset, train_moslim, train_openrlhf
-from moslim_plugin import compat
+from moslim_plugin.integration import compat
 
 
 def main(argv=None) -> int:
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     compat.install()
     from transformers import AutoTokenizer
 
-    from moslim_plugin.real_models import minilm_path
+    from moslim_plugin.demo.real_models import minilm_path
 
     backbone = minilm_path()
     pairs, _ = load_pairs(a.data_dir, AutoTokenizer.from_pretrained(backbone), a.max_len)

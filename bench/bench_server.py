@@ -40,14 +40,14 @@ from bench import RESULTS_DIR, write_result
 REPO = Path(__file__).resolve().parent.parent
 HH_FILE = REPO.parent / "shared" / "data" / "hh-rlhf" / "helpful-base-test.jsonl.gz"
 SERVE_RM_FP32 = (
-    "import runpy, sys, torch; from moslim_plugin import compat; compat.install(); "
+    "import runpy, sys, torch; from moslim_plugin.integration import compat; compat.install(); "
     "import openrlhf.utils.utils as u; u.convert_to_torch_dtype = lambda _: torch.float32; "
     "sys.argv[0] = 'serve_rm'; runpy.run_module('openrlhf.cli.serve_rm', run_name='__main__')"
 )
 # On a GPU, serve_rm as shipped, but with the shim too: without flash-attn its `import openrlhf.models` fails
 # (compat.install() is a no-op where the real flash-attn is installed).
 SERVE_RM = (
-    "import runpy, sys; from moslim_plugin import compat; compat.install(); "
+    "import runpy, sys; from moslim_plugin.integration import compat; compat.install(); "
     "sys.argv[0] = 'serve_rm'; runpy.run_module('openrlhf.cli.serve_rm', run_name='__main__')"
 )
 
@@ -56,10 +56,10 @@ def make_samples(n: int, max_response_words: int = 120) -> list[tuple[str, str, 
     """(query, prompt, label) triples as OpenRLHF's SingleTurnAgentExecutor would send them."""
     from transformers import AutoTokenizer
 
-    from moslim_plugin.datasets import TargetSampler
-    from moslim_plugin.directives import apply_directive, request_to_label
-    from moslim_plugin.real_models import smollm2_path
-    from moslim_plugin.spec import load_spec
+    from moslim_plugin.core.directives import apply_directive, request_to_label
+    from moslim_plugin.core.spec import load_spec
+    from moslim_plugin.data.datasets import TargetSampler
+    from moslim_plugin.demo.real_models import smollm2_path
 
     spec, tok = load_spec("helpsteer"), AutoTokenizer.from_pretrained(smollm2_path())
     sampler = TargetSampler(spec, "subset", seed=0)
@@ -83,9 +83,9 @@ def make_checkpoint(directory: Path) -> Path:
     import torch
     from transformers import AutoTokenizer
 
-    from moslim_plugin.real_models import minilm_path
-    from moslim_plugin.rm import MultiHeadRewardModel
-    from moslim_plugin.spec import load_spec
+    from moslim_plugin.core.rm import MultiHeadRewardModel
+    from moslim_plugin.core.spec import load_spec
+    from moslim_plugin.demo.real_models import minilm_path
 
     torch.manual_seed(0)
     model = MultiHeadRewardModel.from_backbone(minilm_path(), load_spec("helpsteer"))
@@ -97,9 +97,9 @@ def mean_tokens(samples) -> dict:
     """RM tokens per sample: serve_rm reads the whole templated query, ours the (question, response) pair."""
     from transformers import AutoTokenizer
 
-    from moslim_plugin.real_models import minilm_path
-    from moslim_plugin.remote_reward import split_query
-    from moslim_plugin.scorer import encode
+    from moslim_plugin.core.scorer import encode
+    from moslim_plugin.demo.real_models import minilm_path
+    from moslim_plugin.integration.remote_reward import split_query
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
     serve_rm = [len(tok(q, add_special_tokens=False, truncation=True, max_length=512).input_ids) for q, *_ in samples]
@@ -135,7 +135,7 @@ def start_server(cmd: list[str], url: str, sample, log_path: Path, timeout: floa
 
 
 async def load_level(url: str, samples, concurrency: int, n_requests: int) -> dict:
-    from moslim_plugin import compat
+    from moslim_plugin.integration import compat
 
     compat.install()
     from openrlhf.utils.agent import SingleTurnAgentExecutor

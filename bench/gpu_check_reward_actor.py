@@ -60,8 +60,8 @@ def build_rm(path: Path, tokenizer, full: bool):
     import torch
     from transformers import LlamaConfig, LlamaModel
 
-    from moslim_plugin.rm import MultiHeadRewardModel
-    from moslim_plugin.spec import load_spec
+    from moslim_plugin.core.rm import MultiHeadRewardModel
+    from moslim_plugin.core.spec import load_spec
 
     if full:  # SmolLM2-135M's shape
         config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -81,8 +81,8 @@ def make_batches(tokenizer, spec, micro_batch, batches, response_tokens, rng):
     (question, response, request) triples the Scorer alone is timed on."""
     import torch
 
-    from moslim_plugin.datasets import TargetSampler, condition_row
-    from moslim_plugin.directives import label_to_request
+    from moslim_plugin.core.directives import label_to_request
+    from moslim_plugin.data.datasets import TargetSampler, condition_row
 
     sampler = TargetSampler(spec, "subset", seed=0)
     out, triples = [], []
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from moslim_plugin import compat
+    from moslim_plugin.integration import compat
 
     compat.install()  # no-op where flash-attn is installed
     if importlib.util.find_spec("vllm") is None:
@@ -131,9 +131,9 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from bench import write_result
-    from moslim_plugin.launcher import check_moslim_args, split_argv
-    from moslim_plugin.ray_reward import MoslimRewardModelActor
-    from moslim_plugin.scorer import Scorer
+    from moslim_plugin.core.scorer import Scorer
+    from moslim_plugin.integration.launcher import check_moslim_args, split_argv
+    from moslim_plugin.integration.ray_reward import MoslimRewardModelActor
 
     cuda = torch.cuda.is_available()
     full = cuda and not args.dry_run

@@ -37,9 +37,9 @@ import torch
 from tqdm import tqdm
 
 from bench import RESULTS_DIR, write_result
-from moslim_plugin import compat
-from moslim_plugin.ratings import read_records, split_hh_dialogue
-from moslim_plugin.train_rm import TorchStrategy, parse_args, split_by_question, train_reward_model
+from moslim_plugin.data.ratings import read_records, split_hh_dialogue
+from moslim_plugin.data.train_rm import TorchStrategy, parse_args, split_by_question, train_reward_model
+from moslim_plugin.integration import compat
 
 SUBSETS = ("helpful", "harmless")
 
@@ -126,7 +126,7 @@ def train_moslim(train_pairs, eval_pairs, backbone, a, workdir):
     if not eval_pairs:
         return None, train_seconds
     # Scored through the product's own path: Scorer.from_pretrained + score(), expected level of the pair's objective.
-    from moslim_plugin.scorer import Scorer
+    from moslim_plugin.core.scorer import Scorer
 
     scorer = Scorer.from_pretrained(out, max_length=a.max_len, batch_size=16)
     scores = {}
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
     compat.install()
     from transformers import AutoTokenizer
 
-    from moslim_plugin.real_models import minilm_path
+    from moslim_plugin.demo.real_models import minilm_path
 
     backbone = minilm_path()
     pairs, dropped = load_pairs(a.data_dir, AutoTokenizer.from_pretrained(backbone), a.max_len)

@@ -6,5 +6,6 @@ workers never need torch-heavy MOSLIM code.
 
 __version__ = "0.1.0"
 
-# The OpenRLHF releases whose source our runtime patches were fingerprinted against (see moslim_plugin/patches.py).
+# The OpenRLHF releases whose source our runtime patches were fingerprinted against
+# (see moslim_plugin/integration/patches.py).
 SUPPORTED_OPENRLHF = ("0.11.2",)

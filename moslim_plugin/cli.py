@@ -8,14 +8,17 @@ import importlib
 import sys
 
 COMMANDS = {
-    "train_ppo_ray": ("moslim_plugin.launcher", "run OpenRLHF's train_ppo_ray with the --moslim.* flags"),
-    "prepare-prompts": ("moslim_plugin.datasets", "condition a prompt dataset on preference directives"),
-    "prepare-ratings": ("moslim_plugin.ratings", "turn rated responses into per-objective classification rows"),
-    "train-rm": ("moslim_plugin.train_rm", "train the multi-head classification reward model"),
-    "evaluate": ("moslim_plugin.evaluate", "controllability evaluation of a policy, judged by an oracle"),
-    "demo": ("moslim_plugin.demo", "the whole MOSLIM loop on one CPU machine with real small models"),
-    "reward-func-path": ("moslim_plugin.remote_reward", "print the .py path to pass as --reward.remote_url"),
-    "serve-reward": ("moslim_plugin.server", "HTTP reward server speaking OpenRLHF's remote-RM protocol"),
+    "train_ppo_ray": ("moslim_plugin.integration.launcher", "run OpenRLHF's train_ppo_ray with the --moslim.* flags"),
+    "prepare-prompts": ("moslim_plugin.data.datasets", "condition a prompt dataset on preference directives"),
+    "prepare-ratings": ("moslim_plugin.data.ratings", "turn rated responses into per-objective classification rows"),
+    "train-rm": ("moslim_plugin.data.train_rm", "train the multi-head classification reward model"),
+    "evaluate": ("moslim_plugin.demo.evaluate", "controllability evaluation of a policy, judged by an oracle"),
+    "demo": ("moslim_plugin.demo.pipeline", "the whole MOSLIM loop on one CPU machine with real small models"),
+    "reward-func-path": (
+        "moslim_plugin.integration.remote_reward",
+        "print the .py path to pass as --reward.remote_url",
+    ),
+    "serve-reward": ("moslim_plugin.integration.server", "HTTP reward server speaking OpenRLHF's remote-RM protocol"),
 }
 
 SETUP_HINT = "moslim-openrlhf: {missing!r} is not installed here; run `make setup` first (see README.md)"

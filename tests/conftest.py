@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", tempfile.mkdtemp(prefix="moslim-torch-ext-"))
 
-from moslim_plugin import compat  # noqa: E402
+from moslim_plugin.integration import compat  # noqa: E402
 
 # Mocks what cannot exist on a CPU machine (flash-attn): the shim is product code, used the same way at run time.
 compat.install()
@@ -30,13 +30,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def smollm2_dir():
-    from moslim_plugin.real_models import smollm2_path
+    from moslim_plugin.demo.real_models import smollm2_path
 
     return smollm2_path()
 
 
 @pytest.fixture(scope="session")
 def minilm_dir():
-    from moslim_plugin.real_models import minilm_path
+    from moslim_plugin.demo.real_models import minilm_path
 
     return minilm_path()

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from moslim_plugin.datasets import TargetSampler, condition_row, condition_rows, main
-from moslim_plugin.directives import label_to_request, parse_directive, request_to_label
-from moslim_plugin.spec import load_spec
+from moslim_plugin.core.directives import label_to_request, parse_directive, request_to_label
+from moslim_plugin.core.spec import load_spec
+from moslim_plugin.data.datasets import TargetSampler, condition_row, condition_rows, main
 
 SPEC = load_spec("helpsteer")  # helpfulness (5 levels), verbosity (5), harmlessness (2)
 KEYS = dict(input_key="question", label_key="label")

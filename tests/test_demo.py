@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from moslim_plugin.evaluate import controllability_metrics, eval_requests, spearman
-from moslim_plugin.oracle import demo_spec
+from moslim_plugin.demo.evaluate import controllability_metrics, eval_requests, spearman
+from moslim_plugin.demo.oracle import demo_spec
 
 
 def walk_numbers(obj, where="report"):
@@ -60,7 +60,7 @@ def test_controllability_metrics_score_requested_and_unrequested_objectives():
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
-    from moslim_plugin.demo import main
+    from moslim_plugin.demo.pipeline import main
 
     out = tmp_path_factory.mktemp("demo")
     assert main(["--quick", "--out", str(out)]) == 0
@@ -91,7 +91,7 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
 
 @pytest.mark.integration
 def test_evaluate_command_works_on_any_policy_checkpoint_with_an_rm(quick_demo, tmp_path):
-    from moslim_plugin.evaluate import main
+    from moslim_plugin.demo.evaluate import main
 
     argv = ["--actor.model_name_or_path", str(quick_demo / "policy_seed1"), "--reward.model_name_or_path",
             str(quick_demo / "rm"), "--eval.max_samples", "2", "--rollout.max_new_tokens", "4",

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moslim_plugin.directives import (
+from moslim_plugin.core.directives import (
     DirectiveError,
     apply_directive,
     label_to_request,
@@ -13,7 +13,7 @@ from moslim_plugin.directives import (
     request_to_label,
     validate_request,
 )
-from moslim_plugin.spec import load_spec
+from moslim_plugin.core.spec import load_spec
 
 HELPSTEER = load_spec("helpsteer")
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from moslim_plugin import compat
+from moslim_plugin.integration import compat
 
 
 @pytest.mark.unit

@@ -15,7 +15,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from moslim_plugin import activate, launcher
+from moslim_plugin.integration import activate, launcher
 
 HOOK_ENV = launcher.RAY_SETUP_HOOK_ENV_VAR
 ROOT = Path(__file__).parent.parent
@@ -122,7 +122,7 @@ def test_a_job_with_another_setup_hook_is_told_how_to_chain_ours():
         launcher.driver_runtime_env({launcher.RAY_JOB_CONFIG_JSON_ENV_VAR: json.dumps(job)})
     assert (
         "mycompany.hooks.setup" in exit_info.value.code
-        and "moslim_plugin.activate.activate_all()" in exit_info.value.code
+        and "moslim_plugin.integration.activate.activate_all()" in exit_info.value.code
     )
 
 

@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from moslim_plugin.local_rl import load_policy, make_experience, parse_rl_args, train_policy
-from moslim_plugin.oracle import judge, request_hits
+from moslim_plugin.demo.local_rl import load_policy, make_experience, parse_rl_args, train_policy
+from moslim_plugin.demo.oracle import judge, request_hits
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_experience_maker_import_leaves_no_vllm_stand_in_behind():
     import importlib.util
     import sys
 
-    from moslim_plugin.local_rl import import_experience_maker
+    from moslim_plugin.demo.local_rl import import_experience_maker
 
     maker = import_experience_maker()
     assert maker.__module__ == "openrlhf.trainer.ppo_utils.experience_maker"

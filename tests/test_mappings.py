@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moslim_plugin.mappings import (
+from moslim_plugin.core.mappings import (
     BUILTIN_MAPPINGS,
     DEFAULT_MAPPING,
     MappingStats,
@@ -296,7 +296,7 @@ def test_resolve_mapping_finds_builtins_and_module_function():
     assert DEFAULT_MAPPING == "moslim"
     for name, fn in BUILTIN_MAPPINGS.items():
         assert resolve_mapping(name) is fn
-    assert resolve_mapping("moslim_plugin.mappings:expected_level") is expected_level
+    assert resolve_mapping("moslim_plugin.core.mappings:expected_level") is expected_level
     assert resolve_mapping(target_logprob) is target_logprob
 
 
@@ -306,7 +306,7 @@ def _write_plugin(tmp_path, body):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: moslim-test-mapping-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[moslim_plugin.mappings]\nhalf_target = moslim_test_mapping_plugin:half_target\n"
+        "[moslim_plugin.core.mappings]\nhalf_target = moslim_test_mapping_plugin:half_target\n"
         "broken = moslim_test_mapping_plugin:broken\n"
     )
 
@@ -332,7 +332,7 @@ def test_resolve_mapping_loads_an_installed_entry_point(tmp_path, monkeypatch):
     assert parse_mapping_kwargs(fn, '{"scale": 2}') == {"scale": 2}
     with pytest.raises(ValueError, match=r"entry point 'moslim_test_mapping_plugin:broken' must accept \(probs, "):
         resolve_mapping("broken")
-    with pytest.raises(ValueError, match=r"entry points \(moslim_plugin.mappings\): \['broken', 'half_target'\]"):
+    with pytest.raises(ValueError, match=r"entry points \(moslim_plugin.core.mappings\): \['broken', 'half_target'\]"):
         resolve_mapping("nonexistent")
 
 
@@ -342,9 +342,9 @@ def test_resolve_mapping_loads_an_installed_entry_point(tmp_path, monkeypatch):
     [
         ("paper", r"unknown mapping 'paper'; installed: built-in: \['expected_level', 'moslim', 'target_logprob'\]"),
         ("no_such_module_xyz:fn", r"cannot import module 'no_such_module_xyz'"),
-        ("moslim_plugin.mappings:nothing", r"module 'moslim_plugin.mappings' has no attribute 'nothing'"),
+        ("moslim_plugin.core.mappings:nothing", r"module 'moslim_plugin.core.mappings' has no attribute 'nothing'"),
         (
-            "moslim_plugin.mappings:_check_choice",
+            "moslim_plugin.core.mappings:_check_choice",
             r"must accept \(probs, targets, levels, stats, \*\*kwargs\).*is \(name,",
         ),
         ("", r"mapping must be a name or a callable, got ''"),

@@ -1,7 +1,8 @@
 import pytest
 
-from moslim_plugin.directives import parse_directive, render_directive
-from moslim_plugin.oracle import (
+from moslim_plugin.core.directives import parse_directive, render_directive
+from moslim_plugin.core.spec import load_spec
+from moslim_plugin.demo.oracle import (
     address_level,
     demo_spec,
     formality_level,
@@ -9,7 +10,6 @@ from moslim_plugin.oracle import (
     request_hits,
     sentences_level,
 )
-from moslim_plugin.spec import load_spec
 
 
 @pytest.mark.unit

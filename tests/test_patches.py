@@ -15,7 +15,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from moslim_plugin import launcher, patches
+from moslim_plugin.integration import launcher, patches
 
 ROOT = Path(__file__).parent.parent
 VLLM_STUB = Path(__file__).parent / "vllm_stub"
@@ -123,9 +123,9 @@ def test_openrlhfs_prompt_dataset_built_through_the_hook_matches_prepare_prompts
     from openrlhf.datasets.utils import blending_datasets
     from transformers import AutoTokenizer
 
-    from moslim_plugin import datasets
-    from moslim_plugin.directives import label_to_request, parse_directive, request_to_label
-    from moslim_plugin.spec import load_spec
+    from moslim_plugin.core.directives import label_to_request, parse_directive, request_to_label
+    from moslim_plugin.core.spec import load_spec
+    from moslim_plugin.data import datasets
 
     spec = load_spec("hh")
     rows = hh_prompt_rows(6)

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from moslim_plugin.ratings import convert, main, read_records
-from moslim_plugin.spec import load_spec
+from moslim_plugin.core.spec import load_spec
+from moslim_plugin.data.ratings import convert, main, read_records
 
 HH_SHARED = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
 

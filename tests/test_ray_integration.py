@@ -18,7 +18,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from moslim_plugin import activate, launcher, patches
+from moslim_plugin.integration import activate, launcher, patches
 
 VLLM_STUB = Path(__file__).parent / "vllm_stub"
 DATA = Path(__file__).parent.parent.parent / "shared" / "data"
@@ -50,7 +50,7 @@ def probe_worker():
     """What a fresh Ray worker looks like after the setup hook, then after OpenRLHF imports its dataset module."""
     import sys
 
-    from moslim_plugin import activate, patches
+    from moslim_plugin.integration import activate, patches
 
     before = {"torch": "torch" in sys.modules, "openrlhf": "openrlhf" in sys.modules, "applied": patches.applied()}
     activate.activate_all()  # again: idempotent
@@ -127,8 +127,8 @@ def ppo_args(actor_path, rm_path):
 def moslim_rm(tmp_path_factory, minilm_dir):
     from transformers import AutoTokenizer
 
-    from moslim_plugin.rm import MultiHeadRewardModel
-    from moslim_plugin.spec import load_spec
+    from moslim_plugin.core.rm import MultiHeadRewardModel
+    from moslim_plugin.core.spec import load_spec
 
     path = tmp_path_factory.mktemp("rm")
     model = MultiHeadRewardModel.from_backbone(minilm_dir, load_spec("hh"))
@@ -141,7 +141,7 @@ def reward_group(ray_cluster, moslim_rm, smollm2_dir):
     from openrlhf.trainer.ray.launcher import RayActorGroup
     from openrlhf.utils import get_strategy
 
-    from moslim_plugin.ray_reward import MoslimRewardModelActor
+    from moslim_plugin.integration.ray_reward import MoslimRewardModelActor
 
     args = ppo_args(smollm2_dir, moslim_rm)
     strategy = get_strategy(args)
@@ -193,9 +193,9 @@ def test_openrlhfs_experience_maker_with_the_moslim_reward_actor_gives_the_score
     from openrlhf.trainer.ray.launcher import RayActorGroup
     from transformers import AutoTokenizer
 
-    from moslim_plugin.datasets import condition_row
-    from moslim_plugin.directives import label_to_request
-    from moslim_plugin.scorer import Scorer
+    from moslim_plugin.core.directives import label_to_request
+    from moslim_plugin.core.scorer import Scorer
+    from moslim_plugin.data.datasets import condition_row
 
     group, strategy = reward_group
     args = strategy.args
@@ -289,7 +289,7 @@ def stop_before_gpu_work(args):
         "label_key": args.data.label_key,
         # The reward actor class train_ppo_ray (running as __main__) imported by name, and what is patched here.
         "reward_actor": sys.modules["__main__"].RewardModelActor.__ray_actor_class__.__qualname__,
-        "applied": __import__("moslim_plugin.patches").patches.applied(),
+        "applied": __import__("moslim_plugin.integration.patches").integration.patches.applied(),
     }
     with open(os.environ["MOSLIM_TEST_REPORT"], "w") as f:
         json.dump(report, f, default=str)

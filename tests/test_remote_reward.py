@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-from moslim_plugin.remote_reward import REWARD_FUNC_FILE, StrictRewardError, main, split_query
+from moslim_plugin.integration.remote_reward import REWARD_FUNC_FILE, StrictRewardError, main, split_query
 
 LLAMA3_PROMPT = (
     "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n[Preferences] verbosity: 1/4 (concise) "
@@ -119,8 +119,8 @@ def rm_checkpoint(minilm_dir, tmp_path_factory):
     import torch
     from transformers import AutoTokenizer
 
-    from moslim_plugin.rm import MultiHeadRewardModel
-    from moslim_plugin.spec import load_spec
+    from moslim_plugin.core.rm import MultiHeadRewardModel
+    from moslim_plugin.core.spec import load_spec
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("moslim-rm")
@@ -136,8 +136,8 @@ REQUESTS = [{"helpfulness": 3, "verbosity": 1}, {"harmlessness": 1}, {"verbosity
 
 def run_executor(executor, tokenizer, label_of=None):
     """OpenRLHF's SingleTurnAgentExecutor.execute for every sample at once, as an engine actor runs them."""
-    from moslim_plugin.directives import apply_directive, request_to_label
-    from moslim_plugin.spec import load_spec
+    from moslim_plugin.core.directives import apply_directive, request_to_label
+    from moslim_plugin.core.spec import load_spec
 
     spec = load_spec("helpsteer")
     label_of = label_of or (lambda request: request_to_label(spec, request))
@@ -171,7 +171,7 @@ def load_reward_file(monkeypatch, rm_checkpoint, **env):
 def test_reward_file_loaded_by_openrlhf_gives_the_scorers_rewards_in_fewer_forward_passes(
     monkeypatch, rm_checkpoint, smollm2_tokenizer
 ):
-    from moslim_plugin.scorer import Scorer
+    from moslim_plugin.core.scorer import Scorer
 
     executor = load_reward_file(monkeypatch, rm_checkpoint)
     outputs = run_executor(executor, smollm2_tokenizer)
@@ -194,7 +194,7 @@ def test_reward_file_gives_the_fallback_reward_counts_and_logs_an_unscorable_sam
 ):
     executor = load_reward_file(monkeypatch, rm_checkpoint, MOSLIM_FALLBACK_REWARD="-2.5")
     labels = {0: None, 1: '{"moslim": {"targets": {"verbosity": 9}, "spec": "x"}}'}
-    with caplog.at_level(logging.WARNING, logger="moslim_plugin.remote_reward"):
+    with caplog.at_level(logging.WARNING, logger="moslim_plugin.integration.remote_reward"):
         outputs = run_executor(executor, smollm2_tokenizer, label_of=lambda r: labels.get(REQUESTS.index(r), None))
     assert [out["reward"] for out in outputs] == [-2.5] * 4
     assert [out["extra_logs"]["moslim/errors"] for out in outputs] == [1.0] * 4

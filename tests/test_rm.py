@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
-from moslim_plugin.rm import PAD_LOGIT, MultiHeadRewardModel, is_moslim_checkpoint
-from moslim_plugin.spec import load_spec
+from moslim_plugin.core.rm import PAD_LOGIT, MultiHeadRewardModel, is_moslim_checkpoint
+from moslim_plugin.core.spec import load_spec
 
 SPEC = load_spec("helpsteer")  # levels (5, 5, 2): the 2-level head is padded to 5 classes
 
@@ -111,7 +111,7 @@ def test_round_trip_gives_identical_logits_spec_pooling_and_tokenizer(tiny_check
 
 @pytest.mark.integration
 def test_mapping_statistics_survive_the_round_trip(tmp_path):
-    from moslim_plugin.mappings import MappingStats
+    from moslim_plugin.core.mappings import MappingStats
 
     model = MultiHeadRewardModel(tiny_llama(), SPEC)
     probs = torch.rand(7, 3, 5) * (torch.arange(5) < torch.tensor(SPEC.levels)[:, None])

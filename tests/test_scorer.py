@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
-from moslim_plugin.directives import DirectiveError
-from moslim_plugin.mappings import moslim
-from moslim_plugin.rm import MultiHeadRewardModel
-from moslim_plugin.scorer import Scorer, encode
-from moslim_plugin.spec import load_spec
+from moslim_plugin.core.directives import DirectiveError
+from moslim_plugin.core.mappings import moslim
+from moslim_plugin.core.rm import MultiHeadRewardModel
+from moslim_plugin.core.scorer import Scorer, encode
+from moslim_plugin.core.spec import load_spec
 
 SPEC = load_spec("helpsteer")  # helpfulness 0-4, verbosity 0-4, harmlessness 0-1
 QUESTIONS = ["What is the capital of France?", "Write a haiku about rain.", "How do I pick a lock?"]

@@ -17,8 +17,8 @@ import urllib.request
 
 import pytest
 
-from moslim_plugin.remote_reward import RewardEngine
-from moslim_plugin.server import build_parser, create_app
+from moslim_plugin.integration.remote_reward import RewardEngine
+from moslim_plugin.integration.server import build_parser, create_app
 
 QUESTIONS = ["What is 2+2?", "Name a colour.", "How do magnets work?", "Say hello."] * 4
 RESPONSES = ["4.", "Blue, like the sky.", "Aligned electron spins make a field.", "Hello!"] * 4
@@ -42,9 +42,9 @@ def scorer(minilm_dir):
     import torch
     from transformers import AutoTokenizer
 
-    from moslim_plugin.rm import MultiHeadRewardModel
-    from moslim_plugin.scorer import Scorer
-    from moslim_plugin.spec import load_spec
+    from moslim_plugin.core.rm import MultiHeadRewardModel
+    from moslim_plugin.core.scorer import Scorer
+    from moslim_plugin.core.spec import load_spec
 
     torch.manual_seed(0)
     model = MultiHeadRewardModel.from_backbone(minilm_dir, load_spec("helpsteer"))
@@ -98,8 +98,8 @@ def openrlhf_rollouts(url, tokenizer, labels=None):
     """OpenRLHF's SingleTurnAgentExecutor.execute for every sample at once, as an engine actor runs them."""
     from openrlhf.utils.agent import SingleTurnAgentExecutor
 
-    from moslim_plugin.directives import apply_directive, request_to_label
-    from moslim_plugin.spec import load_spec
+    from moslim_plugin.core.directives import apply_directive, request_to_label
+    from moslim_plugin.core.spec import load_spec
 
     spec = load_spec("helpsteer")
     executor = SingleTurnAgentExecutor(url)
@@ -140,7 +140,7 @@ def test_server_answers_openrlhfs_client_with_the_scorers_rewards_batching_concu
 def test_non_strict_server_gives_the_fallback_reward_and_counts_and_logs_each_failure(scorer, caplog):
     engine = RewardEngine(scorer, fallback_reward=-1.5)
     body = {"query": ["<|im_start|>assistant\nhi"], "prompts": ["<|im_start|>assistant\n"], "labels": ["{}"]}
-    with serving(engine) as base, caplog.at_level(logging.WARNING, logger="moslim_plugin.remote_reward"):
+    with serving(engine) as base, caplog.at_level(logging.WARNING, logger="moslim_plugin.integration.remote_reward"):
         status, reply = post(base + "/get_reward", body)
         stats = get_json(base + "/stats")
     assert status == 200 and reply["rewards"] == [-1.5] and reply["extra_logs"]["moslim/errors"] == [1.0]

@@ -3,7 +3,7 @@ import json
 import pytest
 import yaml
 
-from moslim_plugin.spec import Objective, ObjectiveSpec, SpecError, load_spec
+from moslim_plugin.core.spec import Objective, ObjectiveSpec, SpecError, load_spec
 
 HELPSTEER = {
     "objectives": [

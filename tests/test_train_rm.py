@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from moslim_plugin.spec import load_spec
-from moslim_plugin.train_rm import IGNORE, head_losses, head_metrics, load_rows, main, train_reward_model
+from moslim_plugin.core.spec import load_spec
+from moslim_plugin.data.train_rm import IGNORE, head_losses, head_metrics, load_rows, main, train_reward_model
 
 SPEC = load_spec("hh")  # helpful (2 levels), harmless (2 levels)
 
@@ -94,7 +94,7 @@ def test_bad_label_fails_naming_file_row_and_value_before_any_model_is_built(tmp
 
 @pytest.mark.integration
 def test_train_rm_learns_writes_metrics_and_calibration_stats_into_the_checkpoint(tmp_path, tiny_bert):
-    from moslim_plugin.rm import MultiHeadRewardModel
+    from moslim_plugin.core.rm import MultiHeadRewardModel
 
     data = write_jsonl(tmp_path / "ratings.jsonl", synthetic_rows(160))
     out = tmp_path / "rm"

@@ -70,7 +70,7 @@ print(
     torch.version.cuda,
     torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
 )
-from moslim_plugin import compat
+from moslim_plugin.integration import compat
 
 print("flash-attn shim installed:", compat.install())
 if importlib.util.find_spec("vllm") is None:
@@ -88,9 +88,9 @@ for mod in [
     "openrlhf.utils.agent",
     "openrlhf.cli.serve_rm",
     "openrlhf.trainer.ray.launcher",
-    "moslim_plugin.ray_reward",
-    "moslim_plugin.server",
-    "moslim_plugin.scorer",
+    "moslim_plugin.integration.ray_reward",
+    "moslim_plugin.integration.server",
+    "moslim_plugin.core.scorer",
     "bench.gpu_check_reward_actor",
     "bench.bench_heads",
     "bench.bench_server",
@@ -104,7 +104,7 @@ for mod in [
         print(f"  import {mod}: FAILED {type(e).__name__}: {e}")
         traceback.print_exc(limit=-4)
 try:
-    from moslim_plugin.real_models import minilm_path, smollm2_path
+    from moslim_plugin.demo.real_models import minilm_path, smollm2_path
 
     print("minilm", minilm_path(), "smollm2 (tokenizer only)", smollm2_path())
 except BaseException as e:

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from moslim_plugin.ratings import read_records
-from moslim_plugin.spec import load_spec
+from moslim_plugin.core.spec import load_spec
+from moslim_plugin.data.ratings import read_records
 
 IGNORE = -100  # label of a head without a rating in this row
 
@@ -75,7 +75,7 @@ def split_by_question(rows, eval_ratio: float, seed: int):
 def encode_rows(rows, tokenizer, spec, max_len, source):
     """Each row encoded once, exactly as the Scorer reads a pair at reward time (`scorer.encode`: chat template or
     pair encoding, the question truncated from its start), with its labels (IGNORE for a missing rating)."""
-    from moslim_plugin.scorer import encode
+    from moslim_plugin.core.scorer import encode
 
     out = []
     for row in tqdm(rows, desc=f"encode {os.path.basename(source)}", leave=False):
@@ -336,7 +336,7 @@ def load_tokenizer(path):
 
 
 def build_model(args, spec):
-    from moslim_plugin.rm import MultiHeadRewardModel
+    from moslim_plugin.core.rm import MultiHeadRewardModel
 
     path = args.model.model_name_or_path
     # fp32 master weights on CPU; under DeepSpeed the engine casts to --ds.param_dtype itself.
@@ -386,7 +386,7 @@ def open_logger(args):
 
 def train(args, rows=None, eval_rows=None) -> dict:
     """Train, evaluate on held-out rows, save the checkpoint with its calibration statistics; returns the metrics."""
-    from moslim_plugin.mappings import MappingStats
+    from moslim_plugin.core.mappings import MappingStats
 
     spec = load_spec(args.moslim.spec)
     # All input is checked before a model is built: a bad row fails in seconds, not after an hour of training.

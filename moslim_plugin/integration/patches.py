@@ -96,7 +96,7 @@ PATCHES = (
         name="make_experience",
         target="openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.make_experience",
         fingerprint="85db1fe426dec3e6e9bb740e663f4cee8f1bfdedd3fc0f5d61a4c68fee0b8f67",
-        make="moslim_plugin.ray_reward:wrap_make_experience",
+        make="moslim_plugin.integration.ray_reward:wrap_make_experience",
         why="the reward-model dispatch sends only token ids (sequences, attention_mask); the MOSLIM reward needs each "
         "sample's target levels, which travel in Experience.labels and never reach the reward-model actor",
         upstream="pass prompts and labels to the reward group's forward (see patches/openrlhf-0.11.2-moslim.diff)",
@@ -106,7 +106,7 @@ PATCHES = (
         name="prompt_dataset",
         target="openrlhf.datasets.prompts_dataset:PromptDataset.__init__",
         fingerprint="068a62107852403824a094eca76d18f2a2decc8cbece573efc435771c03da85e",
-        make="moslim_plugin.patches:wrap_prompt_dataset_init",
+        make="moslim_plugin.integration.patches:wrap_prompt_dataset_init",
         why="PromptDataset is built inside the PPOTrainer Ray actor from the raw rows, with no hook between loading a "
         "row and templating it, so the preference directive and label cannot be added on the fly",
         upstream="a row-preprocessing hook (e.g. --data.preprocess_fn module:function) applied in PromptDataset",
@@ -116,7 +116,7 @@ PATCHES = (
         name="reward_actor",
         target="openrlhf.trainer.ray.launcher:RewardModelActor",
         fingerprint="ca80c418316a284b482fe0766002061c9f01672e8e0a42523036194eff4fb61c",
-        make="moslim_plugin.ray_reward:replace_reward_actor",
+        make="moslim_plugin.integration.ray_reward:replace_reward_actor",
         why="train_ppo_ray hard-codes RewardModelActor (a scalar-head reward model) and imports it by name",
         upstream="a --reward.actor_class module:Class flag (pluggable reward-model actor)",
         remove_when="OpenRLHF lets the reward-model actor class be chosen from the command line",
@@ -127,7 +127,7 @@ HIERARCHIZE = Patch(
     name="hierarchize",
     target="openrlhf.utils.config:hierarchize",
     fingerprint="76aa82b2af592f581039dab0740783555a2c0f49dda01a54989edcfb185191b3",
-    make="moslim_plugin.launcher:wrap_hierarchize",
+    make="moslim_plugin.integration.launcher:wrap_hierarchize",
     why="train_ppo_ray builds its parser inline under `if __name__ == '__main__'` and rejects unknown flags; "
     "hierarchize(args) is the one call between parse_args() and train() where args.moslim can be added",
     upstream="an entry-point group through which plugins add arguments to the train_ppo_ray parser",
@@ -229,7 +229,7 @@ def wrap_prompt_dataset_init(original):
         if moslim is not None and moslim.sampling:
             from tqdm import tqdm
 
-            from moslim_plugin.datasets import condition_row
+            from moslim_plugin.data.datasets import condition_row
 
             spec, sampler = moslim_sampler(moslim)
             data = strategy.args.data
@@ -246,8 +246,8 @@ def wrap_prompt_dataset_init(original):
 
 def moslim_sampler(moslim):
     """The spec and TargetSampler described by `args.moslim` (the launcher validated the flags)."""
-    from moslim_plugin.datasets import TargetSampler
-    from moslim_plugin.spec import load_spec
+    from moslim_plugin.core.spec import load_spec
+    from moslim_plugin.data.datasets import TargetSampler
 
     spec = load_spec(moslim.spec_dict)
     return spec, TargetSampler(spec, moslim.sampling, moslim.seed, fixed=moslim.fixed, columns=moslim.columns)

@@ -20,8 +20,8 @@ import ray
 import torch
 from openrlhf.trainer.ray.launcher import RewardModelActor
 
-from moslim_plugin.remote_reward import ERRORS_KEY
-from moslim_plugin.rm import is_moslim_checkpoint
+from moslim_plugin.core.rm import is_moslim_checkpoint
+from moslim_plugin.integration.remote_reward import ERRORS_KEY
 
 # The class under OpenRLHF's @ray.remote decorator: we extend it, so non-MOSLIM checkpoints keep the stock behaviour.
 StockRewardModelActor = RewardModelActor.__ray_actor_class__
@@ -37,9 +37,9 @@ class MoslimRewardModelActor(StockRewardModelActor):
             return super().init_model_from_pretrained(strategy, pretrain)
         from transformers import AutoTokenizer
 
-        from moslim_plugin.remote_reward import RewardEngine
-        from moslim_plugin.scorer import Scorer
-        from moslim_plugin.spec import load_spec
+        from moslim_plugin.core.scorer import Scorer
+        from moslim_plugin.core.spec import load_spec
+        from moslim_plugin.integration.remote_reward import RewardEngine
 
         args = strategy.args
         moslim = getattr(args, "moslim", None)

@@ -6,8 +6,8 @@ runtime env). It runs every activation declared in the `moslim_plugin.plugins` e
 be applied when OpenRLHF imports the patched modules: cheap (no torch import) in workers that never use them, and
 idempotent, so the driver and a worker that runs the hook twice end up in the same state.
 
-On machines without flash-attn (CPU test machines), `import openrlhf.models` needs `moslim_plugin.compat`'s shim in
-every worker that imports it; a last-resort import finder installs it on first use, for the same reason: a worker
+On machines without flash-attn (CPU test machines), `import openrlhf.models` needs `integration.compat`'s shim in every
+worker that imports it; a last-resort import finder installs it on first use, for the same reason: a worker
 that never imports OpenRLHF's models never imports torch.
 """
 
@@ -17,14 +17,16 @@ import importlib.util
 import sys
 
 ENTRY_POINT_GROUP = "moslim_plugin.plugins"
-WORKER_SETUP_HOOK = "moslim_plugin.activate.activate_all"  # a dotted path: the form Ray's setup-hook loader imports
+WORKER_SETUP_HOOK = (
+    "moslim_plugin.integration.activate.activate_all"  # a dotted path: the form Ray's setup-hook loader imports
+)
 
 _activated = False
 
 
 def activate() -> None:
-    """The plugin's own activation: the patches of moslim_plugin/patches.py, applied on import."""
-    from moslim_plugin import patches
+    """The plugin's own activation: the patches of moslim_plugin/integration/patches.py, applied on import."""
+    from moslim_plugin.integration import patches
 
     patches.apply_on_import()
     if "flash_attn" not in sys.modules and _SHIM_FINDER not in sys.meta_path:
@@ -38,7 +40,7 @@ class _FlashAttnShimFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if fullname != "flash_attn":
             return None
         sys.meta_path.remove(self)  # compat.install() itself looks for a real flash_attn first
-        from moslim_plugin import compat
+        from moslim_plugin.integration import compat
 
         if not compat.install():
             return None

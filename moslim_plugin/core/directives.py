@@ -19,7 +19,7 @@ import json
 import re
 from numbers import Integral
 
-from moslim_plugin.spec import ObjectiveSpec
+from moslim_plugin.core.spec import ObjectiveSpec
 
 OPEN_TAG, CLOSE_TAG = "[Preferences]", "[/Preferences]"
 NO_PREFERENCE = "no preference"

@@ -191,7 +191,7 @@ class RewardEngine:
 
     def score_samples(self, samples) -> list:
         """One outcome per (query, prompt, label): (reward, extra_logs) or (None, reason)."""
-        from moslim_plugin.directives import label_to_request, render_directive
+        from moslim_plugin.core.directives import label_to_request, render_directive
 
         outcomes, todo = [None] * len(samples), []
         for i, (query, prompt, label) in enumerate(samples):
@@ -295,7 +295,7 @@ def build_engine(
     """
     import torch
 
-    from moslim_plugin.scorer import Scorer
+    from moslim_plugin.core.scorer import Scorer
 
     if not rm_path or not Path(rm_path).is_dir():
         raise FileNotFoundError(f"MOSLIM reward model checkpoint folder not found: {rm_path!r}")

@@ -217,7 +217,7 @@ def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=Tru
     """RL on `rows` ({"messages": chat with directive, "question": str, "request": dict}); `reward_fn(questions,
     responses, requests) -> (rewards[B] fp32, info dict of [B] tensors)`. Saves the policy to --ckpt.output_dir and
     returns {"history": per-step logs, "output_dir", "seconds"}."""
-    from moslim_plugin import compat
+    from moslim_plugin.integration import compat
 
     compat.install()  # before openrlhf.models: it imports flash-attn's padding helpers at module level
     from openrlhf.models import Actor, PolicyLoss
@@ -226,7 +226,7 @@ def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=Tru
 
     RemoteExperienceMaker = import_experience_maker()
 
-    from moslim_plugin.real_models import smollm2_path
+    from moslim_plugin.demo.real_models import smollm2_path
 
     random.seed(args.train.seed)
     torch.manual_seed(args.train.seed)

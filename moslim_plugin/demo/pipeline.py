@@ -1,7 +1,7 @@
 """The whole MOSLIM loop on one CPU machine with real small models: `make demo` (or `make demo QUICK=1`).
 
 1. sample: SmolLM2-135M-Instruct answers the built-in training prompts under random preference directives;
-   the oracle (moslim_plugin/oracle.py) labels every response with its exact level per objective.
+   the oracle (moslim_plugin/demo/oracle.py) labels every response with its exact level per objective.
 2. rm: the multi-head reward model (all-MiniLM-L6-v2 backbone) is trained on those labels with `train-rm`.
 3. baselines: the starting policy, and RiC (rewards-in-context): SFT of the policy on the same samples with each
    directive RELABELLED to the levels the response actually has. RiC is the natural multi-objective baseline here:
@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from moslim_plugin.directives import PLACEMENTS, apply_directive
-from moslim_plugin.evaluate import (
+from moslim_plugin.core.directives import PLACEMENTS, apply_directive
+from moslim_plugin.demo.evaluate import (
     builtin_prompts,
     check_finite,
     evaluate_policy,
@@ -35,8 +35,15 @@ from moslim_plugin.evaluate import (
     plot_requested_vs_achieved,
     rm_agreement,
 )
-from moslim_plugin.local_rl import add_rl_args, check_rl_args, generate, load_policy, make_experience, train_policy
-from moslim_plugin.oracle import demo_spec, judge
+from moslim_plugin.demo.local_rl import (
+    add_rl_args,
+    check_rl_args,
+    generate,
+    load_policy,
+    make_experience,
+    train_policy,
+)
+from moslim_plugin.demo.oracle import demo_spec, judge
 
 # name: (initial samples, RM epochs, RiC epochs, eval prompts, RL steps per seed, max_new_tokens, prompts per step)
 SIZES = {
@@ -78,7 +85,7 @@ def build_parser():
 
 def sample_stage(model, tokenizer, spec, prompts, n, max_new_tokens, seed, temperature, placement):
     """n responses to training prompts under random-subset directives, each labelled by the oracle."""
-    from moslim_plugin.datasets import TargetSampler
+    from moslim_plugin.data.datasets import TargetSampler
 
     sampler = TargetSampler(spec, mode="subset", seed=seed)
     questions = [prompts[i % len(prompts)] for i in range(n)]
@@ -179,10 +186,10 @@ def mean_std(values):
 def main(argv=None) -> int:
     from openrlhf.utils.config import hierarchize
 
-    from moslim_plugin import compat
-    from moslim_plugin.real_models import minilm_path, smollm2_path
-    from moslim_plugin.scorer import Scorer
-    from moslim_plugin.train_rm import train_reward_model
+    from moslim_plugin.core.scorer import Scorer
+    from moslim_plugin.data.train_rm import train_reward_model
+    from moslim_plugin.demo.real_models import minilm_path, smollm2_path
+    from moslim_plugin.integration import compat
 
     compat.install()  # before openrlhf.models (RiC SFT and RL use its Actor)
     args = hierarchize(build_parser().parse_args(argv))
@@ -374,7 +381,7 @@ def report_markdown(spec, evals, summary, timings, args, size, n_heldout, plot, 
         f"{size['batch']} prompts x {args.rollout.n_samples_per_prompt} samples per seed at temperature "
         f"{args.rollout.temperature}; seeds {args.seeds}; directive placement `{args.moslim.placement}`.",
         f"Held-out prompts: {n_heldout}, each answered greedily once per single-objective request and once with no "
-        "preference; all levels judged by the oracle (`moslim_plugin/oracle.py`), never by the reward model.",
+        "preference; all levels judged by the oracle (`moslim_plugin/demo/oracle.py`), never by the reward model.",
         "",
         metrics_table(spec, evals),
         "",

@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import logging
 
-from moslim_plugin.remote_reward import DEFAULT_TEMPLATE, RewardEngine, StrictRewardError, build_engine
+from moslim_plugin.integration.remote_reward import DEFAULT_TEMPLATE, RewardEngine, StrictRewardError, build_engine
 
 logger = logging.getLogger(__name__)
 

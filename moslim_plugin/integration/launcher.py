@@ -20,9 +20,9 @@ import runpy
 import sys
 from types import SimpleNamespace
 
-from moslim_plugin import activate, patches
-from moslim_plugin.datasets import SAMPLING_MODES, parse_assignments
-from moslim_plugin.directives import DEFAULT_PLACEMENT, PLACEMENTS
+from moslim_plugin.core.directives import DEFAULT_PLACEMENT, PLACEMENTS
+from moslim_plugin.data.datasets import SAMPLING_MODES, parse_assignments
+from moslim_plugin.integration import activate, patches
 
 # Ray's own names (ray._private.runtime_env.constants / ray._private.ray_constants), kept here so that building the
 # runtime env does not import Ray.
@@ -102,7 +102,7 @@ def wrap_hierarchize(original, moslim):
     def hierarchize(flat_args):
         args = original(flat_args)
         args.moslim = check_moslim_args(moslim, args)
-        from moslim_plugin import compat
+        from moslim_plugin.integration import compat
 
         compat.check_args(args)
         init_ray()
@@ -117,11 +117,11 @@ def fail(message: str):
 
 def check_moslim_args(moslim, args) -> SimpleNamespace:
     """Validate the --moslim.* flags against OpenRLHF's and add what the workers need (parsed, self-contained)."""
-    from moslim_plugin.datasets import TargetSampler
-    from moslim_plugin.mappings import resolve_mapping
-    from moslim_plugin.remote_reward import resolve_template
-    from moslim_plugin.rm import is_moslim_checkpoint
-    from moslim_plugin.spec import load_spec
+    from moslim_plugin.core.mappings import resolve_mapping
+    from moslim_plugin.core.rm import is_moslim_checkpoint
+    from moslim_plugin.core.spec import load_spec
+    from moslim_plugin.data.datasets import TargetSampler
+    from moslim_plugin.integration.remote_reward import resolve_template
 
     m = SimpleNamespace(**vars(moslim))
     try:
@@ -186,7 +186,7 @@ def driver_runtime_env(environ=os.environ) -> dict:
         fail(
             f"the job's runtime env sets worker_process_setup_hook={job_hook!r} and Ray allows only one; MOSLIM "
             f"needs {activate.WORKER_SETUP_HOOK} to run in every worker: call it from your hook (def my_hook(): "
-            f"moslim_plugin.activate.activate_all(); ...) or declare {activate.WORKER_SETUP_HOOK!r} as the job's hook"
+            f"{activate.WORKER_SETUP_HOOK}(); ...) or declare {activate.WORKER_SETUP_HOOK!r} as the job's hook"
         )
     env_vars = {key: environ.get(key, default) for key, default in OPENRLHF_RAY_ENV.items()}
     if patches.ALLOW_ENV in environ:  # workers on other nodes do not inherit the driver's environment

@@ -3,7 +3,7 @@
 One object used by every reward path (in-process Ray actor, `.py` reward function, HTTP server, demo, evaluation).
 It re-tokenises the text with the REWARD MODEL's tokenizer and chat template (the policy's may differ), runs the
 multi-head RM in batches, and turns the head probabilities and the requested levels into rewards with a mapping
-from `moslim_plugin.mappings`, resolved by name. A running-statistics mapping (`norm="running"`) updates statistics
+from `core.mappings`, resolved by name. A running-statistics mapping (`norm="running"`) updates statistics
 owned by the scorer, never the model's calibration statistics.
 
 Thread safety: `score` holds a lock for the whole call, so concurrent callers (a server's threads, OpenRLHF's
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoTokenizer
 
-from moslim_plugin.directives import validate_request
-from moslim_plugin.mappings import DEFAULT_MAPPING, MappingStats, parse_mapping_kwargs, resolve_mapping
-from moslim_plugin.rm import MultiHeadRewardModel
+from moslim_plugin.core.directives import validate_request
+from moslim_plugin.core.mappings import DEFAULT_MAPPING, MappingStats, parse_mapping_kwargs, resolve_mapping
+from moslim_plugin.core.rm import MultiHeadRewardModel
 
 
 def encode(tokenizer, question: str, response: str, max_length: int) -> dict:

@@ -22,7 +22,7 @@ the demo (that goes through the trained reward model, the scorer and the mapping
 
 import re
 
-from moslim_plugin.spec import ObjectiveSpec, load_spec
+from moslim_plugin.core.spec import ObjectiveSpec, load_spec
 
 DEMO_SPEC = {
     "objectives": [
@@ -62,7 +62,7 @@ _YOU_RE = re.compile(r"\byou(?:r|rs|rself|rselves)?\b", re.IGNORECASE)
 
 def demo_spec() -> ObjectiveSpec:
     spec = load_spec(DEMO_SPEC)
-    return ObjectiveSpec(spec.objectives, source="moslim_plugin.oracle:DEMO_SPEC")
+    return ObjectiveSpec(spec.objectives, source="moslim_plugin.demo.oracle:DEMO_SPEC")
 
 
 def sentences_level(text: str) -> int:

@@ -9,7 +9,7 @@ The model is loaded at import, so a wrong path or mapping stops the engine actor
 of producing a run without rewards.
 """
 
-from moslim_plugin.remote_reward import engine_from_env
+from moslim_plugin.integration.remote_reward import engine_from_env
 
 ENGINE = engine_from_env()
 

@@ -15,7 +15,7 @@ import os
 import random
 from types import SimpleNamespace
 
-from moslim_plugin.directives import (
+from moslim_plugin.core.directives import (
     DEFAULT_PLACEMENT,
     PLACEMENTS,
     DirectiveError,
@@ -24,7 +24,7 @@ from moslim_plugin.directives import (
     request_to_label,
     validate_request,
 )
-from moslim_plugin.spec import load_spec
+from moslim_plugin.core.spec import load_spec
 
 SAMPLING_MODES = ("uniform", "subset", "fixed", "column")
 FILE_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet", ".arrow")

@@ -27,7 +27,7 @@ import gzip
 import json
 import os
 
-from moslim_plugin.spec import load_spec
+from moslim_plugin.core.spec import load_spec
 
 MISSING = object()
 NA_STRINGS = ("", "N/A", "n/a", "NA", "null", "None")

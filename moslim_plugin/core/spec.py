@@ -13,7 +13,7 @@ A spec is a YAML or JSON file (or the same dict) of the form::
 `phrasing` is a template with the placeholders `{level}` (level name), `{index}` (level number), `{max}` (highest
 level number) and `{name}` (objective name). The directive always carries `name: index/max` for the parser; the
 phrasing is the part the policy reads, so it defaults to the level name, or to nothing when the levels have no names.
-A name bundled with the package (`helpsteer`, `hh`) loads `moslim_plugin/specs/<name>.yaml`.
+A name bundled with the package (`helpsteer`, `hh`) loads `moslim_plugin/core/specs/<name>.yaml`.
 
 The spec travels inside every reward-model checkpoint and every prepared dataset; `fingerprint` identifies it
 independently of key order, defaults written out or not, and where it was loaded from.

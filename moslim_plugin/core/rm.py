@@ -21,7 +21,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel
 
-from moslim_plugin.spec import ObjectiveSpec
+from moslim_plugin.core.spec import ObjectiveSpec
 
 FORMAT_VERSION = 1
 POOLINGS = ("last", "cls", "mean")
@@ -170,7 +170,7 @@ class MultiHeadRewardModel(nn.Module):
         # non-persistent buffers uninitialised on load).
         stats = None
         if meta.get("stats") is not None:
-            from moslim_plugin.mappings import MappingStats
+            from moslim_plugin.core.mappings import MappingStats
 
             stats = MappingStats.from_dict(meta["stats"])
         model = cls(backbone, saved_spec, meta["pooling"], stats)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from moslim_plugin.directives import DEFAULT_PLACEMENT, PLACEMENTS, apply_directive
-from moslim_plugin.oracle import demo_spec, judge
+from moslim_plugin.core.directives import DEFAULT_PLACEMENT, PLACEMENTS, apply_directive
+from moslim_plugin.demo.oracle import demo_spec, judge
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parent / "prompts"
 
 
 def read_prompts(path) -> list[str]:
@@ -119,7 +119,7 @@ def evaluate_policy(
     model, tokenizer, prompts, spec=None, max_new_tokens=48, scorer=None, batch_size=16, desc=None,
     placement=DEFAULT_PLACEMENT,
 ):  # fmt: skip
-    from moslim_plugin.local_rl import generate
+    from moslim_plugin.demo.local_rl import generate
 
     spec = spec or demo_spec()
     pairs = eval_requests(spec, prompts)
@@ -205,8 +205,8 @@ def build_parser():
 def main(argv=None) -> int:
     from openrlhf.utils.config import hierarchize
 
-    from moslim_plugin import compat
-    from moslim_plugin.local_rl import load_policy
+    from moslim_plugin.demo.local_rl import load_policy
+    from moslim_plugin.integration import compat
 
     compat.install()  # the reward model path may import openrlhf.models, which needs flash-attn's helpers
     args = hierarchize(build_parser().parse_args(argv))
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     model, tokenizer = load_policy(args.actor.model_name_or_path)
     scorer = None
     if args.reward.model_name_or_path:
-        from moslim_plugin.scorer import Scorer
+        from moslim_plugin.core.scorer import Scorer
 
         scorer = Scorer.from_pretrained(args.reward.model_name_or_path)
         spec.check_same(scorer.model.spec, f"reward model {args.reward.model_name_or_path}")
