@@ -9,3 +9,9 @@ __version__ = "0.1.0"
 # The OpenRLHF releases whose source our runtime patches were fingerprinted against
 # (see moslim_plugin/integration/patches.py).
 SUPPORTED_OPENRLHF = ("0.11.2",)
+
+
+class UserError(ValueError):
+    """Bad input from the user (a flag value, a file, a row). Every layer raises it (or a subclass) for input the
+    user can fix; `moslim-openrlhf` prints its message as one line and exits 2, while any other exception keeps its
+    traceback because it is our bug, not theirs."""

@@ -19,6 +19,7 @@ import json
 import re
 from numbers import Integral
 
+from moslim_plugin import UserError
 from moslim_plugin.core.spec import ObjectiveSpec
 
 OPEN_TAG, CLOSE_TAG = "[Preferences]", "[/Preferences]"
@@ -33,7 +34,7 @@ _ITEM_RE = re.compile(
 )
 
 
-class DirectiveError(ValueError):
+class DirectiveError(UserError):
     """Missing or malformed directive, unknown objective, out-of-range level, or a label for another spec."""
 
 

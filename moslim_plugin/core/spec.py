@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from moslim_plugin import UserError
+
 SPECS_DIR = Path(__file__).parent / "specs"
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -38,7 +40,7 @@ _OBJECTIVE_KEYS = {"name", "levels", "level_names", "description", "phrasing", "
 _RATING_KEYS = {"path", "bins", "range"}
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """Invalid objective spec; the message names the file, the field and the bad value."""
 
 
