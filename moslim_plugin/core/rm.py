@@ -96,6 +96,8 @@ class MultiHeadRewardModel(PreTrainedModel):
         backbone = None
         if isinstance(config, nn.Module):
             backbone = config
+            if spec is None:
+                raise TypeError("MultiHeadRewardModel(backbone, spec): the spec is required with a backbone module")
             meta = {"format_version": FORMAT_VERSION, "spec": spec.to_dict(), "spec_fingerprint": spec.fingerprint}
             config = MoslimRMConfig(
                 backbone_config=backbone.config,
