@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 
 from moslim_plugin.core.directives import validate_request
 from moslim_plugin.core.mappings import DEFAULT_MAPPING, MappingStats, parse_mapping_kwargs, resolve_mapping
-from moslim_plugin.core.rm import MultiHeadRewardModel
+from moslim_plugin.core.rm import MultiHeadRewardModel, ensure_pad_token
 
 
 def encode(tokenizer, question: str, response: str, max_length: int) -> dict:
@@ -94,12 +94,7 @@ class Scorer:
         batch_size: int = 32,
     ):
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        if tokenizer.pad_token_id is None:
-            # The pad id's value never matters (pad positions are masked and not pooled); OpenRLHF does the same.
-            if tokenizer.eos_token is None:
-                raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an eos token")
-            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = ensure_pad_token(tokenizer)
         self.mapping = resolve_mapping(mapping)
         self.mapping_kwargs = parse_mapping_kwargs(self.mapping, mapping_kwargs)
         self.max_length, self.batch_size = max_length, batch_size

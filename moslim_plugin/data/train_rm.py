@@ -329,16 +329,24 @@ def _no_decay(name: str) -> bool:
 def load_tokenizer(path):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # pad positions are masked and never pooled (as in the Scorer)
-    return tokenizer
+    from moslim_plugin.core.rm import ensure_pad_token
+
+    return ensure_pad_token(AutoTokenizer.from_pretrained(path, trust_remote_code=False))
 
 
-def build_model(args, spec):
+def build_model(args, spec, ds_config=None):
     from moslim_plugin.core.rm import MultiHeadRewardModel
 
     path = args.model.model_name_or_path
+    dschf = None
+    if ds_config is not None and ds_config["zero_optimization"]["stage"] == 3:
+        # ZeRO-3 as OpenRLHF's Actor does it: while an HfDeepSpeedConfig is alive, from_pretrained builds the model
+        # under deepspeed.zero.Init, so no rank ever holds the full model. Kept in scope only for the build.
+        from openrlhf.models.actor import _patch_zero3_weight_mapping
+        from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+        _patch_zero3_weight_mapping()
+        dschf = HfDeepSpeedConfig(ds_config)  # noqa: F841 (held by reference: transformers keeps a weakref)
     # fp32 master weights on CPU; under DeepSpeed the engine casts to --ds.param_dtype itself.
     model = MultiHeadRewardModel.from_backbone(
         path, spec, pooling=args.moslim.pooling, dtype=torch.float32, attn_implementation=args.ds.attn_implementation
@@ -420,7 +428,7 @@ def train(args, rows=None, eval_rows=None) -> dict:
         strategy = TorchStrategy(args)
     strategy.setup_distributed()
     device = torch.device("cuda", torch.cuda.current_device()) if use_deepspeed else torch.device("cpu")
-    model = build_model(args, spec)
+    model = build_model(args, spec, strategy.get_ds_train_config() if use_deepspeed else None)
 
     collate_fn = partial(collate, tokenizer=tokenizer)
     train_loader = strategy.setup_dataloader(train_set, args.train.micro_batch_size, True, True, collate_fn)
