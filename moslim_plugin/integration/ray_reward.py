@@ -25,7 +25,7 @@ from moslim_plugin.integration.remote_reward import ERRORS_KEY
 
 # The class under OpenRLHF's @ray.remote decorator: we extend it, so non-MOSLIM checkpoints keep the stock behaviour.
 StockRewardModelActor = RewardModelActor.__ray_actor_class__
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = ("bf16", "fp16")
 
 
 @ray.remote(num_gpus=1)
@@ -35,35 +35,32 @@ class MoslimRewardModelActor(StockRewardModelActor):
     def init_model_from_pretrained(self, strategy, pretrain):
         if not is_moslim_checkpoint(pretrain):
             return super().init_model_from_pretrained(strategy, pretrain)
+        import dataclasses
+
         from transformers import AutoTokenizer
 
-        from moslim_plugin.core.scorer import Scorer
-        from moslim_plugin.core.spec import load_spec
-        from moslim_plugin.integration.remote_reward import RewardEngine
+        from moslim_plugin.integration.remote_reward import build_engine
 
         args = strategy.args
-        moslim = getattr(args, "moslim", None)
-        if moslim is None:
+        config = getattr(getattr(args, "moslim", None), "reward", None)
+        if config is None:
             raise RuntimeError(
-                f"{pretrain} is a MOSLIM reward model but args.moslim is missing: start training with "
-                "`moslim-openrlhf train_ppo_ray`, which adds the MOSLIM settings to OpenRLHF's args"
+                f"{pretrain} is a MOSLIM reward model but args.moslim.reward is missing: start training with "
+                "`moslim-openrlhf train_ppo_ray`, which adds the validated MOSLIM reward configuration to the args"
             )
         # No DeepSpeed engine (and so no torch.distributed group): each rank scores its own chunk with a whole copy
         # of the RM, which is small next to the policy. Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU.
         self.strategy = strategy
         cuda = torch.cuda.is_available()
-        device = "cuda" if cuda else "cpu"
         # bf16 backward-free inference is fine on GPU; on CPU fp32 is both exact and faster.
-        dtype = DTYPES.get(args.ds.param_dtype, torch.float32) if cuda else torch.float32
-        scorer = Scorer.from_pretrained(
-            pretrain, mapping=moslim.mapping, mapping_kwargs=moslim.mapping_kwargs, device=device, dtype=dtype
-        )
-        scorer.max_length, scorer.batch_size = moslim.max_length, moslim.batch_size
-        if moslim.spec_dict is not None:
-            load_spec(moslim.spec_dict).check_same(scorer.model.spec, f"the reward model {pretrain}")
-        self.engine = RewardEngine(scorer, template=moslim.template, strict=True)
+        dtype = config.dtype or (args.ds.param_dtype if cuda and args.ds.param_dtype in DTYPES else "fp32")
+        device = config.device or ("cuda" if cuda else "cpu")
+        # In-process, a sample that cannot be scored always stops the run (strict), whatever the remote paths do.
+        config = dataclasses.replace(config, rm_path=pretrain, strict=True, device=device, dtype=dtype)
+        self.engine = build_engine(config)
         self.policy_tokenizer = AutoTokenizer.from_pretrained(args.actor.model_name_or_path, trust_remote_code=False)
-        strategy.print(f"MOSLIM reward model {pretrain}: objectives {list(scorer.model.spec.names)}, {device} {dtype}")
+        names = list(self.engine.spec.names)
+        strategy.print(f"MOSLIM reward model {pretrain}: objectives {names}, {device} {dtype}, {self.engine.config}")
 
     def forward(self, *args, **kwargs):
         if self.engine is not None:
