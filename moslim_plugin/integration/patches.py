@@ -197,8 +197,14 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
                 exec_module(module)
             finally:
                 del spec.loader.exec_module  # loaders can be shared: leave no trace on this one
-            for patch in _pending.pop(fullname, []):
+            # A patch leaves the pending list only once applied: a refused one (PatchError) fails this import, and
+            # Python forgets the half-imported module, so every later import runs the check again and fails again,
+            # instead of handing out unpatched OpenRLHF.
+            for patch in list(_pending.get(fullname, [])):
                 apply(patch)
+                _pending[fullname].remove(patch)
+            if not _pending.get(fullname, True):
+                del _pending[fullname]
 
         spec.loader.exec_module = exec_then_patch
         return spec

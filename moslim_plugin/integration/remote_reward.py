@@ -306,6 +306,8 @@ class RewardEngine:
         self.count("forward_calls")
         try:
             result = self.scorer.score([t[1] for t in todo], [t[2] for t in todo], [t[3] for t in todo])
+            if tuple(result.rewards.shape) != (len(todo),):
+                raise ValueError(f"mapping returned rewards of shape {tuple(result.rewards.shape)} for {len(todo)}")
             rows = [self._row_logs(result, row) for row in range(len(todo))]
         except Exception as e:
             if len(todo) == 1:
