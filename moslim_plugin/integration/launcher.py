@@ -249,8 +249,9 @@ def driver_runtime_env(environ=os.environ, reward=None) -> dict:
     env_vars = {key: environ.get(key, default) for key, default in OPENRLHF_RAY_ENV.items()}
     if reward is not None:
         env_vars.update(reward.env_vars())
-    if patches.ALLOW_ENV in environ:  # workers on other nodes do not inherit the driver's environment
-        env_vars[patches.ALLOW_ENV] = environ[patches.ALLOW_ENV]
+    for key in (patches.ALLOW_ENV, patches.RUNTIME_ENV):  # workers on other nodes do not inherit the driver's env
+        if key in environ:
+            env_vars[key] = environ[key]
     env_vars = {key: value for key, value in env_vars.items() if key not in job_env}
     if env_vars:
         runtime_env["env_vars"] = env_vars

@@ -9,6 +9,8 @@ would make it unnecessary and when to remove it. A version or fingerprint mismat
 under us: the wrapper may be wrong) unless MOSLIM_ALLOW_UNSUPPORTED_OPENRLHF=1. `patches/openrlhf-0.11.2-moslim.diff`
 is the same change as the upstream proposal.
 
+With `MOSLIM_RUNTIME_PATCHES=0` nothing is patched: for an OpenRLHF that carries the diff.
+
 `apply_on_import()` (called by the activation hook in the driver and in every Ray worker) applies each patch when
 OpenRLHF imports its module, or at once if it is already imported: a worker that never imports the module (vLLM
 engines, plain tasks) pays nothing and never imports torch. This module itself stays import-light for that reason.
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 from moslim_plugin import SUPPORTED_OPENRLHF
 
 ALLOW_ENV = "MOSLIM_ALLOW_UNSUPPORTED_OPENRLHF"
+# "0": OpenRLHF already carries patches/openrlhf-0.11.2-moslim.diff (its extension points), so patch nothing at run time.
+RUNTIME_ENV = "MOSLIM_RUNTIME_PATCHES"
 
 
 class PatchError(RuntimeError):
@@ -215,6 +219,8 @@ _FINDER = _PatchOnImport()
 
 def apply_on_import(patches=PATCHES) -> None:
     """Apply each patch now if its module is imported, else right after OpenRLHF imports it (idempotent)."""
+    if os.environ.get(RUNTIME_ENV, "1") == "0":
+        return
     with _lock:
         for patch in patches:
             if patch.name in _applied:
