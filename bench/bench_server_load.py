@@ -1,14 +1,14 @@
 """Reward server under hostile load: `moslim-openrlhf serve-reward` with 64 and 256 concurrent clients on loopback.
 
 Each client sends a fixed number of requests (bounded), a deterministic mix: single valid samples (as OpenRLHF's
-engine actors send them), large valid requests (64 samples, the server's per-request cap), malformed bodies (not
+engine actors send them), large valid requests (32 samples, the server's per-request cap), malformed bodies (not
 JSON, missing fields), oversized bodies (over the body limit) and requests over the sample cap. Reported per level:
 the HTTP statuses of each kind, errors of the valid requests (non-200 or a reward that differs from the one the
 same server gave the same sample alone, before the load), p50/p99 latency of the single valid requests, and the
 server's peak resident memory (VmHWM). After the load, every sample is scored again alone and must get the same
 reward: the server is still correct. Model: all-MiniLM-L6-v2 + helpsteer heads (random), CPU fp32.
 
-    python -m bench.bench_server_load [--concurrency 64 256] [--requests 384 768]
+    python -m bench.bench_server_load [--concurrency 64 256] [--requests 128 256]
 """
 
 import argparse
@@ -29,16 +29,10 @@ from bench import RESULTS_DIR, write_result
 from bench.bench_server import free_port, make_checkpoint, make_samples, start_server
 
 KINDS = ("valid", "valid_large", "malformed", "oversized_body", "too_many_samples")
-# Out of every 20 requests: 14 single valid, 1 large valid, 2 malformed, 2 oversized bodies, 1 over the sample cap.
-MIX = ["valid"] * 14 + [
-    "valid_large",
-    "malformed",
-    "malformed",
-    "oversized_body",
-    "oversized_body",
-    "too_many_samples",
-]
-MAX_SAMPLES, MAX_BODY_MB = 64, 1.0
+# Out of every 40 requests: 29 single valid, 1 large valid (at the sample cap), 4 malformed, 4 oversized bodies,
+# 2 over the sample cap.
+MIX = ["valid"] * 29 + ["valid_large"] + ["malformed", "oversized_body"] * 4 + ["too_many_samples"] * 2
+MAX_SAMPLES, MAX_BODY_MB = 32, 1.0
 
 
 def body_of(kind: str, samples, i: int) -> bytes:
@@ -148,19 +142,19 @@ def plot(levels: dict, path: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_server_load", description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--requests", type=int, nargs="+", default=[240, 480], help="per concurrency level")
+    parser.add_argument("--requests", type=int, nargs="+", default=[128, 256], help="per concurrency level")
     parser.add_argument("--samples", type=int, default=64, help="distinct HH-RLHF samples, cycled")
     args = parser.parse_args(argv)
     if len(args.requests) != len(args.concurrency):
         parser.error("--requests needs one count per --concurrency level")
-    samples = make_samples(args.samples)
+    samples = make_samples(args.samples, max_response_words=60)
     workdir = Path(tempfile.mkdtemp(prefix="bench-server-load-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}/get_reward"
     cmd = [sys.executable, "-m", "moslim_plugin", "serve-reward", "--reward.model_name_or_path",
            str(make_checkpoint(workdir / "rm")), "--server.port", str(port), "--server.log_level", "warning",
            "--moslim.device", "cpu", "--server.max_samples", str(MAX_SAMPLES), "--server.max_body_mb",
-           str(MAX_BODY_MB), "--moslim.max_error_share", "0.5"]  # fmt: skip
+           str(MAX_BODY_MB), "--server.max_batch_size", "32", "--server.chunk_size", "8"]  # fmt: skip
     proc = start_server(cmd, url, samples[0], workdir / "server.log")
     try:
         baseline = score_alone(url, samples)
@@ -198,7 +192,7 @@ def main(argv=None) -> int:
         | {
             "max_samples": MAX_SAMPLES,
             "max_body_mb": MAX_BODY_MB,
-            "mix_of_20": MIX,
+            "mix_of_40": MIX,
             "model": "all-MiniLM-L6-v2 + helpsteer heads (3)",
             "dtype": "fp32",
         },  # fmt: skip

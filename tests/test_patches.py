@@ -221,3 +221,63 @@ def test_a_refused_patch_stays_refused_on_every_later_import(altered_prompts_dat
     with pytest.warns(UserWarning, match="applying anyway"):
         module = importlib.import_module("altered_prompts_dataset")
     assert module.PromptDataset.__init__.__moslim_patch__ == "prompt_dataset"
+
+
+DIFF_WORLD = """
+import json, pickle, sys, types
+sys.path.insert(0, sys.argv[1])  # the patched copy of OpenRLHF comes first
+from openrlhf.datasets import PromptDataset
+from transformers import AutoTokenizer
+import openrlhf
+
+args = pickle.load(open(sys.argv[2], "rb"))
+args.data.preprocess_fn = "moslim_plugin.integration.patches:preprocess_row"  # the launcher adds it (patching off)
+strategy = types.SimpleNamespace(args=args, is_rank_0=lambda: False, print=lambda *a: None)
+rows = [json.loads(line) for line in open(sys.argv[3])]
+dataset = PromptDataset(rows, AutoTokenizer.from_pretrained(sys.argv[4]), strategy)
+patched = getattr(PromptDataset.__init__, "__moslim_patch__", None)
+out = {"file": openrlhf.__file__, "patched": patched, "prompts": dataset.prompts, "labels": dataset.labels}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_diffs_preprocess_hook_conditions_prompts_as_the_runtime_patch_does(tmp_path, smollm2_dir, reverted):
+    import os
+    import pickle
+
+    from openrlhf.datasets import PromptDataset
+    from transformers import AutoTokenizer
+
+    shutil.copytree(openrlhf_dir(), tmp_path / "o" / "openrlhf", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["patch", "-p1", "-s", "-i", str(DIFF)], cwd=tmp_path / "o", check=True)
+    rows = hh_prompt_rows(4)
+    data_file = tmp_path / "rows.jsonl"
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    strategy = hook_strategy(["--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "5"], tmp_path)
+    (tmp_path / "args.pkl").write_bytes(pickle.dumps(strategy.args))
+    env = dict(os.environ, **{patches.RUNTIME_ENV: "0"})
+    argv = [str(tmp_path / "o"), str(tmp_path / "args.pkl"), str(data_file), str(smollm2_dir)]
+    out = subprocess.run(
+        [sys.executable, "-c", DIFF_WORLD, *argv], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    upstream = json.loads(out.stdout.strip().splitlines()[-1])
+    assert upstream["file"].startswith(str(tmp_path)) and upstream["patched"] is None
+
+    patches.apply(PROMPT_DATASET)
+    runtime = PromptDataset(rows, AutoTokenizer.from_pretrained(smollm2_dir), strategy)
+    assert upstream["prompts"] == runtime.prompts and upstream["labels"] == runtime.labels
+    assert all("[Preferences]" in prompt for prompt in runtime.prompts)
+
+
+@pytest.mark.unit
+def test_with_runtime_patching_off_the_launcher_plugs_in_through_the_diffs_flags():
+    off = {patches.RUNTIME_ENV: "0"}
+    assert launcher.diff_extension_flags(["--x", "1"], {}) == []
+    assert launcher.diff_extension_flags([], off) == [
+        "--reward.actor_class", "moslim_plugin.integration.ray_reward:MoslimRewardModelActor",
+        "--data.preprocess_fn", "moslim_plugin.integration.patches:preprocess_row",
+    ]  # fmt: skip
+    assert "--reward.actor_class" not in launcher.diff_extension_flags(["--reward.actor_class", "mine:Actor"], off)

@@ -58,13 +58,25 @@ def main(argv=None) -> int:
     activate.activate_all()
     patches.apply(patches.HIERARCHIZE, make=functools.partial(wrap_hierarchize, moslim=moslim))
     saved_argv = sys.argv
-    sys.argv = ["train_ppo_ray", *rest]
+    sys.argv = ["train_ppo_ray", *rest, *diff_extension_flags(rest)]
     try:
         runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=True)
     finally:
         sys.argv = saved_argv
         patches.revert(patches.HIERARCHIZE.name)
     return 0
+
+
+def diff_extension_flags(rest, environ=os.environ) -> list[str]:
+    """With runtime patching off (OpenRLHF carries patches/openrlhf-0.11.2-moslim.diff), the diff's flags that plug
+    in what the runtime patches would: the reward-model actor class and the row-preprocessing hook."""
+    if environ.get(patches.RUNTIME_ENV, "1") != "0":
+        return []
+    flags = {
+        "--reward.actor_class": "moslim_plugin.integration.ray_reward:MoslimRewardModelActor",
+        "--data.preprocess_fn": "moslim_plugin.integration.patches:preprocess_row",
+    }
+    return [item for flag, value in flags.items() if flag not in rest for item in (flag, value)]
 
 
 def split_argv(argv) -> tuple[SimpleNamespace, list[str]]:
