@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -156,6 +157,7 @@ def main(argv=None) -> int:
            "--moslim.device", "cpu", "--server.max_samples", str(MAX_SAMPLES), "--server.max_body_mb",
            str(MAX_BODY_MB), "--server.max_batch_size", "32", "--server.chunk_size", "8"]  # fmt: skip
     proc = start_server(cmd, url, samples[0], workdir / "server.log")
+    load_before = os.getloadavg()[0]  # shared CPUs: latencies scale with what else runs
     try:
         baseline = score_alone(url, samples)
         memory_before = memory_mib(proc.pid)
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
         after = score_alone(url, samples)
         with urllib.request.urlopen(url.rsplit("/", 1)[0] + "/stats", timeout=30) as response:
             stats = json.loads(response.read())
-        memory_after = memory_mib(proc.pid)
+        memory_after, load_after = memory_mib(proc.pid), os.getloadavg()[0]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
             f"p99 {r['valid_p99_ms']:.0f} ms, peak RSS {r['peak_rss_mib']:.0f} MiB"
             for c, r in levels.items()
         )
-        + f"; rewards after the load drift {drift:.1e}"
+        + f"; rewards after the load drift {drift:.1e}; machine load average {load_before:.1f}-{load_after:.1f}"
     )
     write_result(
         "bench_server_load",
@@ -195,14 +197,15 @@ def main(argv=None) -> int:
             "mix_of_40": MIX,
             "model": "all-MiniLM-L6-v2 + helpsteer heads (3)",
             "dtype": "fp32",
-        },  # fmt: skip
+        },
         results={
             "levels": levels,
             "server_stats": stats,
             "memory_before": memory_before,
             "memory_after": memory_after,
             "reward_drift_after_load": drift,
-        },  # fmt: skip
+            "load_average_1m": [load_before, load_after],
+        },
         summary=summary,
         headline=headline,
     )

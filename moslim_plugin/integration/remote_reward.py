@@ -296,7 +296,7 @@ class RewardEngine:
             self.stats["samples"] += len(samples)
             self.stats["max_batch"] = max(self.stats["max_batch"], len(samples))
             self.stats["errors"] += sum(failed)
-            self.stats["truncated"] += sum(logs.get(TRUNCATED_KEY, 0.0) for r, logs in outcomes if r is not None)
+            self.stats["truncated"] += int(sum(logs.get(TRUNCATED_KEY, 0.0) for r, logs in outcomes if r is not None))
             self._recent.extend(failed)
         return outcomes
 
