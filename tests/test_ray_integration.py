@@ -336,6 +336,9 @@ def stop_before_gpu_work(args):
         # The reward actor class train_ppo_ray (running as __main__) imported by name, and what is patched here.
         "reward_actor": sys.modules["__main__"].RewardModelActor.__ray_actor_class__.__qualname__,
         "applied": __import__("moslim_plugin.integration.patches").integration.patches.applied(),
+        # What a worker of this job (e.g. a vLLM engine actor loading the reward function) finds in its environment.
+        "worker_reward_config": ray.get(ray.remote(num_cpus=0.1)(
+            lambda: os.environ.get("MOSLIM_REWARD_CONFIG")).remote()),
     }
     with open(os.environ["MOSLIM_TEST_REPORT"], "w") as f:
         json.dump(report, f, default=str)
@@ -347,32 +350,8 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.integration
-def test_a_full_command_line_reaches_openrlhfs_train_with_args_moslim_under_a_job_runtime_env(
-    ray_cluster, moslim_rm, minilm_dir, tmp_path
-):
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"input": "How do I bake bread?"}) + "\n")
-    argv = [
-        "train_ppo_ray",
-        "--ref.num_nodes", "1", "--ref.num_gpus_per_node", "1",
-        "--reward.num_nodes", "1", "--reward.num_gpus_per_node", "1",
-        "--critic.num_nodes", "1", "--critic.num_gpus_per_node", "1",
-        "--actor.num_nodes", "1", "--actor.num_gpus_per_node", "1",
-        "--vllm.num_engines", "1", "--vllm.tensor_parallel_size", "1", "--train.colocate_all",
-        "--actor.model_name_or_path", str(minilm_dir), "--reward.model_name_or_path", str(moslim_rm),
-        "--ckpt.path", str(tmp_path / "ckpt"), "--ckpt.save_steps", "-1",
-        "--train.micro_batch_size", "2", "--train.batch_size", "8",
-        "--rollout.micro_batch_size", "4", "--rollout.batch_size", "8", "--rollout.n_samples_per_prompt", "4",
-        "--train.max_epochs", "1", "--data.max_len", "1024", "--rollout.max_new_tokens", "256",
-        "--ds.zero_stage", "2", "--ds.param_dtype", "bf16", "--ds.attn_implementation", "sdpa",
-        "--actor.adam.lr", "5e-7", "--algo.kl.init_coef", "0.01", "--algo.kl.estimator", "k3", "--algo.kl.use_loss",
-        "--algo.advantage.estimator", "group_norm", "--reward.clip_range", "-5", "5",
-        "--data.prompt_dataset", str(prompts), "--data.input_key", "input", "--data.label_key", "label",
-        "--data.apply_chat_template", "--actor.gradient_checkpointing_enable",
-        "--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "7",
-        "--moslim.mapping", "moslim", "--moslim.mapping_kwargs", "{}", "--moslim.placement", "user_prefix",
-    ]  # fmt: skip
+def run_driver(tmp_path, cluster, argv) -> dict:
+    """`moslim-openrlhf train_ppo_ray argv` in a subprocess up to OpenRLHF's train(); what train() received."""
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     report = tmp_path / "report.json"
@@ -384,13 +363,48 @@ def test_a_full_command_line_reaches_openrlhfs_train_with_args_moslim_under_a_jo
         MOSLIM_TEST_REPORT=str(report),
         RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(job),
         NCCL_DEBUG="INFO",
-        RAY_ADDRESS=ray_cluster,  # the module's cluster: starting another one costs ~30 s here
+        RAY_ADDRESS=cluster,  # the module's cluster: starting another one costs ~30 s here
     )
     proc = subprocess.run(
         [sys.executable, str(driver), *argv], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    got = json.loads(report.read_text())
+    return json.loads(report.read_text())
+
+
+def openrlhf_argv(tmp_path, actor):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"input": "How do I bake bread?"}) + "\n")
+    return [
+        "train_ppo_ray",
+        "--ref.num_nodes", "1", "--ref.num_gpus_per_node", "1",
+        "--reward.num_nodes", "1", "--reward.num_gpus_per_node", "1",
+        "--critic.num_nodes", "1", "--critic.num_gpus_per_node", "1",
+        "--actor.num_nodes", "1", "--actor.num_gpus_per_node", "1",
+        "--vllm.num_engines", "1", "--vllm.tensor_parallel_size", "1", "--train.colocate_all",
+        "--actor.model_name_or_path", str(actor),
+        "--ckpt.path", str(tmp_path / "ckpt"), "--ckpt.save_steps", "-1",
+        "--train.micro_batch_size", "2", "--train.batch_size", "8",
+        "--rollout.micro_batch_size", "4", "--rollout.batch_size", "8", "--rollout.n_samples_per_prompt", "4",
+        "--train.max_epochs", "1", "--data.max_len", "1024", "--rollout.max_new_tokens", "256",
+        "--ds.zero_stage", "2", "--ds.param_dtype", "bf16", "--ds.attn_implementation", "sdpa",
+        "--actor.adam.lr", "5e-7", "--algo.kl.init_coef", "0.01", "--algo.kl.estimator", "k3", "--algo.kl.use_loss",
+        "--algo.advantage.estimator", "group_norm", "--reward.clip_range", "-5", "5",
+        "--data.prompt_dataset", str(prompts), "--data.input_key", "input", "--data.label_key", "label",
+        "--data.apply_chat_template", "--actor.gradient_checkpointing_enable",
+    ]  # fmt: skip
+
+
+@pytest.mark.integration
+def test_a_full_command_line_reaches_openrlhfs_train_with_args_moslim_under_a_job_runtime_env(
+    ray_cluster, moslim_rm, minilm_dir, tmp_path
+):
+    argv = openrlhf_argv(tmp_path, minilm_dir) + [
+        "--reward.model_name_or_path", str(moslim_rm),
+        "--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "7",
+        "--moslim.mapping", "moslim", "--moslim.mapping_kwargs", "{}", "--moslim.placement", "user_prefix",
+    ]  # fmt: skip
+    got = run_driver(tmp_path, ray_cluster, argv)
     assert got["ray_initialized"]
     moslim = got["moslim"]
     assert moslim["sampling"] == "subset" and moslim["seed"] == 7 and moslim["placement"] == "user_prefix"
@@ -404,3 +418,27 @@ def test_a_full_command_line_reaches_openrlhfs_train_with_args_moslim_under_a_jo
     hook = runtime_env.get("worker_process_setup_hook") or runtime_env["env_vars"].get(launcher.RAY_SETUP_HOOK_ENV_VAR)
     assert hook == activate.WORKER_SETUP_HOOK
     assert runtime_env["env_vars"]["NCCL_DEBUG"] == "INFO"
+    assert got["worker_reward_config"] is None  # in-process: the config travels in args.moslim, not the env
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_reward_function_path_gets_the_command_lines_configuration_in_every_worker(
+    ray_cluster, moslim_rm, minilm_dir, tmp_path
+):
+    from moslim_plugin.integration.remote_reward import REWARD_FUNC_FILE
+    from moslim_plugin.integration.reward_config import RewardConfig
+
+    argv = openrlhf_argv(tmp_path, minilm_dir) + [
+        "--reward.remote_url", str(REWARD_FUNC_FILE), "--reward.model_name_or_path", str(moslim_rm),
+        "--moslim.spec", "hh", "--moslim.mapping", "expected_level", "--moslim.strict", "--moslim.max_length", "256",
+    ]  # fmt: skip
+    got = run_driver(tmp_path, ray_cluster, argv)
+    assert got["moslim"]["in_process"] is False
+    config = RewardConfig.from_dict(json.loads(got["worker_reward_config"]))
+    assert (config.mapping, config.strict, config.max_length, config.rm_path) == (
+        "expected_level",
+        True,
+        256,
+        str(moslim_rm),
+    )

@@ -8,7 +8,7 @@ same server gave the same sample alone, before the load), p50/p99 latency of the
 server's peak resident memory (VmHWM). After the load, every sample is scored again alone and must get the same
 reward: the server is still correct. Model: all-MiniLM-L6-v2 + helpsteer heads (random), CPU fp32.
 
-    python -m bench.bench_server_load [--concurrency 64 256] [--requests 128 256]
+    python -m bench.bench_load_server [--concurrency 64 256] [--requests 128 256]
 """
 
 import argparse
@@ -141,7 +141,7 @@ def plot(levels: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_server_load", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_load_server", description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--requests", type=int, nargs="+", default=[128, 256], help="per concurrency level")
     parser.add_argument("--samples", type=int, default=64, help="distinct HH-RLHF samples, cycled")
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     drift = max(abs(a - b) for a, b in zip(baseline, after))
-    plot(levels, RESULTS_DIR / "bench_server_load.png")
+    plot(levels, RESULTS_DIR / "bench_load_server.png")
     headline = [{"metric": f"errors of valid requests, {c} clients", "value": r["valid_errors"], "target": "0",
                  "met": r["valid_errors"] == 0} for c, r in levels.items()]  # fmt: skip
     headline.append({"metric": "max reward change after the load", "value": drift, "target": "<= 1e-4",
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
         + f"; rewards after the load drift {drift:.1e}; machine load average {load_before:.1f}-{load_after:.1f}"
     )
     write_result(
-        "bench_server_load",
+        "bench_load_server",
         config=vars(args)
         | {
             "max_samples": MAX_SAMPLES,
