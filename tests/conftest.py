@@ -1,6 +1,7 @@
 """Shared fixtures. No tests/__init__.py: OpenRLHF's wheel installs a top-level package named `tests`."""
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from moslim_plugin.integration import compat  # noqa: E402
 
 # Mocks what cannot exist on a CPU machine (flash-attn): the shim is product code, used the same way at run time.
 compat.install()
+
+# Shared test helpers (tests/helpers_*.py) are imported by name; --import-mode=importlib does not put this folder on
+# sys.path. Appended, so nothing here can shadow an installed module.
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_collection_modifyitems(config, items):

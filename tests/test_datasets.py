@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from moslim_plugin.core.directives import label_to_request, parse_directive, request_to_label
+from moslim_plugin.core.directives import apply_directive, label_to_request, parse_directive, request_to_label
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.data.datasets import TargetSampler, condition_row, condition_rows, main
 
@@ -79,7 +79,10 @@ def test_condition_row_places_directive_in_system_message_and_keeps_raw_question
 
 @pytest.mark.unit
 def test_rows_already_carrying_a_moslim_label_pass_through_unchanged():
-    labelled = {"question": "hi", "label": request_to_label(SPEC, {"verbosity": 0})}
+    labelled = {
+        "question": apply_directive(SPEC, {"verbosity": 0}, "hi"),
+        "label": request_to_label(SPEC, {"verbosity": 0}),
+    }
     sampler = TargetSampler(SPEC, "uniform")
     assert condition_row(labelled, SPEC, sampler, 0, **KEYS) is labelled
     with pytest.raises(ValueError, match="non-MOSLIM label '42'"):

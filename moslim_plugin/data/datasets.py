@@ -15,11 +15,13 @@ import os
 import random
 from types import SimpleNamespace
 
+from moslim_plugin import UserError
 from moslim_plugin.core.directives import (
     DEFAULT_PLACEMENT,
     PLACEMENTS,
     DirectiveError,
     apply_directive,
+    check_label_matches_directive,
     label_to_request,
     request_to_label,
     validate_request,
@@ -50,6 +52,26 @@ def parse_assignments(text: str, flag: str) -> dict[str, str]:
     if not pairs:
         raise ValueError(f"{flag} {text!r}: expected comma-separated name=value pairs")
     return pairs
+
+
+def parse_fixed(text: str) -> dict[str, int]:
+    """`--moslim.fixed helpfulness=3,verbosity=1` -> {"helpfulness": 3, "verbosity": 1}."""
+    try:
+        return {name: int(level) for name, level in parse_assignments(text, "--moslim.fixed").items()}
+    except ValueError as e:
+        raise UserError(
+            f"--moslim.fixed {text!r}: levels must be integers, e.g. helpfulness=3,verbosity=1 ({e})"
+        ) from None
+
+
+def add_sampling_flags(group, sampling_default) -> None:
+    """The target-sampling flags, shared by `prepare-prompts` and `train_ppo_ray` (the dataset hook)."""
+    group.add_argument("--moslim.sampling", default=sampling_default, choices=SAMPLING_MODES,
+                       help="how each prompt's targets are drawn")  # fmt: skip
+    group.add_argument("--moslim.fixed", default=None, help="targets for --moslim.sampling fixed: helpfulness=3,...")
+    group.add_argument("--moslim.columns", default=None, help="for --moslim.sampling column: objective=column,...")
+    group.add_argument("--moslim.seed", type=int, default=42, help="target sampling seed")
+    group.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS)
 
 
 class TargetSampler:
@@ -119,6 +141,13 @@ def question_text(prompt) -> str:
     return user_turns[-1]
 
 
+def prompt_text(prompt) -> str:
+    """All the text of a prompt (a string, or chat messages' contents), where its directive is looked for."""
+    if isinstance(prompt, list):
+        return "\n".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict))
+    return prompt if isinstance(prompt, str) else ""
+
+
 def condition_row(
     row,
     spec,
@@ -137,7 +166,10 @@ def condition_row(
     """
     label = row.get(label_key)
     if is_moslim_label(label):
-        label_to_request(spec, label)
+        try:
+            check_label_matches_directive(spec, label_to_request(spec, label), prompt_text(row.get(input_key)))
+        except DirectiveError as e:
+            raise DirectiveError(f"row {index}: {e}") from None
         return row
     if label not in (None, ""):
         raise ValueError(
@@ -218,21 +250,12 @@ def main(argv=None) -> int:
     p.add_argument("--data.label_key", default="label")
     p.add_argument("--moslim.spec", required=True, help="objective spec (YAML or JSON)")
     p.add_argument("--moslim.output", required=True, help=".jsonl file, or a folder for datasets' save_to_disk")
-    p.add_argument("--moslim.sampling", default="uniform", choices=SAMPLING_MODES)
-    p.add_argument("--moslim.fixed", default=None, help="fixed targets, e.g. helpfulness=3,verbosity=1")
-    p.add_argument("--moslim.columns", default=None, help="per-row targets: objective=column,...")
-    p.add_argument("--moslim.seed", type=int, default=42)
-    p.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS)
+    add_sampling_flags(p, "uniform")
     p.add_argument("--moslim.question_key", default="raw_question", help="column that keeps the raw question")
     args = vars(p.parse_args(argv))
 
     spec = load_spec(args["moslim.spec"])
-    fixed = args["moslim.fixed"] and parse_assignments(args["moslim.fixed"], "--moslim.fixed")
-    if fixed:
-        try:
-            fixed = {name: int(level) for name, level in fixed.items()}
-        except ValueError as e:
-            raise ValueError(f"--moslim.fixed {args['moslim.fixed']!r}: levels must be integers ({e})") from None
+    fixed = args["moslim.fixed"] and parse_fixed(args["moslim.fixed"])
     columns = args["moslim.columns"] and parse_assignments(args["moslim.columns"], "--moslim.columns")
     sampler = TargetSampler(spec, args["moslim.sampling"], args["moslim.seed"], fixed=fixed, columns=columns)
 
