@@ -178,6 +178,17 @@ def test_reward_file_stops_openrlhf_when_too_many_samples_fail(monkeypatch, rm_c
 
 
 @pytest.mark.integration
+def test_an_overloaded_reward_file_stops_openrlhf_with_the_reason_instead_of_a_missing_reward(
+    monkeypatch, rm_checkpoint, smollm2_tokenizer
+):
+    executor = load_reward_file(monkeypatch, rm_checkpoint)
+    executor.reward_func.__globals__["ENGINE"].max_queued_samples = 0  # every request is over the queue bound
+    prompt = chat_prompt(smollm2_tokenizer, QUESTIONS[0], REQUESTS[0])
+    with pytest.raises(RewardFailure, match="overloaded: reward queue full"):
+        executor.reward_func([prompt + "4."], [prompt], [request_to_label(load_spec("helpsteer"), REQUESTS[0])])
+
+
+@pytest.mark.integration
 def test_strict_reward_file_failure_escapes_openrlhfs_exception_swallowing(
     monkeypatch, rm_checkpoint, smollm2_tokenizer
 ):

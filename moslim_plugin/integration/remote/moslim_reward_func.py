@@ -10,13 +10,16 @@ the reason instead of producing a run without rewards. When too many samples fai
 `RewardFailure`, which OpenRLHF does not swallow: the run stops with the reasons.
 """
 
-from moslim_plugin.integration.remote_reward import engine_from_env
+from moslim_plugin.integration.remote_reward import DeadlineExceeded, QueueFull, RewardFailure, engine_from_env
 
 ENGINE = engine_from_env()
 
 
 def reward_func(queries, prompts, labels):
-    reply = ENGINE(queries, prompts, labels)
+    try:
+        reply = ENGINE(queries, prompts, labels)
+    except (QueueFull, DeadlineExceeded) as e:  # an Exception would be swallowed by OpenRLHF: stop with the reason
+        raise RewardFailure(f"MOSLIM reward engine overloaded: {e}") from e
     if len(queries) != 1:
         return reply
     # OpenRLHF wraps each value as torch.tensor([value]): plain floats give the (1,) tensors it expects.
