@@ -6,8 +6,9 @@ import sys
 
 import pytest
 import torch
+from helpers_models import tiny_llama_config
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaModel
+from transformers import AutoTokenizer, BertConfig, BertModel, LlamaModel
 
 from moslim_plugin import UserError
 from moslim_plugin.core.rm import PAD_LOGIT, MoslimRMConfig, MultiHeadRewardModel, is_moslim_checkpoint
@@ -18,16 +19,7 @@ SPEC = load_spec("helpsteer")  # levels (5, 5, 2): the 2-level head is padded to
 
 def tiny_llama(dtype=torch.float32):
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=512,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        attn_implementation="eager",
-    )
+    config = tiny_llama_config(max_position_embeddings=128, attn_implementation="eager")
     return LlamaModel(config).to(dtype)
 
 

@@ -4,7 +4,8 @@ import threading
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+from helpers_models import tiny_llama_config
+from transformers import AutoTokenizer, LlamaModel
 
 from moslim_plugin.core.directives import DirectiveError
 from moslim_plugin.core.mappings import moslim
@@ -31,15 +32,7 @@ def smol_tokenizer(smollm2_dir):
 def tiny_model(smol_tokenizer):
     """Random tiny Llama (weights do not matter here) sharing SmolLM2's real tokenizer and chat template."""
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smol_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
+    config = tiny_llama_config(vocab_size=len(smol_tokenizer))
     return MultiHeadRewardModel(LlamaModel(config), SPEC).eval()
 
 
