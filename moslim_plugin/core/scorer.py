@@ -123,6 +123,26 @@ class Scorer:
             raise ValueError(f"{path}: no tokenizer saved with the reward model ({e}); save it with the model") from e
         return cls(model, tokenizer, mapping=mapping, mapping_kwargs=mapping_kwargs, **kw)
 
+    def classify(self, questions: list[str], responses: list[str]) -> torch.Tensor:
+        """Per-head level probabilities [B, K, Lmax] of (question, response) pairs: no request, no mapping."""
+        if len(questions) != len(responses):
+            raise ValueError(
+                f"questions and responses must have the same length, got {len(questions)}, {len(responses)}"
+            )
+        with self._lock:
+            encoded = [encode(self.tokenizer, q, r, self.max_length) for q, r in zip(questions, responses)]
+            # Similar lengths in a batch waste less compute on padding.
+            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+            probs = torch.empty(len(encoded), len(self.model.spec.names), self.model.max_levels)
+            device = next(self.model.parameters()).device
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                batch = self.tokenizer.pad([encoded[i] for i in rows], return_tensors="pt")
+                with torch.inference_mode():
+                    logits = self.model(**{k: v.to(device) for k, v in batch.items()})
+                probs[rows] = logits.softmax(-1).cpu()
+        return probs
+
     def score(self, questions: list[str], responses: list[str], requests: list[dict[str, int]]) -> ScoreResult:
         if not (len(questions) == len(responses) == len(requests)):
             raise ValueError(
@@ -141,18 +161,8 @@ class Scorer:
             for name, level in validate_request(spec, request).items():
                 targets[i, spec.index(name)] = level
 
+        probs = self.classify(questions, responses)
         with self._lock:
-            encoded = [encode(self.tokenizer, q, r, self.max_length) for q, r in zip(questions, responses)]
-            # Similar lengths in a batch waste less compute on padding.
-            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
-            probs = torch.empty(len(encoded), len(spec.names), self.model.max_levels)
-            device = next(self.model.parameters()).device
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                batch = self.tokenizer.pad([encoded[i] for i in rows], return_tensors="pt")
-                with torch.inference_mode():
-                    logits = self.model(**{k: v.to(device) for k, v in batch.items()})
-                probs[rows] = logits.softmax(-1).cpu()
             rewards, terms = self.mapping(probs, targets, self.levels, self.stats, **self.mapping_kwargs)
 
         bad = (~torch.isfinite(rewards)).nonzero().flatten().tolist()
