@@ -284,11 +284,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     p.add_argument("--backbones", default="minilm,smollm2", help="comma list of minilm, smollm2")
-    p.add_argument("--steps", default="32,12", help="optimizer steps per backbone (comma list, same order)")
+    p.add_argument("--steps", default="16,6", help="optimizer steps per backbone (comma list, same order)")
     p.add_argument("--lr", default="1e-4,3e-5", help="learning rate per backbone (comma list, same order)")
     p.add_argument("--batch_pairs", type=int, default=8, help="pairs per optimizer step")
     p.add_argument("--micro_batch_pairs", type=int, default=4)
-    p.add_argument("--eval_pairs", type=int, default=120, help="held-out pairs, half per subset")
+    p.add_argument("--eval_pairs", type=int, default=100, help="held-out pairs, half per subset")
     p.add_argument("--max_len", type=int, default=512)
     p.add_argument("--eval_ratio", type=float, default=0.3, help="share of prompts held out")
     p.add_argument("--seed", type=int, default=42)
@@ -348,11 +348,12 @@ def main(argv=None) -> int:
                 "met": m["accuracy"] - o["accuracy"] >= -0.02,
             }
         )
-    results["wall_seconds"] = time.perf_counter() - started
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    draw(results, RESULTS_DIR / "hh_rlhf_check.png")
-    summary = f"held-out pairwise accuracy, {len(eval_pairs)} pairs, {a.max_len} tokens: " + "; ".join(summary)
-    write_result("hh_rlhf_check", vars(a), results, summary, headline)
+        # Written after every backbone: a long run that is stopped keeps what it measured.
+        results["wall_seconds"] = time.perf_counter() - started
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        draw(results, RESULTS_DIR / "hh_rlhf_check.png")
+        line = f"held-out pairwise accuracy, {len(eval_pairs)} pairs, {a.max_len} tokens: " + "; ".join(summary)
+        write_result("hh_rlhf_check", vars(a), results, line, headline)
     return 0
 
 

@@ -273,9 +273,9 @@ def split_rows(args, spec, rows, eval_rows):
 def run_settings(args, spec) -> dict:
     """What a checkpoint must share with the run that resumes it: the heads' meaning and shapes, the batching."""
     return {
-        "spec_fingerprint": spec.fingerprint,
         "objectives": list(spec.names),
         "head_levels": list(spec.levels),
+        "spec_fingerprint": spec.fingerprint,
         "train.batch_size": args.train.batch_size,
         "train.micro_batch_size": args.train.micro_batch_size,
     }
