@@ -9,21 +9,6 @@ from moslim_plugin.data.train_rm import IGNORE, head_losses, head_metrics, load_
 SPEC = load_spec("hh")  # helpful (2 levels), harmless (2 levels)
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory, minilm_dir):
-    """A random-init 2-layer BERT with MiniLM's real tokenizer: the training loop, not the weights, is tested."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128
-    )
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
-    return path
-
-
 def synthetic_rows(n):
     """helpful = 1 iff the response says 'sure'; harmless = 1 iff it does not say 'poison'; some labels missing."""
     rows = []

@@ -171,13 +171,15 @@ def draw(report: dict, path) -> None:
 
 def evaluate(model, data: str, output_dir=None, request=None, max_length: int = 512, batch_size: int = 16) -> dict:
     """Report dict for `model` (a checkpoint folder or a Scorer) on `data`; written to `output_dir` when given."""
+    from moslim_plugin.core.rm import is_moslim_checkpoint
     from moslim_plugin.core.scorer import Scorer
 
-    scorer = (
-        model
-        if isinstance(model, Scorer)
-        else Scorer.from_pretrained(model, max_length=max_length, batch_size=batch_size)
-    )
+    if isinstance(model, Scorer):
+        scorer = model
+    elif is_moslim_checkpoint(model):
+        scorer = Scorer.from_pretrained(model, max_length=max_length, batch_size=batch_size)
+    else:
+        raise UserError(f"--model {model}: not a reward-model checkpoint (no config.json with a 'moslim' entry)")
     rows = read_records(data)
     if not rows:
         raise UserError(f"{data}: the file holds no rows")
