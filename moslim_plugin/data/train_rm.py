@@ -4,9 +4,16 @@ Rows come from `moslim-openrlhf prepare-ratings` (`{"question", "response", "lab
 a null label masks that head for that row. Flags mirror `openrlhf/cli/train_rm.py`. With CUDA the model is trained
 through OpenRLHF's DeepspeedStrategy (ZeRO, bf16, LoRA, gradient checkpointing); without CUDA the same loop runs on
 `TorchStrategy`, the subset of the DeepspeedStrategy interface the loop uses, in plain fp32 torch (AdamW). Rows are
-split into training and held-out parts by question (no prompt in both); after training the held-out probabilities
-give the per-head metrics (accuracy, macro-F1, mean absolute level error, expected calibration error) and the
-calibration statistics the mapping needs, which are saved inside the checkpoint.
+split into training and held-out parts by question (no prompt in both).
+
+Model selection: the held-out rows are evaluated every epoch (or every --eval.steps steps); the weights with the
+lowest mean per-head negative log-likelihood are kept, and training stops after --eval.patience evaluations without
+gain. The kept weights' held-out probabilities give the per-head metrics (accuracy, macro-F1, mean absolute level
+error, expected calibration error, NLL, confusion matrix) next to the majority-class and class-prior baselines (from
+the training labels), and the calibration statistics the mapping needs, saved inside the checkpoint.
+
+Resuming (--ckpt.load_enable) checks the objectives, head shapes, spec fingerprint and batch sizes saved with each
+checkpoint and refuses a mismatch; an unreadable or incomplete newest checkpoint falls back to the previous one.
 
     moslim-openrlhf train-rm --model.model_name_or_path <backbone> --moslim.spec hh \
         --data.dataset ratings.jsonl --ckpt.output_dir ./rm --train.micro_batch_size 8 --train.batch_size 32
