@@ -194,7 +194,10 @@ def evaluate(model, data: str, output_dir=None, request=None, max_length: int = 
             json.dump(report, f, indent=2)
         with open(os.path.join(output_dir, "report.md"), "w") as f:
             f.write(markdown(report))
-        draw(report, os.path.join(output_dir, "report.png"))
+        try:
+            draw(report, os.path.join(output_dir, "report.png"))
+        except ModuleNotFoundError as e:  # matplotlib comes with the demo extra; the numbers do not need it
+            print(f"no report.png: {e.name} is not installed (pip install 'moslim-plugin[demo]')")
     return report
 
 
