@@ -1,29 +1,30 @@
 """Real-data check: MOSLIM classification RM vs OpenRLHF's pairwise RM on HH-RLHF, same backbone, same budget.
 
 Data: the helpful-base and harmless-base test splits in ../shared/data/hh-rlhf, split into training and held-out
-parts BY PROMPT (a conversation prefix never lands in both), pairs whose dialogue does not fit `--max_len` dropped so
-that neither model sees truncated text. Both models start from all-MiniLM-L6-v2 and get the same optimizer steps,
-batch (in pairs = 2 sequences each), learning rate, scheduler and data:
+parts BY PROMPT (a conversation prefix never lands in both). At the default `--max_len 512` (MiniLM's limit) 96 % of
+the pairs fit whole under both tokenizers; the rest are dropped so that neither model sees truncated text. Held-out
+pairs are drawn half from each file. Per backbone (`--backbones minilm,smollm2`: all-MiniLM-L6-v2, the SmolLM2-135M
+decoder), both models get the same training pairs in the same order, optimizer steps, batch (in pairs = 2
+sequences each), learning rate and scheduler:
 
 (a) MOSLIM: `train_rm.train_reward_model` with objectives helpful and harmless (spec `hh`). Each pair gives two
     classification rows: chosen = level 1, rejected = level 0 of its subset's objective; the other head is masked.
-    A held-out pair is ranked by the expected level of the subset's objective (= p[level 1]).
+    A held-out pair is ranked by the reward the mapping gives when the pair's objective is requested at level 1.
 (b) OpenRLHF: its own `RewardDataset` (chosen/rejected dialogues, as `openrlhf.cli.train_rm` reads HH-RLHF),
     `get_llm_for_sequence_regression(..., "reward")`, and `RewardModelTrainer.fit` with its `PairWiseLoss`.
     `RewardModelTrainer` cannot get OpenRLHF's DeepspeedStrategy on a CPU torch build (`setup_distributed` calls
-    `torch.cuda.set_device`), so it runs on `train_rm.TorchStrategy`, the same AdamW + scheduler + accumulation the
+    `torch.cuda.set_device`), so it runs on `TorchStrategy`, the same AdamW + scheduler + accumulation the
     MOSLIM trainer uses here. Weights are loaded in fp32 (OpenRLHF accepts only bf16/fp16; the dtype lookup is
     widened for this run) so neither side is handicapped by precision.
 
-Held-out pairwise accuracy = share of pairs where chosen scores strictly higher than rejected.
+Held-out pairwise accuracy is `evaluate-rm`'s (`evaluate_rm.pairwise_accuracy`: ties count half, bootstrap 95 %
+interval). Results are written after each backbone, so a run stopped during the second keeps the first.
 
-    nice -n 10 .venv/bin/python -m bench.hh_rlhf_check
+    nice -n 10 .venv/bin/python -m bench.hh_rlhf_check                       # both backbones
+    nice -n 10 .venv/bin/python -m bench.hh_rlhf_check --backbones smollm2 --steps 6 --lr 3e-5
 
-Measured with these defaults (2026-11-27, 2 CPU cores shared with other jobs, load average ~10): 23.4 min wall,
-of which the two training loops took 499 s (MOSLIM) and 633 s (OpenRLHF); the rest is model loading, tokenising
-the 4,666 pairs for the length filter, and scoring 200 held-out pairs with each model. That misses the 20-minute
-target on this shared machine; a run on an idle one has not been measured. With 200 held-out pairs the standard
-error of an accuracy near 0.55 is about 0.035: differences below ~0.07 are noise.
+The defaults are sized for a shared 2-core CPU and are SMALL (MiniLM 16 steps x 8 pairs); see docs/benchmarks.md
+for what they measured and what they cannot show.
 """
 
 import argparse
