@@ -366,6 +366,8 @@ def evaluate_and_select(run: Run, state: dict) -> None:
     """Held-out metrics now; the weights are kept when they beat the best so far (see SELECTION)."""
     metrics = head_metrics(*predict(run.model, run.eval_loader, run.device), run.spec)
     value = sum(m["nll"] for m in metrics.values() if m["n"]) / sum(bool(m["n"]) for m in metrics.values())
+    # Under DeepSpeed each rank sees its shard of the held-out rows: all ranks must keep and stop alike.
+    value = float(run.strategy.all_reduce(value))
     state["history"].append([state["global_step"], value])
     run.log({**scalar_logs(metrics), "eval/selection_nll": value}, state["global_step"])
     if value < state["best_value"]:
