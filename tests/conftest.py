@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,17 @@ def minilm_dir():
     from moslim_plugin.demo.real_models import minilm_path
 
     return minilm_path()
+
+
+# ../shared beside the checkout (the project's real data), found from this file, never from the working directory.
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} is missing: these tests read the real data in ../shared beside the checkout")
+    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")
