@@ -360,10 +360,12 @@ class Run:
     steps_per_epoch: int
     max_steps: int
     log: object
+    eval_seconds: float = 0.0  # held-out evaluations inside the loop, left out of the reported training time
 
 
 def evaluate_and_select(run: Run, state: dict) -> None:
     """Held-out metrics now; the weights are kept when they beat the best so far (see SELECTION)."""
+    start = time.perf_counter()
     metrics = head_metrics(*predict(run.model, run.eval_loader, run.device), run.spec)
     value = sum(m["nll"] for m in metrics.values() if m["n"]) / sum(bool(m["n"]) for m in metrics.values())
     # Under DeepSpeed each rank sees its shard of the held-out rows: all ranks must keep and stop alike.
@@ -376,6 +378,7 @@ def evaluate_and_select(run: Run, state: dict) -> None:
         state["best_weights"] = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
     else:
         state["evals_without_gain"] += 1
+    run.eval_seconds += time.perf_counter() - start
 
 
 def train_loop(run: Run, state: dict) -> None:
@@ -475,7 +478,7 @@ def train(args, rows=None, eval_rows=None) -> dict:
     )  # fmt: skip
     start = time.perf_counter()
     train_loop(run, state)
-    train_seconds = time.perf_counter() - start  # the loop alone: no model load or save
+    train_seconds = time.perf_counter() - start - run.eval_seconds  # the loop alone: no load, evaluation or save
     close_logger()
     return finish(run, state, tokenizer, train_rows, eval_rows, train_seconds)
 
