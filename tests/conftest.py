@@ -57,3 +57,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: these tests read the real data in ../shared beside the checkout")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_dir):
+    """A random-init 2-layer BERT with MiniLM's real tokenizer: the training loop, not the weights, is tested."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128
+    )
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
+    return path

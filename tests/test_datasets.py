@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from moslim_plugin import UserError
 from moslim_plugin.core.directives import apply_directive, label_to_request, parse_directive, request_to_label
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.data.datasets import TargetSampler, condition_row, condition_rows, main
@@ -140,5 +141,5 @@ def test_bad_prompt_files_fail_naming_file_and_row(tmp_path):
         condition_rows([], SPEC, TargetSampler(SPEC), source=empty, **KEYS)
     with pytest.raises(ValueError, match=r"p\.jsonl: row 1: no input column 'question'"):
         condition_rows([{"question": "a"}, {"text": "b"}], SPEC, TargetSampler(SPEC), source="p.jsonl", **KEYS)
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):  # one line from the CLI, not a traceback
         main(["--data.dataset", str(tmp_path / "nope.jsonl"), "--moslim.spec", "hh", "--moslim.output", "x.jsonl"])

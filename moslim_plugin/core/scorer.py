@@ -132,6 +132,32 @@ class Scorer:
             raise ValueError(f"{path}: no tokenizer saved with the reward model ({e}); save it with the model") from e
         return cls(model, tokenizer, mapping=mapping, mapping_kwargs=mapping_kwargs, **kw)
 
+    def classify(self, questions: list[str], responses: list[str]) -> torch.Tensor:
+        """Per-head level probabilities [B, K, Lmax] of (question, response) pairs: no request, no mapping."""
+        return self._forward(questions, responses)[0]
+
+    def _forward(self, questions: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probs [B, K, Lmax], truncated [B] bool): one batched pass of the reward model, pairs too long cut."""
+        if len(questions) != len(responses):
+            raise ValueError(
+                f"questions and responses must have the same length, got {len(questions)}, {len(responses)}"
+            )
+        with self._lock:
+            encoded, truncated = zip(
+                *(encode_truncated(self.tokenizer, q, r, self.max_length) for q, r in zip(questions, responses))
+            )
+            # Similar lengths in a batch waste less compute on padding.
+            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+            probs = torch.empty(len(encoded), len(self.model.spec.names), self.model.max_levels)
+            device = next(self.model.parameters()).device
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                batch = self.tokenizer.pad([encoded[i] for i in rows], return_tensors="pt")
+                with torch.inference_mode():
+                    logits = self.model(**{k: v.to(device) for k, v in batch.items()})
+                probs[rows] = logits.softmax(-1).cpu()
+        return probs, torch.tensor(truncated, dtype=torch.bool)
+
     def score(self, questions: list[str], responses: list[str], requests: list[dict[str, int]]) -> ScoreResult:
         if not (len(questions) == len(responses) == len(requests)):
             raise ValueError(
@@ -150,20 +176,8 @@ class Scorer:
             for name, level in validate_request(spec, request).items():
                 targets[i, spec.index(name)] = level
 
+        probs, truncated = self._forward(questions, responses)
         with self._lock:
-            encoded, truncated = zip(
-                *(encode_truncated(self.tokenizer, q, r, self.max_length) for q, r in zip(questions, responses))
-            )
-            # Similar lengths in a batch waste less compute on padding.
-            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
-            probs = torch.empty(len(encoded), len(spec.names), self.model.max_levels)
-            device = next(self.model.parameters()).device
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                batch = self.tokenizer.pad([encoded[i] for i in rows], return_tensors="pt")
-                with torch.inference_mode():
-                    logits = self.model(**{k: v.to(device) for k, v in batch.items()})
-                probs[rows] = logits.softmax(-1).cpu()
             rewards, terms = self.mapping(probs, targets, self.levels, self.stats, **self.mapping_kwargs)
 
         bad = (~torch.isfinite(rewards)).nonzero().flatten().tolist()
@@ -173,7 +187,6 @@ class Scorer:
                 f"{bad[:10]} (values {rewards[bad[:10]].tolist()}): refusing to pass them to training"
             )
         expected = (probs * torch.arange(probs.shape[-1], dtype=probs.dtype)).sum(-1)
-        truncated = torch.tensor(truncated, dtype=torch.bool)
         return ScoreResult(
             spec.names, rewards.float(), probs, expected, terms.float(), targets >= 0, targets, truncated
         )

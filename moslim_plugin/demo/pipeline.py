@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     rm_result = train_reward_model(
         rows, spec, minilm_path(), rm_dir, micro_batch_size=rm_batch, batch_size=rm_batch,
         max_epochs=size["rm_epochs"], lr=args.moslim.rm_lr, eval_ratio=0.2, seed=0, max_len=192,
-        lr_warmup_ratio=0.1,
+        lr_warmup_ratio=0.1, overwrite=True,  # the RM is retrained on every run into the same folder
     )  # fmt: skip
     scorer = Scorer.from_pretrained(rm_dir, mapping=args.moslim.mapping, mapping_kwargs=args.moslim.mapping_kwargs)
     done("rm")
