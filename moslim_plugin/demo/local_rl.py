@@ -154,40 +154,43 @@ def load_policy(path, trainable_layers: int = -1):
     return model, tokenizer
 
 
-@torch.no_grad()
 def generate(model, tokenizer, messages_list, max_new_tokens, temperature=1.0, top_p=1.0, batch_size=16, desc=None):
-    """Sample one response per chat (left-padded batches). Returns (prompt_ids list, response_ids list, texts)."""
+    """Sample one response per chat, `batch_size` sequences per forward, with the KV-cached loop of `rollout.decode`
+    (HF `generate`'s temperature / top-p semantics; temperature 0 is its greedy). Identical chats (the n samples of
+    one prompt) share one prefill; chats are batched by prompt length to cut left padding.
+    Returns (prompt_ids list, response_ids list, texts) in the order of `messages_list`."""
+    from moslim_plugin import UserError
+    from moslim_plugin.demo.rollout import decode
+
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise UserError(f"temperature {temperature}, top_p {top_p}: expected temperature >= 0 and 0 < top_p <= 1")
     prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_list]
-    prompt_ids, response_ids, texts = [], [], []
-    eos = tokenizer.eos_token_id
+    where = {}  # prompt text -> the positions in messages_list that ask for it
+    for i, text in enumerate(prompts):
+        where.setdefault(text, []).append(i)
+    encoded = {text: tokenizer(text, add_special_tokens=False).input_ids for text in where}
+    order = sorted(where, key=lambda text: len(encoded[text]))
+    prompt_ids, response_ids = [None] * len(prompts), [None] * len(prompts)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc=desc or "generate", disable=desc is False, leave=False)
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        sample = temperature > 0
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=temperature if sample else None,
-            top_p=top_p if sample else None,
-            top_k=0 if sample else None,
-            eos_token_id=eos,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        for i in range(out.shape[0]):
-            ids = out[i, enc.input_ids.shape[1] :].tolist()
-            # Keep up to and including the first eos (pad == eos for SmolLM2, so trailing pads go too).
-            if eos in ids:
-                ids = ids[: ids.index(eos) + 1]
-            prompt_ids.append(enc.input_ids[i][enc.attention_mask[i].bool()].tolist())
-            response_ids.append(ids)
-            texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
-        bar.update(out.shape[0])
+    while order:
+        # Whole prompts (all their copies) per batch, so each prompt is prefilled once; one prompt may exceed it.
+        chunk, rows = [], 0
+        while order and (not chunk or rows + len(where[order[0]]) <= batch_size):
+            chunk.append(order.pop(0))
+            rows += len(where[chunk[-1]])
+        responses = decode(
+            model, [encoded[t] for t in chunk], [len(where[t]) for t in chunk], max_new_tokens, temperature, top_p,
+            tokenizer.eos_token_id, tokenizer.pad_token_id,
+        )  # fmt: skip
+        slots = [i for t in chunk for i in where[t]]
+        for i, ids in zip(slots, responses):
+            prompt_ids[i], response_ids[i] = list(encoded[prompts[i]]), ids
+        bar.update(rows)
     bar.close()
     model.train(was_training)
+    texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in response_ids]
     return prompt_ids, response_ids, texts
 
 
