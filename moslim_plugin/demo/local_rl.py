@@ -94,6 +94,16 @@ def add_rl_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--ckpt.output_dir", type=str, default="./ckpt")
     # Ours: CPU budget knob. The bottom layers (and the tied embeddings) stay frozen so backward stops early.
     p.add_argument("--moslim.trainable_layers", type=int, default=4, help="top decoder layers trained (-1: all)")
+    # LoRA, OpenRLHF's flags (train_ppo_ray.py calls them --ds.lora.*; --actor.lora.* is accepted as an alias).
+    # With LoRA on, adapters go into the --moslim.trainable_layers top layers and only they train.
+    p.add_argument("--ds.lora.rank", "--actor.lora.rank", dest="ds.lora.rank", type=int, default=0)
+    p.add_argument("--ds.lora.alpha", "--actor.lora.alpha", dest="ds.lora.alpha", type=int, default=16)
+    p.add_argument("--ds.lora.target_modules", "--actor.lora.target_modules", dest="ds.lora.target_modules", type=str,
+                   nargs="*", default="all-linear")  # fmt: skip
+    p.add_argument("--ds.lora.dropout", "--actor.lora.dropout", dest="ds.lora.dropout", type=float, default=0)
+    # Ours: sequences decoded together in a rollout (OpenRLHF's vLLM batches a whole rollout; here memory and the
+    # 2-core CPU bound it). Decoding is memory-bound, so 32 rows per step cost about what 16 do.
+    p.add_argument("--moslim.generate_batch_size", type=int, default=32, help="sequences per decode forward")
     return p
 
 
@@ -131,25 +141,55 @@ def check_rl_args(args):
     return args
 
 
-def load_policy(path, trainable_layers: int = -1):
-    """fp32 HF causal LM + left-padding tokenizer; freezes all but the top `trainable_layers` decoder layers."""
+def load_policy(path, trainable_layers: int = -1, lora=None):
+    """fp32 HF causal LM + left-padding tokenizer; freezes all but the top `trainable_layers` decoder layers.
+
+    `lora` (OpenRLHF's `args.ds.lora`: rank, alpha, dropout, target_modules) with rank > 0 wraps the model in peft
+    LoRA adapters as OpenRLHF's Actor does, placed in those top layers only (all layers for -1), and trains only the
+    adapters. A LoRA checkpoint (a folder with adapter_config.json, what `save_pretrained` writes for it) loads onto
+    its base model merged, so evaluation and the next stage get a plain model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from moslim_plugin import UserError
 
     path = str(path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
-        raise ValueError(f"{path}: the tokenizer has no pad token; set one (e.g. the eos token) and save it")
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
-    )
+        raise UserError(f"{path}: the tokenizer has no pad token; set one (e.g. the eos token) and save it")
+    adapter = Path(path, "adapter_config.json")
+    if adapter.exists():  # the base may itself be a LoRA checkpoint: merge down the chain
+        from peft import PeftModel
+
+        base, _ = load_policy(json.loads(adapter.read_text())["base_model_name_or_path"])
+        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+        model.name_or_path = path  # what a new adapter on this model records as its base
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
+        )
+    n_layers = len(model.model.layers)
+    if trainable_layers > n_layers:
+        raise UserError(f"--moslim.trainable_layers {trainable_layers}: the model has {n_layers} layers")
+    top = range(n_layers - trainable_layers if trainable_layers >= 0 else 0, n_layers)
+    if lora is not None and lora.rank > 0:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        if not top:
+            raise UserError("--ds.lora.rank > 0 with --moslim.trainable_layers 0: no layer to put adapters in")
+        targets = lora.target_modules
+        if targets == "all-linear":  # spelled out: peft takes layers_to_transform only with a list of names
+            linear = [n for n, m in model.model.layers.named_modules() if isinstance(m, torch.nn.Linear)]
+            targets = sorted({n.rsplit(".", 1)[-1] for n in linear})
+        config = LoraConfig(
+            task_type=TaskType.CAUSAL_LM, r=lora.rank, lora_alpha=lora.alpha, target_modules=list(targets),
+            lora_dropout=lora.dropout, bias="none", layers_to_transform=list(top),
+        )  # fmt: skip
+        return get_peft_model(model, config), tokenizer  # peft freezes everything but the adapters
     if trainable_layers >= 0:
-        layers = model.model.layers
-        if trainable_layers > len(layers):
-            raise ValueError(f"--moslim.trainable_layers {trainable_layers}: the model has {len(layers)} layers")
         model.requires_grad_(False)
-        for layer in layers[len(layers) - trainable_layers :]:
-            layer.requires_grad_(True)
+        for i in top:
+            model.model.layers[i].requires_grad_(True)
         model.model.norm.requires_grad_(True)
     return model, tokenizer
 
@@ -234,7 +274,9 @@ def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=Tru
     random.seed(args.train.seed)
     torch.manual_seed(args.train.seed)
     if model is None:
-        model, tokenizer = load_policy(args.actor.model_name_or_path or smollm2_path(), args.moslim.trainable_layers)
+        model, tokenizer = load_policy(
+            args.actor.model_name_or_path or smollm2_path(), args.moslim.trainable_layers, lora=args.ds.lora
+        )
     actor = Actor(model, temperature=args.rollout.temperature)
     actor.packing_samples = False
     # The reference policy is only built when the KL term is on, as in train_ppo_ray.py.
@@ -270,7 +312,7 @@ def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=Tru
         t0 = time.time()
         prompt_ids, response_ids, texts = generate(
             model, tokenizer, [r["messages"] for r in batch], args.rollout.max_new_tokens,
-            args.rollout.temperature, args.rollout.top_p, batch_size=mbs, desc=False,
+            args.rollout.temperature, args.rollout.top_p, batch_size=args.moslim.generate_batch_size, desc=False,
         )  # fmt: skip
         t_gen = time.time() - t0
         rewards, reward_info = reward_fn([r["question"] for r in batch], texts, [r["request"] for r in batch])
