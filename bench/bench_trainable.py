@@ -7,7 +7,7 @@ after --budget_s seconds of wall time (model loading excluded). The reward of ro
 k-1 updates. Configurations run in a rotated order per seed; the machine's cores are shared, so a run's step count
 depends on the load during it: read the curves with that in mind.
 
-    python -m bench.bench_trainable [--budget_s 240] [--seeds 1 2]
+    python -m bench.bench_trainable [--budget_s 240] [--seeds 1 2] [--threads 1]
 """
 
 import argparse
@@ -84,7 +84,10 @@ def main(argv=None) -> int:
     parser.add_argument("--budget_s", type=float, default=240)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out_dir", type=str, default="/tmp/bench_trainable")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     questions = [line.strip() for line in PROMPTS.read_text().splitlines() if line.strip()]
     rows = [{"question": q, "request": {}, "messages": [{"role": "user", "content": q}]} for q in questions]
 

@@ -1,4 +1,4 @@
-"""Single-process RL on one machine: the CPU counterpart of OpenRLHF's Ray PPO path, with HF `generate` for rollouts.
+"""Single-process RL on one machine: the CPU counterpart of OpenRLHF's Ray PPO path, with a KV-cached rollout loop.
 
 Every algorithm piece is OpenRLHF's own: `openrlhf.models.Actor` wraps the policy, `compute_approx_kl` gives the KL to
 the initial policy, `RemoteExperienceMaker.compute_advantages_and_returns` (called on real `Experience` objects)
@@ -6,8 +6,9 @@ applies the reward clip, the KL-shaped reward (`compute_reward`) and the advanta
 the clipped surrogate. Flags have OpenRLHF's names and meanings (`--algo.advantage.estimator`,
 `--rollout.n_samples_per_prompt`, `--algo.kl.init_coef`, `--actor.adam.lr`, `--reward.clip_range`, ...).
 
-What differs, and why: rollouts come from HF `generate` (no vLLM on CPU); the policy is fp32 (bf16 backward is ~7x
-slower on CPU); only the top `--moslim.trainable_layers` decoder layers are trained, so backward stops there; and the
+What differs, and why: rollouts come from `rollout.decode`, a KV-cached loop with HF `generate`'s sampling
+semantics (no vLLM on CPU; speed in bench/bench_rollout.py) run on the trained policy itself; the policy is fp32
+(bf16 backward is ~7x slower on CPU); only the top `--moslim.trainable_layers` decoder layers are trained, so backward stops there; and the
 log-probs that OpenRLHF computes in a separate no-grad pass before training are taken from the training forward
 itself (detached). With `--train.max_epochs 1` and one optimizer step per rollout batch (what this driver does) the
 weights are the same in both passes, so the numbers are identical and one forward pass per step is saved.
