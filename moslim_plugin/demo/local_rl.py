@@ -8,10 +8,11 @@ the clipped surrogate. Flags have OpenRLHF's names and meanings (`--algo.advanta
 
 What differs, and why: rollouts come from `rollout.decode`, a KV-cached loop with HF `generate`'s sampling
 semantics (no vLLM on CPU; speed in bench/bench_rollout.py) run on the trained policy itself; the policy is fp32
-(bf16 backward is ~7x slower on CPU); only the top `--moslim.trainable_layers` decoder layers are trained, so backward stops there; and the
-log-probs that OpenRLHF computes in a separate no-grad pass before training are taken from the training forward
-itself (detached). With `--train.max_epochs 1` and one optimizer step per rollout batch (what this driver does) the
-weights are the same in both passes, so the numbers are identical and one forward pass per step is saved.
+(bf16 backward is ~7x slower on CPU); only the top `--moslim.trainable_layers` decoder layers (or LoRA adapters in
+them, --ds.lora.*) are trained, so backward stops there; and the log-probs that OpenRLHF computes in a separate
+no-grad pass before training are taken from the training forward itself (detached). With `--train.max_epochs 1`
+and one optimizer step per rollout batch (what this driver does) the weights are the same in both passes, so the
+numbers are identical and one forward pass per step is saved.
 """
 
 import argparse
