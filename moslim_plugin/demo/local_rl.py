@@ -1,4 +1,4 @@
-"""Single-process RL on one machine: the CPU counterpart of OpenRLHF's Ray PPO path, with HF `generate` for rollouts.
+"""Single-process RL on one machine: the CPU counterpart of OpenRLHF's Ray PPO path, with a KV-cached rollout loop.
 
 Every algorithm piece is OpenRLHF's own: `openrlhf.models.Actor` wraps the policy, `compute_approx_kl` gives the KL to
 the initial policy, `RemoteExperienceMaker.compute_advantages_and_returns` (called on real `Experience` objects)
@@ -6,11 +6,13 @@ applies the reward clip, the KL-shaped reward (`compute_reward`) and the advanta
 the clipped surrogate. Flags have OpenRLHF's names and meanings (`--algo.advantage.estimator`,
 `--rollout.n_samples_per_prompt`, `--algo.kl.init_coef`, `--actor.adam.lr`, `--reward.clip_range`, ...).
 
-What differs, and why: rollouts come from HF `generate` (no vLLM on CPU); the policy is fp32 (bf16 backward is ~7x
-slower on CPU); only the top `--moslim.trainable_layers` decoder layers are trained, so backward stops there; and the
-log-probs that OpenRLHF computes in a separate no-grad pass before training are taken from the training forward
-itself (detached). With `--train.max_epochs 1` and one optimizer step per rollout batch (what this driver does) the
-weights are the same in both passes, so the numbers are identical and one forward pass per step is saved.
+What differs, and why: rollouts come from `rollout.decode`, a KV-cached loop with HF `generate`'s sampling
+semantics (no vLLM on CPU; speed in bench/bench_rollout.py) run on the trained policy itself; the policy is fp32
+(bf16 backward is ~7x slower on CPU); only the top `--moslim.trainable_layers` decoder layers (or LoRA adapters in
+them, --ds.lora.*) are trained, so backward stops there; and the log-probs that OpenRLHF computes in a separate
+no-grad pass before training are taken from the training forward itself (detached). With `--train.max_epochs 1`
+and one optimizer step per rollout batch (what this driver does) the weights are the same in both passes, so the
+numbers are identical and one forward pass per step is saved.
 """
 
 import argparse
@@ -94,6 +96,16 @@ def add_rl_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--ckpt.output_dir", type=str, default="./ckpt")
     # Ours: CPU budget knob. The bottom layers (and the tied embeddings) stay frozen so backward stops early.
     p.add_argument("--moslim.trainable_layers", type=int, default=4, help="top decoder layers trained (-1: all)")
+    # LoRA, OpenRLHF's flags (train_ppo_ray.py calls them --ds.lora.*; --actor.lora.* is accepted as an alias).
+    # With LoRA on, adapters go into the --moslim.trainable_layers top layers and only they train.
+    p.add_argument("--ds.lora.rank", "--actor.lora.rank", dest="ds.lora.rank", type=int, default=0)
+    p.add_argument("--ds.lora.alpha", "--actor.lora.alpha", dest="ds.lora.alpha", type=int, default=16)
+    p.add_argument("--ds.lora.target_modules", "--actor.lora.target_modules", dest="ds.lora.target_modules", type=str,
+                   nargs="*", default="all-linear")  # fmt: skip
+    p.add_argument("--ds.lora.dropout", "--actor.lora.dropout", dest="ds.lora.dropout", type=float, default=0)
+    # Ours: sequences decoded together in a rollout (OpenRLHF's vLLM batches a whole rollout; here memory and the
+    # 2-core CPU bound it). Decoding is memory-bound, so 32 rows per step cost about what 16 do.
+    p.add_argument("--moslim.generate_batch_size", type=int, default=32, help="sequences per decode forward")
     return p
 
 
@@ -131,63 +143,96 @@ def check_rl_args(args):
     return args
 
 
-def load_policy(path, trainable_layers: int = -1):
-    """fp32 HF causal LM + left-padding tokenizer; freezes all but the top `trainable_layers` decoder layers."""
+def load_policy(path, trainable_layers: int = -1, lora=None):
+    """fp32 HF causal LM + left-padding tokenizer; freezes all but the top `trainable_layers` decoder layers.
+
+    `lora` (OpenRLHF's `args.ds.lora`: rank, alpha, dropout, target_modules) with rank > 0 wraps the model in peft
+    LoRA adapters as OpenRLHF's Actor does, placed in those top layers only (all layers for -1), and trains only the
+    adapters. A LoRA checkpoint (a folder with adapter_config.json, what `save_pretrained` writes for it) loads onto
+    its base model merged, so evaluation and the next stage get a plain model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from moslim_plugin import UserError
 
     path = str(path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
-        raise ValueError(f"{path}: the tokenizer has no pad token; set one (e.g. the eos token) and save it")
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
-    )
+        raise UserError(f"{path}: the tokenizer has no pad token; set one (e.g. the eos token) and save it")
+    adapter = Path(path, "adapter_config.json")
+    if adapter.exists():  # the base may itself be a LoRA checkpoint: merge down the chain
+        from peft import PeftModel
+
+        base, _ = load_policy(json.loads(adapter.read_text())["base_model_name_or_path"])
+        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+        model.name_or_path = path  # what a new adapter on this model records as its base
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
+        )
+    n_layers = len(model.model.layers)
+    if trainable_layers > n_layers:
+        raise UserError(f"--moslim.trainable_layers {trainable_layers}: the model has {n_layers} layers")
+    top = range(n_layers - trainable_layers if trainable_layers >= 0 else 0, n_layers)
+    if lora is not None and lora.rank > 0:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        if not top:
+            raise UserError("--ds.lora.rank > 0 with --moslim.trainable_layers 0: no layer to put adapters in")
+        targets = lora.target_modules
+        if targets == "all-linear":  # spelled out: peft takes layers_to_transform only with a list of names
+            linear = [n for n, m in model.model.layers.named_modules() if isinstance(m, torch.nn.Linear)]
+            targets = sorted({n.rsplit(".", 1)[-1] for n in linear})
+        config = LoraConfig(
+            task_type=TaskType.CAUSAL_LM, r=lora.rank, lora_alpha=lora.alpha, target_modules=list(targets),
+            lora_dropout=lora.dropout, bias="none", layers_to_transform=list(top),
+        )  # fmt: skip
+        return get_peft_model(model, config), tokenizer  # peft freezes everything but the adapters
     if trainable_layers >= 0:
-        layers = model.model.layers
-        if trainable_layers > len(layers):
-            raise ValueError(f"--moslim.trainable_layers {trainable_layers}: the model has {len(layers)} layers")
         model.requires_grad_(False)
-        for layer in layers[len(layers) - trainable_layers :]:
-            layer.requires_grad_(True)
+        for i in top:
+            model.model.layers[i].requires_grad_(True)
         model.model.norm.requires_grad_(True)
     return model, tokenizer
 
 
-@torch.no_grad()
 def generate(model, tokenizer, messages_list, max_new_tokens, temperature=1.0, top_p=1.0, batch_size=16, desc=None):
-    """Sample one response per chat (left-padded batches). Returns (prompt_ids list, response_ids list, texts)."""
+    """Sample one response per chat, `batch_size` sequences per forward, with the KV-cached loop of `rollout.decode`
+    (HF `generate`'s temperature / top-p semantics; temperature 0 is its greedy). Identical chats (the n samples of
+    one prompt) share one prefill; chats are batched by prompt length to cut left padding.
+    Returns (prompt_ids list, response_ids list, texts) in the order of `messages_list`."""
+    from moslim_plugin import UserError
+    from moslim_plugin.demo.rollout import decode
+
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise UserError(f"temperature {temperature}, top_p {top_p}: expected temperature >= 0 and 0 < top_p <= 1")
     prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_list]
-    prompt_ids, response_ids, texts = [], [], []
-    eos = tokenizer.eos_token_id
+    where = {}  # prompt text -> the positions in messages_list that ask for it
+    for i, text in enumerate(prompts):
+        where.setdefault(text, []).append(i)
+    encoded = {text: tokenizer(text, add_special_tokens=False).input_ids for text in where}
+    order = sorted(where, key=lambda text: len(encoded[text]))
+    prompt_ids, response_ids = [None] * len(prompts), [None] * len(prompts)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc=desc or "generate", disable=desc is False, leave=False)
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        sample = temperature > 0
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=temperature if sample else None,
-            top_p=top_p if sample else None,
-            top_k=0 if sample else None,
-            eos_token_id=eos,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        for i in range(out.shape[0]):
-            ids = out[i, enc.input_ids.shape[1] :].tolist()
-            # Keep up to and including the first eos (pad == eos for SmolLM2, so trailing pads go too).
-            if eos in ids:
-                ids = ids[: ids.index(eos) + 1]
-            prompt_ids.append(enc.input_ids[i][enc.attention_mask[i].bool()].tolist())
-            response_ids.append(ids)
-            texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
-        bar.update(out.shape[0])
+    while order:
+        # Whole prompts (all their copies) per batch, so each prompt is prefilled once; one prompt may exceed it.
+        chunk, rows = [], 0
+        while order and (not chunk or rows + len(where[order[0]]) <= batch_size):
+            chunk.append(order.pop(0))
+            rows += len(where[chunk[-1]])
+        responses = decode(
+            model, [encoded[t] for t in chunk], [len(where[t]) for t in chunk], max_new_tokens, temperature, top_p,
+            tokenizer.eos_token_id, tokenizer.pad_token_id,
+        )  # fmt: skip
+        slots = [i for t in chunk for i in where[t]]
+        for i, ids in zip(slots, responses):
+            prompt_ids[i], response_ids[i] = list(encoded[prompts[i]]), ids
+        bar.update(rows)
     bar.close()
     model.train(was_training)
+    texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in response_ids]
     return prompt_ids, response_ids, texts
 
 
@@ -231,7 +276,9 @@ def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=Tru
     random.seed(args.train.seed)
     torch.manual_seed(args.train.seed)
     if model is None:
-        model, tokenizer = load_policy(args.actor.model_name_or_path or smollm2_path(), args.moslim.trainable_layers)
+        model, tokenizer = load_policy(
+            args.actor.model_name_or_path or smollm2_path(), args.moslim.trainable_layers, lora=args.ds.lora
+        )
     actor = Actor(model, temperature=args.rollout.temperature)
     actor.packing_samples = False
     # The reference policy is only built when the KL term is on, as in train_ppo_ray.py.
@@ -267,7 +314,7 @@ def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=Tru
         t0 = time.time()
         prompt_ids, response_ids, texts = generate(
             model, tokenizer, [r["messages"] for r in batch], args.rollout.max_new_tokens,
-            args.rollout.temperature, args.rollout.top_p, batch_size=mbs, desc=False,
+            args.rollout.temperature, args.rollout.top_p, batch_size=args.moslim.generate_batch_size, desc=False,
         )  # fmt: skip
         t_gen = time.time() - t0
         rewards, reward_info = reward_fn([r["question"] for r in batch], texts, [r["request"] for r in batch])

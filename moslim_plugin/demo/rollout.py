@@ -1,0 +1,66 @@
+"""A KV-cached sampling loop for CPU rollouts: HF `generate`'s sampling semantics without its per-step overhead.
+
+Per step it runs one forward on the last token with a `DynamicCache`, applies HF's own `TemperatureLogitsWarper` and
+`TopPLogitsWarper` (so temperature / top-p mean exactly what they mean in `model.generate` and in vLLM) and samples
+with `torch.multinomial`; temperature 0 is greedy (argmax), token for token what `generate(do_sample=False)` gives.
+What it does differently, for speed: a prompt repeated n times (OpenRLHF's --rollout.n_samples_per_prompt) is
+prefilled once and its cache copied to its n rows; rows that produced eos leave the batch (their cache rows are
+dropped), so the later steps only pay for unfinished rows.
+"""
+
+import torch
+from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+
+def next_token_scores(temperature: float, top_p: float) -> LogitsProcessorList:
+    """HF's warpers in HF's order (temperature, then top-p), as `generate(do_sample=True, top_k=0)` builds them."""
+    warpers = LogitsProcessorList()
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    return warpers
+
+
+@torch.inference_mode()
+def decode(model, prompts, copies, max_new_tokens, temperature, top_p, eos_id, pad_id):
+    """Sample `copies[i]` responses to each prompt `prompts[i]` (token id lists) in one batch.
+
+    Returns the responses in row order (prompt 0's copies first), each up to and including its first eos."""
+    rows = torch.arange(len(prompts)).repeat_interleave(torch.tensor(copies))
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    # Left padding: positions count real tokens only, as `generate` derives them from the attention mask.
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = DynamicCache(config=model.config)
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
+    ).logits[:, -1]
+    cache.reorder_cache(rows)  # each prompt's cache, once per sample
+    logits, mask, last = logits[rows], mask[rows], positions[rows, -1:]
+
+    warpers = next_token_scores(temperature, top_p) if temperature > 0 else None
+    out = [[] for _ in range(len(rows))]
+    live = torch.arange(len(rows))  # output row of each batch row still decoding
+    for step in range(max_new_tokens):
+        if temperature > 0:
+            probs = warpers(None, logits.float()).softmax(-1)
+            tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+        else:
+            tokens = logits.argmax(-1)
+        for row, token in zip(live.tolist(), tokens.tolist()):
+            out[row].append(token)
+        going = tokens != eos_id
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():  # drop finished rows from the batch and the cache
+            keep = going.nonzero().squeeze(1)
+            live, tokens, mask, last = live[keep], tokens[keep], mask[keep], last[keep]
+            cache.reorder_cache(keep)
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+        last = last + 1
+        logits = model(
+            input_ids=tokens[:, None], attention_mask=mask, position_ids=last, past_key_values=cache
+        ).logits[:, -1]
+    return out
