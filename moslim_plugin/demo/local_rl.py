@@ -409,22 +409,20 @@ def rollout_step(run, batch, step):
     if not owner:
         return experiences, graphs, logs
 
-    # Relabelled copies: rewards clipped as OpenRLHF clips the rollouts'; for the estimators whose advantages
-    # OpenRLHF whitens over the batch, the copies' terms are scaled by the same 1/std (no mean shift: it would break
-    # the zero sum). The rollout's own term is added to its on-policy advantage.
+    # Relabelled copies: rewards clipped as OpenRLHF clips the rollouts'. For the estimators whose advantages
+    # OpenRLHF whitens over the batch, the relabel terms are divided by their own token-weighted RMS (no mean
+    # shift: it would break the zero sum). The rollout's own term is added to its on-policy advantage.
     clipped = rewards.clamp(*args.reward.clip_range)
     members = [[i] for i in range(b)]
     for k, i in enumerate(owner):
         members[i].append(b + k)
     terms = relabel_advantages([clipped[m] for m in members], args.algo.advantage.estimator)
-    scale = 1.0
+    own_term, copy_term = torch.stack([t[0] for t in terms]), torch.cat([t[1:] for t in terms])
     if args.algo.advantage.estimator in ("reinforce", "reinforce_baseline") and not args.algo.advantage.no_std_norm:
-        returns = torch.cat([e.returns.flatten() for e in experiences]).float()
-        mask = torch.cat([e.action_mask.flatten() for e in experiences])
-        mean = (returns * mask).sum() / mask.sum()
-        scale = float((((returns - mean) ** 2 * mask).sum() / mask.sum()).clamp(min=1e-8).rsqrt())
-    own_term = torch.stack([t[0] for t in terms]) * scale
-    copy_term = torch.cat([t[1:] for t in terms]) * scale
+        lengths = torch.tensor([float(len(response_ids[i])) for i in list(range(b)) + owner])
+        all_terms = torch.cat([own_term, copy_term])
+        rstd = float(((lengths * all_terms**2).sum() / lengths.sum()).clamp(min=1e-8).rsqrt())
+        own_term, copy_term = own_term * rstd, copy_term * rstd
     for exp in experiences:
         exp.advantages = exp.advantages + own_term[exp.index].to(exp.advantages)[:, None] * exp.action_mask
     copy_prompts = [
