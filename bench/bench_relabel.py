@@ -53,6 +53,23 @@ def one_step(copies: int, model, tokenizer, questions, args_common, out_dir) -> 
     return result["history"][0]
 
 
+def plot(results: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    copies = sorted(results, key=int)
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.bar(copies, [results[c]["ratio_to_none"] for c in copies], color="tab:blue")
+    ax.set_xlabel("copies per rollout")
+    ax.set_ylabel("step time / on-policy step")
+    ax.set_title("relabelling cost per rollout")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench_relabel", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -102,7 +119,8 @@ def main(argv=None) -> int:
     ]  # fmt: skip
     config = vars(a) | {"policy": "SmolLM2-135M-Instruct", "trainable_layers": 4, "relabel": "all",
                         "objectives": list(SPEC.names)}  # fmt: skip
-    write_result("bench_relabel", config, results, summary, headline)
+    path = write_result("bench_relabel", config, results, summary, headline)
+    plot(results, path.with_suffix(".png"))
     return 0
 
 

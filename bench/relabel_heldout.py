@@ -10,6 +10,7 @@ gap = P(level 1 | asked 1) - P(level 1 | asked 0), per objective, averaged. 95 %
 (seeds pooled). Not a `make bench` script (no `main`): it trains several policies.
 
     python -m bench.relabel_heldout --seeds 1 2 --modes none levels --steps 8
+    python -m bench.relabel_heldout --plot bench/results/relabel_heldout*.json
 """
 
 import argparse
@@ -63,6 +64,32 @@ def bootstrap(samples: list[dict], n=2000, seed=0) -> dict:
     return out
 
 
+def plot(paths, out) -> None:
+    """Held-out accuracy and conditional gap with 95 % intervals, per run, from one or more result files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows_ = []
+    for path in paths:
+        report = json.loads(Path(path).read_text())
+        rows_.append(("base", report["base"]))
+        rows_ += [(name, run) for name, run in report["runs"].items() if not name.endswith("pooled")]
+    rows_ = list(dict((name, run) for name, run in rows_).items())
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, key in zip(axes, ("accuracy", "gap")):
+        for i, (_, run) in enumerate(rows_):
+            low, high = run[key]["ci95"]
+            value = run[key]["value"]
+            ax.errorbar([i], [value], yerr=[[value - low], [high - value]], fmt="o", capsize=3)
+        ax.set_xticks(range(len(rows_)), [name for name, _ in rows_], rotation=30, ha="right")
+        ax.set_title(f"held-out {key} (95 % CI)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main_run(argv=None) -> int:
     p = argparse.ArgumentParser(prog="relabel_heldout", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
@@ -75,7 +102,11 @@ def main_run(argv=None) -> int:
     p.add_argument("--eval-prompts", type=int, default=12)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(RESULTS_DIR / "relabel_heldout.json"))
+    p.add_argument("--plot", nargs="+", default=None, help="only draw these result files into relabel_heldout.png")
     a = p.parse_args(argv)
+    if a.plot:
+        plot(a.plot, RESULTS_DIR / "relabel_heldout.png")
+        return 0
     torch.set_num_threads(a.threads)
     bench = RESULTS_DIR / "bench_relabel.json"
     cost = json.loads(bench.read_text())["results"] if bench.is_file() else {}
