@@ -77,6 +77,14 @@ def plot(paths, out) -> None:
         rows_.append(("base", report["base"]))
         rows_ += [(name, run) for name, run in report["runs"].items() if not name.endswith("pooled")]
     rows_ = list(dict((name, run) for name, run in rows_).items())
+    print("| run | steps | held-out accuracy [95 % CI] | conditional gap [95 % CI] | train s |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, run in rows_:
+        acc, gap = run["accuracy"], run["gap"]
+        print(
+            f"| {name} | {run.get('steps', 0)} | {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] | "
+            f"{gap['value']:.3f} [{gap['ci95'][0]:.3f}, {gap['ci95'][1]:.3f}] | {run.get('train_seconds', 0):.0f} |"
+        )
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
     for ax, key in zip(axes, ("accuracy", "gap")):
         for i, (_, run) in enumerate(rows_):
@@ -102,7 +110,9 @@ def main_run(argv=None) -> int:
     p.add_argument("--eval-prompts", type=int, default=12)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(RESULTS_DIR / "relabel_heldout.json"))
-    p.add_argument("--plot", nargs="+", default=None, help="only draw these result files into relabel_heldout.png")
+    p.add_argument(
+        "--plot", nargs="+", default=None, help="only tabulate these result files and draw relabel_heldout.png"
+    )
     a = p.parse_args(argv)
     if a.plot:
         plot(a.plot, RESULTS_DIR / "relabel_heldout.png")
