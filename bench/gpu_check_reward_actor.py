@@ -10,7 +10,8 @@ transport. Reported: samples/s and tokens/s of the actor, the same batches throu
 of decoding and splitting the policy's tokens shows), p50 latency per micro-batch, peak GPU memory.
 
 Without CUDA (or with `--dry-run`) it runs the same path with a tiny backbone in fp32: the CPU fallback `make bench`
-uses. vLLM is only imported by OpenRLHF's Ray package at module level; if it is missing, tests/vllm_stub stands in.
+uses. vLLM is only imported by OpenRLHF's Ray package at module level; if it is missing,
+moslim_plugin/integration/vllm_stub stands in.
 
     python -m bench.gpu_check_reward_actor [--micro-batch 64] [--batches 12] [--response-tokens 256] [--dry-run]
 """
@@ -126,8 +127,10 @@ def main(argv=None) -> int:
 
     compat.install()  # no-op where flash-attn is installed
     if importlib.util.find_spec("vllm") is None:
-        print("vLLM is not installed: tests/vllm_stub stands in for OpenRLHF's module-level import (no generation)")
-        sys.path.insert(0, str(REPO / "tests" / "vllm_stub"))
+        from moslim_plugin.integration import vllm_stub
+
+        print("vLLM is not installed: integration/vllm_stub stands in for OpenRLHF's module-level import")
+        sys.path.insert(0, vllm_stub.PATH)
     from tqdm import tqdm
 
     from bench import write_result

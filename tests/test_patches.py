@@ -16,9 +16,10 @@ from types import SimpleNamespace as NS
 import pytest
 
 from moslim_plugin.integration import launcher, patches
+from moslim_plugin.integration.vllm_stub import PATH as VLLM_STUB_PATH
 
 ROOT = Path(__file__).parent.parent
-VLLM_STUB = Path(__file__).parent / "vllm_stub"
+VLLM_STUB = Path(VLLM_STUB_PATH)
 DIFF = ROOT / "patches" / "openrlhf-0.11.2-moslim.diff"
 PROMPT_DATASET = next(p for p in patches.PATCHES if p.name == "prompt_dataset")
 

@@ -1,7 +1,8 @@
 """The plugin inside a real local Ray cluster with OpenRLHF's real Ray pieces, on CPU.
 
-vLLM cannot be installed here: `openrlhf.trainer.ray` imports it at module level, so `tests/vllm_stub` (three names,
-no generation) is put on the path of this process and of every Ray worker. The cluster advertises one fake GPU;
+vLLM cannot be installed here: `openrlhf.trainer.ray` imports it at module level, so
+`moslim_plugin/integration/vllm_stub` (three names, no generation) is put on the path of this process and of every Ray
+worker. The cluster advertises one fake GPU;
 each actor takes a fraction of it, as OpenRLHF's colocation does. One cluster serves the whole module: starting it
 and each actor group cost ~10-25 s on 2 shared cores, most of this module's ~2 minutes.
 """
@@ -20,8 +21,9 @@ from types import SimpleNamespace as NS
 import pytest
 
 from moslim_plugin.integration import activate, launcher, patches
+from moslim_plugin.integration.vllm_stub import PATH as VLLM_STUB_PATH
 
-VLLM_STUB = Path(__file__).parent / "vllm_stub"
+VLLM_STUB = Path(VLLM_STUB_PATH)
 DIFF = Path(__file__).parent.parent / "patches" / "openrlhf-0.11.2-moslim.diff"
 DATA = Path(__file__).parent.parent.parent / "shared" / "data"
 NEEDS_STUB = importlib.util.find_spec("vllm") is None

@@ -74,8 +74,8 @@ from moslim_plugin.integration import compat
 
 print("flash-attn shim installed:", compat.install())
 if importlib.util.find_spec("vllm") is None:
-    sys.path.insert(0, os.path.join(os.getcwd(), "tests", "vllm_stub"))
-    print("vllm: tests/vllm_stub")
+    sys.path.insert(0, os.path.join(os.getcwd(), "moslim_plugin", "integration", "vllm_stub"))
+    print("vllm: moslim_plugin/integration/vllm_stub")
 failed = []
 for mod in [
     "openrlhf",

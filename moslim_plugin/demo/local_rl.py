@@ -1,62 +1,60 @@
 """Single-process RL on one machine: the CPU counterpart of OpenRLHF's Ray PPO path, with a KV-cached rollout loop.
 
-Every algorithm piece is OpenRLHF's own: `openrlhf.models.Actor` wraps the policy, `compute_approx_kl` gives the KL to
-the initial policy, `RemoteExperienceMaker.compute_advantages_and_returns` (called on real `Experience` objects)
-applies the reward clip, the KL-shaped reward (`compute_reward`) and the advantage estimator, and `PolicyLoss` gives
-the clipped surrogate. Flags have OpenRLHF's names and meanings (`--algo.advantage.estimator`,
-`--rollout.n_samples_per_prompt`, `--algo.kl.init_coef`, `--actor.adam.lr`, `--reward.clip_range`, ...).
+Every algorithm piece is OpenRLHF's own: `openrlhf.models.Actor` wraps the policy, `compute_approx_kl` and
+`aggregate_loss` give the KL to the initial policy and its loss, `RemoteExperienceMaker.compute_advantages_and_returns`
+(called on real `Experience` objects) applies the reward clip, the KL-shaped reward and the advantage estimator, and
+`PolicyLoss` gives the clipped surrogate. Flags have OpenRLHF's names and meanings (`--algo.advantage.estimator`,
+`--rollout.n_samples_per_prompt`, `--train.max_epochs`, `--train.batch_size`, `--actor.adam.lr`, ...).
 
 What differs, and why: rollouts come from `rollout.decode`, a KV-cached loop with HF `generate`'s sampling
-semantics (no vLLM on CPU; speed in bench/bench_rollout.py) run on the trained policy itself; the policy is fp32
-(bf16 backward is ~7x slower on CPU); only the top `--moslim.trainable_layers` decoder layers (or LoRA adapters in
-them, --ds.lora.*) are trained, so backward stops there; and the log-probs that OpenRLHF computes in a separate
-no-grad pass before training are taken from the training forward itself (detached). With `--train.max_epochs 1`
-and one optimizer step per rollout batch (what this driver does) the weights are the same in both passes, so the
-numbers are identical and one forward pass per step is saved.
+semantics (no vLLM on CPU; speed in bench/bench_rollout.py) run on the trained policy itself; on CPU the policy is
+fp32 (bf16 backward is ~7x slower there; `--device cuda` trains in bf16); only the top `--moslim.trainable_layers`
+decoder layers (or LoRA adapters in them, --ds.lora.*) are trained, so backward stops there. With one epoch and one
+optimizer step per rollout (the default: `--train.max_epochs 1`, no `--train.batch_size`), the old log-probs are
+taken from the training forward itself (detached): the weights are the same in both passes, so the numbers are
+identical and one forward pass per step is saved.
+
+`--moslim.relabel levels|all` trains every rollout under other requests too (docs/relabelling.md): the reward of the
+SAME response under another request comes from the same classification, so copies cost forward/backward passes but
+no generation and no extra reward-model forward.
 """
 
 import argparse
 import importlib.util
+import itertools
 import json
 import math
-import os
 import random
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 ESTIMATORS = ("reinforce", "reinforce_baseline", "rloo", "group_norm", "dr_grpo")
+RELABEL_MODES = ("none", "levels", "all")
 
 
 def import_experience_maker():
     """OpenRLHF's `RemoteExperienceMaker`, importable without vLLM.
 
     `openrlhf.trainer.ppo_utils.experience_maker` imports `openrlhf.trainer.ray`, whose `vllm_engine` module reads
-    `vllm.SamplingParams`, `vllm.inputs.TokensPrompt` and `vllm.utils.random_uuid` at import time. This driver never
-    creates a vLLM engine; it only needs the advantage code. So, for THIS local driver only and only when vLLM is
-    not installed, those three names are registered for the duration of the import and removed right after, so
-    nothing else in the process can mistake the stand-in for vLLM."""
-    added = []
-    if "vllm" not in sys.modules and importlib.util.find_spec("vllm") is None:
-        vllm, inputs, utils = (types.ModuleType(n) for n in ("vllm", "vllm.inputs", "vllm.utils"))
+    three vLLM names at import time. This driver never creates a vLLM engine; it only needs the advantage code. So,
+    only when vLLM is not installed, the package's stand-in (integration/vllm_stub) is on the path for the duration of
+    the import and removed right after, so nothing else in the process can mistake it for vLLM."""
+    from moslim_plugin.integration import vllm_stub
 
-        class _NotAvailable:
-            def __init__(self, *args, **kwargs):
-                raise RuntimeError("vLLM is not installed: the local RL driver generates with HF transformers")
-
-        vllm.SamplingParams, inputs.TokensPrompt, utils.random_uuid = _NotAvailable, dict, lambda: os.urandom(16).hex()
-        vllm.inputs, vllm.utils, vllm.__version__ = inputs, utils, "0.0.0+moslim-local-shim"
-        added = {"vllm": vllm, "vllm.inputs": inputs, "vllm.utils": utils}
-        sys.modules.update(added)
+    missing = "vllm" not in sys.modules and importlib.util.find_spec("vllm") is None
+    if missing:
+        sys.path.insert(0, vllm_stub.PATH)
     try:
         from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
     finally:
-        for name in added:
-            sys.modules.pop(name, None)
+        if missing:
+            sys.path.remove(vllm_stub.PATH)
+            for name in [n for n in sys.modules if n == "vllm" or n.startswith("vllm.")]:
+                sys.modules.pop(name)
     return RemoteExperienceMaker
 
 
@@ -90,10 +88,19 @@ def add_rl_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--reward.overlong_penalty_factor", type=float, default=1)
     p.add_argument("--reward.stop_properly_penalty_coef", type=float, default=None)
     p.add_argument("--train.num_episodes", type=int, default=1)
-    p.add_argument("--train.max_epochs", type=int, default=1)
+    p.add_argument("--train.max_epochs", type=int, default=1, help="PPO epochs over each rollout batch")
+    p.add_argument(
+        "--train.batch_size", type=int, default=None,
+        help="samples (copies included) per optimizer step (OpenRLHF: 128; default: the whole rollout batch)",
+    )  # fmt: skip
+    p.add_argument(
+        "--train.micro_batch_size", type=int, default=None,
+        help="samples per training forward (OpenRLHF: 1; default: --rollout.micro_batch_size)",
+    )  # fmt: skip
     p.add_argument("--train.seed", type=int, default=42)
     p.add_argument("--data.max_samples", type=int, default=int(1e8), help="prompts used (steps = this / batch)")
     p.add_argument("--ckpt.output_dir", type=str, default="./ckpt")
+    p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"], help="cuda: bf16 policy")
     # Ours: CPU budget knob. The bottom layers (and the tied embeddings) stay frozen so backward stops early.
     p.add_argument("--moslim.trainable_layers", type=int, default=4, help="top decoder layers trained (-1: all)")
     # LoRA, OpenRLHF's flags (train_ppo_ray.py calls them --ds.lora.*; --actor.lora.* is accepted as an alias).
@@ -106,6 +113,12 @@ def add_rl_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     # Ours: sequences decoded together in a rollout (OpenRLHF's vLLM batches a whole rollout; here memory and the
     # 2-core CPU bound it). Decoding is memory-bound, so 32 rows per step cost about what 16 do.
     p.add_argument("--moslim.generate_batch_size", type=int, default=32, help="sequences per decode forward")
+    p.add_argument(
+        "--moslim.relabel", type=str, default="none", choices=RELABEL_MODES,
+        help="also train each rollout under other requests: the other levels of its objectives, or every "
+        "single-objective request (docs/relabelling.md)",
+    )  # fmt: skip
+    p.add_argument("--moslim.relabel_copies", type=int, default=1, help="most copies per rollout (-1: all)")
     return p
 
 
@@ -117,16 +130,29 @@ def parse_rl_args(argv) -> argparse.Namespace:
 
 def check_rl_args(args):
     """The run-time fields OpenRLHF's experience maker reads, plus the checks train_ppo_ray.py does."""
-    algo, rollout = args.algo, args.rollout
+    from moslim_plugin import UserError
+
+    algo, rollout, train = args.algo, args.rollout, args.train
     if algo.advantage.estimator in ("rloo", "reinforce_baseline", "group_norm", "dr_grpo"):
         if rollout.n_samples_per_prompt < 2:
-            raise ValueError(f"{algo.advantage.estimator} requires --rollout.n_samples_per_prompt > 1")
-    if args.train.max_epochs != 1:
-        raise ValueError(f"--train.max_epochs {args.train.max_epochs}: the local driver does one epoch per rollout")
+            raise UserError(f"{algo.advantage.estimator} requires --rollout.n_samples_per_prompt > 1")
+    if train.max_epochs < 1:
+        raise UserError(f"--train.max_epochs {train.max_epochs}: expected an integer >= 1")
+    train.micro_batch_size = train.micro_batch_size or rollout.micro_batch_size
+    for flag, value in (("train.batch_size", train.batch_size), ("train.micro_batch_size", train.micro_batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"--{flag} {value}: expected an integer >= 1")
+    if train.batch_size is not None and train.batch_size % train.micro_batch_size:
+        raise UserError(
+            f"--train.batch_size {train.batch_size} must be a multiple of --train.micro_batch_size "
+            f"{train.micro_batch_size}"
+        )
+    if args.moslim.relabel_copies == 0 or args.moslim.relabel_copies < -1:
+        raise UserError(f"--moslim.relabel_copies {args.moslim.relabel_copies}: expected an integer >= 1, or -1 (all)")
     if args.actor.entropy_coef is not None:
-        raise ValueError("--actor.entropy_coef: not supported locally (OpenRLHF's entropy is torch.compile'd)")
+        raise UserError("--actor.entropy_coef: not supported locally (OpenRLHF's entropy is torch.compile'd)")
     if args.reward.clip_range[0] >= args.reward.clip_range[1]:
-        raise ValueError(f"--reward.clip_range {args.reward.clip_range}: low must be < high")
+        raise UserError(f"--reward.clip_range {args.reward.clip_range}: low must be < high")
     args.actor.eps_clip_low_high = (args.actor.eps_clip, args.actor.eps_clip)
     # Fields RemoteExperienceMaker reads; fixed on one process.
     for ns, fields in {
@@ -258,34 +284,118 @@ def make_experience(prompt_ids, response_ids, pad_id, eos_id):
     )
 
 
-def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=True) -> dict:
-    """RL on `rows` ({"messages": chat with directive, "question": str, "request": dict}); `reward_fn(questions,
-    responses, requests) -> (rewards[B] fp32, info dict of [B] tensors)`. Saves the policy to --ckpt.output_dir and
-    returns {"history": per-step logs, "output_dir", "seconds"}."""
+def relabel_requests(spec, request: dict, mode: str, copies: int, rng: random.Random) -> list[dict]:
+    """The other requests a rollout is also trained under (its own excluded), at most `copies` of them (-1: all).
+
+    `levels`: every other combination of levels of the objectives the request names (one objective: its other
+    levels); a request that names nothing has no copies. `all`: every single-objective request of the spec."""
+    if mode == "none":
+        return []
+    if mode == "levels":
+        names = list(request)
+        levels = [range(spec.levels[spec.index(name)]) for name in names]
+        options = [dict(zip(names, combo)) for combo in itertools.product(*levels)]
+    else:
+        options = [{name: level} for name, n in zip(spec.names, spec.levels) for level in range(n)]
+    options = [o for o in options if o != request]
+    if copies != -1 and len(options) > copies:
+        options = rng.sample(options, copies)
+    return options
+
+
+def relabel_advantages(groups: list[torch.Tensor], estimator: str) -> list[torch.Tensor]:
+    """Relabel term per rollout from its rewards under [own request, copies' requests]: centred over that group, so
+    it sums to zero and whatever in the update does not depend on the request cancels. The estimator's group rule is
+    applied over the copies of ONE response instead of the samples of one prompt (rloo: leave-one-out mean;
+    group_norm: divided by the group's std; the others, `reinforce` included: minus the mean)."""
+    terms = []
+    for r in groups:
+        if len(r) < 2:
+            terms.append(torch.zeros_like(r))
+            continue
+        d = r - r.mean()
+        if estimator == "rloo":
+            d = d * len(r) / (len(r) - 1)
+        elif estimator == "group_norm":
+            d = d / (r.std() + 1e-9)
+        terms.append(d)
+    return terms
+
+
+def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=True, spec=None, prompt_fn=None) -> dict:
+    """RL on `rows` ({"messages": chat with directive, "question": str, "request": dict}). Saves the policy to
+    --ckpt.output_dir and returns {"history": per-step logs, "output_dir", "seconds"}.
+
+    `reward_fn(questions, responses, requests) -> (rewards [N] fp32, info dict of [N] tensors)`, one reward per
+    (question, response, request) triple. With --moslim.relabel the rollouts come first, then their copies: the same
+    question and response under another request, so one classification per distinct response serves them all (the
+    Scorer classifies each distinct (question, response) once). Relabelling also needs the objective `spec` and
+    `prompt_fn(question, request) -> messages`, the function that built the rows' messages (same template, placement
+    and directive style)."""
+    run = setup_run(args, model, tokenizer, reward_fn, spec, prompt_fn)
+    rows = list(rows)[: args.data.max_samples]
+    order = []
+    for episode in range(args.train.num_episodes):
+        order += random.Random(args.train.seed + episode).sample(range(len(rows)), len(rows))
+    n, bs = args.rollout.n_samples_per_prompt, args.rollout.batch_size
+    steps = len(order) // bs
+    if steps == 0:
+        raise ValueError(f"{len(rows)} prompts x {args.train.num_episodes} episodes < --rollout.batch_size {bs}")
+    history, start = [], time.time()
+    bar = tqdm(range(steps), desc="RL steps", disable=not progress)
+    for step in bar:
+        batch = [rows[i] for i in order[step * bs : (step + 1) * bs] for _ in range(n)]
+        t0 = time.time()
+        experiences, graphs, logs = rollout_step(run, batch, step)
+        logs.update(update_step(run, experiences, graphs))
+        logs.update(step=step + 1, seconds_step=time.time() - t0)
+        for key, value in logs.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise FloatingPointError(f"step {step + 1}: {key} is {value}; stopping before the policy is ruined")
+        history.append(logs)
+        bar.set_postfix(reward=f"{logs['reward']:.3f}", kl=f"{logs['kl']:.4f}")
+    bar.close()
+
+    out = Path(args.ckpt.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run.model.save_pretrained(out, safe_serialization=True)
+    run.tokenizer.save_pretrained(out)
+    with open(out / "rl_history.json", "w") as f:
+        json.dump(history, f, indent=1)
+    return {"history": history, "output_dir": str(out), "seconds": time.time() - start}
+
+
+def setup_run(args, model, tokenizer, reward_fn, spec, prompt_fn) -> argparse.Namespace:
+    """Everything one training run holds: policy, reference, optimizer, OpenRLHF's loss and experience maker."""
+    from moslim_plugin import UserError
     from moslim_plugin.integration import compat
 
     compat.install()  # before openrlhf.models: it imports flash-attn's padding helpers at module level
     from openrlhf.models import Actor, PolicyLoss
-    from openrlhf.models.utils import compute_approx_kl, masked_mean
     from openrlhf.trainer.ppo_utils import FixedKLController
-
-    RemoteExperienceMaker = import_experience_maker()
 
     from moslim_plugin.demo.real_models import smollm2_path
 
+    if args.moslim.relabel != "none" and (spec is None or prompt_fn is None):
+        raise UserError(f"--moslim.relabel {args.moslim.relabel} needs train_policy(..., spec=, prompt_fn=)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this torch build sees no CUDA device; use --device cpu")
     random.seed(args.train.seed)
     torch.manual_seed(args.train.seed)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if model is None:
         model, tokenizer = load_policy(
             args.actor.model_name_or_path or smollm2_path(), args.moslim.trainable_layers, lora=args.ds.lora
         )
+    model.to(device, dtype)
     actor = Actor(model, temperature=args.rollout.temperature)
     actor.packing_samples = False
     # The reference policy is only built when the KL term is on, as in train_ppo_ray.py.
     ref = None
     if args.algo.kl.init_coef > 0:
         ref_model, _ = load_policy(args.actor.model_name_or_path or smollm2_path(), 0)
-        ref = Actor(ref_model.eval(), temperature=args.rollout.temperature)
+        ref = Actor(ref_model.to(device, dtype).eval(), temperature=args.rollout.temperature)
         ref.packing_samples = False
     params = [p for p in actor.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(
@@ -296,97 +406,176 @@ def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=Tru
     loss_fn = PolicyLoss(clip_eps_low=eps, clip_eps_high=eps, policy_loss_type=args.actor.policy_loss_type)
     # The strategy-like object and the KL controller are all RemoteExperienceMaker needs off the Ray path.
     strategy = argparse.Namespace(args=args, ring_attn_group=None, is_rank_0=lambda: True, print=print)
-    kl_ctl = FixedKLController(args.algo.kl.init_coef)
-    maker = RemoteExperienceMaker(None, None, None, None, kl_ctl, strategy, tokenizer)
+    maker = import_experience_maker()(None, None, None, None, FixedKLController(args.algo.kl.init_coef), strategy,
+                                      tokenizer)  # fmt: skip
+    return argparse.Namespace(
+        args=args, model=model, tokenizer=tokenizer, actor=actor, ref=ref, params=params, optim=optim,
+        loss_fn=loss_fn, maker=maker, reward_fn=reward_fn, spec=spec, prompt_fn=prompt_fn, device=device,
+        rng=random.Random(args.train.seed),
+    )  # fmt: skip
 
-    rows = list(rows)[: args.data.max_samples]
-    order = []
-    for episode in range(args.train.num_episodes):
-        order += random.Random(args.train.seed + episode).sample(range(len(rows)), len(rows))
-    n, bs, mbs = args.rollout.n_samples_per_prompt, args.rollout.batch_size, args.rollout.micro_batch_size
-    steps = len(order) // bs
-    if steps == 0:
-        raise ValueError(f"{len(rows)} prompts x {args.train.num_episodes} episodes < --rollout.batch_size {bs}")
-    history, start = [], time.time()
-    bar = tqdm(range(steps), desc="RL steps", disable=not progress)
-    for step in bar:
-        batch = [rows[i] for i in order[step * bs : (step + 1) * bs] for _ in range(n)]
-        t0 = time.time()
-        prompt_ids, response_ids, texts = generate(
-            model, tokenizer, [r["messages"] for r in batch], args.rollout.max_new_tokens,
-            args.rollout.temperature, args.rollout.top_p, batch_size=args.moslim.generate_batch_size, desc=False,
-        )  # fmt: skip
-        t_gen = time.time() - t0
-        rewards, reward_info = reward_fn([r["question"] for r in batch], texts, [r["request"] for r in batch])
-        rewards = torch.as_tensor(rewards, dtype=torch.float32)
-        if rewards.shape != (len(batch),) or not torch.isfinite(rewards).all():
-            raise ValueError(f"step {step}: reward_fn must return {len(batch)} finite rewards, got {rewards!r:.200}")
-        # One Experience per micro-batch, with the training forward's graph kept until the advantages exist.
-        experiences, graphs = [], []
-        for i in range(0, len(batch), mbs):
-            exp = make_experience(prompt_ids[i : i + mbs], response_ids[i : i + mbs], tokenizer.pad_token_id,
-                                  tokenizer.eos_token_id)  # fmt: skip
-            exp.index = list(range(i, i + len(exp.sequences)))
-            exp.rewards = rewards[i : i + mbs]
-            exp.info = {"reward": exp.rewards, **{k: torch.as_tensor(v)[i : i + mbs] for k, v in reward_info.items()}}
-            actor.train()
-            log_probs = actor(exp.sequences, exp.action_mask, attention_mask=exp.attention_mask)
-            exp.action_log_probs = log_probs.detach()
-            if ref is not None:
-                with torch.no_grad():
-                    base = ref(exp.sequences, exp.action_mask, attention_mask=exp.attention_mask)
-                kl = compute_approx_kl(exp.action_log_probs, base, kl_estimator=args.algo.kl.estimator)
-                exp.base_action_log_probs = base if args.algo.kl.use_loss else None
-            else:
-                kl = torch.zeros_like(exp.action_log_probs)
-            exp.kl = torch.zeros_like(kl) if args.algo.kl.use_loss else kl
-            exp.info["kl"] = masked_mean(kl, exp.action_mask, dim=-1)
-            experiences.append(exp)
-            graphs.append(log_probs)
-        experiences = maker.compute_advantages_and_returns(experiences)
 
-        batch_tokens = float(sum(e.action_mask.sum() for e in experiences))
-        optim.zero_grad(set_to_none=True)
-        logs = {"policy_loss": 0.0, "kl_loss": 0.0}
-        for exp, log_probs in zip(experiences, graphs):
-            loss, clip_ratio, ppo_kl, _, _ = loss_fn(
-                log_probs, exp.action_log_probs, exp.advantages, action_mask=exp.action_mask,
-                batch_num_tokens=batch_tokens, global_batch_size=float(len(batch)),
-            )  # fmt: skip
-            logs["policy_loss"] += float(loss.detach())
-            if args.algo.kl.use_loss and ref is not None:
-                kl = compute_approx_kl(
-                    log_probs, exp.base_action_log_probs, log_probs_old=exp.action_log_probs,
-                    kl_estimator=args.algo.kl.estimator, unbiased_gradient=args.algo.kl.unbiased_gradient,
+def rollout_step(run, batch, step):
+    """Generate, score the rollouts and their relabelled copies, and turn both into Experiences with advantages.
+    Returns (experiences, graphs, logs); `graphs` holds the training forwards when one update step reuses them."""
+    args, tok = run.args, run.tokenizer
+    t0 = time.time()
+    prompt_ids, response_ids, texts = generate(
+        run.model, tok, [r["messages"] for r in batch], args.rollout.max_new_tokens,
+        args.rollout.temperature, args.rollout.top_p, batch_size=args.moslim.generate_batch_size, desc=False,
+    )  # fmt: skip
+    t_gen = time.time() - t0
+    copies = [relabel_requests(run.spec, r["request"], args.moslim.relabel, args.moslim.relabel_copies, run.rng)
+              for r in batch]  # fmt: skip
+    owner = [i for i, c in enumerate(copies) for _ in c]  # the rollout each copy comes from, rollout order
+    requests = [r["request"] for r in batch] + [c for cs in copies for c in cs]
+    questions = [r["question"] for r in batch]
+    rewards, info = run.reward_fn(
+        questions + [questions[i] for i in owner], texts + [texts[i] for i in owner], requests
+    )
+    rewards = torch.as_tensor(rewards, dtype=torch.float32).cpu()
+    if rewards.shape != (len(requests),) or not torch.isfinite(rewards).all():
+        raise ValueError(f"step {step}: reward_fn must return {len(requests)} finite rewards, got {rewards!r:.200}")
+    info = {k: torch.as_tensor(v).float().cpu().reshape(-1) for k, v in info.items()}
+    for key, value in info.items():
+        if len(value) != len(requests):
+            raise ValueError(f"step {step}: reward_fn info {key!r} has {len(value)} values, expected {len(requests)}")
+    b = len(batch)
+    keep_graph = args.train.max_epochs == 1 and args.train.batch_size is None
+    own_info = {k: v[:b] for k, v in info.items()}
+    experiences, graphs = build_experiences(run, prompt_ids, response_ids, rewards[:b], own_info, keep_graph, True)
+    experiences = run.maker.compute_advantages_and_returns(experiences)
+    logs = {k: float(torch.cat([e.info[k].float().reshape(-1).cpu() for e in experiences]).mean())
+            for k in experiences[0].info}  # fmt: skip
+    logs.update(objective_means("reward/", rewards[:b], requests[:b]))
+    logs.update(
+        response_length=float(torch.cat([e.response_length for e in experiences]).mean()),
+        truncated=float(torch.cat([e.truncated.float() for e in experiences]).mean()),
+        seconds_generate=t_gen,
+    )
+    if not owner:
+        return experiences, graphs, logs
+
+    # Relabelled copies: rewards clipped as OpenRLHF clips the rollouts'. For the estimators whose advantages
+    # OpenRLHF whitens over the batch, the relabel terms are divided by their own token-weighted RMS (no mean
+    # shift: it would break the zero sum). The rollout's own term is added to its on-policy advantage.
+    clipped = rewards.clamp(*args.reward.clip_range)
+    members = [[i] for i in range(b)]
+    for k, i in enumerate(owner):
+        members[i].append(b + k)
+    terms = relabel_advantages([clipped[m] for m in members], args.algo.advantage.estimator)
+    own_term, copy_term = torch.stack([t[0] for t in terms]), torch.cat([t[1:] for t in terms])
+    if args.algo.advantage.estimator in ("reinforce", "reinforce_baseline") and not args.algo.advantage.no_std_norm:
+        lengths = torch.tensor([float(len(response_ids[i])) for i in list(range(b)) + owner])
+        all_terms = torch.cat([own_term, copy_term])
+        rstd = float(((lengths * all_terms**2).sum() / lengths.sum()).clamp(min=1e-8).rsqrt())
+        own_term, copy_term = own_term * rstd, copy_term * rstd
+    for exp in experiences:
+        exp.advantages = exp.advantages + own_term[exp.index].to(exp.advantages)[:, None] * exp.action_mask
+    copy_prompts = [
+        tok.apply_chat_template(run.prompt_fn(questions[i], rq), tokenize=False, add_generation_prompt=True)
+        for i, rq in zip(owner, requests[b:])
+    ]
+    copy_ids = [tok(p, add_special_tokens=False).input_ids for p in copy_prompts]
+    copy_info = {k: v[b:] for k, v in info.items()}
+    copy_responses = [response_ids[i] for i in owner]
+    copy_exps, copy_graphs = build_experiences(
+        run, copy_ids, copy_responses, rewards[b:], copy_info, keep_graph, False
+    )
+    for exp in copy_exps:
+        exp.advantages = copy_term[exp.index].to(exp.action_log_probs)[:, None] * exp.action_mask
+        exp.returns = exp.advantages
+    logs.update({f"relabel/{k}": float(v[b:].mean()) for k, v in info.items()})
+    logs.update(objective_means("relabel/reward/", rewards[b:], requests[b:]))
+    logs.update({
+        "relabel/reward": float(rewards[b:].mean()), "relabel/copies_per_rollout": len(owner) / b,
+        "relabel/abs_advantage": float(copy_term.abs().mean()),
+    })  # fmt: skip
+    return experiences + copy_exps, graphs + copy_graphs, logs
+
+
+def objective_means(prefix: str, rewards: torch.Tensor, requests: list[dict]) -> dict[str, float]:
+    """Mean reward of the samples whose request names each objective (rollouts and copies are logged apart)."""
+    names = sorted({name for request in requests for name in request})
+    return {prefix + n: float(rewards[[i for i, r in enumerate(requests) if n in r]].mean()) for n in names}
+
+
+def build_experiences(run, prompt_ids, response_ids, rewards, info, keep_graph, reference):
+    """One Experience per training micro-batch with its old log-probs, under its own prompt; with `reference`, the
+    KL to the initial policy as well (rollouts only: copies carry only their relabel term)."""
+    from openrlhf.models.utils import compute_approx_kl, masked_mean
+
+    args, mbs = run.args, run.args.train.micro_batch_size
+    experiences, graphs = [], []
+    for i in range(0, len(prompt_ids), mbs):
+        exp = make_experience(prompt_ids[i : i + mbs], response_ids[i : i + mbs], run.tokenizer.pad_token_id,
+                              run.tokenizer.eos_token_id).to_device(run.device)  # fmt: skip
+        exp.index = list(range(i, i + len(exp.sequences)))
+        exp.rewards = rewards[i : i + mbs].to(run.device)
+        exp.info = {"reward": exp.rewards, **{k: v[i : i + mbs].to(run.device) for k, v in info.items()}}
+        run.actor.train()
+        with torch.set_grad_enabled(keep_graph):
+            log_probs = run.actor(exp.sequences, exp.action_mask, attention_mask=exp.attention_mask)
+        exp.action_log_probs = log_probs.detach()
+        kl = torch.zeros_like(exp.action_log_probs)
+        if reference and run.ref is not None:
+            with torch.no_grad():
+                base = run.ref(exp.sequences, exp.action_mask, attention_mask=exp.attention_mask)
+            kl = compute_approx_kl(exp.action_log_probs, base, kl_estimator=args.algo.kl.estimator)
+            exp.base_action_log_probs = base if args.algo.kl.use_loss else None
+        exp.kl = torch.zeros_like(kl) if args.algo.kl.use_loss else kl
+        exp.info["kl"] = masked_mean(kl, exp.action_mask, dim=-1)
+        experiences.append(exp)
+        graphs.append(log_probs if keep_graph else None)
+    return experiences, graphs
+
+
+def update_step(run, experiences, graphs) -> dict:
+    """--train.max_epochs passes over the Experiences, one optimizer step per --train.batch_size samples (default:
+    all), with OpenRLHF's PolicyLoss and KL loss normalised over each step's tokens, as its Ray actor does."""
+    from openrlhf.models.loss import aggregate_loss
+    from openrlhf.models.utils import compute_approx_kl
+
+    args = run.args
+    per_step = args.train.batch_size or sum(len(e.sequences) for e in experiences)
+    logs, updates = {"policy_loss": 0.0, "kl_loss": 0.0, "ppo_clip_ratio": 0.0}, 0
+    order = list(range(len(experiences)))
+    for _ in range(args.train.max_epochs):
+        if args.train.batch_size is not None:
+            run.rng.shuffle(order)
+        chunks, current = [], []
+        for k in order:
+            current.append(k)
+            if sum(len(experiences[j].sequences) for j in current) >= per_step:
+                chunks, current = chunks + [current], []
+        for chunk in chunks + ([current] if current else []):
+            tokens = float(sum(experiences[k].action_mask.sum() for k in chunk))
+            samples = float(sum(len(experiences[k].sequences) for k in chunk))
+            run.optim.zero_grad(set_to_none=True)
+            for k in chunk:
+                exp, log_probs = experiences[k], graphs[k]
+                graphs[k] = None  # a saved forward is only valid before the first optimizer step
+                if log_probs is None:
+                    run.actor.train()
+                    log_probs = run.actor(exp.sequences, exp.action_mask, attention_mask=exp.attention_mask)
+                loss, clip_ratio, _, _, _ = run.loss_fn(
+                    log_probs, exp.action_log_probs, exp.advantages, action_mask=exp.action_mask,
+                    batch_num_tokens=tokens, global_batch_size=samples,
                 )  # fmt: skip
-                kl_loss = (kl * exp.action_mask).sum() / batch_tokens
-                logs["kl_loss"] += float(kl_loss.detach())
-                loss = loss + kl_loss * args.algo.kl.init_coef
-            loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.actor.max_norm)
-        optim.step()
-
-        info = {k: torch.cat([e.info[k].float().reshape(-1) for e in experiences]) for k in experiences[0].info}
-        logs.update({k: float(v.mean()) for k, v in info.items()})
-        logs.update(
-            step=step + 1,
-            grad_norm=float(grad_norm),
-            response_length=float(torch.cat([e.response_length for e in experiences]).mean()),
-            truncated=float(torch.cat([e.truncated.float() for e in experiences]).mean()),
-            seconds_generate=t_gen,
-            seconds_step=time.time() - t0,
-        )
-        for key, value in logs.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise FloatingPointError(f"step {step + 1}: {key} is {value}; stopping before the policy is ruined")
-        history.append(logs)
-        bar.set_postfix(reward=f"{logs['reward']:.3f}", kl=f"{logs['kl']:.4f}")
-    bar.close()
-
-    out = Path(args.ckpt.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    with open(out / "rl_history.json", "w") as f:
-        json.dump(history, f, indent=1)
-    return {"history": history, "output_dir": str(out), "seconds": time.time() - start}
+                logs["policy_loss"] += float(loss.detach())
+                logs["ppo_clip_ratio"] += float(clip_ratio) * len(exp.sequences) / samples
+                if args.algo.kl.use_loss and exp.base_action_log_probs is not None:
+                    kl = compute_approx_kl(
+                        log_probs, exp.base_action_log_probs, log_probs_old=exp.action_log_probs,
+                        kl_estimator=args.algo.kl.estimator, unbiased_gradient=args.algo.kl.unbiased_gradient,
+                    )  # fmt: skip
+                    kl_loss = aggregate_loss(kl, exp.action_mask, batch_num_tokens=tokens, global_batch_size=samples)
+                    logs["kl_loss"] += float(kl_loss.detach())
+                    loss = loss + kl_loss * args.algo.kl.init_coef
+                loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(run.params, args.actor.max_norm)
+            run.optim.step()
+            updates += 1
+    logs = {k: v / updates for k, v in logs.items()}
+    logs.update(grad_norm=float(grad_norm), optimizer_steps=updates)
+    return logs

@@ -27,10 +27,11 @@ def decode(model, prompts, copies, max_new_tokens, temperature, top_p, eos_id, p
     """Sample `copies[i]` responses to each prompt `prompts[i]` (token id lists) in one batch.
 
     Returns the responses in row order (prompt 0's copies first), each up to and including its first eos."""
-    rows = torch.arange(len(prompts)).repeat_interleave(torch.tensor(copies))
+    device = next(model.parameters()).device  # inputs go where the policy is (--device cuda)
+    rows = torch.arange(len(prompts)).repeat_interleave(torch.tensor(copies)).to(device)
     width = max(map(len, prompts))
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     # Left padding: positions count real tokens only, as `generate` derives them from the attention mask.
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     cache = DynamicCache(config=model.config)
@@ -56,7 +57,7 @@ def decode(model, prompts, copies, max_new_tokens, temperature, top_p, eos_id, p
             break
         if not going.all():  # drop finished rows from the batch and the cache
             keep = going.nonzero().squeeze(1)
-            live, tokens, mask, last = live[keep], tokens[keep], mask[keep], last[keep]
+            live, tokens, mask, last = live[keep.cpu()], tokens[keep], mask[keep], last[keep]
             cache.reorder_cache(keep)
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
         last = last + 1

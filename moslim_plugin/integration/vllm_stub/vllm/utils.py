@@ -1,4 +1,4 @@
-"""Tests-only stand-in for vllm.utils (see vllm/__init__.py)."""
+"""Stand-in for vllm.utils (see vllm/__init__.py)."""
 
 import uuid
 

@@ -1,3 +1,0 @@
-"""Tests-only stand-in for vllm.inputs (see vllm/__init__.py)."""
-
-TokensPrompt = dict
