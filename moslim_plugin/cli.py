@@ -13,6 +13,10 @@ COMMANDS = {
     "prepare-ratings": ("moslim_plugin.data.ratings", "turn rated responses into per-objective classification rows"),
     "train-rm": ("moslim_plugin.data.train_rm", "train the multi-head classification reward model"),
     "evaluate": ("moslim_plugin.demo.evaluate", "controllability evaluation of a policy, judged by an oracle"),
+    "screen": (
+        "moslim_plugin.demo.screen",
+        "does the starting policy follow each directive? (before RL: gap, level rates)",
+    ),
     "demo": ("moslim_plugin.demo.pipeline", "the whole MOSLIM loop on one CPU machine with real small models"),
     "reward-func-path": (
         "moslim_plugin.integration.remote_reward",

@@ -6,6 +6,10 @@ produce the same prompts for the same seed. A row that already carries a MOSLIM 
 
     moslim-openrlhf prepare-prompts --data.dataset prompts.jsonl --data.input_key question \
         --moslim.spec spec.yaml --moslim.sampling subset --moslim.output conditioned.jsonl
+
+`--moslim.style` picks how the directive reads (core/directives.py): `natural` sentences from the spec's
+`instructions` (the default) or the `tagged` record. The label is the same either way and stays the source of
+truth for every reward.
 """
 
 import argparse
@@ -17,7 +21,9 @@ from types import SimpleNamespace
 
 from moslim_plugin.core.directives import (
     DEFAULT_PLACEMENT,
+    DEFAULT_STYLE,
     PLACEMENTS,
+    STYLES,
     DirectiveError,
     apply_directive,
     label_to_request,
@@ -128,6 +134,7 @@ def condition_row(
     label_key="label",
     placement=DEFAULT_PLACEMENT,
     question_key="raw_question",
+    style=DEFAULT_STYLE,
 ) -> dict:
     """The row with the directive applied to `row[input_key]` (chat messages) and the MOSLIM label set.
 
@@ -152,7 +159,7 @@ def condition_row(
     request = sampler.sample(row, index)
     out = dict(row)
     out[question_key] = question_text(prompt)
-    out[input_key] = apply_directive(spec, request, prompt, placement=placement)
+    out[input_key] = apply_directive(spec, request, prompt, placement=placement, style=style)
     out[label_key] = request_to_label(spec, request)
     return out
 
@@ -223,6 +230,7 @@ def main(argv=None) -> int:
     p.add_argument("--moslim.columns", default=None, help="per-row targets: objective=column,...")
     p.add_argument("--moslim.seed", type=int, default=42)
     p.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS)
+    p.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES, help="how the directive reads")
     p.add_argument("--moslim.question_key", default="raw_question", help="column that keeps the raw question")
     args = vars(p.parse_args(argv))
 
@@ -242,6 +250,7 @@ def main(argv=None) -> int:
         label_key=args["data.label_key"],
         placement=args["moslim.placement"],
         question_key=args["moslim.question_key"],
+        style=args["moslim.style"],
     )
     rows = condition_rows(data, spec, sampler, source=args["data.dataset"], **keys)
     write_rows(rows, args["moslim.output"])

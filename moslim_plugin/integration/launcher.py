@@ -20,7 +20,7 @@ import runpy
 import sys
 from types import SimpleNamespace
 
-from moslim_plugin.core.directives import DEFAULT_PLACEMENT, PLACEMENTS
+from moslim_plugin.core.directives import DEFAULT_PLACEMENT, DEFAULT_STYLE, PLACEMENTS, STYLES
 from moslim_plugin.data.datasets import SAMPLING_MODES, parse_assignments
 from moslim_plugin.integration import activate, patches
 
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--moslim.seed", type=int, default=42, help="target sampling seed (as prepare-prompts)")
     g.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS)
+    g.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES, help="how the directive reads")
     g.add_argument(
         "--moslim.template",
         default="auto",
@@ -150,6 +151,9 @@ def check_moslim_args(moslim, args) -> SimpleNamespace:
         if not args.data.label_key:
             fail("--moslim.sampling writes each prompt's targets into its label: pass --data.label_key (e.g. label)")
         TargetSampler(load_spec(m.spec_dict), m.sampling, m.seed, fixed=m.fixed, columns=m.columns)
+        if m.style == "natural" and not load_spec(m.spec_dict).has_instructions:
+            fail(f"--moslim.style natural needs per-level 'instructions' in every objective of {m.spec}; add them "
+                 "or pass --moslim.style tagged")  # fmt: skip
     elif m.fixed or m.columns:
         fail("--moslim.fixed / --moslim.columns only apply with --moslim.sampling fixed / column")
 

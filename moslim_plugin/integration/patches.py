@@ -236,7 +236,9 @@ def wrap_prompt_dataset_init(original):
             # Row index = position in the blended dataset: the same index (so the same targets for the same seed)
             # as `prepare-prompts` on the same files, since blending without --data.prompt_probs keeps file order.
             dataset = [
-                condition_row(row, spec, sampler, i, data.input_key, data.label_key, moslim.placement)
+                condition_row(
+                    row, spec, sampler, i, data.input_key, data.label_key, moslim.placement, style=moslim.style
+                )
                 for i, row in enumerate(tqdm(dataset, desc="MOSLIM directives", disable=not strategy.is_rank_0()))
             ]
         original(self, dataset, tokenizer, strategy, input_template, **kwargs)

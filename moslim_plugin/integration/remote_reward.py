@@ -191,14 +191,14 @@ class RewardEngine:
 
     def score_samples(self, samples) -> list:
         """One outcome per (query, prompt, label): (reward, extra_logs) or (None, reason)."""
-        from moslim_plugin.core.directives import label_to_request, render_directive
+        from moslim_plugin.core.directives import label_to_request, strip_directive
 
         outcomes, todo = [None] * len(samples), []
         for i, (query, prompt, label) in enumerate(samples):
             try:
                 request = label_to_request(self.spec, label)
                 question, response = split_query(query, prompt, self.template)
-                question = question.replace(render_directive(self.spec, request), "").strip()
+                question = strip_directive(self.spec, request, question)
                 todo.append((i, question, response, request))
             except (ValueError, TypeError) as e:
                 outcomes[i] = (None, f"bad sample: {e}")
