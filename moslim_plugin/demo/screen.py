@@ -40,6 +40,9 @@ def build_parser():
     p.add_argument("--actor.model_name_or_path", default=None, help="policy (default: bundled SmolLM2-135M-Instruct)")
     p.add_argument("--moslim.spec", default=None, help="objectives (default: the RM's, else every oracle objective)")
     p.add_argument("--reward.model_name_or_path", default=None, help="MOSLIM RM: the judge where no oracle exists")
+    p.add_argument(
+        "--screen.oracle_objectives", nargs="+", default=None, help="without a spec: these oracle objectives"
+    )
     p.add_argument("--eval.judge", choices=("oracle", "rm"), default=None, help="default: the oracle if it can")
     p.add_argument("--eval.dataset", default=None, help="prompts, one per line (default: the built-in train prompts)")
     p.add_argument("--eval.max_samples", type=int, default=16, help="prompts")
@@ -136,7 +139,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.moslim.spec is None and args.reward.model_name_or_path is None:
-        args.moslim.spec = oracle_spec().to_dict()  # every candidate objective the oracle judges
+        args.moslim.spec = oracle_spec(args.screen.oracle_objectives).to_dict()  # the oracle's candidate objectives
     spec, judge_fn, judge_name, _ = load_judge(args)
     prompts = read_prompts(args.eval.dataset) if args.eval.dataset else builtin_prompts("train")
     prompts = prompts[: args.eval.max_samples]
