@@ -11,7 +11,7 @@ objective, otherwise the MOSLIM reward model) gives the achieved levels. Per obj
 
 - the level rates under each request (how often each level came out when level L was asked for),
 - the conditional gap P(level L | asked for L) - P(level L | asked for another level), averaged over L,
-- the share of each level among all sampled answers (what RL would see),
+- the share of each level among the sampled answers that asked for the objective (what RL would see),
 
 as screening.md, screening.json and screening.png in --screen.output_dir. An objective passes when its gap
 reaches --screen.min_gap (greedy and sampled) and every level reaches --screen.min_share of the sampled answers.
@@ -67,14 +67,17 @@ def screen_condition(model, tokenizer, spec, prompts, judge_fn, args, style, pla
         n_samples=args.eval.n_samples_per_prompt, temperature=args.rollout.temperature,
     )  # fmt: skip
     sampled = result["sampled_samples"]
-    out = {}
+    out = {"samples": result["samples"] + sampled}
     for name, levels in zip(spec.names, spec.levels):
         row = {}
         for mode, metrics in (("greedy", result["metrics"]), ("sampled", result["sampled_metrics"])):
             m = metrics["objectives"][name]
             rates = {lv: [c / max(sum(counts), 1) for c in counts] for lv, counts in m["by_level"].items()}
             row[mode] = {"gap": m["gap"], "accuracy": m["accuracy"], "rates": rates}
-        row["sampled_share"] = [sum(s["achieved"][name] == k for s in sampled) / len(sampled) for k in range(levels)]
+        # Among the sampled answers that asked for this objective: in the demo's RL each prompt asks for one
+        # objective, so these are the rollouts whose reward teaches it.
+        asked = [s for s in sampled if name in s["request"]]
+        row["sampled_share"] = [sum(s["achieved"][name] == k for s in asked) / len(asked) for k in range(levels)]
         gaps_ok = min(row["greedy"]["gap"], row["sampled"]["gap"]) >= args.screen.min_gap
         row["passes"] = gaps_ok and min(row["sampled_share"]) >= args.screen.min_share
         out[name] = row
@@ -121,7 +124,7 @@ def screening_markdown(spec, results, settings) -> str:
                 lines.append(f"| {name} | {lv} | {g} | {s} | {r['greedy']['accuracy']:.2f} / "
                              f"{r['sampled']['accuracy']:.2f} |")  # fmt: skip
             share = ", ".join(f"{x:.2f}" for x in r["sampled_share"])
-            lines.append(f"| {name} | all (sampled share) | | {share} | |")
+            lines.append(f"| {name} | share among sampled answers asking for it | | {share} | |")
         lines.append("")
     return "\n".join(lines)
 
@@ -166,6 +169,8 @@ def main(argv=None) -> int:
     }
     out = Path(args.screen.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    samples = {f"{s}/{p}": r.pop("samples") for (s, p), r in results.items()}
+    (out / "screening_samples.json").write_text(json.dumps(samples, indent=1))
     report = {"settings": settings, "conditions": {f"{s}/{p}": r for (s, p), r in results.items()}}
     check_finite(report)
     (out / "screening.json").write_text(json.dumps(report, indent=1))
@@ -179,5 +184,6 @@ def main(argv=None) -> int:
     ]  # fmt: skip
     plot_panels(panels, out / "screening.png", ncols=min(3, len(panels)))
     print(screening_markdown(spec, results, settings).split("\n## ")[1])
-    print(f"{settings['seconds']:.0f} s; wrote {out / 'screening.md'}, screening.json, screening.png")
+    print(f"{settings['seconds']:.0f} s; wrote {out / 'screening.md'}, screening.json, screening.png, "
+          "screening_samples.json")  # fmt: skip
     return 0
