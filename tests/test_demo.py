@@ -156,3 +156,19 @@ def test_evaluate_command_works_on_any_policy_checkpoint_with_an_rm(quick_demo, 
     assert result["judge"] == "reward model" and "rm_agreement" not in result["metrics"]
     assert "Judged by the **reward model**" in (judged / "eval.md").read_text()
     assert (tmp_path / "eval.md").is_file() and (tmp_path / "requested_vs_achieved.png").is_file()
+
+
+@pytest.mark.unit
+def test_rm_data_edits_flip_the_format_and_make_formal_calm_text_relabelled_by_the_oracle():
+    from moslim_plugin.demo.pipeline import augment
+
+    spec = demo_spec()
+    prose = {"question": "q", "response": "It's easy! You mix it. Then you bake it for an hour."}
+    listed = {"question": "q", "response": "Steps:\n- Mix it.\n- Bake it."}
+    cut, formal, other = augment([prose], spec, seed=0)
+    assert formal["response"] == "It is easy. one mix it. Then one bake it for an hour."  # case kept as is
+    assert formal["labels"]["formality"] == 0 and other["labels"]["format"] == 1
+    assert len(cut["response"].split()) <= len(prose["response"].split())
+    _, _, other = augment([listed], spec, seed=0)
+    assert other["response"] == "Steps: Mix it. Bake it." and other["labels"]["format"] == 0
+    assert all(set(row["labels"]) == set(spec.names) for row in augment([prose, listed], spec, seed=1))
