@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     from moslim_plugin.demo.real_models import minilm_path
 
     backbone = minilm_path()
-    pairs, _ = load_pairs(a.data_dir, AutoTokenizer.from_pretrained(backbone), a.max_len)
+    pairs, _ = load_pairs(a.data_dir, [AutoTokenizer.from_pretrained(backbone)], a.max_len)
     train_pairs = per_subset(pairs, a.steps * a.batch_pairs, random.Random(a.seed))
     seconds = {"moslim": [], "openrlhf": []}
     for _ in range(a.repeats):

@@ -250,9 +250,9 @@ def main(argv=None) -> int:
             url = f"http://127.0.0.1:{port}/get_reward"
             if server == "moslim":
                 cmd = [sys.executable, "-m", "moslim_plugin", "serve-reward", "--reward.model_name_or_path",
-                       str(checkpoint), "--port", str(port), "--log_level", "warning", "--device", args.device,
-                       "--max_batch_size", str(args.max_batch_size), "--max_wait_ms", str(args.max_wait_ms),
-                       "--data.max_len", "512"]  # fmt: skip
+                       str(checkpoint), "--server.port", str(port), "--server.log_level", "warning", "--moslim.device",
+                       args.device, "--server.max_batch_size", str(args.max_batch_size), "--server.max_wait_ms",
+                       str(args.max_wait_ms), "--moslim.max_length", "512"]  # fmt: skip
             else:
                 launcher = ["-c", SERVE_RM if on_gpu else SERVE_RM_FP32]
                 cmd = [sys.executable, *launcher, "--reward.model_name_or_path", str(checkpoint), "--port", str(port),

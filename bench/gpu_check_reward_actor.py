@@ -1,11 +1,11 @@
-"""GPU check of the in-process MOSLIM reward: `MoslimRewardModelActor.moslim_forward` in bf16 on one GPU.
+"""GPU check of the in-process MOSLIM reward: `MoslimRewardModelActor.forward` in bf16 on one GPU.
 
 Single GPU, no network, a few minutes. The reward model is a RANDOM-INIT SmolLM2-135M-sized Llama backbone (576
 hidden, 30 layers, 9/3 heads, 49152 vocab) with the helpsteer heads, saved as a MOSLIM checkpoint; the tokenizer
 (policy's and RM's) is a byte-level BPE with the ChatML template trained here in a second, so nothing is downloaded.
 Samples are built as OpenRLHF builds them (conditioned prompt + response token ids, the MOSLIM label), in
 micro-batches of `--micro-batch`. The actor is the real class (OpenRLHF's RewardModelActor subclass) instantiated in
-this process: its `init_model_from_pretrained` and `moslim_forward` run exactly as in a Ray worker, minus Ray's object
+this process: its `init_model_from_pretrained` and `forward` run exactly as in a Ray worker, minus Ray's object
 transport. Reported: samples/s and tokens/s of the actor, the same batches through `Scorer.score` alone (so the cost
 of decoding and splitting the policy's tokens shows), p50 latency per micro-batch, peak GPU memory.
 
@@ -112,7 +112,7 @@ def make_batches(tokenizer, spec, micro_batch, batches, response_tokens, rng):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--micro-batch", type=int, default=None, help="samples per moslim_forward (GPU 64, CPU 8)")
+    p.add_argument("--micro-batch", type=int, default=None, help="samples per reward forward (GPU 64, CPU 8)")
     p.add_argument(
         "--batches", type=int, default=None, help="timed micro-batches after 2 warm-up ones (GPU 12, CPU 3)"
     )
@@ -170,10 +170,10 @@ def main(argv=None) -> int:
         torch.cuda.reset_peak_memory_stats()
 
     actor_times, rewards = [], []
-    for i, batch in enumerate(tqdm(data, desc="moslim_forward")):
+    for i, (sequences, attention_mask, action_mask, prompts, labels) in enumerate(tqdm(data, desc="reward forward")):
         sync()
         t0 = time.perf_counter()
-        r, info = actor.moslim_forward(*batch)
+        r, info = actor.forward(sequences, attention_mask, action_mask=action_mask, prompts=prompts, labels=labels)
         sync()
         if i >= 2:
             actor_times.append(time.perf_counter() - t0)

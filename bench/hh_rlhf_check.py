@@ -1,29 +1,30 @@
 """Real-data check: MOSLIM classification RM vs OpenRLHF's pairwise RM on HH-RLHF, same backbone, same budget.
 
 Data: the helpful-base and harmless-base test splits in ../shared/data/hh-rlhf, split into training and held-out
-parts BY PROMPT (a conversation prefix never lands in both), pairs whose dialogue does not fit `--max_len` dropped so
-that neither model sees truncated text. Both models start from all-MiniLM-L6-v2 and get the same optimizer steps,
-batch (in pairs = 2 sequences each), learning rate, scheduler and data:
+parts BY PROMPT (a conversation prefix never lands in both). At the default `--max_len 512` (MiniLM's limit) 96 % of
+the pairs fit whole under both tokenizers; the rest are dropped so that neither model sees truncated text. Held-out
+pairs are drawn half from each file. Per backbone (`--backbones minilm,smollm2`: all-MiniLM-L6-v2, the SmolLM2-135M
+decoder), both models get the same training pairs in the same order, optimizer steps, batch (in pairs = 2
+sequences each), learning rate and scheduler:
 
 (a) MOSLIM: `train_rm.train_reward_model` with objectives helpful and harmless (spec `hh`). Each pair gives two
     classification rows: chosen = level 1, rejected = level 0 of its subset's objective; the other head is masked.
-    A held-out pair is ranked by the expected level of the subset's objective (= p[level 1]).
+    A held-out pair is ranked by the reward the mapping gives when the pair's objective is requested at level 1.
 (b) OpenRLHF: its own `RewardDataset` (chosen/rejected dialogues, as `openrlhf.cli.train_rm` reads HH-RLHF),
     `get_llm_for_sequence_regression(..., "reward")`, and `RewardModelTrainer.fit` with its `PairWiseLoss`.
     `RewardModelTrainer` cannot get OpenRLHF's DeepspeedStrategy on a CPU torch build (`setup_distributed` calls
-    `torch.cuda.set_device`), so it runs on `train_rm.TorchStrategy`, the same AdamW + scheduler + accumulation the
+    `torch.cuda.set_device`), so it runs on `TorchStrategy`, the same AdamW + scheduler + accumulation the
     MOSLIM trainer uses here. Weights are loaded in fp32 (OpenRLHF accepts only bf16/fp16; the dtype lookup is
     widened for this run) so neither side is handicapped by precision.
 
-Held-out pairwise accuracy = share of pairs where chosen scores strictly higher than rejected.
+Held-out pairwise accuracy is `evaluate-rm`'s (`evaluate_rm.pairwise_accuracy`: ties count half, bootstrap 95 %
+interval). Results are written after each backbone, so a run stopped during the second keeps the first.
 
-    nice -n 10 .venv/bin/python -m bench.hh_rlhf_check
+    nice -n 10 .venv/bin/python -m bench.hh_rlhf_check                       # both backbones
+    nice -n 10 .venv/bin/python -m bench.hh_rlhf_check --backbones smollm2 --steps 6 --lr 3e-5
 
-Measured with these defaults (2026-11-27, 2 CPU cores shared with other jobs, load average ~10): 23.4 min wall,
-of which the two training loops took 499 s (MOSLIM) and 633 s (OpenRLHF); the rest is model loading, tokenising
-the 4,666 pairs for the length filter, and scoring 200 held-out pairs with each model. That misses the 20-minute
-target on this shared machine; a run on an idle one has not been measured. With 200 held-out pairs the standard
-error of an accuracy near 0.55 is about 0.035: differences below ~0.07 are noise.
+The defaults are sized for a shared 2-core CPU and are SMALL (MiniLM 16 steps x 8 pairs); see docs/benchmarks.md
+for what they measured and what they cannot show.
 """
 
 import argparse
@@ -37,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from bench import RESULTS_DIR, write_result
+from moslim_plugin.data.evaluate_rm import pairwise_accuracy
 from moslim_plugin.data.ratings import read_records, split_hh_dialogue
 from moslim_plugin.data.train_rm import TorchStrategy, parse_args, split_by_question, train_reward_model
 from moslim_plugin.integration import compat
@@ -44,17 +46,20 @@ from moslim_plugin.integration import compat
 SUBSETS = ("helpful", "harmless")
 
 
-def load_pairs(data_dir, tokenizer, max_len):
-    """HH-RLHF pairs that fit max_len tokens whole (both sides, with the special tokens either model adds)."""
+def load_pairs(data_dir, tokenizers, max_len):
+    """HH-RLHF pairs that fit max_len tokens whole under every tokenizer (both sides, plus special tokens)."""
     pairs, dropped = [], 0
     for subset in SUBSETS:
         for row in read_records(os.path.join(data_dir, "hh-rlhf", f"{subset}-base-test.jsonl.gz")):
             question, chosen = split_hh_dialogue(row["chosen"])
             other, rejected = split_hh_dialogue(row["rejected"])
+            # +16: room for the chat template (SmolLM2) or [CLS]/[SEP] (MiniLM) around the dialogue.
             longest = max(
-                len(tokenizer(row[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected")
+                len(tok(row[k], add_special_tokens=False)["input_ids"])
+                for k in ("chosen", "rejected")
+                for tok in tokenizers
             )
-            if other != question or chosen == rejected or longest + 3 > max_len:
+            if other != question or chosen == rejected or longest + 16 > max_len:
                 dropped += 1
                 continue
             pairs.append(
@@ -84,11 +89,11 @@ def per_subset(pairs, n, rng):
 
 
 def accuracy(pairs, chosen_scores, rejected_scores):
-    wins = [c > r for c, r in zip(chosen_scores, rejected_scores)]
-    result = {"all": sum(wins) / len(wins)}
+    """evaluate-rm's pairwise accuracy (ties half, bootstrap 95 % interval), overall and per subset."""
+    result = {"all": pairwise_accuracy(chosen_scores, rejected_scores)}
     for subset in SUBSETS:
-        w = [x for x, p in zip(wins, pairs) if p["subset"] == subset]
-        result[subset] = sum(w) / len(w)
+        keep = [i for i, p in enumerate(pairs) if p["subset"] == subset]
+        result[subset] = pairwise_accuracy([chosen_scores[i] for i in keep], [rejected_scores[i] for i in keep])
     return result
 
 
@@ -114,7 +119,7 @@ def train_moslim(train_pairs, eval_pairs, backbone, a, workdir):
         "hh",
         backbone,
         out,
-        eval_data=rows(eval_pairs[:64] or train_pairs[:4]),
+        eval_data=rows(eval_pairs[:16] or train_pairs[:4]),
         max_steps=a.steps,
         micro_batch_size=2 * a.micro_batch_pairs,
         batch_size=2 * a.batch_pairs,
@@ -125,20 +130,20 @@ def train_moslim(train_pairs, eval_pairs, backbone, a, workdir):
     )["train_seconds"]
     if not eval_pairs:
         return None, train_seconds
-    # Scored through the product's own path: Scorer.from_pretrained + score(), expected level of the pair's objective.
+    # Scored through the product's own path (evaluate-rm's): Scorer.from_pretrained + score(), i.e. the reward the
+    # mapping gives when the pair's objective is requested at its top level.
     from moslim_plugin.core.scorer import Scorer
 
-    scorer = Scorer.from_pretrained(out, max_length=a.max_len, batch_size=16)
+    scorer = Scorer.from_pretrained(out, max_length=a.max_len, batch_size=8)
     scores = {}
     for side in ("chosen", "rejected"):
         scores[side] = []
-        for i in tqdm(range(0, len(eval_pairs), 64), desc=f"moslim eval {side}"):
-            batch = eval_pairs[i : i + 64]
+        for i in tqdm(range(0, len(eval_pairs), 32), desc=f"moslim eval {side}"):
+            batch = eval_pairs[i : i + 32]
             result = scorer.score(
                 [p["question"] for p in batch], [p[side] for p in batch], [{p["subset"]: 1} for p in batch]
             )
-            heads = torch.tensor([SUBSETS.index(p["subset"]) for p in batch])
-            scores[side] += result.expected_level[torch.arange(len(batch)), heads].tolist()
+            scores[side] += result.rewards.tolist()
     return accuracy(eval_pairs, scores["chosen"], scores["rejected"]), train_seconds
 
 
@@ -202,7 +207,8 @@ def train_openrlhf(train_pairs, eval_pairs, backbone, a, workdir):
             str(backbone), "reward", param_dtype="fp32", attn_implementation="sdpa", init_value_head=True
         )
     tokenizer = get_tokenizer(str(backbone), model, "left", strategy)
-    tokenizer.eos_token = tokenizer.sep_token  # BERT has no eos; RewardDataset ends every sequence with one
+    if tokenizer.eos_token is None:
+        tokenizer.eos_token = tokenizer.sep_token  # BERT has no eos; RewardDataset ends every sequence with one
 
     def dataset(pairs):
         data = Dataset.from_list([{"chosen": p["chosen_text"], "rejected": p["rejected_text"]} for p in pairs])
@@ -232,7 +238,7 @@ def train_openrlhf(train_pairs, eval_pairs, backbone, a, workdir):
     if not eval_pairs:
         return None, seconds
 
-    eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=16, shuffle=False, collate_fn=eval_set.collate_fn)
+    eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=8, shuffle=False, collate_fn=eval_set.collate_fn)
     chosen, rejected = [], []
     model.eval()
     with torch.no_grad():
@@ -250,18 +256,27 @@ def draw(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    backbones = list(results["backbones"])
+    fig, axes = plt.subplots(1, len(backbones), figsize=(5.5 * len(backbones), 3.6), squeeze=False)
     groups, width = ("all", *SUBSETS), 0.38
-    for j, (name, label) in enumerate((("moslim", "MOSLIM classification RM"), ("openrlhf", "OpenRLHF pairwise RM"))):
-        values = [results[name]["pairwise_accuracy"][g] for g in groups]
-        bars = ax.bar([i + (j - 0.5) * width for i in range(len(groups))], values, width, label=label)
-        ax.bar_label(bars, fmt="%.3f", fontsize=8)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(range(len(groups)), [f"{g} (n={results['eval_pairs'][g]})" for g in groups])
-    ax.set_ylabel("held-out pairwise accuracy")
-    ax.set_ylim(0.4, 0.8)
-    ax.set_title("HH-RLHF, all-MiniLM-L6-v2, same budget", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    for ax, backbone in zip(axes[0], backbones):
+        for j, (name, label) in enumerate((("moslim", "MOSLIM classification RM"), ("openrlhf", "OpenRLHF pairwise"))):
+            accs = [results["backbones"][backbone][name]["pairwise_accuracy"][g] for g in groups]
+            values = [acc["accuracy"] for acc in accs]
+            errors = [
+                [v - acc["ci95"][0] for v, acc in zip(values, accs)],
+                [acc["ci95"][1] - v for v, acc in zip(values, accs)],
+            ]
+            xs = [i + (j - 0.5) * width for i in range(len(groups))]
+            bars = ax.bar(xs, values, width, yerr=errors, capsize=3, label=label)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, label_type="center")
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(len(groups)), [f"{g} (n={results['eval_pairs'][g]})" for g in groups], fontsize=8)
+        ax.set_ylabel("held-out pairwise accuracy (95 % CI)")
+        ax.set_ylim(0.2, 1.0)
+        b = results["backbones"][backbone]
+        ax.set_title(f"{backbone}, {b['train_pairs']} train pairs, max_len {results['max_len']}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -269,12 +284,13 @@ def draw(results, path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-    p.add_argument("--steps", type=int, default=64, help="optimizer steps for each model")
-    p.add_argument("--batch_pairs", type=int, default=16, help="pairs per optimizer step")
-    p.add_argument("--micro_batch_pairs", type=int, default=8)
-    p.add_argument("--eval_pairs", type=int, default=200, help="held-out pairs, half per subset")
-    p.add_argument("--max_len", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--backbones", default="minilm,smollm2", help="comma list of minilm, smollm2")
+    p.add_argument("--steps", default="16,6", help="optimizer steps per backbone (comma list, same order)")
+    p.add_argument("--lr", default="1e-4,3e-5", help="learning rate per backbone (comma list, same order)")
+    p.add_argument("--batch_pairs", type=int, default=8, help="pairs per optimizer step")
+    p.add_argument("--micro_batch_pairs", type=int, default=4)
+    p.add_argument("--eval_pairs", type=int, default=100, help="held-out pairs, half per subset")
+    p.add_argument("--max_len", type=int, default=512)
     p.add_argument("--eval_ratio", type=float, default=0.3, help="share of prompts held out")
     p.add_argument("--seed", type=int, default=42)
     a = p.parse_args(argv)
@@ -282,46 +298,63 @@ def main(argv=None) -> int:
     compat.install()
     from transformers import AutoTokenizer
 
-    from moslim_plugin.demo.real_models import minilm_path
+    from moslim_plugin.demo.real_models import minilm_path, smollm2_path
 
-    backbone = minilm_path()
-    pairs, dropped = load_pairs(a.data_dir, AutoTokenizer.from_pretrained(backbone), a.max_len)
+    names = a.backbones.split(",")
+    paths = {"minilm": minilm_path, "smollm2": smollm2_path}
+    backbones = {name: paths[name]() for name in names}
+    steps = dict(zip(names, map(int, a.steps.split(","))))
+    lrs = dict(zip(names, map(float, a.lr.split(","))))
+    tokenizers = [AutoTokenizer.from_pretrained(path) for path in backbones.values()]
+    pairs, dropped = load_pairs(a.data_dir, tokenizers, a.max_len)
     train_part, held_part = split_by_question(pairs, a.eval_ratio, a.seed)
     assert not {p["question"] for p in train_part} & {p["question"] for p in held_part}
     rng = random.Random(a.seed)
-    train_pairs = per_subset(train_part, a.steps * a.batch_pairs, rng)
+    # One draw of training pairs; a backbone with fewer steps takes a prefix of it (same pairs, same order).
+    all_train = per_subset(train_part, max(steps.values()) * a.batch_pairs, rng)
     eval_pairs = per_subset(held_part, a.eval_pairs, rng)
 
-    with tempfile.TemporaryDirectory(prefix="hh-check-") as workdir:
-        moslim_acc, moslim_s = train_moslim(train_pairs, eval_pairs, backbone, a, workdir)
-        openrlhf_acc, openrlhf_s = train_openrlhf(train_pairs, eval_pairs, backbone, a, workdir)
-
     results = {
+        "max_len": a.max_len,
         "pairs_fitting_max_len": len(pairs),
         "pairs_dropped": dropped,
-        "train_pairs": len(train_pairs),
         "eval_pairs": {"all": len(eval_pairs), **{s: sum(p["subset"] == s for p in eval_pairs) for s in SUBSETS}},
-        "moslim": {"pairwise_accuracy": moslim_acc, "train_seconds": moslim_s},
-        "openrlhf": {"pairwise_accuracy": openrlhf_acc, "train_seconds": openrlhf_s},
-        "wall_seconds": time.perf_counter() - started,
+        "backbones": {},
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    draw(results, RESULTS_DIR / "hh_rlhf_check.png")
-    summary = (
-        f"held-out pairwise accuracy, {len(eval_pairs)} pairs: MOSLIM {moslim_acc['all']:.3f} "
-        f"(helpful {moslim_acc['helpful']:.3f}, harmless {moslim_acc['harmless']:.3f}) vs OpenRLHF pairwise "
-        f"{openrlhf_acc['all']:.3f} (helpful {openrlhf_acc['helpful']:.3f}, harmless {openrlhf_acc['harmless']:.3f}); "
-        f"train {moslim_s:.0f} s vs {openrlhf_s:.0f} s"
-    )
-    headline = [
-        {
-            "metric": "pairwise accuracy MOSLIM minus OpenRLHF (held-out HH-RLHF)",
-            "value": moslim_acc["all"] - openrlhf_acc["all"],
-            "target": ">= -0.02 (parity)",
-            "met": moslim_acc["all"] - openrlhf_acc["all"] >= -0.02,
+    headline, summary = [], []
+    for name, backbone in backbones.items():
+        b = argparse.Namespace(**{**vars(a), "steps": steps[name], "lr": lrs[name]})
+        train_pairs = all_train[: b.steps * a.batch_pairs]
+        with tempfile.TemporaryDirectory(prefix="hh-check-") as workdir:
+            moslim_acc, moslim_s = train_moslim(train_pairs, eval_pairs, backbone, b, workdir)
+            openrlhf_acc, openrlhf_s = train_openrlhf(train_pairs, eval_pairs, backbone, b, workdir)
+        results["backbones"][name] = {
+            "train_pairs": len(train_pairs),
+            "steps": b.steps,
+            "lr": b.lr,
+            "moslim": {"pairwise_accuracy": moslim_acc, "train_seconds": moslim_s},
+            "openrlhf": {"pairwise_accuracy": openrlhf_acc, "train_seconds": openrlhf_s},
         }
-    ]
-    write_result("hh_rlhf_check", vars(a), results, summary, headline)
+        m, o = moslim_acc["all"], openrlhf_acc["all"]
+        summary.append(
+            f"{name}: MOSLIM {m['accuracy']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] vs OpenRLHF pairwise "
+            f"{o['accuracy']:.3f} [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}] ({len(train_pairs)} train pairs, "
+            f"{moslim_s:.0f} s vs {openrlhf_s:.0f} s)"
+        )
+        headline.append(
+            {
+                "metric": f"pairwise accuracy MOSLIM minus OpenRLHF, {name} at {a.max_len} tokens (held-out HH-RLHF)",
+                "value": m["accuracy"] - o["accuracy"],
+                "target": ">= -0.02 (parity)",
+                "met": m["accuracy"] - o["accuracy"] >= -0.02,
+            }
+        )
+        # Written after every backbone: a long run that is stopped keeps what it measured.
+        results["wall_seconds"] = time.perf_counter() - started
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        draw(results, RESULTS_DIR / "hh_rlhf_check.png")
+        line = f"held-out pairwise accuracy, {len(eval_pairs)} pairs, {a.max_len} tokens: " + "; ".join(summary)
+        write_result("hh_rlhf_check", vars(a), results, line, headline)
     return 0
 
 

@@ -2,9 +2,10 @@
 # environment. Usage:  bash launch/grpo.sh [inprocess|remote]      (DRY_RUN=1 prints the command instead)
 #
 #   inprocess: the MOSLIM reward model runs in OpenRLHF's reward-model actors (--reward.model_name_or_path).
-#   remote:    the MOSLIM reward runs in the vLLM engine actors as a `reward_func` .py file (--reward.remote_url),
-#              configured by MOSLIM_* env vars in the job's runtime env. To use a running `moslim-openrlhf
-#              serve-reward` instead, set MOSLIM_REMOTE_URL=http://HOST:5000/get_reward.
+#   remote:    the MOSLIM reward runs in the vLLM engine actors as a `reward_func` .py file (--reward.remote_url).
+#              The launcher validates the --moslim.* reward flags and hands them to the file itself. To use a
+#              running `moslim-openrlhf serve-reward` instead, set MOSLIM_REMOTE_URL=http://HOST:5000/get_reward
+#              (started with the same --moslim.* reward flags: the launcher compares them with its /health).
 set -euo pipefail
 
 : "${RAY_ADDRESS:=http://127.0.0.1:8265}"
@@ -43,14 +44,14 @@ case "$REWARD_VARIANT" in
     ;;
   remote)
     # The reward_func file inside the installed plugin (the same path on every node of a uniform cluster image),
-    # unless a running `moslim-openrlhf serve-reward` is named.
-    REWARD_URL="${MOSLIM_REMOTE_URL:-$(python3 -m moslim_plugin reward-func-path)}"
-    REWARD_ARGS=(--reward.remote_url "$REWARD_URL")
-    # The .py reward function reads its configuration from these (OpenRLHF passes it nothing but the path).
-    RUNTIME_ENV="$(MOSLIM_RM="$MOSLIM_RM" MOSLIM_MAPPING="$MOSLIM_MAPPING" MOSLIM_MAPPING_KWARGS="$MOSLIM_MAPPING_KWARGS" \
-      python3 -c 'import json, os; print(json.dumps({"env_vars": {"MOSLIM_RM_PATH": os.environ["MOSLIM_RM"],
-      "MOSLIM_MAPPING": os.environ["MOSLIM_MAPPING"], "MOSLIM_MAPPING_KWARGS": os.environ["MOSLIM_MAPPING_KWARGS"],
-      "MOSLIM_STRICT": "1"}}))')"
+    # unless a running `moslim-openrlhf serve-reward` is named (it loads its own reward model).
+    if [[ -n "${MOSLIM_REMOTE_URL:-}" ]]; then
+      REWARD_ARGS=(--reward.remote_url "$MOSLIM_REMOTE_URL" --moslim.strict)
+    else
+      REWARD_ARGS=(--reward.remote_url "$(python3 -m moslim_plugin reward-func-path)"
+        --reward.model_name_or_path "$MOSLIM_RM" --moslim.strict)
+    fi
+    RUNTIME_ENV='{}'
     ;;
   *)
     echo "usage: $0 [inprocess|remote]" >&2

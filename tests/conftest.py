@@ -1,7 +1,9 @@
 """Shared fixtures. No tests/__init__.py: OpenRLHF's wheel installs a top-level package named `tests`."""
 
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,10 @@ from moslim_plugin.integration import compat  # noqa: E402
 
 # Mocks what cannot exist on a CPU machine (flash-attn): the shim is product code, used the same way at run time.
 compat.install()
+
+# Shared test helpers (tests/helpers_*.py) are imported by name; --import-mode=importlib does not put this folder on
+# sys.path. Appended, so nothing here can shadow an installed module.
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -40,3 +46,30 @@ def minilm_dir():
     from moslim_plugin.demo.real_models import minilm_path
 
     return minilm_path()
+
+
+# ../shared beside the checkout (the project's real data), found from this file, never from the working directory.
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} is missing: these tests read the real data in ../shared beside the checkout")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_dir):
+    """A random-init 2-layer BERT with MiniLM's real tokenizer: the training loop, not the weights, is tested."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128
+    )
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
+    return path

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from moslim_plugin.core.directives import label_to_request, parse_directive, request_to_label
+from moslim_plugin import UserError
+from moslim_plugin.core.directives import apply_directive, label_to_request, parse_directive, request_to_label
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.data.datasets import TargetSampler, condition_row, condition_rows, main
 
@@ -79,7 +80,10 @@ def test_condition_row_places_directive_in_system_message_and_keeps_raw_question
 
 @pytest.mark.unit
 def test_rows_already_carrying_a_moslim_label_pass_through_unchanged():
-    labelled = {"question": "hi", "label": request_to_label(SPEC, {"verbosity": 0})}
+    labelled = {
+        "question": apply_directive(SPEC, {"verbosity": 0}, "hi"),
+        "label": request_to_label(SPEC, {"verbosity": 0}),
+    }
     sampler = TargetSampler(SPEC, "uniform")
     assert condition_row(labelled, SPEC, sampler, 0, **KEYS) is labelled
     with pytest.raises(ValueError, match="non-MOSLIM label '42'"):
@@ -138,5 +142,5 @@ def test_bad_prompt_files_fail_naming_file_and_row(tmp_path):
         condition_rows([], SPEC, TargetSampler(SPEC), source=empty, **KEYS)
     with pytest.raises(ValueError, match=r"p\.jsonl: row 1: no input column 'question'"):
         condition_rows([{"question": "a"}, {"text": "b"}], SPEC, TargetSampler(SPEC), source="p.jsonl", **KEYS)
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):  # one line from the CLI, not a traceback
         main(["--data.dataset", str(tmp_path / "nope.jsonl"), "--moslim.spec", "hh", "--moslim.output", "x.jsonl"])

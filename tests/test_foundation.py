@@ -52,17 +52,11 @@ def test_packing_and_ring_attention_without_flash_attn_are_refused_by_name():
 
 @pytest.mark.integration
 def test_real_openrlhf_builds_a_reward_model_from_a_tiny_local_config(tmp_path):
+    from helpers_models import tiny_llama_config
     from openrlhf.models import get_llm_for_sequence_regression
-    from transformers import LlamaConfig, LlamaModel
+    from transformers import LlamaModel
 
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
+    config = tiny_llama_config(vocab_size=128)
     LlamaModel(config).save_pretrained(tmp_path)
     model = get_llm_for_sequence_regression(
         str(tmp_path), "reward", param_dtype="bf16", attn_implementation="eager", init_value_head=True
@@ -113,17 +107,11 @@ def test_cli_before_setup_prints_a_one_line_hint_not_a_traceback(tmp_path):
 
 @pytest.mark.gpu
 def test_stock_openrlhf_reward_model_runs_in_bf16_on_cuda(tmp_path):
+    from helpers_models import tiny_llama_config
     from openrlhf.models import get_llm_for_sequence_regression
-    from transformers import LlamaConfig, LlamaModel
+    from transformers import LlamaModel
 
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-    )
+    config = tiny_llama_config(hidden_size=64, intermediate_size=128, vocab_size=256)
     LlamaModel(config).save_pretrained(tmp_path)
     model = get_llm_for_sequence_regression(
         str(tmp_path), "reward", param_dtype="bf16", attn_implementation="sdpa", init_value_head=True

@@ -14,21 +14,31 @@ from pathlib import Path
 from types import SimpleNamespace as NS
 
 import pytest
+from helpers_reward import write_config_only_rm
 
-from moslim_plugin.integration import activate, launcher
+from moslim_plugin.core.spec import load_spec
+from moslim_plugin.integration import activate, launcher, reward_config
+from moslim_plugin.integration.remote_reward import REWARD_FUNC_FILE
 
 HOOK_ENV = launcher.RAY_SETUP_HOOK_ENV_VAR
 ROOT = Path(__file__).parent.parent
 
 
-def openrlhf_args(label_key="label", chat=True, rm=None, remote="http://127.0.0.1:5000/get_reward", estimator="rloo"):
+@pytest.fixture
+def rm(tmp_path):
+    """A MOSLIM checkpoint for the hh spec, config.json only: the driver checks it without loading weights."""
+    return str(write_config_only_rm(tmp_path / "rm", "hh"))
+
+
+def openrlhf_args(label_key="label", chat=True, rm=None, remote=None, estimator="rloo", agent=None):
     """The parts of OpenRLHF's hierarchized args that the MOSLIM checks read."""
     return NS(
-        data=NS(apply_chat_template=chat, label_key=label_key),
+        data=NS(apply_chat_template=chat, label_key=label_key, max_len=1024),
         reward=NS(model_name_or_path=rm, remote_url=remote),
-        train=NS(agent_func_path=None),
+        train=NS(agent_func_path=agent),
         algo=NS(advantage=NS(estimator=estimator)),
         critic=NS(model_name_or_path=None),
+        rollout=NS(max_new_tokens=256),
     )
 
 
@@ -48,47 +58,86 @@ def test_a_misspelt_moslim_flag_is_refused_with_the_list_of_moslim_flags(capsys)
 
 
 @pytest.mark.unit
-def test_moslim_flags_are_parsed_into_what_every_worker_needs():
+def test_moslim_flags_are_parsed_into_what_every_worker_needs(rm):
     m = launcher.check_moslim_args(
         moslim_flags(
-            "--moslim.spec", "hh", "--moslim.targets", "fixed", "--moslim.fixed", "helpful=1,harmless=0",
+            "--moslim.spec", "hh", "--moslim.sampling", "fixed", "--moslim.fixed", "helpful=1,harmless=0",
             "--moslim.mapping_kwargs", '{"norm": "sample"}', "--moslim.seed", "7",
         ),
-        openrlhf_args(),
+        openrlhf_args(rm=rm),
     )  # fmt: skip
     assert m.sampling == "fixed" and m.fixed == {"helpful": 1, "harmless": 0} and m.seed == 7
-    assert m.mapping_kwargs == {"norm": "sample"}
     assert m.spec_dict["objectives"][0]["name"] == "helpful"  # the spec itself travels, not a path
-    assert m.in_process is False  # remote reward
+    assert m.in_process is True and m.reward.rm_path == rm
+    assert m.reward.mapping_kwargs == {"norm": "sample"}  # one reward configuration, validated here
+    assert m.reward.spec_fingerprint == load_spec("hh").fingerprint
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize(
     "flags, args, message",
     [
-        (["--moslim.sampling", "uniform"], openrlhf_args(), "needs --moslim.spec"),
-        (["--moslim.spec", "hh", "--moslim.sampling", "uniform"], openrlhf_args(label_key=None), "--data.label_key"),
-        (["--moslim.spec", "hh", "--moslim.sampling", "subset"], openrlhf_args(chat=False), "apply_chat_template"),
-        (["--moslim.spec", "hh", "--moslim.fixed", "helpful=1"], openrlhf_args(), "only apply with"),
-        (["--moslim.mapping_kwargs", "{norm: 1}"], openrlhf_args(), "--moslim.mapping_kwargs '{norm: 1}' is not JSON"),
-        (["--moslim.mapping_kwargs", "[1]"], openrlhf_args(), "must be a JSON object"),
-        (["--moslim.spec", "hh", "--moslim.sampling", "fixed", "--moslim.fixed", "helpful=yes"], openrlhf_args(),
+        (["--moslim.sampling", "uniform"], dict(), "needs --moslim.spec"),
+        (["--moslim.spec", "hh", "--moslim.sampling", "uniform"], dict(label_key=None), "--data.label_key"),
+        (["--moslim.spec", "hh", "--moslim.sampling", "subset"], dict(chat=False), "apply_chat_template"),
+        (["--moslim.spec", "hh", "--moslim.fixed", "helpful=1"], dict(), "only apply with"),
+        (["--moslim.mapping_kwargs", "{norm: 1}"], dict(), "--moslim.mapping_kwargs '{norm: 1}' is not JSON"),
+        (["--moslim.mapping_kwargs", "[1]"], dict(), "must be a JSON object"),
+        (["--moslim.spec", "hh", "--moslim.sampling", "fixed", "--moslim.fixed", "helpful=yes"], dict(),
          "levels must be integers"),
-        (["--moslim.spec", "hh", "--moslim.sampling", "uniform"], openrlhf_args(rm="/no/such/rm", remote=None),
-         "nothing would score them"),
+        (["--moslim.mapping_kwargs", '{"norm": "dataset "}'], dict(), "'norm' must be one of .* got 'dataset '"),
+        (["--moslim.mapping_kwargs", '{"eps": -1}'], dict(), "'eps' must be a number in .* got -1"),
+        (["--moslim.max_length", "0"], dict(), "--moslim.max_length 0: expected an integer >= 8"),
+        (["--moslim.spec", "helpsteer"], dict(), "objective spec mismatch"),  # the RM was trained for hh
     ],
 )  # fmt: skip
-def test_moslim_flags_that_contradict_openrlhf_flags_stop_the_launch_by_name(flags, args, message):
+def test_moslim_flags_that_contradict_openrlhf_flags_or_the_reward_model_stop_the_launch_by_name(
+    rm, flags, args, message
+):
     with pytest.raises(SystemExit) as exit_info:
-        launcher.check_moslim_args(moslim_flags(*flags), args)
-    assert message in str(exit_info.value.code)
+        launcher.check_moslim_args(moslim_flags(*flags), openrlhf_args(rm=rm, **args))
+    assert re.search(message, str(exit_info.value.code)), exit_info.value.code
 
 
 @pytest.mark.unit
-def test_ppo_with_an_in_process_moslim_reward_model_needs_an_explicit_critic(tmp_path):
-    # is_moslim_checkpoint reads only config.json: a folder with the `moslim` entry is a MOSLIM checkpoint to it.
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "moslim": {"format_version": 1}}))
-    args = openrlhf_args(rm=str(tmp_path), remote=None, estimator="gae")
+@pytest.mark.parametrize(
+    "flags, args, message",
+    [
+        (["--moslim.spec", "hh", "--moslim.sampling", "uniform"], dict(rm="/no/such/rm"),
+         "nothing would score them: --reward.model_name_or_path '/no/such/rm' is not a MOSLIM checkpoint"),
+        (["--moslim.mapping", "expected_level"], dict(rm="/no/such/rm"),
+         r"\['--moslim.mapping'\] would do nothing: --reward.model_name_or_path '/no/such/rm' is not a MOSLIM"),
+        (["--moslim.max_length", "256"], dict(rm="RM", agent="agent.py"),
+         "would do nothing: --train.agent_func_path agent.py computes its own rewards"),
+        (["--moslim.strict"], dict(remote="/x/my_reward.py"),
+         "would do nothing: --reward.remote_url /x/my_reward.py is not a MOSLIM reward function"),
+        ([], dict(remote=str(REWARD_FUNC_FILE)), "loads the reward model named by --reward.model_name_or_path"),
+    ],
+)  # fmt: skip
+def test_flags_that_would_do_nothing_are_refused_with_the_reason(flags, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.check_moslim_args(moslim_flags(*flags), openrlhf_args(**args))
+    assert re.search(message, str(exit_info.value.code)), exit_info.value.code
+
+
+@pytest.mark.unit
+def test_the_reward_func_path_gets_the_same_configuration_through_the_runtime_env(rm):
+    m = launcher.check_moslim_args(
+        moslim_flags("--moslim.mapping", "expected_level", "--moslim.strict"),
+        openrlhf_args(rm=rm, remote=str(REWARD_FUNC_FILE)),
+    )
+    assert m.in_process is False and m.reward.mapping == "expected_level" and m.reward.strict
+    env = launcher.driver_runtime_env({}, reward=m.reward)
+    assert reward_config.from_env(env["env_vars"]) == m.reward  # what the .py file will read in the workers
+    # A job that still sets the per-setting env vars would silently lose them: refused.
+    job = {"runtime_env": {"env_vars": {"MOSLIM_MAPPING": "moslim"}}}
+    with pytest.raises(SystemExit, match=r"sets \['MOSLIM_MAPPING'\]: the reward configuration comes only from"):
+        launcher.driver_runtime_env({launcher.RAY_JOB_CONFIG_JSON_ENV_VAR: json.dumps(job)}, reward=m.reward)
+
+
+@pytest.mark.unit
+def test_ppo_with_an_in_process_moslim_reward_model_needs_an_explicit_critic(rm):
+    args = openrlhf_args(rm=rm, estimator="gae")
     with pytest.raises(SystemExit, match="--critic.model_name_or_path"):
         launcher.check_moslim_args(moslim_flags(), args)
     args.critic.model_name_or_path = "policy"
@@ -96,6 +145,14 @@ def test_ppo_with_an_in_process_moslim_reward_model_needs_an_explicit_critic(tmp
     args.data.label_key = None  # the targets travel in the label
     with pytest.raises(SystemExit, match="--data.label_key"):
         launcher.check_moslim_args(moslim_flags(), args)
+
+
+@pytest.mark.unit
+def test_a_generation_longer_than_the_reward_models_max_length_is_announced(rm, capsys):
+    args = openrlhf_args(rm=rm)
+    args.rollout.max_new_tokens = 2048
+    launcher.check_moslim_args(moslim_flags(), args)
+    assert "may generate 2048 tokens, more than --moslim.max_length 512" in capsys.readouterr().err
 
 
 @pytest.mark.unit
@@ -156,7 +213,8 @@ def test_launch_scripts_submit_only_flags_that_openrlhf_and_the_plugin_know(scri
     assert estimator == expected[script]
     if variant == "remote":
         assert Path(rest[rest.index("--reward.remote_url") + 1]).is_file()  # the plugin's reward_func file
-        assert runtime_env["env_vars"]["MOSLIM_STRICT"] == "1"
+        assert "--moslim.strict" in entrypoint and "--reward.model_name_or_path" in rest
+        assert not [key for key in runtime_env.get("env_vars", {}) if key.startswith("MOSLIM_")]  # no hand copies
     else:
         assert "--reward.model_name_or_path" in rest and "--reward.remote_url" not in rest
     # Nothing the launcher itself declares at ray.init may be in the job's runtime env twice.

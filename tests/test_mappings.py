@@ -306,7 +306,7 @@ def _write_plugin(tmp_path, body):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: moslim-test-mapping-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[moslim_plugin.core.mappings]\nhalf_target = moslim_test_mapping_plugin:half_target\n"
+        "[moslim_plugin.mappings]\nhalf_target = moslim_test_mapping_plugin:half_target\n"
         "broken = moslim_test_mapping_plugin:broken\n"
     )
 
@@ -332,7 +332,7 @@ def test_resolve_mapping_loads_an_installed_entry_point(tmp_path, monkeypatch):
     assert parse_mapping_kwargs(fn, '{"scale": 2}') == {"scale": 2}
     with pytest.raises(ValueError, match=r"entry point 'moslim_test_mapping_plugin:broken' must accept \(probs, "):
         resolve_mapping("broken")
-    with pytest.raises(ValueError, match=r"entry points \(moslim_plugin.core.mappings\): \['broken', 'half_target'\]"):
+    with pytest.raises(ValueError, match=r"entry points \(moslim_plugin.mappings\): \['broken', 'half_target'\]"):
         resolve_mapping("nonexistent")
 
 

@@ -123,28 +123,22 @@ def test_openrlhfs_prompt_dataset_built_through_the_hook_matches_prepare_prompts
     from openrlhf.datasets.utils import blending_datasets
     from transformers import AutoTokenizer
 
-    from moslim_plugin.core.directives import label_to_request, parse_directive, request_to_label
+    from moslim_plugin.core.directives import apply_directive, label_to_request, parse_directive, request_to_label
     from moslim_plugin.core.spec import load_spec
     from moslim_plugin.data import datasets
 
     spec = load_spec("hh")
     rows = hh_prompt_rows(6)
     already = request_to_label(spec, {"harmless": 1})
-    rows[2]["label"] = already  # a prompt that already carries a MOSLIM label passes through
+    # A prompt that already carries a MOSLIM label and the matching directive passes through.
+    rows[2] = {"input": apply_directive(spec, {"harmless": 1}, rows[2]["input"]), "label": already}
     data_file = tmp_path / "prompts.jsonl"
     data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     flags = ["--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "11", "--moslim.placement",
              "user_prefix"]  # fmt: skip
 
-    args = NS(
-        data=NS(apply_chat_template=True, label_key="label", input_key="input"),
-        reward=NS(model_name_or_path=None, remote_url="http://127.0.0.1:5000/get_reward"),
-        train=NS(agent_func_path=None),
-        use_ms=False,
-    )
-    args.moslim = launcher.check_moslim_args(launcher.split_argv(flags)[0], args)
-    strategy = NS(args=args, is_rank_0=lambda: True, print=lambda *a: None)
+    strategy = hook_strategy(flags, tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
 
     patches.apply(PROMPT_DATASET)
@@ -160,6 +154,130 @@ def test_openrlhfs_prompt_dataset_built_through_the_hook_matches_prepare_prompts
              for row in offline]  # fmt: skip
     expected = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
     assert dataset.prompts == expected
-    assert dataset.labels[2] == already and "[Preferences]" not in dataset.prompts[2]
-    for i in (0, 1, 3, 4, 5):
+    assert dataset.labels[2] == already
+    for i in range(6):
         assert parse_directive(spec, dataset.prompts[i]) == label_to_request(spec, dataset.labels[i])
+
+
+def hook_strategy(flags, tmp_path):
+    """The strategy OpenRLHF hands PromptDataset, with args.moslim as the launcher builds it (MOSLIM RM: hh)."""
+    from helpers_reward import write_config_only_rm
+
+    args = NS(
+        data=NS(apply_chat_template=True, label_key="label", input_key="input"),
+        reward=NS(model_name_or_path=str(write_config_only_rm(tmp_path / "rm", "hh")), remote_url=None),
+        train=NS(agent_func_path=None),
+        algo=NS(advantage=NS(estimator="rloo")),
+        use_ms=False,
+    )
+    args.moslim = launcher.check_moslim_args(launcher.split_argv(flags)[0], args)
+    return NS(args=args, is_rank_0=lambda: True, print=lambda *a: None)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "directive, label, message",
+    [
+        (None, {"harmless": 1}, "the label requests {'harmless': 1} but the prompt has no valid directive"),
+        ({"harmless": 0}, {"harmless": 1}, "the prompt's directive requests {'harmless': 0}"),
+        ({"harmless": 0}, {}, r"requests no objective \(targets {}\)"),
+    ],
+)
+def test_a_label_that_disagrees_with_its_prompt_is_refused_by_prepare_prompts_and_by_the_dataset_hook(
+    tmp_path, smollm2_dir, reverted, directive, label, message
+):
+    from openrlhf.datasets import PromptDataset
+    from transformers import AutoTokenizer
+
+    from moslim_plugin.core.directives import apply_directive, request_to_label
+    from moslim_plugin.core.spec import load_spec
+    from moslim_plugin.data import datasets
+
+    spec = load_spec("hh")
+    question = "How do I bake bread?"
+    prompt = apply_directive(spec, directive, question) if directive is not None else question
+    rows = [{"input": "Hi there."}, {"input": prompt, "label": request_to_label(spec, label)}]
+    data_file = tmp_path / "prompts.jsonl"
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    flags = ["--moslim.spec", "hh", "--moslim.sampling", "subset"]
+    with pytest.raises(ValueError, match=f"row 1: .*{message}"):
+        datasets.main(["--data.dataset", str(data_file), "--moslim.output", str(tmp_path / "out.jsonl"), *flags])
+    patches.apply(PROMPT_DATASET)
+    with pytest.raises(ValueError, match=f"row 1: .*{message}"):
+        PromptDataset(rows, AutoTokenizer.from_pretrained(smollm2_dir), hook_strategy(flags, tmp_path))
+
+
+@pytest.mark.integration
+def test_a_refused_patch_stays_refused_on_every_later_import(altered_prompts_dataset, reverted, monkeypatch):
+    import importlib
+
+    monkeypatch.delenv(patches.ALLOW_ENV, raising=False)
+    patches.apply_on_import([altered_prompts_dataset])
+    for _ in range(2):  # the second import must not hand out the unpatched module
+        with pytest.raises(patches.PatchError, match="source of altered_prompts_dataset"):
+            importlib.import_module("altered_prompts_dataset")
+        assert "altered_prompts_dataset" not in sys.modules and patches.applied() == []
+    monkeypatch.setenv(patches.ALLOW_ENV, "1")  # the explicit override still works afterwards
+    with pytest.warns(UserWarning, match="applying anyway"):
+        module = importlib.import_module("altered_prompts_dataset")
+    assert module.PromptDataset.__init__.__moslim_patch__ == "prompt_dataset"
+
+
+DIFF_WORLD = """
+import json, pickle, sys, types
+sys.path.insert(0, sys.argv[1])  # the patched copy of OpenRLHF comes first
+from openrlhf.datasets import PromptDataset
+from transformers import AutoTokenizer
+import openrlhf
+
+args = pickle.load(open(sys.argv[2], "rb"))
+args.data.preprocess_fn = "moslim_plugin.integration.patches:preprocess_row"  # the launcher adds it (patching off)
+strategy = types.SimpleNamespace(args=args, is_rank_0=lambda: False, print=lambda *a: None)
+rows = [json.loads(line) for line in open(sys.argv[3])]
+dataset = PromptDataset(rows, AutoTokenizer.from_pretrained(sys.argv[4]), strategy)
+patched = getattr(PromptDataset.__init__, "__moslim_patch__", None)
+out = {"file": openrlhf.__file__, "patched": patched, "prompts": dataset.prompts, "labels": dataset.labels}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_diffs_preprocess_hook_conditions_prompts_as_the_runtime_patch_does(tmp_path, smollm2_dir, reverted):
+    import os
+    import pickle
+
+    from openrlhf.datasets import PromptDataset
+    from transformers import AutoTokenizer
+
+    shutil.copytree(openrlhf_dir(), tmp_path / "o" / "openrlhf", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["patch", "-p1", "-s", "-i", str(DIFF)], cwd=tmp_path / "o", check=True)
+    rows = hh_prompt_rows(4)
+    data_file = tmp_path / "rows.jsonl"
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    strategy = hook_strategy(["--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "5"], tmp_path)
+    (tmp_path / "args.pkl").write_bytes(pickle.dumps(strategy.args))
+    env = dict(os.environ, **{patches.RUNTIME_ENV: "0"})
+    argv = [str(tmp_path / "o"), str(tmp_path / "args.pkl"), str(data_file), str(smollm2_dir)]
+    out = subprocess.run(
+        [sys.executable, "-c", DIFF_WORLD, *argv], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    upstream = json.loads(out.stdout.strip().splitlines()[-1])
+    assert upstream["file"].startswith(str(tmp_path)) and upstream["patched"] is None
+
+    patches.apply(PROMPT_DATASET)
+    runtime = PromptDataset(rows, AutoTokenizer.from_pretrained(smollm2_dir), strategy)
+    assert upstream["prompts"] == runtime.prompts and upstream["labels"] == runtime.labels
+    assert all("[Preferences]" in prompt for prompt in runtime.prompts)
+
+
+@pytest.mark.unit
+def test_with_runtime_patching_off_the_launcher_plugs_in_through_the_diffs_flags():
+    off = {patches.RUNTIME_ENV: "0"}
+    assert launcher.diff_extension_flags(["--x", "1"], {}) == []
+    assert launcher.diff_extension_flags([], off) == [
+        "--reward.actor_class", "moslim_plugin.integration.ray_reward:MoslimRewardModelActor",
+        "--data.preprocess_fn", "moslim_plugin.integration.patches:preprocess_row",
+    ]  # fmt: skip
+    assert "--reward.actor_class" not in launcher.diff_extension_flags(["--reward.actor_class", "mine:Actor"], off)

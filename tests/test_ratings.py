@@ -159,3 +159,60 @@ def test_missing_text_field_names_the_reader_row_and_keys():
     spec = load_spec({"objectives": [{"name": "helpfulness", "levels": 5}]})
     with pytest.raises(ValueError, match=r"hs2\.jsonl: row 0: no question for the helpsteer2 reader; row keys: \['q'"):
         convert(spec, "helpsteer2", "hs2.jsonl", [{"q": "p", "response": "r", "helpfulness": 1}])
+
+
+@pytest.mark.unit
+def test_generic_reader_combines_several_fields_into_the_question_with_a_template(tmp_path):
+    rows = [{"meta": {"context": "A chat about bread."}, "dialogue": "User: how?", "answer": "Knead it.", "help": 2}]
+    src, out = write_jsonl(tmp_path / "r.jsonl", rows), tmp_path / "out.jsonl"
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"objectives": [{"name": "help", "levels": 3}]}))
+    argv = [
+        "--data.dataset",
+        src,
+        "--moslim.format",
+        "generic",
+        "--moslim.output",
+        str(out),
+        "--moslim.spec",
+        str(spec),
+    ]
+    argv += ["--moslim.question_key", "{meta.context}\\n\\n{dialogue}", "--moslim.response_key", "answer"]
+    assert main(argv) == 0
+    (got,) = read_jsonl(out)
+    assert got["question"] == "A chat about bread.\n\nUser: how?" and got["labels"] == {"help": 2}
+    rows[0].pop("dialogue")
+    with pytest.raises(ValueError, match=r"row 0: no question at '\{meta.context\}"):
+        convert(
+            load_spec(json.loads(spec.read_text())),
+            "generic",
+            "r.jsonl",
+            rows,
+            "{meta.context}\\n\\n{dialogue}",
+            "answer",
+        )
+
+
+@pytest.mark.unit
+def test_integer_ratings_need_no_bins_and_an_off_range_value_names_rating_range():
+    rows = [{"question": "q", "response": "r", "score": s} for s in (1, 2, 3)]
+    plain = load_spec({"objectives": [{"name": "score", "levels": 3}]})  # no rating entry: range 0..2
+    with pytest.raises(
+        ValueError, match=r"row 2: rating 3 for 'score' is outside its range \[0, 2\] \(the default\).*rating\.range"
+    ):
+        convert(plain, "generic", "likert.jsonl", rows)
+    one_to_three = load_spec({"objectives": [{"name": "score", "levels": 3, "rating": {"range": [1, 3]}}]})
+    assert [r["labels"]["score"] for r in convert(one_to_three, "generic", "likert.jsonl", rows)] == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"without 'rating.bins' the range must hold exactly 3 integers"):
+        load_spec({"objectives": [{"name": "score", "levels": 3, "rating": {"range": [1, 5]}}]})
+
+
+@pytest.mark.integration
+def test_models_command_prints_the_bundled_models_local_folders(capsys, minilm_dir):
+    from moslim_plugin.cli import main as cli
+
+    assert cli(["models", "minilm"]) == 0
+    assert capsys.readouterr().out.strip() == str(minilm_dir)
+    assert cli(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert str(minilm_dir) in listing and "SmolLM2-135M-Instruct" in listing

@@ -11,6 +11,7 @@ import importlib.util
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from moslim_plugin.integration import activate, launcher, patches
 
 VLLM_STUB = Path(__file__).parent / "vllm_stub"
+DIFF = Path(__file__).parent.parent / "patches" / "openrlhf-0.11.2-moslim.diff"
 DATA = Path(__file__).parent.parent.parent / "shared" / "data"
 NEEDS_STUB = importlib.util.find_spec("vllm") is None
 
@@ -181,28 +183,25 @@ def make_experiences_in_worker(policy, reward, strategy, samples):
     tokenizer = AutoTokenizer.from_pretrained(strategy.args.actor.model_name_or_path)
     maker = RemoteExperienceMaker(policy, None, reward, None, FixedKLController(0.0), strategy, tokenizer)
     experiences = maker.make_experience_batch(samples)
-    return RemoteExperienceMaker.make_experience.__moslim_patch__, [
-        (e.rewards, e.info, e.advantages) for e in experiences
-    ]
+    patched = getattr(RemoteExperienceMaker.make_experience, "__moslim_patch__", None)
+    return patched, [(e.rewards, e.info, e.advantages) for e in experiences]
 
 
-@pytest.mark.integration
-def test_openrlhfs_experience_maker_with_the_moslim_reward_actor_gives_the_scorers_rewards(reward_group, moslim_rm):
+@pytest.fixture(scope="module")
+def policy_and_samples(reward_group):
+    """The stand-in policy group and a rollout batch (4 HH prompts x 2 samples) with the inputs the scorer sees."""
     import ray
-    import torch
     from openrlhf.trainer.ray.launcher import RayActorGroup
     from transformers import AutoTokenizer
 
     from moslim_plugin.core.directives import label_to_request
-    from moslim_plugin.core.scorer import Scorer
     from moslim_plugin.data.datasets import condition_row
 
-    group, strategy = reward_group
+    _, strategy = reward_group
     args = strategy.args
     policy = RayActorGroup(1, 1, _zero_log_prob_actor_class(), num_gpus_per_actor=0.25)
     ray.get(policy.async_init_model_from_pretrained(strategy))
     tokenizer = AutoTokenizer.from_pretrained(args.actor.model_name_or_path)  # the policy's (SmolLM2), not the RM's
-
     spec, sampler = patches.moslim_sampler(args.moslim)
     samples, expected_inputs = [], []
     for index, (question, response) in enumerate(hh_samples(4)):
@@ -211,6 +210,23 @@ def test_openrlhfs_experience_maker_with_the_moslim_reward_actor_gives_the_score
         for _ in range(args.rollout.n_samples_per_prompt):
             samples.append(experience_of(tokenizer, prompt, row["label"], response))
             expected_inputs.append((question, response, label_to_request(spec, row["label"])))
+    return policy, samples, expected_inputs
+
+
+@pytest.mark.integration
+def test_openrlhfs_experience_maker_with_the_moslim_reward_actor_gives_the_scorers_rewards(
+    reward_group, moslim_rm, policy_and_samples
+):
+    import ray
+    import torch
+
+    from moslim_plugin.core.scorer import Scorer
+    from moslim_plugin.core.spec import load_spec
+
+    group, strategy = reward_group
+    args = strategy.args
+    policy, samples, expected_inputs = policy_and_samples
+    spec = load_spec(args.moslim.spec_dict)
 
     task = ray.remote(num_cpus=0.1)(make_experiences_in_worker)
     patched, experiences = ray.get(task.remote(policy, group, strategy, samples))
@@ -238,6 +254,36 @@ def test_openrlhfs_experience_maker_with_the_moslim_reward_actor_gives_the_score
 
 
 @pytest.mark.integration
+@pytest.mark.slow
+def test_openrlhf_with_the_upstream_diff_and_no_runtime_patch_gives_the_same_rewards(
+    reward_group, policy_and_samples, tmp_path
+):
+    """patches/openrlhf-0.11.2-moslim.diff applied to a copy of the installed OpenRLHF, imported first by a Ray worker
+    in which MOSLIM_RUNTIME_PATCHES=0: OpenRLHF's own make_experience, with the diff's extension points, gives the
+    rewards and diagnostics of the runtime-patched path."""
+    import ray
+    import torch
+
+    shutil.copytree(Path(importlib.util.find_spec("openrlhf").origin).parent, tmp_path / "openrlhf",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    subprocess.run(["patch", "-p1", "-s", "-i", str(DIFF)], cwd=tmp_path, check=True)
+    group, strategy = reward_group
+    policy, samples, _ = policy_and_samples
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]), patches.RUNTIME_ENV: "0"}
+    upstream_task = ray.remote(num_cpus=0.1, runtime_env={"env_vars": env})(make_experiences_in_worker)
+    patched, upstream = ray.get(upstream_task.remote(policy, group, strategy, samples))
+    runtime_patch, runtime = ray.get(ray.remote(num_cpus=0.1)(make_experiences_in_worker).remote(
+        policy, group, strategy, samples))  # fmt: skip
+    assert (patched, runtime_patch) == (None, "make_experience")  # the first worker ran unpatched OpenRLHF
+    torch.testing.assert_close(torch.cat([r for r, _, _ in upstream]), torch.cat([r for r, _, _ in runtime]))
+    for (_, info_upstream, _), (_, info_runtime, _) in zip(upstream, runtime):
+        moslim_keys = sorted(key for key in info_runtime if key.startswith("moslim/"))
+        assert moslim_keys and moslim_keys == sorted(key for key in info_upstream if key.startswith("moslim/"))
+        for key in moslim_keys:
+            torch.testing.assert_close(info_upstream[key], info_runtime[key])
+
+
+@pytest.mark.integration
 def test_the_stock_forward_on_a_moslim_checkpoint_refuses_instead_of_returning_a_constant(reward_group):
     import ray
     import torch
@@ -261,7 +307,7 @@ def test_a_sample_without_a_moslim_label_stops_the_run_with_the_reason(reward_gr
     )
     s = experience_of(tokenizer, prompt, "", "Hello!")  # a prompt dataset that was never conditioned: empty label
     refs = group.async_run_method_batch(
-        method_name="moslim_forward",
+        method_name="forward",
         sequences=[s.sequences], attention_mask=[s.attention_mask], action_mask=[s.action_mask],
         prompts=[s.prompts], labels=[s.labels],
     )  # fmt: skip
@@ -290,6 +336,9 @@ def stop_before_gpu_work(args):
         # The reward actor class train_ppo_ray (running as __main__) imported by name, and what is patched here.
         "reward_actor": sys.modules["__main__"].RewardModelActor.__ray_actor_class__.__qualname__,
         "applied": __import__("moslim_plugin.integration.patches").integration.patches.applied(),
+        # What a worker of this job (e.g. a vLLM engine actor loading the reward function) finds in its environment.
+        "worker_reward_config": ray.get(ray.remote(num_cpus=0.1)(
+            lambda: os.environ.get("MOSLIM_REWARD_CONFIG")).remote()),
     }
     with open(os.environ["MOSLIM_TEST_REPORT"], "w") as f:
         json.dump(report, f, default=str)
@@ -301,32 +350,8 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.integration
-def test_a_full_command_line_reaches_openrlhfs_train_with_args_moslim_under_a_job_runtime_env(
-    ray_cluster, moslim_rm, minilm_dir, tmp_path
-):
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"input": "How do I bake bread?"}) + "\n")
-    argv = [
-        "train_ppo_ray",
-        "--ref.num_nodes", "1", "--ref.num_gpus_per_node", "1",
-        "--reward.num_nodes", "1", "--reward.num_gpus_per_node", "1",
-        "--critic.num_nodes", "1", "--critic.num_gpus_per_node", "1",
-        "--actor.num_nodes", "1", "--actor.num_gpus_per_node", "1",
-        "--vllm.num_engines", "1", "--vllm.tensor_parallel_size", "1", "--train.colocate_all",
-        "--actor.model_name_or_path", str(minilm_dir), "--reward.model_name_or_path", str(moslim_rm),
-        "--ckpt.path", str(tmp_path / "ckpt"), "--ckpt.save_steps", "-1",
-        "--train.micro_batch_size", "2", "--train.batch_size", "8",
-        "--rollout.micro_batch_size", "4", "--rollout.batch_size", "8", "--rollout.n_samples_per_prompt", "4",
-        "--train.max_epochs", "1", "--data.max_len", "1024", "--rollout.max_new_tokens", "256",
-        "--ds.zero_stage", "2", "--ds.param_dtype", "bf16", "--ds.attn_implementation", "sdpa",
-        "--actor.adam.lr", "5e-7", "--algo.kl.init_coef", "0.01", "--algo.kl.estimator", "k3", "--algo.kl.use_loss",
-        "--algo.advantage.estimator", "group_norm", "--reward.clip_range", "-5", "5",
-        "--data.prompt_dataset", str(prompts), "--data.input_key", "input", "--data.label_key", "label",
-        "--data.apply_chat_template", "--actor.gradient_checkpointing_enable",
-        "--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "7",
-        "--moslim.mapping", "moslim", "--moslim.mapping_kwargs", "{}", "--moslim.placement", "user_prefix",
-    ]  # fmt: skip
+def run_driver(tmp_path, cluster, argv) -> dict:
+    """`moslim-openrlhf train_ppo_ray argv` in a subprocess up to OpenRLHF's train(); what train() received."""
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     report = tmp_path / "report.json"
@@ -338,13 +363,48 @@ def test_a_full_command_line_reaches_openrlhfs_train_with_args_moslim_under_a_jo
         MOSLIM_TEST_REPORT=str(report),
         RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(job),
         NCCL_DEBUG="INFO",
-        RAY_ADDRESS=ray_cluster,  # the module's cluster: starting another one costs ~30 s here
+        RAY_ADDRESS=cluster,  # the module's cluster: starting another one costs ~30 s here
     )
     proc = subprocess.run(
         [sys.executable, str(driver), *argv], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    got = json.loads(report.read_text())
+    return json.loads(report.read_text())
+
+
+def openrlhf_argv(tmp_path, actor):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"input": "How do I bake bread?"}) + "\n")
+    return [
+        "train_ppo_ray",
+        "--ref.num_nodes", "1", "--ref.num_gpus_per_node", "1",
+        "--reward.num_nodes", "1", "--reward.num_gpus_per_node", "1",
+        "--critic.num_nodes", "1", "--critic.num_gpus_per_node", "1",
+        "--actor.num_nodes", "1", "--actor.num_gpus_per_node", "1",
+        "--vllm.num_engines", "1", "--vllm.tensor_parallel_size", "1", "--train.colocate_all",
+        "--actor.model_name_or_path", str(actor),
+        "--ckpt.path", str(tmp_path / "ckpt"), "--ckpt.save_steps", "-1",
+        "--train.micro_batch_size", "2", "--train.batch_size", "8",
+        "--rollout.micro_batch_size", "4", "--rollout.batch_size", "8", "--rollout.n_samples_per_prompt", "4",
+        "--train.max_epochs", "1", "--data.max_len", "1024", "--rollout.max_new_tokens", "256",
+        "--ds.zero_stage", "2", "--ds.param_dtype", "bf16", "--ds.attn_implementation", "sdpa",
+        "--actor.adam.lr", "5e-7", "--algo.kl.init_coef", "0.01", "--algo.kl.estimator", "k3", "--algo.kl.use_loss",
+        "--algo.advantage.estimator", "group_norm", "--reward.clip_range", "-5", "5",
+        "--data.prompt_dataset", str(prompts), "--data.input_key", "input", "--data.label_key", "label",
+        "--data.apply_chat_template", "--actor.gradient_checkpointing_enable",
+    ]  # fmt: skip
+
+
+@pytest.mark.integration
+def test_a_full_command_line_reaches_openrlhfs_train_with_args_moslim_under_a_job_runtime_env(
+    ray_cluster, moslim_rm, minilm_dir, tmp_path
+):
+    argv = openrlhf_argv(tmp_path, minilm_dir) + [
+        "--reward.model_name_or_path", str(moslim_rm),
+        "--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "7",
+        "--moslim.mapping", "moslim", "--moslim.mapping_kwargs", "{}", "--moslim.placement", "user_prefix",
+    ]  # fmt: skip
+    got = run_driver(tmp_path, ray_cluster, argv)
     assert got["ray_initialized"]
     moslim = got["moslim"]
     assert moslim["sampling"] == "subset" and moslim["seed"] == 7 and moslim["placement"] == "user_prefix"
@@ -358,3 +418,27 @@ def test_a_full_command_line_reaches_openrlhfs_train_with_args_moslim_under_a_jo
     hook = runtime_env.get("worker_process_setup_hook") or runtime_env["env_vars"].get(launcher.RAY_SETUP_HOOK_ENV_VAR)
     assert hook == activate.WORKER_SETUP_HOOK
     assert runtime_env["env_vars"]["NCCL_DEBUG"] == "INFO"
+    assert got["worker_reward_config"] is None  # in-process: the config travels in args.moslim, not the env
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_reward_function_path_gets_the_command_lines_configuration_in_every_worker(
+    ray_cluster, moslim_rm, minilm_dir, tmp_path
+):
+    from moslim_plugin.integration.remote_reward import REWARD_FUNC_FILE
+    from moslim_plugin.integration.reward_config import RewardConfig
+
+    argv = openrlhf_argv(tmp_path, minilm_dir) + [
+        "--reward.remote_url", str(REWARD_FUNC_FILE), "--reward.model_name_or_path", str(moslim_rm),
+        "--moslim.spec", "hh", "--moslim.mapping", "expected_level", "--moslim.strict", "--moslim.max_length", "256",
+    ]  # fmt: skip
+    got = run_driver(tmp_path, ray_cluster, argv)
+    assert got["moslim"]["in_process"] is False
+    config = RewardConfig.from_dict(json.loads(got["worker_reward_config"]))
+    assert (config.mapping, config.strict, config.max_length, config.rm_path) == (
+        "expected_level",
+        True,
+        256,
+        str(moslim_rm),
+    )

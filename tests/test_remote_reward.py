@@ -1,17 +1,28 @@
 """The `--reward.remote_url` .py reward function, called through OpenRLHF's own SingleTurnAgentExecutor.
 
 Only the vLLM engine is a stand-in (`FakeVLLMEngine`: vLLM cannot run here); the executor, its file loading, its
-`asyncio.to_thread` calls, the tokenizer decode and our scorer are the real ones.
+`asyncio.to_thread` calls, the tokenizer decode and our scorer are the real ones. Also: the one reward
+configuration (`RewardConfig`), validated before anything loads, and what the engine does on bad input.
 """
 
-import asyncio
 import json
 import logging
-import types
 
 import pytest
+from helpers_reward import QUESTIONS, REQUESTS, RESPONSES, chat_prompt, run_executor, save_minilm_rm
 
-from moslim_plugin.integration.remote_reward import REWARD_FUNC_FILE, StrictRewardError, main, split_query
+from moslim_plugin import UserError
+from moslim_plugin.core.directives import request_to_label
+from moslim_plugin.core.spec import load_spec
+from moslim_plugin.integration import reward_config
+from moslim_plugin.integration.remote_reward import (
+    REWARD_FUNC_FILE,
+    RewardFailure,
+    build_engine,
+    main,
+    split_query,
+)
+from moslim_plugin.integration.reward_config import RewardConfig
 
 LLAMA3_PROMPT = (
     "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n[Preferences] verbosity: 1/4 (concise) "
@@ -102,68 +113,19 @@ def test_reward_func_path_command_prints_the_shipped_file(capsys):
     assert "def reward_func(queries, prompts, labels)" in REWARD_FUNC_FILE.read_text()
 
 
-class FakeVLLMEngine:
-    """Stands in for OpenRLHF's vLLM engine actor (vLLM cannot run here): 'generates' a fixed response."""
-
-    def __init__(self, tokenizer, response: str):
-        self.token_ids = tokenizer(response + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-
-    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
-        output = types.SimpleNamespace(token_ids=self.token_ids, finish_reason="stop", logprobs=None)
-        return types.SimpleNamespace(outputs=[output])
-
-
 @pytest.fixture(scope="module")
 def rm_checkpoint(minilm_dir, tmp_path_factory):
-    """A MOSLIM RM on the real MiniLM backbone (heads random: rewards only need to be the scorer's own)."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from moslim_plugin.core.rm import MultiHeadRewardModel
-    from moslim_plugin.core.spec import load_spec
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("moslim-rm")
-    model = MultiHeadRewardModel.from_backbone(minilm_dir, load_spec("helpsteer"))
-    model.save_pretrained(path, tokenizer=AutoTokenizer.from_pretrained(minilm_dir))
-    return path
+    return save_minilm_rm(tmp_path_factory.mktemp("moslim-rm"), minilm_dir)
 
 
-QUESTIONS = ["What is 2+2?", "Name a colour.", "How do magnets work?", "Say hello."]
-RESPONSES = ["4.", "Blue, the colour of the sky.", "Aligned electron spins make a field.", "Hello!"]
-REQUESTS = [{"helpfulness": 3, "verbosity": 1}, {"harmlessness": 1}, {"verbosity": 4}, {"helpfulness": 0}]
-
-
-def run_executor(executor, tokenizer, label_of=None):
-    """OpenRLHF's SingleTurnAgentExecutor.execute for every sample at once, as an engine actor runs them."""
-    from moslim_plugin.core.directives import apply_directive, request_to_label
-    from moslim_plugin.core.spec import load_spec
-
-    spec = load_spec("helpsteer")
-    label_of = label_of or (lambda request: request_to_label(spec, request))
-
-    async def one(question, response, request):
-        prompt = tokenizer.apply_chat_template(
-            apply_directive(spec, request, question), tokenize=False, add_generation_prompt=True
-        )
-        params = types.SimpleNamespace(max_tokens=64, logprobs=None)  # vllm.SamplingParams' fields the executor reads
-        engine = FakeVLLMEngine(tokenizer, response)
-        return await executor.execute(prompt, label_of(request), params, 512, tokenizer, engine)
-
-    async def all_samples():
-        return await asyncio.gather(*(one(q, r, t) for q, r, t in zip(QUESTIONS, RESPONSES, REQUESTS)))
-
-    return asyncio.run(all_samples())
-
-
-def load_reward_file(monkeypatch, rm_checkpoint, **env):
+def load_reward_file(monkeypatch, rm_checkpoint, **config):
+    """OpenRLHF's own loading of the reward file (spec_from_file_location + exec_module, then `reward_func`), with the
+    configuration in the job's runtime env as the launcher puts it there."""
     from openrlhf.utils.agent import SingleTurnAgentExecutor
 
-    monkeypatch.setenv("MOSLIM_RM_PATH", str(rm_checkpoint))
-    monkeypatch.setenv("MOSLIM_MAX_WAIT_MS", "50")
-    for key, value in env.items():
+    validated = RewardConfig(rm_path=str(rm_checkpoint), **config).validate()
+    for key, value in validated.env_vars().items():
         monkeypatch.setenv(key, value)
-    # OpenRLHF's own loading: spec_from_file_location + exec_module of the remote_url, then `reward_func`.
     return SingleTurnAgentExecutor(str(REWARD_FUNC_FILE))
 
 
@@ -181,6 +143,7 @@ def test_reward_file_loaded_by_openrlhf_gives_the_scorers_rewards_in_fewer_forwa
     assert rewards == pytest.approx(expected.rewards.tolist(), abs=1e-4)
     logs = outputs[0]["extra_logs"]
     assert logs["moslim/errors"] == 0.0 and logs["moslim/helpfulness/requested"] == 1.0
+    assert logs["moslim/truncated"] == 0.0
     assert logs["moslim/helpfulness/p_target"] == pytest.approx(expected.probs[0, 0, 3].item(), abs=1e-4)
     assert logs["moslim/harmlessness/requested"] == 0.0  # not requested by sample 0
     assert [set(out["extra_logs"]) for out in outputs] == [set(logs)] * len(outputs)  # OpenRLHF stacks by key
@@ -189,32 +152,153 @@ def test_reward_file_loaded_by_openrlhf_gives_the_scorers_rewards_in_fewer_forwa
 
 
 @pytest.mark.integration
-def test_reward_file_gives_the_fallback_reward_counts_and_logs_an_unscorable_sample(
+def test_reward_file_gives_each_unscorable_sample_the_fallback_reward_with_its_reason(
     monkeypatch, rm_checkpoint, smollm2_tokenizer, caplog
 ):
-    executor = load_reward_file(monkeypatch, rm_checkpoint, MOSLIM_FALLBACK_REWARD="-2.5")
-    labels = {0: None, 1: '{"moslim": {"targets": {"verbosity": 9}, "spec": "x"}}'}
+    executor = load_reward_file(monkeypatch, rm_checkpoint, fallback_reward=-2.5, max_error_share=0.5)
+    labels = [None, '{"moslim": {"targets": {"verbosity": 9}, "spec": "x"}}', None, None]
     with caplog.at_level(logging.WARNING, logger="moslim_plugin.integration.remote_reward"):
-        outputs = run_executor(executor, smollm2_tokenizer, label_of=lambda r: labels.get(REQUESTS.index(r), None))
+        outputs = run_executor(executor, smollm2_tokenizer, labels=labels)
     assert [out["reward"] for out in outputs] == [-2.5] * 4
     assert [out["extra_logs"]["moslim/errors"] for out in outputs] == [1.0] * 4
-    assert executor.reward_func.__globals__["ENGINE"].stats["errors"] == 4
+    assert executor.reward_func.__globals__["ENGINE"].stats["errors"] == 4  # 4 of the window of 64: under 50%
     assert "could not be computed" in caplog.text and "got None" in caplog.text and "fingerprint 'x'" in caplog.text
+    # The reply itself carries the reason (OpenRLHF keeps only rewards/scores/extra_logs; the log line has it too).
+    prompt = chat_prompt(smollm2_tokenizer, QUESTIONS[0], REQUESTS[0])
+    reply = executor.reward_func([prompt + "4."], [prompt], ["not json"])
+    assert reply["rewards"] == -2.5 and "label is not MOSLIM JSON" in reply["reasons"][0]
+
+
+@pytest.mark.integration
+def test_reward_file_stops_openrlhf_when_too_many_samples_fail(monkeypatch, rm_checkpoint, smollm2_tokenizer):
+    # 4 failures in a window of 4 is over the 50% share: RewardFailure passes through OpenRLHF's `except Exception`.
+    executor = load_reward_file(monkeypatch, rm_checkpoint, max_error_share=0.5, error_window=4)
+    with pytest.raises(RewardFailure, match=r"\d+% of the last 4 samples failed.*label is not MOSLIM JSON"):
+        run_executor(executor, smollm2_tokenizer, labels=["not json"] * 4)
+
+
+@pytest.mark.integration
+def test_an_overloaded_reward_file_stops_openrlhf_with_the_reason_instead_of_a_missing_reward(
+    monkeypatch, rm_checkpoint, smollm2_tokenizer
+):
+    executor = load_reward_file(monkeypatch, rm_checkpoint)
+    executor.reward_func.__globals__["ENGINE"].max_queued_samples = 0  # every request is over the queue bound
+    prompt = chat_prompt(smollm2_tokenizer, QUESTIONS[0], REQUESTS[0])
+    with pytest.raises(RewardFailure, match="overloaded: reward queue full"):
+        executor.reward_func([prompt + "4."], [prompt], [request_to_label(load_spec("helpsteer"), REQUESTS[0])])
 
 
 @pytest.mark.integration
 def test_strict_reward_file_failure_escapes_openrlhfs_exception_swallowing(
     monkeypatch, rm_checkpoint, smollm2_tokenizer
 ):
-    executor = load_reward_file(monkeypatch, rm_checkpoint, MOSLIM_STRICT="1")
-    with pytest.raises(StrictRewardError, match="1 of 1 samples could not be scored"):
-        run_executor(executor, smollm2_tokenizer, label_of=lambda r: "not json")
+    executor = load_reward_file(monkeypatch, rm_checkpoint, strict=True)
+    with pytest.raises(RewardFailure, match="strict mode; 1 of 1 samples"):
+        run_executor(executor, smollm2_tokenizer, labels=["not json"] * 4)
+
+
+@pytest.mark.unit
+def test_reward_file_refuses_to_load_without_the_launchers_configuration_or_with_retired_env_vars():
+    with pytest.raises(UserError, match="MOSLIM_REWARD_CONFIG is not set: start training with `moslim-openrlhf"):
+        reward_config.from_env({})
+    with pytest.raises(UserError, match=r"\['MOSLIM_MAPPING'\] are no longer read"):
+        reward_config.from_env({"MOSLIM_MAPPING": "expected_level", reward_config.ENV_VAR: "{}"})
 
 
 @pytest.mark.integration
-def test_reward_file_refuses_to_load_without_a_checkpoint(monkeypatch, tmp_path):
+def test_reward_file_refuses_a_configured_checkpoint_that_is_missing(monkeypatch, tmp_path):
     from openrlhf.utils.agent import SingleTurnAgentExecutor
 
-    monkeypatch.setenv("MOSLIM_RM_PATH", str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError, match="missing"):
+    monkeypatch.setenv(reward_config.ENV_VAR, json.dumps({"rm_path": str(tmp_path / "missing")}))
+    with pytest.raises(UserError, match="checkpoint not found: .*missing"):
         SingleTurnAgentExecutor(str(REWARD_FUNC_FILE))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"mapping_kwargs": {"norm": "dataset "}}, "mapping keyword 'norm' must be one of .* got 'dataset '"),
+        ({"mapping_kwargs": {"eps": -1}}, r"mapping keyword 'eps' must be a number in \(0, inf\), got -1"),
+        ({"mapping_kwargs": {"epsilon": 1}}, r"has no keyword\(s\) \['epsilon'\]"),
+        ({"mapping_kwargs": {"norm": "dataset"}}, "needs a MappingStats"),  # the checkpoint has no statistics
+        ({"mapping": "no_such_mapping"}, "unknown mapping 'no_such_mapping'"),
+        ({"mapping": "helpers_reward:constant_mapping"}, "same reward to a response that hits .* misses"),
+        ({"mapping": "helpers_reward:flat_mapping"}, r"rewards of shape torch.Size\(\[18\]\) .* expected \(6,\)"),
+        ({"max_length": 0}, "--moslim.max_length 0: expected an integer >= 8"),
+        ({"max_length": 4096}, "exceeds what the reward model .* can read \\(max_position_embeddings 512\\)"),
+        ({"fallback_reward": float("nan")}, "--moslim.fallback_reward nan: expected a finite number"),
+        ({"max_error_share": 1.5}, r"--moslim.max_error_share 1.5: expected a number in \[0, 1\)"),
+        ({"template": "gemma"}, "unknown chat template 'gemma'"),
+    ],
+)
+def test_a_reward_configuration_that_would_make_every_reward_fail_or_constant_is_refused_before_loading(
+    tmp_path, config, message
+):
+    from helpers_reward import write_config_only_rm
+
+    rm = write_config_only_rm(tmp_path / "rm")
+    with pytest.raises(UserError, match=message):
+        RewardConfig(rm_path=str(rm), **config).validate()
+
+
+@pytest.mark.unit
+def test_a_reward_model_trained_for_another_spec_is_refused_naming_both_fingerprints(tmp_path):
+    from helpers_reward import write_config_only_rm
+
+    rm = write_config_only_rm(tmp_path / "rm", "helpsteer")
+    hh, helpsteer = load_spec("hh"), load_spec("helpsteer")
+    with pytest.raises(UserError, match=f"{hh.fingerprint}.*{helpsteer.fingerprint}"):
+        RewardConfig(rm_path=str(rm)).validate(spec=hh)
+    assert RewardConfig(rm_path=str(rm)).validate(spec=helpsteer).spec_fingerprint == helpsteer.fingerprint
+
+
+@pytest.fixture(scope="module")
+def engine_of(rm_checkpoint):
+    def make(**config):
+        return build_engine(RewardConfig(rm_path=str(rm_checkpoint), **config), max_wait_ms=1)
+
+    return make
+
+
+def sample(tokenizer, question, response, label, request=None):
+    prompt = chat_prompt(tokenizer, question, request or {"helpfulness": 3})
+    return prompt + response + tokenizer.eos_token, prompt, label
+
+
+@pytest.mark.integration
+def test_an_empty_or_disagreeing_label_is_an_error_with_its_reason_never_a_constant_reward(
+    engine_of, smollm2_tokenizer
+):
+    spec = load_spec("helpsteer")
+    engine = engine_of(max_error_share=0.9)
+    samples = [
+        sample(smollm2_tokenizer, "Hi?", "Hello.", request_to_label(spec, {})),  # targets {}
+        sample(smollm2_tokenizer, "Hi?", "Hello.", request_to_label(spec, {"helpfulness": 1})),  # prompt says 3
+        sample(smollm2_tokenizer, "Hi?", "Hello.", request_to_label(spec, {"helpfulness": 3})),
+    ]
+    no_directive = smollm2_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi?"}], tokenize=False, add_generation_prompt=True
+    )
+    samples.append((no_directive + "Hello.", no_directive, request_to_label(spec, {"helpfulness": 3})))
+    reply = engine(*map(list, zip(*samples)))
+    assert reply["extra_logs"]["moslim/errors"] == [1.0, 1.0, 0.0, 1.0]
+    assert "requests no objective (targets {})" in reply["reasons"][0]
+    assert (
+        "label requests {'helpfulness': 1} but the prompt's directive requests {'helpfulness': 3}"
+        in (reply["reasons"][1])
+    )
+    assert reply["reasons"][2] is None and "prompt has no valid directive" in reply["reasons"][3]
+    with pytest.raises(ValueError, match="empty request"):
+        engine([], [], [])
+
+
+@pytest.mark.integration
+def test_a_response_longer_than_max_length_is_scored_truncated_and_counted(engine_of, smollm2_tokenizer):
+    spec = load_spec("helpsteer")
+    engine = engine_of(max_length=32, strict=True)
+    label = request_to_label(spec, {"helpfulness": 3})
+    long_response = "This answer keeps going " * 40
+    reply = engine(*map(list, zip(sample(smollm2_tokenizer, "Hi?", long_response, label))))
+    assert reply["reasons"] == [None] and reply["extra_logs"]["moslim/truncated"] == [1.0]
+    assert engine.stats["truncated"] == 1 and engine.stats["errors"] == 0

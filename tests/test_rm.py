@@ -1,13 +1,17 @@
 """MultiHeadRewardModel: pooling, padding invariance, checkpoint round trip, stock OpenRLHF load, bad inputs."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
+from helpers_models import tiny_llama_config
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+from transformers import AutoTokenizer, BertConfig, BertModel, LlamaModel
 
-from moslim_plugin.core.rm import PAD_LOGIT, MultiHeadRewardModel, is_moslim_checkpoint
+from moslim_plugin import UserError
+from moslim_plugin.core.rm import PAD_LOGIT, MoslimRMConfig, MultiHeadRewardModel, is_moslim_checkpoint
 from moslim_plugin.core.spec import load_spec
 
 SPEC = load_spec("helpsteer")  # levels (5, 5, 2): the 2-level head is padded to 5 classes
@@ -15,17 +19,28 @@ SPEC = load_spec("helpsteer")  # levels (5, 5, 2): the 2-level head is padded to
 
 def tiny_llama(dtype=torch.float32):
     torch.manual_seed(0)
-    config = LlamaConfig(
+    config = tiny_llama_config(max_position_embeddings=128, attn_implementation="eager")
+    return LlamaModel(config).to(dtype)
+
+
+def tiny_bert():
+    torch.manual_seed(0)
+    config = BertConfig(
         vocab_size=512,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
         attn_implementation="eager",
     )
-    return LlamaModel(config).to(dtype)
+    return BertModel(config)
+
+
+def random_stats():
+    from moslim_plugin.core.mappings import MappingStats
+
+    probs = torch.rand(7, 3, 5) * (torch.arange(5) < torch.tensor(SPEC.levels)[:, None])
+    return MappingStats.from_probs(probs / probs.sum(-1, keepdim=True), SPEC.levels)
 
 
 def pad_batch(seqs, side):
@@ -106,7 +121,7 @@ def test_round_trip_gives_identical_logits_spec_pooling_and_tokenizer(tiny_check
     assert (path / "tokenizer_config.json").is_file()
     assert not list(path.glob("*.bin")), "safetensors only"
     config = json.loads((path / "config.json").read_text())
-    assert config["moslim"]["spec_fingerprint"] == SPEC.fingerprint and config["value_head_prefix"] == "score"
+    assert config["moslim"]["spec_fingerprint"] == SPEC.fingerprint and config["model_type"] == "moslim_multihead"
 
 
 @pytest.mark.integration
@@ -114,8 +129,8 @@ def test_mapping_statistics_survive_the_round_trip(tmp_path):
     from moslim_plugin.core.mappings import MappingStats
 
     model = MultiHeadRewardModel(tiny_llama(), SPEC)
-    probs = torch.rand(7, 3, 5) * (torch.arange(5) < torch.tensor(SPEC.levels)[:, None])
-    model.stats = MappingStats.from_probs(probs / probs.sum(-1, keepdim=True), SPEC.levels)
+    model.stats = random_stats()
+    assert isinstance(model.stats, MappingStats)
     model.save_pretrained(tmp_path)
     loaded = MultiHeadRewardModel.from_pretrained(tmp_path)
     for key in ("mean", "std", "count"):
@@ -124,18 +139,18 @@ def test_mapping_statistics_survive_the_round_trip(tmp_path):
 
 
 @pytest.mark.integration
-def test_stock_openrlhf_loads_the_checkpoint_and_gives_a_constant_reward(tiny_checkpoint):
-    from openrlhf.models import get_llm_for_sequence_regression
-
+def test_stock_openrlhf_without_the_plugin_refuses_the_checkpoint_instead_of_scoring_it(tiny_checkpoint):
+    # A fresh interpreter that never imports moslim_plugin.core: what a Ray worker sees when the MOSLIM patch is
+    # missing (only the CPU flash-attn shim, which OpenRLHF's import needs here).
     _, path = tiny_checkpoint
-    stock = get_llm_for_sequence_regression(str(path), "reward", param_dtype="bf16", attn_implementation="eager")
-    ids, mask = pad_batch([[5, 6, 7, 8], [9, 10], [11, 12, 13]], "left")
-    with torch.no_grad():
-        rewards = stock(ids, attention_mask=mask)
-    assert rewards.shape == (3,) and (rewards == 0).all()
-    # The backbone weights did load (under base_model_prefix): the stock model's hidden states match ours.
-    ours = MultiHeadRewardModel.from_pretrained(path)
-    assert torch.equal(stock.model.embed_tokens.weight, ours.backbone.embed_tokens.weight.to(torch.bfloat16))
+    code = (
+        "from moslim_plugin.integration import compat; compat.install()\n"
+        "import sys; assert 'moslim_plugin.core.rm' not in sys.modules\n"
+        "from openrlhf.models import get_llm_for_sequence_regression\n"
+        f"get_llm_for_sequence_regression({str(path)!r}, 'reward', attn_implementation='eager')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0 and "moslim_multihead" in run.stderr, run.stderr[-2000:]
 
 
 @pytest.mark.integration
@@ -183,3 +198,124 @@ def test_bad_pooling_is_rejected_with_the_allowed_values():
         MultiHeadRewardModel(tiny_llama(), SPEC, pooling="max")
     with pytest.raises(ValueError, match="pooling 'mean' on causal model LlamaModel"):
         MultiHeadRewardModel(tiny_llama(), SPEC, pooling="mean")
+
+
+def write_format_1(model, path):
+    """What `save_pretrained` wrote before the model was a PreTrainedModel (format 1), reproduced file by file: the
+    backbone's own config.json plus `moslim` and `value_head_prefix`, the backbone weights under its
+    base_model_prefix, `heads.*`, and a zero `score.weight` (so that stock OpenRLHF loaded it)."""
+    import copy
+
+    backbone = model.backbone
+    state = {f"{backbone.base_model_prefix}.{k}": v for k, v in backbone.state_dict().items()}
+    state.update({f"heads.{k}": v for k, v in model.heads.state_dict().items()})
+    state["score.weight"] = torch.zeros(1, backbone.config.hidden_size)
+    path.mkdir(parents=True)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    config = copy.deepcopy(backbone.config)
+    config.architectures = [type(backbone).__name__]
+    config.value_head_prefix = "score"
+    config.moslim = {
+        "format_version": 1,
+        "spec": SPEC.to_dict(),
+        "spec_fingerprint": SPEC.fingerprint,
+        "pooling": model.pooling,
+        "stats": model.stats.to_dict(),
+    }
+    config.save_pretrained(path)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("make_backbone", [tiny_llama, tiny_bert], ids=["llama", "bert"])
+def test_a_format_1_checkpoint_loads_with_identical_logits_and_resaves_as_format_2(make_backbone, tmp_path):
+    model = MultiHeadRewardModel(make_backbone(), SPEC).eval()
+    model.stats = random_stats()
+    write_format_1(model, tmp_path / "v1")
+    assert is_moslim_checkpoint(tmp_path / "v1")
+    loaded = MultiHeadRewardModel.from_pretrained(tmp_path / "v1", spec=SPEC, attn_implementation="eager")
+    ids, mask = pad_batch([[5, 6, 7, 8], [9, 10]], "left")
+    with torch.no_grad():
+        expected = model(ids, mask)
+        assert torch.equal(loaded(ids, mask), expected)
+    assert loaded.pooling == model.pooling and torch.equal(loaded.stats.mean, model.stats.mean)
+
+    loaded.save_pretrained(tmp_path / "v2")
+    config = json.loads((tmp_path / "v2" / "config.json").read_text())
+    assert config["model_type"] == "moslim_multihead" and config["moslim"]["format_version"] == 2
+    assert config["backbone_config"]["model_type"] == model.backbone.config.model_type
+    # The same weight names as format 1, less the zero value head stock OpenRLHF needed.
+    names = set(load_file(tmp_path / "v1" / "model.safetensors")) - {"score.weight"}
+    assert set(load_file(tmp_path / "v2" / "model.safetensors")) == names
+    again = MultiHeadRewardModel.from_pretrained(tmp_path / "v2", attn_implementation="eager")
+    with torch.no_grad():
+        assert torch.equal(again(ids, mask), expected)
+
+
+@pytest.mark.integration
+def test_auto_classes_load_the_checkpoint_in_process_without_remote_code(tiny_checkpoint):
+    from transformers import AutoConfig, AutoModel
+
+    model, path = tiny_checkpoint
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "moslim_multihead" and "auto_map" not in config
+    assert isinstance(AutoConfig.from_pretrained(path, trust_remote_code=False), MoslimRMConfig)
+    auto = AutoModel.from_pretrained(path, trust_remote_code=False, attn_implementation="eager")
+    assert type(auto) is MultiHeadRewardModel and not auto.training
+    ids, mask = pad_batch([[5, 6, 7, 8], [9, 10]], "right")
+    with torch.no_grad():
+        assert torch.equal(auto(ids, mask), model(ids, mask))
+
+
+@pytest.mark.integration
+def test_bf16_load_with_a_device_map_keeps_fp32_heads_and_fp32_logits(tiny_checkpoint):
+    model, path = tiny_checkpoint
+    bf16 = MultiHeadRewardModel.from_pretrained(
+        path, dtype=torch.bfloat16, device_map="cpu", attn_implementation="eager"
+    )
+    assert {p.device.type for p in bf16.parameters()} == {"cpu"}
+    assert all(p.dtype == torch.bfloat16 for p in bf16.backbone.parameters())
+    assert all(p.dtype == torch.float32 for p in bf16.heads.parameters())
+    ids, mask = pad_batch([[5, 6, 7, 8], [9, 10]], "left")
+    with torch.no_grad():
+        logits, reference = bf16(ids, mask), model(ids, mask)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, reference, atol=0.05, rtol=0)
+
+
+@pytest.mark.integration
+def test_gradient_checkpointing_reaches_the_backbone_and_gives_the_same_loss_and_grads():
+    model = MultiHeadRewardModel(tiny_llama(), SPEC).train()
+    ids, mask = pad_batch([[5, 6, 7, 8], [9, 10], [11, 12, 13]], "right")
+    labels = torch.tensor([[0, 4, 1], [2, 3, 0], [1, 1, 1]])
+    # Count the calls of one layer's MLP (torch fires no forward hooks while recomputing, so count in forward).
+    calls, mlp = [], model.backbone.layers[0].mlp
+    mlp.forward = lambda *a, _forward=mlp.forward, **k: calls.append(1) or _forward(*a, **k)
+
+    def loss_and_grads():
+        model.zero_grad()
+        calls.clear()
+        loss = torch.nn.functional.cross_entropy(model(ids, mask).flatten(0, 1), labels.flatten())
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, len(calls)
+
+    plain_loss, plain_grads, plain_calls = loss_and_grads()
+    model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing and all(layer.gradient_checkpointing for layer in model.backbone.layers)
+    ckpt_loss, ckpt_grads, ckpt_calls = loss_and_grads()
+    assert (plain_calls, ckpt_calls) == (1, 2), "checkpointing recomputes the layer's forward during backward"
+    assert torch.equal(ckpt_loss, plain_loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.integration
+def test_pickle_weights_are_refused_on_load_and_on_save(tiny_checkpoint, tmp_path):
+    model, path = tiny_checkpoint
+    (tmp_path / "config.json").write_bytes((path / "config.json").read_bytes())
+    torch.save(load_file(path / "model.safetensors"), tmp_path / "pytorch_model.bin")
+    with pytest.raises(UserError, match=r"safetensors only.*pytorch_model\.bin"):
+        MultiHeadRewardModel.from_pretrained(tmp_path)
+    with pytest.raises(UserError, match="use_safetensors=True"):
+        MultiHeadRewardModel.from_pretrained(path, use_safetensors=False)
+    with pytest.raises(UserError, match="safetensors only"):
+        model.save_pretrained(tmp_path / "out", safe_serialization=False)

@@ -4,7 +4,8 @@ import threading
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+from helpers_models import tiny_llama_config
+from transformers import AutoTokenizer, LlamaModel
 
 from moslim_plugin.core.directives import DirectiveError
 from moslim_plugin.core.mappings import moslim
@@ -31,15 +32,7 @@ def smol_tokenizer(smollm2_dir):
 def tiny_model(smol_tokenizer):
     """Random tiny Llama (weights do not matter here) sharing SmolLM2's real tokenizer and chat template."""
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smol_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
+    config = tiny_llama_config(vocab_size=len(smol_tokenizer))
     return MultiHeadRewardModel(LlamaModel(config), SPEC).eval()
 
 
@@ -109,9 +102,15 @@ def test_too_long_input_loses_the_start_of_the_question_never_the_response(which
 
 
 @pytest.mark.unit
-def test_a_response_longer_than_max_length_is_an_error(smol_tokenizer):
-    with pytest.raises(ValueError, match="response alone is .* more than max_length=20: raise max_length"):
-        encode(smol_tokenizer, "short question", "a very long response " * 20, 20)
+def test_a_response_longer_than_max_length_keeps_its_start_up_to_the_limit_as_openrlhf_truncates(smol_tokenizer):
+    from moslim_plugin.core.scorer import encode_truncated
+
+    response = "START of a very long response " + "and more words " * 30
+    ids, truncated = encode_truncated(smol_tokenizer, "short question", response, 40)
+    text = smol_tokenizer.decode(ids["input_ids"])
+    assert truncated and len(ids["input_ids"]) <= 40
+    assert "START of a very long response" in text and "short question" not in text  # question dropped first
+    assert encode_truncated(smol_tokenizer, "short question", "short answer", 40)[1] is False
 
 
 @pytest.mark.integration

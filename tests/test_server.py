@@ -1,23 +1,28 @@
 """`moslim-openrlhf serve-reward`: a real uvicorn server on 127.0.0.1, called through OpenRLHF's own HTTP client.
 
 Only the vLLM engine is a stand-in (`FakeVLLMEngine`: vLLM cannot run here); the executor and its aiohttp client,
-the server, the batching engine and the scorer are the real ones.
+the server, the batching engine and the scorer are the real ones. Also the server's bounds (body size, samples per
+request, queue, deadline), its fair scheduling of large requests, and the driver's check of its configuration.
 """
 
-import asyncio
 import contextlib
 import json
 import logging
 import socket
 import threading
 import time
-import types
 import urllib.error
 import urllib.request
+from types import SimpleNamespace as NS
 
 import pytest
+from helpers_reward import chat_prompt, run_executor, save_minilm_rm
 
-from moslim_plugin.integration.remote_reward import RewardEngine
+from moslim_plugin.core.directives import request_to_label
+from moslim_plugin.core.spec import load_spec
+from moslim_plugin.integration import launcher
+from moslim_plugin.integration.remote_reward import DeadlineExceeded, QueueFull, build_engine
+from moslim_plugin.integration.reward_config import RewardConfig
 from moslim_plugin.integration.server import build_parser, create_app
 
 QUESTIONS = ["What is 2+2?", "Name a colour.", "How do magnets work?", "Say hello."] * 4
@@ -25,30 +30,19 @@ RESPONSES = ["4.", "Blue, like the sky.", "Aligned electron spins make a field."
 REQUESTS = [{"helpfulness": 3, "verbosity": 1}, {"harmlessness": 1}, {"verbosity": 4}, {"helpfulness": 0}] * 4
 
 
-class FakeVLLMEngine:
-    """Stands in for OpenRLHF's vLLM engine actor (vLLM cannot run here): 'generates' a fixed response."""
-
-    def __init__(self, tokenizer, response: str):
-        self.token_ids = tokenizer(response + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-
-    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
-        output = types.SimpleNamespace(token_ids=self.token_ids, finish_reason="stop", logprobs=None)
-        return types.SimpleNamespace(outputs=[output])
+@pytest.fixture(scope="module")
+def rm_checkpoint(minilm_dir, tmp_path_factory):
+    return save_minilm_rm(tmp_path_factory.mktemp("moslim-rm"), minilm_dir)
 
 
 @pytest.fixture(scope="module")
-def scorer(minilm_dir):
-    """The real MiniLM backbone with random heads: the server's rewards only need to be the scorer's own."""
-    import torch
-    from transformers import AutoTokenizer
+def engine_of(rm_checkpoint):
+    """A fresh engine (own queue and counters) over the real MiniLM RM; the scorer is loaded once per engine."""
 
-    from moslim_plugin.core.rm import MultiHeadRewardModel
-    from moslim_plugin.core.scorer import Scorer
-    from moslim_plugin.core.spec import load_spec
+    def make(config=None, **engine_kwargs):
+        return build_engine(RewardConfig(rm_path=str(rm_checkpoint), **(config or {})), **engine_kwargs)
 
-    torch.manual_seed(0)
-    model = MultiHeadRewardModel.from_backbone(minilm_dir, load_spec("helpsteer"))
-    return Scorer(model, AutoTokenizer.from_pretrained(minilm_dir))
+    return make
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +53,15 @@ def policy_tokenizer(smollm2_dir):
 
 
 @contextlib.contextmanager
-def serving(engine):
+def serving(engine, **app_kwargs):
     """A real uvicorn server for `engine` on a free loopback port, in a thread; yields its base URL."""
     import uvicorn
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(engine, **app_kwargs)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -86,7 +81,8 @@ def get_json(url):
 
 
 def post(url, body) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -94,38 +90,29 @@ def post(url, body) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-def openrlhf_rollouts(url, tokenizer, labels=None):
-    """OpenRLHF's SingleTurnAgentExecutor.execute for every sample at once, as an engine actor runs them."""
-    from openrlhf.utils.agent import SingleTurnAgentExecutor
-
-    from moslim_plugin.core.directives import apply_directive, request_to_label
-    from moslim_plugin.core.spec import load_spec
-
+def valid_body(tokenizer, n=1):
     spec = load_spec("helpsteer")
-    executor = SingleTurnAgentExecutor(url)
-    labels = labels or [request_to_label(spec, request) for request in REQUESTS]
-
-    async def one(question, response, request, label):
-        messages = apply_directive(spec, request, question)
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        params = types.SimpleNamespace(max_tokens=64, logprobs=None)  # vllm.SamplingParams' fields the executor reads
-        return await executor.execute(prompt, label, params, 512, tokenizer, FakeVLLMEngine(tokenizer, response))
-
-    async def all_samples():
-        return await asyncio.gather(*map(one, QUESTIONS, RESPONSES, REQUESTS, labels))
-
-    return asyncio.run(all_samples())
+    prompts = [chat_prompt(tokenizer, q, r) for q, r in zip(QUESTIONS[:n], REQUESTS[:n])]
+    return {
+        "query": [p + a + tokenizer.eos_token for p, a in zip(prompts, RESPONSES)],
+        "prompts": prompts,
+        "labels": [request_to_label(spec, r) for r in REQUESTS[:n]],
+    }
 
 
 @pytest.mark.integration
 def test_server_answers_openrlhfs_client_with_the_scorers_rewards_batching_concurrent_requests(
-    scorer, policy_tokenizer
+    engine_of, policy_tokenizer
 ):
-    engine = RewardEngine(scorer, max_batch_size=64, max_wait_ms=50)
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    engine = engine_of(max_batch_size=64, max_wait_ms=50)
     with serving(engine) as base:
-        outputs = openrlhf_rollouts(base + "/get_reward", policy_tokenizer)
+        outputs = run_executor(
+            SingleTurnAgentExecutor(base + "/get_reward"), policy_tokenizer, QUESTIONS, RESPONSES, REQUESTS
+        )
         stats = get_json(base + "/stats")
-    expected = scorer.score(QUESTIONS, RESPONSES, REQUESTS)
+    expected = engine.scorer.score(QUESTIONS, RESPONSES, REQUESTS)
     # OpenRLHF keeps the server's 1-element lists as they are (as with its own serve_rm).
     assert [out["reward"][0] for out in outputs] == pytest.approx(expected.rewards.tolist(), abs=1e-4)
     assert [out["scores"] for out in outputs] == [out["reward"] for out in outputs]
@@ -137,39 +124,151 @@ def test_server_answers_openrlhfs_client_with_the_scorers_rewards_batching_concu
 
 
 @pytest.mark.integration
-def test_non_strict_server_gives_the_fallback_reward_and_counts_and_logs_each_failure(scorer, caplog):
-    engine = RewardEngine(scorer, fallback_reward=-1.5)
+def test_non_strict_server_gives_the_fallback_reward_with_its_reason_and_counts_each_failure(engine_of, caplog):
+    engine = engine_of({"fallback_reward": -1.5})
     body = {"query": ["<|im_start|>assistant\nhi"], "prompts": ["<|im_start|>assistant\n"], "labels": ["{}"]}
     with serving(engine) as base, caplog.at_level(logging.WARNING, logger="moslim_plugin.integration.remote_reward"):
         status, reply = post(base + "/get_reward", body)
         stats = get_json(base + "/stats")
     assert status == 200 and reply["rewards"] == [-1.5] and reply["extra_logs"]["moslim/errors"] == [1.0]
+    assert "expected a label" in reply["reasons"][0]
     assert stats["errors"] == 1 and stats["forward_calls"] == 0
     assert "could not be computed" in caplog.text and "expected a label" in caplog.text
 
 
 @pytest.mark.integration
-def test_strict_server_answers_http_500_naming_the_reason(scorer, policy_tokenizer):
-    engine = RewardEngine(scorer, strict=True)
+def test_server_answers_503_with_the_reasons_when_the_failure_policy_says_stop_and_counts_it(engine_of):
     body = {"query": ["no template here"], "prompts": ["no template here"], "labels": [None]}
-    with serving(engine) as base:
+    with serving(engine_of({"strict": True})) as base:
         status, reply = post(base + "/get_reward", body)
         status2, reply2 = post(base + "/get_reward", {**body, "labels": ['{"moslim": 1}']})
-    assert status == 500 and "strict mode: 1 of 1 samples could not be scored" in reply["error"]
-    assert "got None" in reply["error"]
-    assert status2 == 500 and "expected a label" in reply2["error"]
+        stats = get_json(base + "/stats")
+    assert status == 503 and "strict mode; 1 of 1 samples" in reply["error"] and "got None" in reply["error"]
+    assert status2 == 503 and "expected a label" in reply2["error"]
+    assert stats["http_503"] == 2 and stats["failed_requests"] == 2 and stats["errors"] == 2
+    # Not strict: more than 50% of a window of 2 samples failing stops it too.
+    with serving(engine_of({"max_error_share": 0.5, "error_window": 2})) as base:
+        first, _ = post(base + "/get_reward", body)
+        second, reply = post(base + "/get_reward", body)
+    assert (first, second) == (200, 503) and "100% of the last 2 samples failed" in reply["error"]
 
 
 @pytest.mark.integration
-def test_server_rejects_a_request_without_openrlhfs_fields(scorer):
-    with serving(RewardEngine(scorer)) as base:
-        status, reply = post(base + "/get_reward", {"query": ["x"]})
+def test_a_mapping_that_fails_at_run_time_is_counted_and_its_reason_returned(engine_of, policy_tokenizer):
+    engine = engine_of({"max_error_share": 0.9})
+    engine.scorer.mapping = lambda probs, *args, **kwargs: (probs[..., 0].flatten(), probs[..., 0])  # wrong shape
+    with serving(engine) as base:
+        status, reply = post(base + "/get_reward", valid_body(policy_tokenizer, 2))
+        stats = get_json(base + "/stats")
+    assert status == 200 and reply["extra_logs"]["moslim/errors"] == [1.0, 1.0]
+    assert all(reason.startswith("scorer failed") for reason in reply["reasons"])
+    assert stats["errors"] == 2
+
+
+@pytest.mark.integration
+def test_server_refuses_oversized_malformed_and_empty_requests_naming_the_limit_and_counts_them(
+    engine_of, policy_tokenizer
+):
+    engine = engine_of(max_queued_samples=4)
+    with serving(engine, max_body_bytes=4096, max_samples=3) as base:
+        too_big = post(base + "/get_reward", b'{"query": ["' + b"x" * 5000 + b'"]}')
+        too_many = post(base + "/get_reward", valid_body(policy_tokenizer, 4))
+        missing = post(base + "/get_reward", {"query": ["x"]})
+        not_json = post(base + "/get_reward", b"{nope")
+        empty = post(base + "/get_reward", {"query": [], "prompts": [], "labels": []})
+        valid = post(base + "/get_reward", valid_body(policy_tokenizer, 3))
         health = get_json(base + "/health")
-    assert status == 400 and "'prompts'" in reply["error"] and "'labels'" in reply["error"]
+        stats = get_json(base + "/stats")
+    assert too_big[0] == 413 and "limit of 4096 bytes (--server.max_body_mb)" in too_big[1]["error"]
+    assert too_many[0] == 413 and "4 samples in one request, over the server's limit of 3" in too_many[1]["error"]
+    assert missing[0] == 400 and "'prompts'" in missing[1]["error"] and "'labels'" in missing[1]["error"]
+    assert not_json[0] == 400 and empty[0] == 400 and "empty request" in empty[1]["error"]
+    assert valid[0] == 200 and valid[1]["reasons"] == [None] * 3
+    assert stats["http_413"] == 2 and stats["http_400"] == 3 and stats["failed_requests"] == 5
     assert health["objectives"] == ["helpfulness", "verbosity", "harmlessness"]
+    assert health["reward_config"]["spec_fingerprint"] == load_spec("helpsteer").fingerprint
+
+
+@pytest.mark.integration
+def test_a_request_over_the_queue_bound_is_refused_with_503(engine_of, policy_tokenizer):
+    engine = engine_of(max_queued_samples=2)
+    with serving(engine) as base:
+        status, reply = post(base + "/get_reward", valid_body(policy_tokenizer, 3))
+        stats = get_json(base + "/stats")
+    assert status == 503 and "limit of 2" in reply["error"] and stats["queue_full"] == 1 and stats["http_503"] == 1
+
+
+class GatedScorer:
+    """The real scorer, held at a gate before each call: lets a test queue requests while the batcher is busy."""
+
+    def __init__(self, scorer):
+        self.scorer, self.model, self.gate, self.calls = scorer, scorer.model, threading.Event(), []
+
+    def score(self, questions, responses, requests):
+        self.gate.wait(timeout=60)
+        self.calls.append(len(questions))
+        return self.scorer.score(questions, responses, requests)
+
+
+@pytest.mark.integration
+def test_a_large_request_is_interleaved_with_other_clients_and_a_late_request_misses_its_deadline(
+    engine_of, policy_tokenizer
+):
+    engine = engine_of(max_batch_size=4, chunk_size=2, max_wait_ms=0, deadline_s=30)
+    gated = engine.scorer = GatedScorer(engine.scorer)
+    big, small = valid_body(policy_tokenizer, 4), valid_body(policy_tokenizer, 1)
+    big = {key: values * 5 for key, values in big.items()}  # 20 samples: 5 batches of 4 on its own
+    done = []
+    big_future = engine.submit(big["query"], big["prompts"], big["labels"])
+    big_future.add_done_callback(lambda f: done.append("big"))
+    time.sleep(0.2)  # the batcher takes the first 4 samples and waits at the gate
+    small_future = engine.submit(small["query"], small["prompts"], small["labels"])
+    small_future.add_done_callback(lambda f: done.append("small"))
+    gated.gate.set()
+    assert len(small_future.result(timeout=60)["rewards"]) == 1 and len(big_future.result(timeout=60)["rewards"]) == 20
+    assert done == ["small", "big"]  # served in the second batch, not after all 20 samples
+    assert gated.calls == [4, 4, 4, 4, 4, 1]  # full batches: the small request rode in the second one
+
+    engine.deadline_s = 0.1
+    gated.gate.clear()
+    first = engine.submit(small["query"], small["prompts"], small["labels"])
+    time.sleep(0.2)  # the batcher holds `first` at the gate
+    late = engine.submit(small["query"], small["prompts"], small["labels"])
+    time.sleep(0.3)  # `late` passes its deadline while waiting
+    gated.gate.set()
+    assert first.result(timeout=60)["reasons"] == [None]
+    with pytest.raises(DeadlineExceeded, match="not done within its deadline of 0.1 s"):
+        late.result(timeout=60)
+    assert engine.stats["deadline_exceeded"] == 1
+    with pytest.raises(QueueFull):
+        engine.submit(*([["q"] * 5000] * 3))
+
+
+@pytest.mark.integration
+def test_the_driver_refuses_a_reward_server_whose_configuration_differs_from_its_command_line(engine_of):
+    args = NS(
+        data=NS(apply_chat_template=True, label_key="label", max_len=1024),
+        reward=NS(model_name_or_path=None, remote_url=None),
+        train=NS(agent_func_path=None),
+        algo=NS(advantage=NS(estimator="rloo")),
+        critic=NS(model_name_or_path=None),
+        rollout=NS(max_new_tokens=256),
+    )
+    with serving(engine_of({"mapping": "expected_level"})) as base:
+        args.reward.remote_url = base + "/get_reward"
+        with pytest.raises(SystemExit) as refused:
+            launcher.check_moslim_args(launcher.split_argv(["--moslim.spec", "helpsteer"])[0], args)
+        same = launcher.split_argv(["--moslim.spec", "helpsteer", "--moslim.mapping", "expected_level"])[0]
+        accepted = launcher.check_moslim_args(same, args)
+    assert "mapping: server 'expected_level', command line 'moslim'" in str(refused.value.code)
+    assert accepted.reward.mapping == "expected_level" and accepted.in_process is False
 
 
 @pytest.mark.unit
-def test_serve_reward_binds_loopback_by_default():
-    args = build_parser().parse_args(["--reward.model_name_or_path", "rm", "--strict"])
-    assert args.host == "127.0.0.1" and args.strict and args.fallback_reward == 0.0
+def test_serve_reward_binds_loopback_by_default_and_spells_every_flag_dotted():
+    parser = build_parser()
+    args = vars(parser.parse_args(["--reward.model_name_or_path", "rm", "--moslim.strict"]))
+    assert args["server.host"] == "127.0.0.1" and args["moslim.strict"] and args["moslim.fallback_reward"] == 0.0
+    flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+    assert [flag for flag in flags if "." not in flag and flag != "--help"] == []
+    assert "--data.max_len" not in flags and "--moslim.max_length" in flags

@@ -146,7 +146,9 @@ def test_file_errors_name_the_file(tmp_path):
     toml.write_text("")
     with pytest.raises(SpecError, match=r"s\.toml: unknown spec file type '\.toml'"):
         load_spec(toml)
-    with pytest.raises(SpecError, match=r"nope\.yaml: no such spec file \(bundled spec names: \['helpsteer', 'hh'"):
+    with pytest.raises(
+        SpecError, match=r"nope\.yaml: no such spec file \(bundled spec names: \['helpsteer', 'helpsteer2', 'hh'"
+    ):
         load_spec(tmp_path / "nope.yaml")
 
 

@@ -54,9 +54,11 @@ def test_natural_style_is_the_default_and_the_launcher_refuses_it_for_a_spec_wit
         algo=NS(advantage=NS(estimator="rloo")),
         critic=NS(model_name_or_path=None),
     )
-    flags, rest = launcher.split_argv(["--moslim.spec", str(bare), "--moslim.sampling", "uniform"])
+    spec = load_spec(bare)
+    flags, _ = launcher.split_argv(["--moslim.spec", str(bare), "--moslim.sampling", "uniform"])
     with pytest.raises(SystemExit, match="--moslim.style natural needs per-level 'instructions'"):
-        launcher.check_moslim_args(flags, args)
-    flags, rest = launcher.split_argv(["--moslim.spec", str(bare), "--moslim.sampling", "uniform",
-                                       "--moslim.style", "tagged"])  # fmt: skip
-    assert launcher.check_moslim_args(flags, args).style == "tagged"
+        launcher.check_sampling(flags, args, spec)
+    flags, _ = launcher.split_argv(
+        ["--moslim.spec", str(bare), "--moslim.sampling", "uniform", "--moslim.style", "tagged"]
+    )
+    assert launcher.check_sampling(flags, args, spec).style == "tagged"

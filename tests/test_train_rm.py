@@ -9,21 +9,6 @@ from moslim_plugin.data.train_rm import IGNORE, head_losses, head_metrics, load_
 SPEC = load_spec("hh")  # helpful (2 levels), harmless (2 levels)
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory, minilm_dir):
-    """A random-init 2-layer BERT with MiniLM's real tokenizer: the training loop, not the weights, is tested."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128
-    )
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
-    return path
-
-
 def synthetic_rows(n):
     """helpful = 1 iff the response says 'sure'; harmless = 1 iff it does not say 'poison'; some labels missing."""
     rows = []
@@ -105,8 +90,11 @@ def test_train_rm_learns_writes_metrics_and_calibration_stats_into_the_checkpoin
     assert main(argv) == 0
     result = json.loads((out / "eval_metrics.json").read_text())
     assert result["eval_rows"] > 20 and result["train_rows"] + result["eval_rows"] == 160
-    assert result["metrics"]["helpful"]["accuracy"] > 0.9  # the word 'sure' decides helpfulness
-    assert set(result["metrics"]["harmless"]) == {"n", "accuracy", "macro_f1", "mae", "ece"}
+    helpful = result["metrics"]["helpful"]
+    assert helpful["accuracy"] > 0.9 and helpful["accuracy"] > helpful["majority_accuracy"] + 0.3  # "sure" decides
+    assert {"accuracy", "macro_f1", "mae", "ece", "nll", "majority_accuracy", "prior_nll", "confusion"} <= set(
+        result["metrics"]["harmless"]
+    )
     model = MultiHeadRewardModel.from_pretrained(out)
     assert model.stats is not None and model.stats.count[0, 0].item() == result["eval_rows"]
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
@@ -154,3 +142,97 @@ def test_lora_training_saves_merged_weights_that_change_only_the_adapted_layers(
     query, key = "encoder.layer.0.attention.self.query.weight", "encoder.layer.0.attention.self.key.weight"
     assert not torch.allclose(before[query], after["bert." + query])  # LoRA delta merged in
     torch.testing.assert_close(before[key], after["bert." + key], rtol=0, atol=0)  # not adapted: untouched
+
+
+def noise_rows(n, seed=0):
+    """helpful is 1 for 30 % of rows at random, whatever the text says: nothing to learn but the prior."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["sure", "no", "maybe", "poison", "safely", "here", "idea", "it", "with", "is"]
+    return [
+        {
+            "question": f"question {i}",
+            "response": " ".join(rng.choice(words) for _ in range(6)),
+            "labels": {"helpful": int(rng.random() < 0.3), "harmless": None},
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.mark.integration
+def test_kept_model_on_labels_independent_of_the_text_is_no_worse_than_the_class_prior(tmp_path, tiny_bert):
+    # A high learning rate and many epochs memorise the training noise; selection by held-out NLL must not keep that.
+    flags = dict(micro_batch_size=8, batch_size=8, max_epochs=12, lr=5e-3, max_len=32, eval_ratio=0.3, patience=3)
+    result = train_reward_model(noise_rows(240), SPEC, tiny_bert, tmp_path / "rm", **flags)
+    m = result["metrics"]["helpful"]
+    assert m["nll"] <= m["prior_nll"] + 0.03, m
+    assert m["accuracy"] >= m["majority_accuracy"] - 0.03, m
+    history = result["selection"]["history"]
+    best_step, best_value = min(history, key=lambda h: h[1])
+    assert result["selection"]["best_step"] == best_step
+    # Early stopping: the run ended `patience` evaluations after the best one, before the 12 epochs.
+    assert len(history) < 12 and history[-1][0] > best_step
+
+
+@pytest.mark.unit
+def test_batch_size_not_a_multiple_of_the_micro_batch_is_refused_naming_both():
+    from moslim_plugin import UserError
+    from moslim_plugin.data.train_rm import parse_args
+
+    argv = ["--model.model_name_or_path", "m", "--moslim.spec", "hh", "--data.dataset", "d.jsonl"]
+    with pytest.raises(UserError, match=r"--train.batch_size 8 is not a multiple of --train.micro_batch_size 3"):
+        parse_args(argv + ["--train.batch_size", "8", "--train.micro_batch_size", "3"])
+
+
+@pytest.mark.integration
+def test_output_dir_holding_a_model_is_refused_unless_overwrite(tmp_path, tiny_bert):
+    from moslim_plugin import UserError
+
+    flags = dict(micro_batch_size=8, batch_size=8, max_steps=1, lr=1e-3, max_len=32, eval_ratio=0.2)
+    train_reward_model(synthetic_rows(40), SPEC, tiny_bert, tmp_path / "rm", **flags)
+    with pytest.raises(UserError, match=r"rm already holds a model .*--ckpt.overwrite"):
+        train_reward_model(synthetic_rows(40), SPEC, tiny_bert, tmp_path / "rm", **flags)
+    train_reward_model(synthetic_rows(40), SPEC, tiny_bert, tmp_path / "rm", overwrite=True, **flags)
+
+
+@pytest.mark.integration
+def test_resume_refuses_other_objectives_head_shapes_or_batching_naming_both_values(tmp_path, tiny_bert):
+    from moslim_plugin import UserError
+
+    rows, ckpt = synthetic_rows(48), str(tmp_path / "ckpt")
+    common = dict(micro_batch_size=4, batch_size=8, max_steps=2, lr=1e-3, max_len=32, eval_ratio=0.2, path=ckpt)
+    train_reward_model(rows, SPEC, tiny_bert, tmp_path / "a", save_steps=2, **common)
+    swapped = {"objectives": [{"name": "harmless", "levels": 2}, {"name": "helpful", "levels": 2}]}
+    with pytest.raises(
+        UserError, match=r"objectives=\['helpful', 'harmless'\], this run has \['harmless', 'helpful'\]"
+    ):
+        train_reward_model(rows, swapped, tiny_bert, tmp_path / "b", load_enable=True, **common)
+    wider = {"objectives": [{"name": "helpful", "levels": 3}, {"name": "harmless", "levels": 2}]}
+    with pytest.raises(UserError, match=r"head_levels=\[2, 2\], this run has \[3, 2\]"):
+        train_reward_model(rows, wider, tiny_bert, tmp_path / "c", load_enable=True, **common)
+    with pytest.raises(UserError, match=r"train.batch_size=8, this run has 16"):
+        train_reward_model(rows, SPEC, tiny_bert, tmp_path / "d", load_enable=True, **{**common, "batch_size": 16})
+
+
+@pytest.mark.integration
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one_and_stays_exact(tmp_path, tiny_bert, capsys):
+    from safetensors.torch import load_file
+
+    from moslim_plugin import UserError
+
+    rows, ckpt = synthetic_rows(64), tmp_path / "ckpt"
+    common = dict(micro_batch_size=4, batch_size=8, max_steps=6, lr=1e-3, max_len=32, eval_ratio=0.2, path=str(ckpt))
+    train_reward_model(rows, SPEC, tiny_bert, tmp_path / "full", save_steps=2, **common)
+    latest = ckpt / "global_step6" / "state.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])  # a save cut short
+    train_reward_model(rows, SPEC, tiny_bert, tmp_path / "resumed", load_enable=True, **common)
+    out = capsys.readouterr().out
+    assert f"checkpoint file {latest} is unreadable" in out and "global_step4" in out
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    for tag in ("global_step2", "global_step4"):
+        (ckpt / tag / "state.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"no readable checkpoint to resume from; bad: .*global_step6"):
+        train_reward_model(rows, SPEC, tiny_bert, tmp_path / "none", load_enable=True, **common)

@@ -31,7 +31,7 @@ def main() -> None:
         return
     project = pyproject["project"]
     reqs = list(project["dependencies"])
-    for extra in ("models", "dev"):
+    for extra in ("demo", "dev"):
         reqs += project["optional-dependencies"][extra]
     try:
         reqs += [r for r in importlib.metadata.requires("openrlhf") or [] if "extra ==" not in r]

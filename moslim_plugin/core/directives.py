@@ -157,6 +157,24 @@ def _parse_tagged(spec: ObjectiveSpec, match) -> dict[str, int]:
     return validate_request(spec, request)
 
 
+def check_label_matches_directive(spec: ObjectiveSpec, request: dict, text: str) -> None:
+    """The directive the policy reads in `text` (a prompt, or chat messages' contents joined) must request exactly
+    what the label asks the reward model to score; else the policy is rewarded for obeying an instruction it never
+    saw. Reads `text` with `parse_directive`, so every directive style the parser knows is covered. An empty
+    request is refused too: it scores a constant 0 for every response."""
+    if not request:
+        raise DirectiveError(
+            "the label requests no objective (targets {}): every response would get the same reward; "
+            "label at least one objective"
+        )
+    try:
+        in_text = parse_directive(spec, text)
+    except DirectiveError as e:
+        raise DirectiveError(f"the label requests {request} but the prompt has no valid directive ({e})") from None
+    if in_text != request:
+        raise DirectiveError(f"the label requests {request} but the prompt's directive requests {in_text}")
+
+
 def request_to_label(spec: ObjectiveSpec, request) -> str:
     """Canonical JSON label: `{"moslim":{"targets":{...},"spec":"<fingerprint>"}}`, spec order, no spaces."""
     targets = validate_request(spec, request)

@@ -40,7 +40,7 @@ from importlib.metadata import entry_points
 
 import torch
 
-ENTRY_POINT_GROUP = "moslim_plugin.core.mappings"
+ENTRY_POINT_GROUP = "moslim_plugin.mappings"
 DEFAULT_MAPPING = "moslim"
 NORMS = ("auto", "sample", "dataset", "running")
 K_MODES = ("requested", "all")
@@ -233,7 +233,7 @@ def _installed() -> str:
 
 
 def resolve_mapping(name):
-    """A mapping by built-in name, entry-point name (group `moslim_plugin.core.mappings`) or `module:function`."""
+    """A mapping by built-in name, entry-point name (group `moslim_plugin.mappings`) or `module:function`."""
     if callable(name):
         fn, what = name, repr(name)
     elif not isinstance(name, str) or not name:

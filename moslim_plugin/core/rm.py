@@ -5,30 +5,35 @@ Each sequence is pooled to one vector (decoders: the last non-pad token, as Open
 and right padding alike; encoders: the mean over non-pad tokens or the first token) and every head turns it into
 logits over that objective's levels. `forward` returns them padded to [B, K, Lmax] in fp32.
 
-Checkpoint = HF folder: `config.json` is the backbone config plus a `moslim` entry (format version, spec, spec
-fingerprint, pooling, mapping statistics or null) and `value_head_prefix: "score"`; the safetensors weights use the
-backbone's `base_model_prefix` (as OpenRLHF's RewardModel names them), the heads as `heads.<i>.*`, and a ZERO
-`score.weight` [1, hidden]. So stock OpenRLHF (`get_llm_for_sequence_regression(path, "reward")`) loads the folder
-without error and returns the same reward (0) for every sample: a run where the MOSLIM patch is missing is obvious.
+The model is a transformers `PreTrainedModel` with its own config class (`model_type: moslim_multihead`),
+registered with `AutoConfig`/`AutoModel` when this module is imported (in-process: no remote code, no `auto_map`).
+So `from_pretrained(dtype=..., device_map=...)`, `save_pretrained`, `push_to_hub`, gradient checkpointing and
+DeepSpeed ZeRO-3 partitioned init are transformers' own. Checkpoint (format 2) = HF folder: `config.json` holds
+`backbone_config` (the backbone's config, with its model_type) and a `moslim` entry (format version, spec, spec
+fingerprint, pooling, mapping statistics or null); the safetensors weights are named as in an HF
+`XForSequenceClassification` checkpoint: the backbone's under its `base_model_prefix` (`model.*` for Llama,
+`bert.*` for BERT), the heads as `heads.<i>.*`. Format 1 folders (config.json = the backbone's own config plus
+`moslim`, the same weight names plus a zero `score.weight`) still load. Stock OpenRLHF refuses both with
+"unrecognized model type": a run where the MOSLIM patch is missing fails at load time.
 """
 
-import copy
 import json
+import re
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from moslim_plugin import UserError
 from moslim_plugin.core.spec import ObjectiveSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 POOLINGS = ("last", "cls", "mean")
 # Logit of a class a head does not have (a 2-level head padded to Lmax = 5): finite, so nothing turns into NaN, and
 # low enough that softmax gives exactly 0 in fp32 (exp(-1e9) underflows) and log_softmax stays finite.
 PAD_LOGIT = -1e9
-VALUE_HEAD_PREFIX = "score"
 
 
 def is_moslim_checkpoint(path) -> bool:
@@ -42,33 +47,100 @@ def is_moslim_checkpoint(path) -> bool:
         return False
 
 
+def ensure_pad_token(tokenizer):
+    """Give a tokenizer without a pad token its eos token as pad (pad positions are masked and never pooled, so the
+    id's value never matters; OpenRLHF does the same). Returns the tokenizer."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+class MoslimRMConfig(PreTrainedConfig):
+    """`backbone_config`: the backbone's config (a dict with its `model_type` on disk). `moslim`: format_version,
+    spec (dict), spec_fingerprint, pooling (resolved, never 'auto'), stats (MappingStats.to_dict() or None)."""
+
+    model_type = "moslim_multihead"
+    sub_configs = {"backbone_config": AutoConfig}
+    backbone_config: dict | PreTrainedConfig | None = None
+    moslim: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        if isinstance(self.backbone_config, dict):
+            backbone_type = self.backbone_config.get("model_type")
+            if backbone_type not in CONFIG_MAPPING:
+                raise UserError(f"backbone_config.model_type: {backbone_type!r} is not a model type of transformers")
+            self.backbone_config = CONFIG_MAPPING[backbone_type](**self.backbone_config)
+        super().__post_init__(**kwargs)
+
+
 def _is_causal(backbone: nn.Module) -> bool:
     # Read off the attention modules (transformers sets `is_causal` on them) rather than a list of model types.
     return any(getattr(m, "is_causal", False) is True for m in backbone.modules())
 
 
-class MultiHeadRewardModel(nn.Module):
-    def __init__(self, backbone: nn.Module, spec: ObjectiveSpec, pooling: str = "auto", stats=None):
-        super().__init__()
-        causal = _is_causal(backbone)
+class MultiHeadRewardModel(PreTrainedModel):
+    config_class = MoslimRMConfig
+    base_model_prefix = "backbone"
+    supports_gradient_checkpointing = True  # transformers' enable() reaches the backbone's layers
+    # The backbone checks the attention implementation it is given; this wrapper adds no attention of its own.
+    _supports_sdpa = _supports_flash_attn = _supports_flex_attn = _supports_attention_backend = True
+    # Heads stay fp32 whatever the backbone dtype: they are tiny and the logits must be fp32.
+    _keep_in_fp32_modules_strict = ["heads"]
+    _keys_to_ignore_on_load_unexpected = [r"^score\.weight$"]  # format 1's zero value head for stock OpenRLHF
+
+    def __init__(self, config, spec: ObjectiveSpec | None = None, pooling: str = "auto", stats=None):
+        """`MultiHeadRewardModel(config)` as transformers builds it, or `MultiHeadRewardModel(backbone, spec,
+        pooling, stats)`: heads (randomly initialised) on an existing backbone module."""
+        backbone = None
+        if isinstance(config, nn.Module):
+            backbone = config
+            if spec is None:
+                raise TypeError("MultiHeadRewardModel(backbone, spec): the spec is required with a backbone module")
+            meta = {"format_version": FORMAT_VERSION, "spec": spec.to_dict(), "spec_fingerprint": spec.fingerprint}
+            config = MoslimRMConfig(
+                backbone_config=backbone.config,
+                moslim={**meta, "pooling": pooling, "stats": None},
+                # Set on every sub-config too: without these the backbone's own choice would be reset to None.
+                attn_implementation=backbone.config._attn_implementation,
+                experts_implementation=backbone.config._experts_implementation,
+            )
+        super().__init__(config)
+        if backbone is None:
+            backbone = AutoModel.from_config(config.backbone_config)
+        self.config.backbone_config = backbone.config  # one config object: what is saved is what the backbone runs
+        # A reward model scores whole sequences once: no KV cache (building one costs time and memory per call).
+        backbone.config.use_cache = False
+        self.backbone = backbone
+        self.spec = spec if spec is not None else ObjectiveSpec.from_dict(config.moslim["spec"])
+        self.pooling = self._resolve_pooling(config.moslim["pooling"])
+        self.config.moslim = {**config.moslim, "pooling": self.pooling}
+        # MappingStats | None: a plain attribute, never a buffer (transformers 5.x leaves non-persistent buffers
+        # uninitialised on load); from_pretrained restores it after loading, save_pretrained writes it to config.
+        self.stats = stats
+        hidden = backbone.config.hidden_size
+        self.heads = nn.ModuleList(nn.Linear(hidden, n, dtype=torch.float32) for n in self.spec.levels)
+        self.post_init()
+
+    def _resolve_pooling(self, pooling: str) -> str:
+        causal = _is_causal(self.backbone)
         if pooling == "auto":
             # Encoders: mean pooling, the pooling all-MiniLM-L6-v2 (sentence-transformers) was trained with.
             pooling = "last" if causal else "mean"
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling: expected 'auto' or one of {list(POOLINGS)}, got {pooling!r}")
+            raise UserError(f"pooling: expected 'auto' or one of {list(POOLINGS)}, got {pooling!r}")
         if causal and pooling != "last":
-            raise ValueError(
-                f"pooling {pooling!r} on causal model {type(backbone).__name__}: only 'last' sees the whole sequence"
+            raise UserError(
+                f"pooling {pooling!r} on causal model {type(self.backbone).__name__}: only 'last' sees the whole "
+                "sequence"
             )
-        # A reward model scores whole sequences once: no KV cache (building one costs time and memory per call).
-        backbone.config.use_cache = False
-        self.backbone = backbone
-        self.spec = spec
-        self.pooling = pooling
-        self.stats = stats  # MappingStats | None; a plain attribute (never a buffer: see the module docstring)
-        hidden = backbone.config.hidden_size
-        # Heads stay fp32 whatever the backbone dtype: they are tiny and the logits must be fp32.
-        self.heads = nn.ModuleList(nn.Linear(hidden, n, dtype=torch.float32) for n in spec.levels)
+        return pooling
+
+    def _init_weights(self, module):
+        # Heads keep torch's nn.Linear init (as before this was a PreTrainedModel); the backbone, a PreTrainedModel
+        # itself, gets its own `_init_weights` from transformers, and loaded weights are never re-initialised.
+        pass
 
     @property
     def max_levels(self) -> int:
@@ -76,9 +148,20 @@ class MultiHeadRewardModel(nn.Module):
 
     @classmethod
     def from_backbone(cls, path, spec: ObjectiveSpec, pooling: str = "auto", dtype=torch.float32, **model_kwargs):
-        """New model: pretrained backbone from `path` (any AutoModel folder), randomly initialised heads."""
-        backbone = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=False, **model_kwargs)
-        return cls(backbone, spec, pooling)
+        """New model: pretrained backbone from `path` (any AutoModel folder), randomly initialised heads. Under an
+        active ZeRO-3 `HfDeepSpeedConfig` the backbone loads partitioned and the heads are created partitioned."""
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        backbone = AutoModel.from_pretrained(
+            path, dtype=dtype, trust_remote_code=False, use_safetensors=True, **model_kwargs
+        )
+        if not is_deepspeed_zero3_enabled():
+            return cls(backbone, spec, pooling)
+        import deepspeed
+        from transformers.integrations.deepspeed import deepspeed_config
+
+        with deepspeed.zero.Init(config_dict_or_path=deepspeed_config()):
+            return cls(backbone, spec, pooling)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.bool()
@@ -108,92 +191,106 @@ class MultiHeadRewardModel(nn.Module):
             logits[:, k, : head.out_features] = head(pooled.to(head.weight.dtype)).float()
         return logits
 
-    def save_pretrained(self, save_directory, tokenizer=None) -> None:
-        from huggingface_hub import save_torch_state_dict
-
-        save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        prefix = self.backbone.base_model_prefix
-        state = {f"{prefix}.{k}": v for k, v in self.backbone.state_dict().items()}
-        state.update({f"heads.{k}": v for k, v in self.heads.state_dict().items()})
-        # Stock OpenRLHF's value head: zero, so an unpatched run gets a constant reward instead of a plausible one.
-        state[f"{VALUE_HEAD_PREFIX}.weight"] = torch.zeros(
-            1, self.backbone.config.hidden_size, dtype=self.backbone.dtype, device=self.backbone.device
-        )
-        save_torch_state_dict(state, save_directory, safe_serialization=True)
-        config = copy.deepcopy(self.backbone.config)
-        config.architectures = [type(self.backbone).__name__]
-        config.value_head_prefix = VALUE_HEAD_PREFIX
-        config.moslim = {
-            "format_version": FORMAT_VERSION,
-            "spec": self.spec.to_dict(),
-            "spec_fingerprint": self.spec.fingerprint,
-            "pooling": self.pooling,
-            "stats": None if self.stats is None else self.stats.to_dict(),
-        }
-        config.save_pretrained(save_directory)
-        if tokenizer is not None:
+    def save_pretrained(self, save_directory, tokenizer=None, **kwargs) -> None:
+        """transformers' save (safetensors only) with the current statistics in config.json, and the tokenizer."""
+        if kwargs.get("safe_serialization") is False:
+            raise UserError("MOSLIM checkpoints are safetensors only: safe_serialization=False is refused")
+        self.config.moslim = {**self.config.moslim, "stats": None if self.stats is None else self.stats.to_dict()}
+        # Weight names as the backbone's own base_model_prefix (see the module docstring), the reverse of the
+        # renaming from_pretrained applies; no other renaming on save (save_original_format=False).
+        prefix = _backbone_prefix(self.config.backbone_config)
+        state = kwargs.pop("state_dict", None) or self.state_dict()
+        state = {re.sub(r"^backbone\.", f"{prefix}.", k): v for k, v in state.items()}
+        super().save_pretrained(save_directory, state_dict=state, save_original_format=False, **kwargs)
+        if tokenizer is not None and kwargs.get("is_main_process", True):
             tokenizer.save_pretrained(save_directory)
 
     @classmethod
     def from_pretrained(
-        cls, path, dtype=torch.float32, device="cpu", spec: ObjectiveSpec | None = None, **model_kwargs
+        cls, pretrained_model_name_or_path, *model_args, spec=None, device=None, dtype=torch.float32, **kwargs
     ) -> "MultiHeadRewardModel":
-        """Load a folder written by `save_pretrained`. `spec`: the spec the caller expects (mismatch -> ValueError)."""
-        path = Path(path)
-        if not is_moslim_checkpoint(path):
-            raise ValueError(
+        """Load a MOSLIM checkpoint (format 2, or format 1 written before this was a PreTrainedModel), safetensors
+        only. `spec`: the spec the caller expects (mismatch -> error). `device`: moved there after loading (use
+        `device_map` for transformers' placement instead); any other keyword goes to transformers."""
+        path = Path(pretrained_model_name_or_path)
+        if path.is_dir() and not is_moslim_checkpoint(path):
+            raise UserError(
                 f"{path} is not a MOSLIM reward-model checkpoint (no config.json with a 'moslim' entry); "
                 "to start from a plain backbone use MultiHeadRewardModel.from_backbone(path, spec)"
             )
-        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        meta = config.moslim
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path}: MOSLIM checkpoint format_version {meta.get('format_version')!r}, this plugin reads "
-                f"{FORMAT_VERSION}"
-            )
-        saved_spec = ObjectiveSpec.from_dict(meta["spec"], source=f"{path}/config.json")
-        if saved_spec.fingerprint != meta.get("spec_fingerprint"):
-            raise ValueError(
-                f"{path}/config.json: moslim.spec has fingerprint {saved_spec.fingerprint} but "
-                f"moslim.spec_fingerprint says {meta.get('spec_fingerprint')!r}: the spec was edited after saving"
-            )
+        weights = ("model.safetensors", "model.safetensors.index.json")
+        if path.is_dir() and not any((path / f).is_file() for f in weights):
+            found = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+            raise UserError(f"{path}: no model.safetensors (MOSLIM checkpoints are safetensors only; found {found})")
+        if kwargs.pop("use_safetensors", True) is not True or kwargs.pop("trust_remote_code", False):
+            raise UserError("MOSLIM checkpoints load with use_safetensors=True and trust_remote_code=False only")
+        want_info = kwargs.pop("output_loading_info", False)
+        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path, trust_remote_code=False)
+        if not isinstance(config, MoslimRMConfig):
+            config = _upgrade_format_1(config, path)
+        saved_spec = _check_meta(config.moslim, path)
         if spec is not None:
             saved_spec.check_same(spec, f"loading reward model {path}")
-        backbone, info = AutoModel.from_pretrained(
-            path, config=config, dtype=dtype, trust_remote_code=False, output_loading_info=True, **model_kwargs
+        model, info = super().from_pretrained(
+            path,
+            *model_args,
+            config=config,
+            dtype=dtype,
+            key_mapping={rf"^{re.escape(_backbone_prefix(config.backbone_config))}\.": "backbone."},
+            use_safetensors=True,
+            trust_remote_code=False,
+            output_loading_info=True,
+            **kwargs,
         )
-        if info["missing_keys"]:
-            raise ValueError(f"{path}: backbone weights missing from the checkpoint: {sorted(info['missing_keys'])}")
-        # Statistics are restored here, after from_pretrained, never through buffers (transformers 5.x leaves
-        # non-persistent buffers uninitialised on load).
-        stats = None
-        if meta.get("stats") is not None:
+        missing = sorted(info["missing_keys"])
+        if missing:
+            what = "head" if any(k.startswith("heads.") for k in missing) else "backbone"
+            raise UserError(f"{path}: {what} weights missing from the checkpoint: {missing}")
+        # Statistics are restored here, after from_pretrained, never through buffers (see __init__).
+        stats = config.moslim.get("stats")
+        if stats is not None:
             from moslim_plugin.core.mappings import MappingStats
 
-            stats = MappingStats.from_dict(meta["stats"])
-        model = cls(backbone, saved_spec, meta["pooling"], stats)
-        model.heads.load_state_dict(_read_heads(path, len(saved_spec.levels)), strict=True)
-        return model.to(device).eval()
+            model.stats = MappingStats.from_dict(stats)
+        if device is not None:
+            model = model.to(device)
+        model.eval()
+        return (model, info) if want_info else model
 
 
-def _read_heads(path: Path, num_heads: int) -> dict:
-    """The `heads.*` tensors (fp32) from the checkpoint's safetensors file(s); missing ones are an error."""
-    index_file = path / "model.safetensors.index.json"
-    if index_file.is_file():
-        weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
-    elif (path / "model.safetensors").is_file():
-        with safe_open(path / "model.safetensors", "pt") as f:
-            weight_map = {k: "model.safetensors" for k in f.keys()}
-    else:
-        raise ValueError(f"{path}: no model.safetensors (MOSLIM checkpoints are safetensors only)")
-    wanted = [f"heads.{k}.{p}" for k in range(num_heads) for p in ("weight", "bias")]
-    missing = [k for k in wanted if k not in weight_map]
-    if missing:
-        raise ValueError(f"{path}: head weights missing from the checkpoint: {missing} (expected {num_heads} heads)")
-    heads = {}
-    for name in wanted:
-        with safe_open(path / weight_map[name], "pt") as f:
-            heads[name.removeprefix("heads.")] = f.get_tensor(name).float()
-    return heads
+def _check_meta(meta: dict, path) -> ObjectiveSpec:
+    """The saved spec, after checking the format version and that the spec still matches its fingerprint."""
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{path}: MOSLIM checkpoint format_version {meta.get('format_version')!r}, this plugin reads 1 (upgraded "
+            f"on load) and {FORMAT_VERSION}"
+        )
+    saved_spec = ObjectiveSpec.from_dict(meta["spec"], source=f"{path}/config.json")
+    if saved_spec.fingerprint != meta.get("spec_fingerprint"):
+        raise UserError(
+            f"{path}/config.json: moslim.spec has fingerprint {saved_spec.fingerprint} but "
+            f"moslim.spec_fingerprint says {meta.get('spec_fingerprint')!r}: the spec was edited after saving"
+        )
+    return saved_spec
+
+
+def _backbone_prefix(backbone_config: PreTrainedConfig) -> str:
+    """The prefix of the backbone's weights in a checkpoint: its class's `base_model_prefix` (as OpenRLHF's
+    RewardModel and HF's XForSequenceClassification name them)."""
+    return AutoModel._model_mapping[type(backbone_config)].base_model_prefix or "backbone"
+
+
+def _upgrade_format_1(backbone_config: PreTrainedConfig, path) -> MoslimRMConfig:
+    """Format 1: config.json is the backbone's own config plus `moslim` and `value_head_prefix`; its weights are
+    named as format 2's (plus `score.weight`, ignored on load). Returns the format 2 config."""
+    meta = getattr(backbone_config, "moslim", None)
+    if not isinstance(meta, dict) or meta.get("format_version") != 1:
+        raise UserError(f"{path}: config.json is neither a {MoslimRMConfig.model_type} config nor a format 1 one")
+    fields = backbone_config.to_dict()
+    for key in ("moslim", "value_head_prefix", "architectures"):
+        fields.pop(key, None)
+    return MoslimRMConfig(backbone_config=fields, moslim={**meta, "format_version": FORMAT_VERSION})
+
+
+AutoConfig.register(MoslimRMConfig.model_type, MoslimRMConfig, exist_ok=True)
+AutoModel.register(MoslimRMConfig, MultiHeadRewardModel, exist_ok=True)

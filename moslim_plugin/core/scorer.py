@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 
 from moslim_plugin.core.directives import validate_request
 from moslim_plugin.core.mappings import DEFAULT_MAPPING, MappingStats, parse_mapping_kwargs, resolve_mapping
-from moslim_plugin.core.rm import MultiHeadRewardModel
+from moslim_plugin.core.rm import MultiHeadRewardModel, ensure_pad_token
 
 
 def encode(tokenizer, question: str, response: str, max_length: int) -> dict:
@@ -27,38 +27,51 @@ def encode(tokenizer, question: str, response: str, max_length: int) -> dict:
 
     With a chat template: a user turn (question) and an assistant turn (response). Without one (encoders such as
     BERT/MiniLM): the tokenizer's own pair encoding, `[CLS] question [SEP] response [SEP]` with token type ids.
-    When too long, tokens are dropped from the START of the question (the response is what is being judged, and
-    the end of the question is the part nearest to it); a response that alone does not fit is an error.
+    When too long, see `encode_truncated`.
     """
+    return encode_truncated(tokenizer, question, response, max_length)[0]
 
-    def render(q: str) -> dict:
+
+def encode_truncated(tokenizer, question: str, response: str, max_length: int) -> tuple[dict, bool]:
+    """(`encode`'s ids, whether anything was cut). Too long: tokens are dropped from the START of the question first
+    (the response is what is being judged, and the end of the question is the part nearest to it); if the response
+    alone does not fit, it is kept from its start up to the limit, as OpenRLHF's reward models truncate
+    (`truncation=True` cuts the end). Never an error: a long response is a normal event in RL, counted by callers.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be a positive number of tokens, got {max_length!r}")
+
+    def render(q: str, r: str) -> dict:
         if tokenizer.chat_template:
-            messages = [{"role": "user", "content": q}, {"role": "assistant", "content": response}]
+            messages = [{"role": "user", "content": q}, {"role": "assistant", "content": r}]
             text = tokenizer.apply_chat_template(messages, tokenize=False)
             return dict(tokenizer(text, add_special_tokens=False))
-        return dict(tokenizer(q, response))
+        return dict(tokenizer(q, r))
 
-    encoded = render(question)
-    while len(encoded["input_ids"]) > max_length:
-        question_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+    encoded = render(question, response)
+    truncated = len(encoded["input_ids"]) > max_length
+    for _ in range(64):  # each pass shortens the text; the bound only guards against a tokenizer that never settles
+        if len(encoded["input_ids"]) <= max_length:
+            return encoded, truncated
         drop = len(encoded["input_ids"]) - max_length
-        if drop >= len(question_ids):
-            if not question:
-                raise ValueError(
-                    f"response alone is {len(encoded['input_ids'])} tokens with the reward model's template, more "
-                    f"than max_length={max_length}: raise max_length (or cap the policy's generation length)"
-                )
-            question = ""
-        else:
+        if question:
+            question_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
             # Decode/re-encode keeps the real tokenization; each pass strictly shortens the question.
-            question = tokenizer.decode(question_ids[drop:])
-        encoded = render(question)
-    return encoded
+            question = tokenizer.decode(question_ids[drop:]) if drop < len(question_ids) else ""
+        else:
+            response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+            if not response_ids:
+                break
+            response = tokenizer.decode(response_ids[: max(0, len(response_ids) - drop)])
+        encoded = render(question, response)
+    # The template alone is longer than max_length (or tokenization never settled): cut the ids themselves.
+    return {key: value[:max_length] for key, value in encoded.items()}, True
 
 
 @dataclass
 class ScoreResult:
-    """Rewards [B] fp32; probs [B, K, Lmax]; expected_level, terms [B, K]; requested [B, K] bool; targets [B, K]."""
+    """Rewards [B] fp32; probs [B, K, Lmax]; expected_level, terms [B, K]; requested [B, K] bool; targets [B, K];
+    truncated [B] bool: the pair was longer than the scorer's max_length and was cut (see `encode_truncated`)."""
 
     names: tuple[str, ...]
     rewards: torch.Tensor
@@ -67,6 +80,7 @@ class ScoreResult:
     terms: torch.Tensor
     requested: torch.Tensor
     targets: torch.Tensor
+    truncated: torch.Tensor | None = None
 
     def diagnostics(self) -> dict[str, float]:
         """Per objective, over the samples that requested it: mean p(target), argmax hit rate, mean term."""
@@ -94,12 +108,7 @@ class Scorer:
         batch_size: int = 32,
     ):
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        if tokenizer.pad_token_id is None:
-            # The pad id's value never matters (pad positions are masked and not pooled); OpenRLHF does the same.
-            if tokenizer.eos_token is None:
-                raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an eos token")
-            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = ensure_pad_token(tokenizer)
         self.mapping = resolve_mapping(mapping)
         self.mapping_kwargs = parse_mapping_kwargs(self.mapping, mapping_kwargs)
         self.max_length, self.batch_size = max_length, batch_size
@@ -123,6 +132,32 @@ class Scorer:
             raise ValueError(f"{path}: no tokenizer saved with the reward model ({e}); save it with the model") from e
         return cls(model, tokenizer, mapping=mapping, mapping_kwargs=mapping_kwargs, **kw)
 
+    def classify(self, questions: list[str], responses: list[str]) -> torch.Tensor:
+        """Per-head level probabilities [B, K, Lmax] of (question, response) pairs: no request, no mapping."""
+        return self._forward(questions, responses)[0]
+
+    def _forward(self, questions: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probs [B, K, Lmax], truncated [B] bool): one batched pass of the reward model, pairs too long cut."""
+        if len(questions) != len(responses):
+            raise ValueError(
+                f"questions and responses must have the same length, got {len(questions)}, {len(responses)}"
+            )
+        with self._lock:
+            encoded, truncated = zip(
+                *(encode_truncated(self.tokenizer, q, r, self.max_length) for q, r in zip(questions, responses))
+            )
+            # Similar lengths in a batch waste less compute on padding.
+            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+            probs = torch.empty(len(encoded), len(self.model.spec.names), self.model.max_levels)
+            device = next(self.model.parameters()).device
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                batch = self.tokenizer.pad([encoded[i] for i in rows], return_tensors="pt")
+                with torch.inference_mode():
+                    logits = self.model(**{k: v.to(device) for k, v in batch.items()})
+                probs[rows] = logits.softmax(-1).cpu()
+        return probs, torch.tensor(truncated, dtype=torch.bool)
+
     def score(self, questions: list[str], responses: list[str], requests: list[dict[str, int]]) -> ScoreResult:
         if not (len(questions) == len(responses) == len(requests)):
             raise ValueError(
@@ -141,18 +176,8 @@ class Scorer:
             for name, level in validate_request(spec, request).items():
                 targets[i, spec.index(name)] = level
 
+        probs, truncated = self._forward(questions, responses)
         with self._lock:
-            encoded = [encode(self.tokenizer, q, r, self.max_length) for q, r in zip(questions, responses)]
-            # Similar lengths in a batch waste less compute on padding.
-            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
-            probs = torch.empty(len(encoded), len(spec.names), self.model.max_levels)
-            device = next(self.model.parameters()).device
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                batch = self.tokenizer.pad([encoded[i] for i in rows], return_tensors="pt")
-                with torch.inference_mode():
-                    logits = self.model(**{k: v.to(device) for k, v in batch.items()})
-                probs[rows] = logits.softmax(-1).cpu()
             rewards, terms = self.mapping(probs, targets, self.levels, self.stats, **self.mapping_kwargs)
 
         bad = (~torch.isfinite(rewards)).nonzero().flatten().tolist()
@@ -162,4 +187,6 @@ class Scorer:
                 f"{bad[:10]} (values {rewards[bad[:10]].tolist()}): refusing to pass them to training"
             )
         expected = (probs * torch.arange(probs.shape[-1], dtype=probs.dtype)).sum(-1)
-        return ScoreResult(spec.names, rewards.float(), probs, expected, terms.float(), targets >= 0, targets)
+        return ScoreResult(
+            spec.names, rewards.float(), probs, expected, terms.float(), targets >= 0, targets, truncated
+        )

@@ -139,15 +139,16 @@ class Objective:
     def _check_rating(self) -> None:
         rating = self.rating
         if not isinstance(rating, dict):
-            raise ValueError(f"field 'rating': expected a mapping with 'path' and 'bins', got {rating!r}")
+            raise ValueError(f"field 'rating': expected a mapping with 'path', 'range' and/or 'bins', got {rating!r}")
         unknown = set(rating) - _RATING_KEYS
         if unknown:
             raise ValueError(f"field 'rating': unknown key(s) {sorted(unknown)}; allowed: {sorted(_RATING_KEYS)}")
-        path = rating.get("path")
+        path = rating.get("path", self.name)
         if not isinstance(path, str) or not path or any(not part for part in path.split(".")):
             raise ValueError(f"field 'rating.path': expected a dotted path like 'scores.helpfulness', got {path!r}")
+        # Without bins a rating must be an integer and level = rating - lowest rating (see data/ratings.py).
         bins = rating.get("bins")
-        if (
+        if bins is not None and (
             not isinstance(bins, list)
             or len(bins) != self.levels - 1
             or not all(_is_number(b) for b in bins)
@@ -161,8 +162,13 @@ class Objective:
             rng = rating["range"]
             if not isinstance(rng, list) or len(rng) != 2 or not all(_is_number(x) for x in rng) or rng[0] >= rng[1]:
                 raise ValueError(f"field 'rating.range': expected [lo, hi] with lo < hi, got {rng!r}")
-            if not (rng[0] <= bins[0] and bins[-1] <= rng[1]):
+            if bins is not None and not (rng[0] <= bins[0] and bins[-1] <= rng[1]):
                 raise ValueError(f"field 'rating.bins': thresholds {bins!r} must lie inside range {rng!r}")
+            if bins is None and (not all(_is_int(x) for x in rng) or rng[1] - rng[0] + 1 != self.levels):
+                raise ValueError(
+                    f"field 'rating.range': without 'rating.bins' the range must hold exactly {self.levels} integers "
+                    f"(one per level), got {rng!r}; add 'rating.bins' to bin a wider or continuous scale"
+                )
 
     def phrase(self, index: int) -> str:
         """The natural-language part of the directive for level `index` ('' when the phrasing is empty)."""

@@ -14,11 +14,13 @@ truth for every reward.
 
 import argparse
 import collections
+import gzip
 import json
 import os
 import random
 from types import SimpleNamespace
 
+from moslim_plugin import UserError
 from moslim_plugin.core.directives import (
     DEFAULT_PLACEMENT,
     DEFAULT_STYLE,
@@ -26,6 +28,7 @@ from moslim_plugin.core.directives import (
     STYLES,
     DirectiveError,
     apply_directive,
+    check_label_matches_directive,
     label_to_request,
     request_to_label,
     validate_request,
@@ -41,9 +44,9 @@ def check_request(spec, request: dict, where: str) -> dict[str, int]:
     try:
         request = validate_request(spec, request)
     except DirectiveError as e:
-        raise ValueError(f"{where}: {e}") from None
+        raise UserError(f"{where}: {e}") from None
     if not request:
-        raise ValueError(f"{where}: no objective is requested; at least one target is needed")
+        raise UserError(f"{where}: no objective is requested; at least one target is needed")
     return request
 
 
@@ -54,8 +57,29 @@ def parse_assignments(text: str, flag: str) -> dict[str, str]:
         key, _, value = item.partition("=")
         pairs[key.strip()] = value.strip() or key.strip()
     if not pairs:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated name=value pairs")
+        raise UserError(f"{flag} {text!r}: expected comma-separated name=value pairs")
     return pairs
+
+
+def parse_fixed(text: str) -> dict[str, int]:
+    """`--moslim.fixed helpfulness=3,verbosity=1` -> {"helpfulness": 3, "verbosity": 1}."""
+    try:
+        return {name: int(level) for name, level in parse_assignments(text, "--moslim.fixed").items()}
+    except ValueError as e:
+        raise UserError(
+            f"--moslim.fixed {text!r}: levels must be integers, e.g. helpfulness=3,verbosity=1 ({e})"
+        ) from None
+
+
+def add_sampling_flags(group, sampling_default) -> None:
+    """The target-sampling flags, shared by `prepare-prompts` and `train_ppo_ray` (the dataset hook)."""
+    group.add_argument("--moslim.sampling", default=sampling_default, choices=SAMPLING_MODES,
+                       help="how each prompt's targets are drawn")  # fmt: skip
+    group.add_argument("--moslim.fixed", default=None, help="targets for --moslim.sampling fixed: helpfulness=3,...")
+    group.add_argument("--moslim.columns", default=None, help="for --moslim.sampling column: objective=column,...")
+    group.add_argument("--moslim.seed", type=int, default=42, help="target sampling seed")
+    group.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS)
+    group.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES, help="how the directive reads")
 
 
 class TargetSampler:
@@ -68,11 +92,11 @@ class TargetSampler:
 
     def __init__(self, spec, mode="uniform", seed=0, fixed=None, columns=None):
         if mode not in SAMPLING_MODES:
-            raise ValueError(f"unknown sampling mode {mode!r}; expected one of {SAMPLING_MODES}")
+            raise UserError(f"unknown sampling mode {mode!r}; expected one of {SAMPLING_MODES}")
         if mode == "fixed" and not fixed:
-            raise ValueError("sampling mode 'fixed' needs targets, e.g. --moslim.fixed helpfulness=3,verbosity=1")
+            raise UserError("sampling mode 'fixed' needs targets, e.g. --moslim.fixed helpfulness=3,verbosity=1")
         if mode == "column" and not columns:
-            raise ValueError("sampling mode 'column' needs columns, e.g. --moslim.columns helpfulness=help_score")
+            raise UserError("sampling mode 'column' needs columns, e.g. --moslim.columns helpfulness=help_score")
         self.spec, self.mode, self.seed = spec, mode, seed
         self.fixed = check_request(spec, dict(fixed), "--moslim.fixed") if mode == "fixed" else None
         self.columns = dict(columns) if mode == "column" else None
@@ -96,7 +120,7 @@ class TargetSampler:
         request = {}
         for name, column in self.columns.items():
             if column not in row:
-                raise ValueError(f"row {index}: no column {column!r} (for objective {name!r}); columns: {list(row)}")
+                raise UserError(f"row {index}: no column {column!r} (for objective {name!r}); columns: {list(row)}")
             value = row[column]
             if value is None or value == "":
                 continue
@@ -121,8 +145,15 @@ def question_text(prompt) -> str:
         return prompt
     user_turns = [m["content"] for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
     if not user_turns or not isinstance(user_turns[-1], str):
-        raise ValueError(f"a chat prompt needs a user message with text content, got {prompt!r:.200}")
+        raise UserError(f"a chat prompt needs a user message with text content, got {prompt!r:.200}")
     return user_turns[-1]
+
+
+def prompt_text(prompt) -> str:
+    """All the text of a prompt (a string, or chat messages' contents), where its directive is looked for."""
+    if isinstance(prompt, list):
+        return "\n".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict))
+    return prompt if isinstance(prompt, str) else ""
 
 
 def condition_row(
@@ -144,18 +175,21 @@ def condition_row(
     """
     label = row.get(label_key)
     if is_moslim_label(label):
-        label_to_request(spec, label)
+        try:
+            check_label_matches_directive(spec, label_to_request(spec, label), prompt_text(row.get(input_key)))
+        except DirectiveError as e:
+            raise DirectiveError(f"row {index}: {e}") from None
         return row
     if label not in (None, ""):
-        raise ValueError(
+        raise UserError(
             f"row {index}: column {label_key!r} already holds a non-MOSLIM label {label!r:.80}; "
             f"pass another --data.label_key"
         )
     if input_key not in row:
-        raise ValueError(f"row {index}: no input column {input_key!r} (--data.input_key); columns: {list(row)}")
+        raise UserError(f"row {index}: no input column {input_key!r} (--data.input_key); columns: {list(row)}")
     prompt = row[input_key]
     if not isinstance(prompt, (str, list)) or not prompt:
-        raise ValueError(f"row {index}: {input_key!r} must be a non-empty string or chat messages, got {prompt!r:.80}")
+        raise UserError(f"row {index}: {input_key!r} must be a non-empty string or chat messages, got {prompt!r:.80}")
     request = sampler.sample(row, index)
     out = dict(row)
     out[question_key] = question_text(prompt)
@@ -171,9 +205,9 @@ def condition_rows(rows, spec, sampler, source="<rows>", **keys) -> list[dict]:
         try:
             out.append(condition_row(row, spec, sampler, index, **keys))
         except ValueError as e:
-            raise ValueError(f"{source}: {e}") from e
+            raise UserError(f"{source}: {e}") from e
     if not out:
-        raise ValueError(f"{source}: the dataset is empty")
+        raise UserError(f"{source}: the dataset is empty")
     return out
 
 
@@ -192,16 +226,46 @@ def target_summary(spec, rows, label_key="label") -> str:
     return "\n".join(lines)
 
 
-def load_prompt_data(datasets: str, split: str, max_samples: int):
-    """Whatever OpenRLHF's `blending_datasets` reads (json/jsonl/csv/parquet/arrow files, save_to_disk folders)."""
+def load_prompt_data(datasets: str, split: str, max_samples: int, input_key: str = "input"):
+    """Whatever OpenRLHF's `blending_datasets` reads (json/jsonl/csv/parquet/arrow files, save_to_disk folders);
+    local .txt (one prompt per line) and .json/.jsonl.gz files are read here, with errors naming file and line."""
     from openrlhf.datasets.utils import blending_datasets
 
-    for path in (p.split("@")[0].strip() for p in datasets.split(",")):
+    paths = [p.split("@")[0].strip() for p in datasets.split(",")]
+    for path in paths:
         # blending_datasets sends a missing local file to the hub loader, whose error does not say "not found".
-        if path.lower().endswith(FILE_EXTENSIONS) and not os.path.exists(path):
-            raise FileNotFoundError(f"--data.dataset: no such file {path!r}")
+        if path.lower().endswith((*FILE_EXTENSIONS, *LOCAL_EXTENSIONS)) and not os.path.exists(path):
+            raise UserError(f"--data.dataset: no such file {path!r}")
+    if "@" not in datasets and all(p.lower().endswith(LOCAL_EXTENSIONS) for p in paths):
+        return [row for path in paths for row in read_local_prompts(path, input_key)][:max_samples]
+    for path in paths:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise UserError(f"{path}: the file is empty")
     quiet = SimpleNamespace(print=lambda *a: None, is_rank_0=lambda: False, args=SimpleNamespace(use_ms=False))
     return blending_datasets(datasets, None, quiet, max_count=max_samples, dataset_split=split)
+
+
+# Read here rather than by blending_datasets, which sends these to the hub loader ("Couldn't reach ... on the Hub").
+LOCAL_EXTENSIONS = (".txt", ".txt.gz", ".json.gz", ".jsonl.gz")
+
+
+def read_local_prompts(path: str, input_key: str) -> list[dict]:
+    """Rows of a local prompt file: .txt (one prompt per non-empty line, as `input_key`) or JSON/JSONL, .gz or not."""
+    from moslim_plugin.data.ratings import read_records
+
+    if path.lower().endswith((".txt", ".txt.gz")):
+        try:
+            with (
+                gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8") as f
+            ):
+                rows = [{input_key: line.strip()} for line in f if line.strip()]
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: cannot be read ({type(e).__name__}: {e}); is the file complete?") from None
+    else:
+        rows = read_records(path)
+    if not rows:
+        raise UserError(f"{path}: the file is empty (no prompt in it)")
+    return rows
 
 
 def write_rows(rows, output: str) -> None:
@@ -225,26 +289,18 @@ def main(argv=None) -> int:
     p.add_argument("--data.label_key", default="label")
     p.add_argument("--moslim.spec", required=True, help="objective spec (YAML or JSON)")
     p.add_argument("--moslim.output", required=True, help=".jsonl file, or a folder for datasets' save_to_disk")
-    p.add_argument("--moslim.sampling", default="uniform", choices=SAMPLING_MODES)
-    p.add_argument("--moslim.fixed", default=None, help="fixed targets, e.g. helpfulness=3,verbosity=1")
-    p.add_argument("--moslim.columns", default=None, help="per-row targets: objective=column,...")
-    p.add_argument("--moslim.seed", type=int, default=42)
-    p.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS)
-    p.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES, help="how the directive reads")
+    add_sampling_flags(p, "uniform")
     p.add_argument("--moslim.question_key", default="raw_question", help="column that keeps the raw question")
     args = vars(p.parse_args(argv))
 
     spec = load_spec(args["moslim.spec"])
-    fixed = args["moslim.fixed"] and parse_assignments(args["moslim.fixed"], "--moslim.fixed")
-    if fixed:
-        try:
-            fixed = {name: int(level) for name, level in fixed.items()}
-        except ValueError as e:
-            raise ValueError(f"--moslim.fixed {args['moslim.fixed']!r}: levels must be integers ({e})") from None
+    fixed = args["moslim.fixed"] and parse_fixed(args["moslim.fixed"])
     columns = args["moslim.columns"] and parse_assignments(args["moslim.columns"], "--moslim.columns")
     sampler = TargetSampler(spec, args["moslim.sampling"], args["moslim.seed"], fixed=fixed, columns=columns)
 
-    data = load_prompt_data(args["data.dataset"], args["data.dataset_split"], args["data.max_samples"])
+    data = load_prompt_data(
+        args["data.dataset"], args["data.dataset_split"], args["data.max_samples"], args["data.input_key"]
+    )
     keys = dict(
         input_key=args["data.input_key"],
         label_key=args["data.label_key"],

@@ -14,8 +14,10 @@ Readers (`--moslim.format`):
                  -> `severity` (0-3)
   hh_rlhf        chosen/rejected dialogues; chosen -> 1, rejected -> 0 for the file's subset objective:
                  helpful-* files -> `helpful`, harmless-* files -> `harmless`
-  generic        any JSON/JSONL/parquet/arrow rows; question/response and the spec's rating paths are dotted
-                 paths (`annotations.helpfulness`); ranges come from `rating.range` in the spec
+  generic        any JSON/JSONL/parquet/arrow rows; the spec's rating paths are dotted paths
+                 (`annotations.helpfulness`); question/response are dotted paths or templates over them
+                 (`--moslim.question_key "{context}\\n\\n{dialogue}"`); integer ratings need no bins, only
+                 `rating.range` when the scale does not start at 0 (default range: 0 .. levels - 1)
 
     moslim-openrlhf prepare-ratings --moslim.format helpsteer2 --moslim.spec helpsteer \
         --data.dataset helpsteer2_train.jsonl --moslim.output ratings.jsonl
@@ -26,7 +28,9 @@ import collections
 import gzip
 import json
 import os
+import re
 
+from moslim_plugin import UserError
 from moslim_plugin.core.spec import load_spec
 
 MISSING = object()
@@ -36,23 +40,33 @@ ULTRAFEEDBACK_ASPECTS = ("helpfulness", "honesty", "instruction_following", "tru
 
 
 def read_records(path: str) -> list:
-    """Rows of a .json/.jsonl file (optionally .gz), a parquet/arrow file or a datasets save_to_disk folder."""
+    """Rows of a .json/.jsonl file (optionally .gz), a parquet/arrow file or a datasets save_to_disk folder.
+    Every error names the file (and the line for JSONL)."""
+    path = str(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise UserError(f"{path}: no such file or folder")
     name = path[:-3] if path.endswith(".gz") else path
     if name.endswith((".json", ".jsonl")):
         # Plain json keeps nested ratings as they are; Arrow would force one schema on heterogeneous rows.
-        with gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with (
+                gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8") as f
+            ):
+                text = f.read()
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: cannot be read ({type(e).__name__}: {e}); is the file complete?") from None
         if text.lstrip().startswith("["):
-            return json.loads(text)
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {e.lineno} is not valid JSON ({e.msg})") from None
         rows = []
         for line_no, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {line_no} is not valid JSON ({e})") from None
+                    raise UserError(f"{path}: line {line_no} is not valid JSON ({e})") from None
         return rows
     import datasets
 
@@ -62,7 +76,7 @@ def read_records(path: str) -> list:
     if os.path.isdir(path):
         data = datasets.load_from_disk(path)
         return list(data["train"] if isinstance(data, datasets.DatasetDict) else data)
-    raise ValueError(f"{path}: unknown file type; expected .json, .jsonl(.gz), .parquet, .arrow, .csv or a folder")
+    raise UserError(f"{path}: unknown file type; expected .json, .jsonl(.gz), .parquet, .arrow, .csv or a folder")
 
 
 def get_path(record, path: str):
@@ -78,11 +92,26 @@ def get_path(record, path: str):
     return value
 
 
+def get_field(record, key: str):
+    """A dotted path, or a template of dotted paths such as "{context}\\n\\n{dialogue}" (a typed \\n is a newline):
+    the question can combine several fields. MISSING when any path is absent; non-string values as JSON."""
+    if "{" not in key:
+        return get_path(record, key)
+    values = {}
+    for path in re.findall(r"\{([^{}]+)\}", key):
+        value = get_path(record, path)
+        if value is MISSING:
+            return MISSING
+        values[path] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    template = key.replace("\\n", "\n").replace("\\t", "\t")
+    return re.sub(r"\{([^{}]+)\}", lambda m: values[m.group(1)], template)
+
+
 def split_hh_dialogue(text: str) -> tuple[str, str]:
     """HH-RLHF dialogue -> (conversation up to the last assistant turn, last assistant turn)."""
     head, sep, response = text.rpartition("\n\nAssistant:")
     if not sep:
-        raise ValueError(f"no '\\n\\nAssistant:' turn in {text[:80]!r}")
+        raise UserError(f"no '\\n\\nAssistant:' turn in {text[:80]!r}")
     return head.strip(), response.strip()
 
 
@@ -92,7 +121,7 @@ def hh_subset(path: str) -> str:
         return "harmless"
     if base.startswith("helpful"):
         return "helpful"
-    raise ValueError(f"{path}: cannot tell the HH-RLHF subset from the file name; pass --moslim.hh_subset")
+    raise UserError(f"{path}: cannot tell the HH-RLHF subset from the file name; pass --moslim.hh_subset")
 
 
 def reader_triples(fmt: str, rows, path: str, question_key: str, response_key: str, subset: str | None):
@@ -124,14 +153,17 @@ def reader_triples(fmt: str, rows, path: str, question_key: str, response_key: s
         for i, row in enumerate(rows):
             for key, level in (("chosen", 1), ("rejected", 0)):
                 if not isinstance(row.get(key), str):
-                    raise ValueError(f"{path}: row {i}: expected a {key!r} dialogue string, got {row.get(key)!r:.80}")
-                question, response = split_hh_dialogue(row[key])
+                    raise UserError(f"{path}: row {i}: expected a {key!r} dialogue string, got {row.get(key)!r:.80}")
+                try:
+                    question, response = split_hh_dialogue(row[key])
+                except UserError as e:
+                    raise UserError(f"{path}: row {i}: {key}: {e}") from None
                 yield i, question, response, {subset: level}, ranges
     elif fmt == "generic":
         for i, row in enumerate(rows):
-            yield i, get_path(row, question_key), get_path(row, response_key), row, None
+            yield i, get_field(row, question_key), get_field(row, response_key), row, None
     else:
-        raise ValueError(f"unknown --moslim.format {fmt!r}; expected one of {READERS}")
+        raise UserError(f"unknown --moslim.format {fmt!r}; expected one of {READERS}")
 
 
 READERS = ("helpsteer2", "ultrafeedback", "pku_saferlhf", "hh_rlhf", "generic")
@@ -145,17 +177,24 @@ def to_level(objective, value, declared_range, where: str):
         try:
             value = float(value)
         except ValueError:
-            raise ValueError(f"{where}: rating {value!r} for {objective.name!r} is not a number") from None
+            raise UserError(f"{where}: rating {value!r} for {objective.name!r} is not a number") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{where}: rating {value!r} for {objective.name!r} is not a number")
+        raise UserError(f"{where}: rating {value!r} for {objective.name!r} is not a number")
     rating = objective.rating or {}
     lo, hi = rating.get("range") or declared_range or (0, objective.levels - 1)
     if not lo <= value <= hi:
-        raise ValueError(f"{where}: rating {value!r} for {objective.name!r} is outside its range [{lo}, {hi}]")
+        origin = (
+            "rating.range in the spec" if "range" in rating else "the reader's" if declared_range else "the default"
+        )
+        raise UserError(
+            f"{where}: rating {value!r} for {objective.name!r} is outside its range [{lo}, {hi}] ({origin}); "
+            f"for another scale set rating.range in the spec, e.g. rating: {{range: [1, {objective.levels}]}} for "
+            f"integer ratings 1-{objective.levels}, or rating.bins for a continuous one"
+        )
     if "bins" in rating:
         return sum(value >= threshold for threshold in rating["bins"])
     if value != int(value) or hi - lo + 1 != objective.levels:
-        raise ValueError(
+        raise UserError(
             f"{where}: rating {value!r} for {objective.name!r} (range [{lo}, {hi}]) cannot be mapped onto "
             f"{objective.levels} levels without 'rating.bins' in the spec"
         )
@@ -165,7 +204,7 @@ def to_level(objective, value, declared_range, where: str):
 def convert(spec, fmt: str, path: str, rows, question_key="question", response_key="response", subset=None):
     """Rated rows of one file -> [{"question", "response", "labels"}]; every error names the file and the row."""
     if not rows:
-        raise ValueError(f"{path}: the dataset is empty")
+        raise UserError(f"{path}: the dataset is empty")
     paths = {o.name: (o.rating or {}).get("path", o.name) for o in spec.objectives}
     out, found = [], collections.Counter()
     for i, question, response, record, ranges in reader_triples(fmt, rows, path, question_key, response_key, subset):
@@ -174,16 +213,16 @@ def convert(spec, fmt: str, path: str, rows, question_key="question", response_k
         for key, value in (("question", question), ("response", response)):
             if value is MISSING:
                 field = f" at {question_key if key == 'question' else response_key!r}" if fmt == "generic" else ""
-                raise ValueError(f"{where}: no {key}{field} for the {fmt} reader; row keys: {list(rows[i])[:20]}")
+                raise UserError(f"{where}: no {key}{field} for the {fmt} reader; row keys: {list(rows[i])[:20]}")
             if not isinstance(value, str) or (key == "question" and not value.strip()):
-                raise ValueError(
+                raise UserError(
                     f"{where}: expected a {'non-empty ' * (key == 'question')}{key} string, got {value!r:.80}"
                 )
         labels = {}
         for objective in spec.objectives:
             attribute = paths[objective.name]
             if ranges is not None and attribute not in ranges:
-                raise ValueError(
+                raise UserError(
                     f"{path}: objective {objective.name!r} reads rating {attribute!r}, which the {fmt} reader "
                     f"does not provide; it provides {sorted(ranges)} (set rating.path in the spec)"
                 )
@@ -195,7 +234,7 @@ def convert(spec, fmt: str, path: str, rows, question_key="question", response_k
     if fmt == "generic":
         unknown = [f"{name} -> {paths[name]!r}" for name in spec.names if not found[name]]
         if unknown:
-            raise ValueError(f"{path}: rating path(s) found in no row: {unknown}; first row keys: {list(rows[0])}")
+            raise UserError(f"{path}: rating path(s) found in no row: {unknown}; first row keys: {list(rows[0])}")
     return out
 
 
@@ -227,7 +266,7 @@ def main(argv=None) -> int:
         out += convert(spec, args["moslim.format"], path, rows, *keys)
     labelled = [row for row in out if any(level is not None for level in row["labels"].values())]
     if not labelled:
-        raise ValueError(f"{args['data.dataset']}: no row has a rating for any objective of {list(spec.names)}")
+        raise UserError(f"{args['data.dataset']}: no row has a rating for any objective of {list(spec.names)}")
     os.makedirs(os.path.dirname(os.path.abspath(args["moslim.output"])), exist_ok=True)
     with open(args["moslim.output"], "w") as f:
         for row in labelled:

@@ -4,9 +4,16 @@ Rows come from `moslim-openrlhf prepare-ratings` (`{"question", "response", "lab
 a null label masks that head for that row. Flags mirror `openrlhf/cli/train_rm.py`. With CUDA the model is trained
 through OpenRLHF's DeepspeedStrategy (ZeRO, bf16, LoRA, gradient checkpointing); without CUDA the same loop runs on
 `TorchStrategy`, the subset of the DeepspeedStrategy interface the loop uses, in plain fp32 torch (AdamW). Rows are
-split into training and held-out parts by question (no prompt in both); after training the held-out probabilities
-give the per-head metrics (accuracy, macro-F1, mean absolute level error, expected calibration error) and the
-calibration statistics the mapping needs, which are saved inside the checkpoint.
+split into training and held-out parts by question (no prompt in both).
+
+Model selection: the held-out rows are evaluated every epoch (or every --eval.steps steps); the weights with the
+lowest mean per-head negative log-likelihood are kept, and training stops after --eval.patience evaluations without
+gain. The kept weights' held-out probabilities give the per-head metrics (accuracy, macro-F1, mean absolute level
+error, expected calibration error, NLL, confusion matrix) next to the majority-class and class-prior baselines (from
+the training labels), and the calibration statistics the mapping needs, saved inside the checkpoint.
+
+Resuming (--ckpt.load_enable) checks the objectives, head shapes, spec fingerprint and batch sizes saved with each
+checkpoint and refuses a mismatch; an unreadable or incomplete newest checkpoint falls back to the previous one.
 
     moslim-openrlhf train-rm --model.model_name_or_path <backbone> --moslim.spec hh \
         --data.dataset ratings.jsonl --ckpt.output_dir ./rm --train.micro_batch_size 8 --train.batch_size 32
@@ -17,8 +24,9 @@ import hashlib
 import json
 import math
 import os
-import random
+import pickle
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 
@@ -26,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from moslim_plugin import UserError
 from moslim_plugin.core.spec import load_spec
+from moslim_plugin.data.cpu_strategy import TorchStrategy
 from moslim_plugin.data.ratings import read_records
 
 IGNORE = -100  # label of a head without a rating in this row
@@ -36,28 +46,28 @@ def load_rows(data, spec, source: str) -> list[dict]:
     """Rating rows from a path or a list, checked against the spec before any model is built."""
     rows = read_records(data) if isinstance(data, (str, os.PathLike)) else list(data)
     if not rows:
-        raise ValueError(f"{source}: the dataset is empty")
+        raise UserError(f"{source}: the dataset is empty")
     for i, row in enumerate(rows):
         where = f"{source}: row {i}"
         for key in ("question", "response"):
             if not isinstance(row.get(key), str):
-                raise ValueError(f"{where}: expected a {key!r} string, got {row.get(key)!r:.80}")
+                raise UserError(f"{where}: expected a {key!r} string, got {row.get(key)!r:.80}")
         labels = row.get("labels")
         if not isinstance(labels, dict):
-            raise ValueError(f"{where}: expected 'labels' {{objective: level or null}}, got {labels!r:.80}")
+            raise UserError(f"{where}: expected 'labels' {{objective: level or null}}, got {labels!r:.80}")
         for name, level in labels.items():
             if name not in spec.names:
-                raise ValueError(f"{where}: unknown objective {name!r} in labels; the spec has {list(spec.names)}")
+                raise UserError(f"{where}: unknown objective {name!r} in labels; the spec has {list(spec.names)}")
             levels = spec.levels[spec.index(name)]
             if level is not None and (
                 not isinstance(level, int) or isinstance(level, bool) or not 0 <= level < levels
             ):
-                raise ValueError(
+                raise UserError(
                     f"{where}: label {name}={level!r} is not a level of {name!r} (0..{levels - 1} or null)"
                 )
     counts = {name: sum(row["labels"].get(name) is not None for row in rows) for name in spec.names}
     if not any(counts.values()):
-        raise ValueError(f"{source}: no row has a label for any objective of {list(spec.names)}")
+        raise UserError(f"{source}: no row has a label for any objective of {list(spec.names)}")
     return rows
 
 
@@ -120,9 +130,13 @@ def balanced_class_weights(rows, spec) -> list[torch.Tensor]:
     return weights
 
 
-def head_metrics(probs, labels, spec, bins: int = 10) -> dict:
+def head_metrics(probs, labels, spec, prior_labels=None, bins: int = 10) -> dict:
     """Per head on labelled rows: accuracy, macro-F1 (classes present in labels or predictions), mean absolute
-    level error of the argmax, expected calibration error of the argmax confidence (equal-width bins)."""
+    level error of the argmax, expected calibration error of the argmax confidence (equal-width bins), mean
+    negative log-likelihood, the confusion matrix [true][predicted], and two baselines a model must beat: always
+    the majority class (accuracy) and always the class prior (NLL). The class prior and majority class come from
+    `prior_labels` (the training labels) when given, else from `labels` themselves (an in-sample, harder bar)."""
+    prior_labels = labels if prior_labels is None else prior_labels
     metrics = {}
     for k, (name, levels) in enumerate(zip(spec.names, spec.levels)):
         mask = labels[:, k] != IGNORE
@@ -144,14 +158,28 @@ def head_metrics(probs, labels, spec, bins: int = 10) -> dict:
             for b in range(bins)
             if (which == b).any()
         )
+        seen = prior_labels[prior_labels[:, k] != IGNORE, k]
+        # Add-one smoothing: a class absent from the prior labels must not give the prior an infinite NLL.
+        prior = (torch.bincount(seen, minlength=levels)[:levels].double() + 1) / (seen.numel() + levels)
+        majority = int(prior.argmax())
+        confusion = torch.zeros(levels, levels, dtype=torch.long)
+        confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
         metrics[name] = {
             "n": int(y.numel()),
             "accuracy": correct.mean().item(),
             "macro_f1": sum(f1s) / len(f1s),
             "mae": (pred - y).abs().float().mean().item(),
             "ece": float(ece),
+            "nll": -p.double().clamp_min(1e-12).log().gather(1, y.unsqueeze(1)).mean().item(),
+            "majority_accuracy": (y == majority).float().mean().item(),
+            "prior_nll": -prior.log()[y].mean().item(),
+            "confusion": confusion.tolist(),
         }
     return metrics
+
+
+def scalar_logs(metrics: dict) -> dict:
+    return {f"eval/{n}/{k}": v for n, m in metrics.items() for k, v in m.items() if k != "confusion"}
 
 
 @torch.no_grad()
@@ -167,178 +195,27 @@ def predict(model, loader, device):
     return torch.cat(probs), torch.cat(labels)
 
 
-class TorchStrategy:
-    """The part of OpenRLHF's DeepspeedStrategy the RM loops use, in plain torch, for machines without CUDA.
-
-    Same calls (prepare, backward, optimizer_step, save_ckpt/load_ckpt, setup_dataloader, all_reduce, print) and the
-    same gradient accumulation (batch_size // micro_batch_size micro-steps per optimizer step) and scheduler as the
-    DeepSpeed engine, so one training loop serves both. Its checkpoints also hold the RNG states: a resumed run
-    draws the same dropout masks as an uninterrupted one.
-    """
-
-    def __init__(self, args):
-        self.args = args
-        self.seed = args.train.seed
-        self.max_norm = args.max_norm
-        self.accumulated_gradient = max(1, args.train.batch_size // args.train.micro_batch_size)
-        self.ring_attn_group = None
-        self.world_size = 1
-        self.micro_steps = 0
-        self.grad_norm = 0.0
-
-    def setup_distributed(self):
-        import transformers
-
-        transformers.set_seed(self.seed)
-
-    def prepare(self, model_and_cfg):
-        from transformers.trainer import get_scheduler
-
-        model, cfg = model_and_cfg
-        adam = cfg["adam"]
-        decay = [p for n, p in model.named_parameters() if p.requires_grad and not _no_decay(n)]
-        no_decay = [p for n, p in model.named_parameters() if p.requires_grad and _no_decay(n)]
-        groups = [{"params": decay, "weight_decay": adam["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW(groups, lr=adam["lr"], betas=tuple(adam["betas"]), eps=adam["eps"])
-        steps = cfg["scheduler_steps"]
-        kwargs = {"min_lr_rate": cfg["min_lr_ratio"]} if "min_lr" in cfg["lr_scheduler"] else {}
-        self.scheduler = get_scheduler(
-            cfg["lr_scheduler"],
-            self.optimizer,
-            num_warmup_steps=math.ceil(steps * cfg["lr_warmup_ratio"]),
-            num_training_steps=steps,
-            scheduler_specific_kwargs=kwargs,
-        )
-        self.max_norm = cfg["max_norm"]
-        self.model = model
-        return model, self.optimizer, self.scheduler
-
-    def backward(self, loss, model, optimizer):
-        (loss / self.accumulated_gradient).backward()
-
-    def optimizer_step(self, optimizer, model, scheduler):
-        self.micro_steps += 1
-        if self.micro_steps % self.accumulated_gradient:
-            return
-        params = [p for p in model.parameters() if p.grad is not None]
-        self.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_norm or float("inf")))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-
-    def get_grad_norm(self, model):
-        return self.grad_norm
-
-    def setup_dataloader(
-        self,
-        dataset,
-        batch_size,
-        pin_memory=False,
-        shuffle=True,
-        collate_fn=None,
-        drop_last=True,
-        sampler=None,
-        consumed_samples=0,
-        num_workers=0,
-    ):
-        from openrlhf.utils.distributed_sampler import DistributedSampler
-
-        sampler = sampler or DistributedSampler(
-            dataset,
-            num_replicas=1,
-            rank=0,
-            shuffle=shuffle,
-            seed=self.seed,
-            drop_last=drop_last,
-            consumed_samples=consumed_samples,
-        )
-        # Its own generator: creating an iterator must not draw from the global RNG (the dropout masks).
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=drop_last,
-            collate_fn=collate_fn,
-            num_workers=num_workers,
-            generator=torch.Generator(),
-        )
-
-    def _unwrap_model(self, model):
-        return model
-
-    def all_reduce(self, data, op="mean"):
-        return data
-
-    def all_gather(self, data):
-        return data if isinstance(data, torch.Tensor) else torch.tensor([data])
-
-    def print(self, *msg):
-        print(*msg)
-
-    def is_rank_0(self):
-        return True
-
-    def save_ckpt(self, model, save_dir, tag=None, max_num=3, max_mem=1000, client_state=None, **kwargs):
-        os.makedirs(os.path.join(save_dir, tag), exist_ok=True)
-        state = {
-            "model": model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "micro_steps": self.micro_steps,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-            "client_state": client_state or {},
-        }
-        torch.save(state, os.path.join(save_dir, tag, "state.pt"))
-        with open(os.path.join(save_dir, "latest"), "w") as f:
-            f.write(tag)
-        tags = sorted(
-            (d for d in os.listdir(save_dir) if os.path.isfile(os.path.join(save_dir, d, "state.pt"))),
-            key=lambda d: os.path.getmtime(os.path.join(save_dir, d)),
-        )
-        for old in tags[: max(0, len(tags) - max_num)]:
-            os.remove(os.path.join(save_dir, old, "state.pt"))
-            os.rmdir(os.path.join(save_dir, old))
-
-    def load_ckpt(self, model, load_dir, tag=None, **kwargs):
-        latest = os.path.join(load_dir, "latest")
-        if tag is None and not os.path.isfile(latest):
-            self.print(f"Warning: no checkpoint found at {load_dir}, starting from scratch.")
-            return None, {}
-        tag = tag or open(latest).read().strip()
-        path = os.path.join(load_dir, tag, "state.pt")
-        # weights_only: the file holds tensors, numbers and RNG states only; never unpickle arbitrary objects.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.micro_steps = state["micro_steps"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        return path, state["client_state"]
-
-
-# openrlhf/utils/deepspeed/deepspeed_utils.py: get_optimizer_grouped_parameters' list, copied because importing that
-# module imports deepspeed (tens of seconds on CPU) for four lines.
-NO_DECAY_NAMES = ("bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight")
-
-
-def _no_decay(name: str) -> bool:
-    return any(nd in name for nd in NO_DECAY_NAMES)
-
-
 def load_tokenizer(path):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # pad positions are masked and never pooled (as in the Scorer)
-    return tokenizer
+    from moslim_plugin.core.rm import ensure_pad_token
+
+    return ensure_pad_token(AutoTokenizer.from_pretrained(path, trust_remote_code=False))
 
 
-def build_model(args, spec):
+def build_model(args, spec, ds_config=None):
     from moslim_plugin.core.rm import MultiHeadRewardModel
 
     path = args.model.model_name_or_path
+    dschf = None
+    if ds_config is not None and ds_config["zero_optimization"]["stage"] == 3:
+        # ZeRO-3 as OpenRLHF's Actor does it: while an HfDeepSpeedConfig is alive, from_pretrained builds the model
+        # under deepspeed.zero.Init, so no rank ever holds the full model. Kept in scope only for the build.
+        from openrlhf.models.actor import _patch_zero3_weight_mapping
+        from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+        _patch_zero3_weight_mapping()
+        dschf = HfDeepSpeedConfig(ds_config)  # noqa: F841 (held by reference: transformers keeps a weakref)
     # fp32 master weights on CPU; under DeepSpeed the engine casts to --ds.param_dtype itself.
     model = MultiHeadRewardModel.from_backbone(
         path, spec, pooling=args.moslim.pooling, dtype=torch.float32, attn_implementation=args.ds.attn_implementation
@@ -384,29 +261,189 @@ def open_logger(args):
     return lambda logs, step: None, lambda: None
 
 
-def train(args, rows=None, eval_rows=None) -> dict:
-    """Train, evaluate on held-out rows, save the checkpoint with its calibration statistics; returns the metrics."""
-    from moslim_plugin.core.mappings import MappingStats
+SELECTION = "mean per-head negative log-likelihood on the held-out rows (lower is better)"
+META_FILE = "moslim_resume.json"
 
-    spec = load_spec(args.moslim.spec)
+
+def split_rows(args, spec, rows, eval_rows):
+    """(training rows, held-out rows): the held-out file when given, else a split by question of the dataset."""
+    source = args.data.dataset or "<rows>"
     # All input is checked before a model is built: a bad row fails in seconds, not after an hour of training.
-    rows = load_rows(rows if rows is not None else args.data.dataset, spec, args.data.dataset or "<rows>")
-    rows = rows[: args.data.max_samples]
+    rows = load_rows(rows if rows is not None else args.data.dataset, spec, source)[: args.data.max_samples]
     if eval_rows is not None or args.eval.dataset:
         eval_source = args.eval.dataset or "<eval rows>"
-        train_rows, eval_rows = (
-            rows,
-            load_rows(eval_rows if eval_rows is not None else args.eval.dataset, spec, eval_source),
-        )
+        train_rows = rows
+        eval_rows = load_rows(eval_rows if eval_rows is not None else args.eval.dataset, spec, eval_source)
     else:
         train_rows, eval_rows = split_by_question(rows, args.moslim.eval_ratio, args.train.seed)
     if not eval_rows or len(train_rows) < args.train.batch_size:
-        raise ValueError(
-            f"{args.data.dataset or '<rows>'}: {len(train_rows)} training / {len(eval_rows)} held-out rows after the "
-            f"split by question (--moslim.eval_ratio {args.moslim.eval_ratio}); need >= --train.batch_size "
-            f"({args.train.batch_size}) training rows and >= 1 held-out row"
+        raise UserError(
+            f"{source}: {len(train_rows)} training / {len(eval_rows)} held-out rows after the split by question "
+            f"(--moslim.eval_ratio {args.moslim.eval_ratio}); need >= --train.batch_size ({args.train.batch_size}) "
+            "training rows and >= 1 held-out row"
+        )
+    return train_rows, eval_rows
+
+
+def run_settings(args, spec) -> dict:
+    """What a checkpoint must share with the run that resumes it: the heads' meaning and shapes, the batching."""
+    return {
+        "objectives": list(spec.names),
+        "head_levels": list(spec.levels),
+        "spec_fingerprint": spec.fingerprint,
+        "train.batch_size": args.train.batch_size,
+        "train.micro_batch_size": args.train.micro_batch_size,
+    }
+
+
+def save_checkpoint(args, spec, strategy, model, state):
+    tag = f"global_step{state['global_step']}"
+    strategy.save_ckpt(model, args.ckpt.path, tag, args.ckpt.max_num, args.ckpt.max_mem, state)
+    if strategy.is_rank_0():
+        # Written after the weights: a tag folder without this file is an incomplete checkpoint.
+        with open(os.path.join(args.ckpt.path, tag, META_FILE), "w") as f:
+            json.dump(run_settings(args, spec), f)
+
+
+def resume(args, spec, strategy, model) -> dict | None:
+    """Loop state of the newest readable checkpoint in --ckpt.path, or None. Settings must match (else refused);
+    an unreadable or incomplete checkpoint falls back to the previous one, with a warning naming it."""
+    root = args.ckpt.path
+    if not args.ckpt.load_enable or not os.path.isdir(root):
+        return None
+    tags = [d for d in os.listdir(root) if d.startswith("global_step") and d[11:].isdigit()]
+    expected, bad = run_settings(args, spec), []
+    for tag in sorted(tags, key=lambda d: int(d[11:]), reverse=True):
+        current = meta = os.path.join(root, tag, META_FILE)
+        try:
+            with open(meta) as f:
+                saved = json.load(f)
+            for key, value in expected.items():
+                if saved.get(key) != value:
+                    raise UserError(
+                        f"{meta}: the checkpoint was written with {key}={saved.get(key)!r}, this run has {value!r}; "
+                        "resume with the same setting, or train into a new --ckpt.path"
+                    )
+            current = os.path.join(root, tag, "state.pt") if isinstance(strategy, TorchStrategy) else current
+            path, state = strategy.load_ckpt(model, root, tag=tag)
+        except UserError:
+            raise
+        except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as e:
+            bad.append(current)
+            strategy.print(f"Warning: checkpoint file {current} is unreadable or incomplete ({str(e)[:200]})")
+            continue
+        if bad:
+            strategy.print(f"Warning: resumed from the older checkpoint {path}; skipped the bad {bad}")
+        strategy.print(f"Loaded the checkpoint: {path}, consumed_samples: {state['consumed_samples']}")
+        return state
+    if bad:
+        raise UserError(f"{root}: no readable checkpoint to resume from; bad: {bad}")
+    strategy.print(f"Warning: no checkpoint found at {root}, starting from scratch.")
+    return None
+
+
+def check_output_dir(args):
+    out = args.ckpt.output_dir
+    if os.path.isfile(os.path.join(out, "config.json")) and not args.ckpt.overwrite:
+        raise UserError(
+            f"--ckpt.output_dir {out} already holds a model (config.json): choose another folder or pass "
+            "--ckpt.overwrite to replace it"
         )
 
+
+@dataclass
+class Run:
+    """What the training loop works with, built once by `train`."""
+
+    args: argparse.Namespace
+    spec: object
+    strategy: object
+    model: torch.nn.Module
+    optimizer: object
+    scheduler: object
+    train_loader: object
+    eval_loader: object
+    device: torch.device
+    class_weights: list | None
+    steps_per_epoch: int
+    max_steps: int
+    log: object
+    eval_seconds: float = 0.0  # held-out evaluations inside the loop, left out of the reported training time
+
+
+def evaluate_and_select(run: Run, state: dict) -> None:
+    """Held-out metrics now; the weights are kept when they beat the best so far (see SELECTION)."""
+    start = time.perf_counter()
+    metrics = head_metrics(*predict(run.model, run.eval_loader, run.device), run.spec)
+    value = sum(m["nll"] for m in metrics.values() if m["n"]) / sum(bool(m["n"]) for m in metrics.values())
+    # Under DeepSpeed each rank sees its shard of the held-out rows: all ranks must keep and stop alike.
+    value = float(run.strategy.all_reduce(value))
+    state["history"].append([state["global_step"], value])
+    run.log({**scalar_logs(metrics), "eval/selection_nll": value}, state["global_step"])
+    if value < state["best_value"]:
+        weights = run.strategy._unwrap_model(run.model).state_dict()
+        state.update(best_value=value, best_step=state["global_step"], evals_without_gain=0)
+        state["best_weights"] = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+    else:
+        state["evals_without_gain"] += 1
+    run.eval_seconds += time.perf_counter() - start
+
+
+def train_loop(run: Run, state: dict) -> None:
+    """Optimizer steps until max_steps or early stopping; evaluates, keeps the best weights and checkpoints."""
+    args, strategy = run.args, run.strategy
+    bar = tqdm(total=run.max_steps, initial=state["global_step"], desc="train-rm", disable=not strategy.is_rank_0())
+    epoch = state["global_step"] // run.steps_per_epoch
+    micro_step = 0
+    while state["global_step"] < run.max_steps and not stop_early(args, state):
+        skip = state["consumed_samples"] - epoch * run.steps_per_epoch * args.train.batch_size
+        run.train_loader.sampler.set_epoch(epoch, consumed_samples=max(skip, 0))
+        for inputs, labels in run.train_loader:
+            logits = run.model(**{k: v.to(run.device) for k, v in inputs.items()})
+            losses = head_losses(
+                logits, labels.to(run.device), run.spec, run.class_weights, args.moslim.label_smoothing
+            )
+            present = [loss for loss in losses if loss is not None]
+            # A micro-batch without any label still goes through backward: DeepSpeed counts micro-steps.
+            loss = torch.stack(present).mean() if present else logits.sum() * 0.0
+            strategy.backward(loss, run.model, run.optimizer)
+            strategy.optimizer_step(run.optimizer, run.model, run.scheduler)
+            micro_step += 1
+            if micro_step % strategy.accumulated_gradient:
+                continue
+            state["global_step"] += 1
+            step = state["global_step"]
+            state["consumed_samples"] = step * args.train.batch_size
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.update()
+            if step % args.logger.logging_steps == 0:
+                logs = {"train/loss": loss.item(), "train/lr": run.scheduler.get_last_lr()[0]}
+                logs["train/grad_norm"] = strategy.get_grad_norm(run.model)
+                logs.update({f"train/{n}_loss": x.item() for n, x in zip(run.spec.names, losses) if x is not None})
+                run.log(strategy.all_reduce(logs), step)
+            end_of_epoch = step % run.steps_per_epoch == 0
+            if (step % args.eval.steps == 0) if args.eval.steps > 0 else end_of_epoch:
+                evaluate_and_select(run, state)
+            if args.ckpt.save_steps > 0 and step % args.ckpt.save_steps == 0:
+                save_checkpoint(args, run.spec, strategy, run.model, state)
+            # An epoch is steps_per_epoch optimizer steps (as in OpenRLHF): no partial accumulation carries over.
+            if step >= run.max_steps or end_of_epoch or stop_early(args, state):
+                break
+        epoch += 1
+    bar.close()
+    if not state["history"] or state["history"][-1][0] != state["global_step"]:
+        evaluate_and_select(run, state)  # the last weights are a candidate too
+
+
+def stop_early(args, state) -> bool:
+    return args.eval.patience > 0 and state["evals_without_gain"] >= args.eval.patience
+
+
+def train(args, rows=None, eval_rows=None) -> dict:
+    """Train, keep the best weights on held-out rows, save them with their calibration statistics; returns metrics."""
+    spec = load_spec(args.moslim.spec)
+    train_rows, eval_rows = split_rows(args, spec, rows, eval_rows)
+    check_output_dir(args)
     tokenizer = load_tokenizer(args.model.model_name_or_path)
     train_set = encode_rows(train_rows, tokenizer, spec, args.data.max_len, args.data.dataset or "<rows>")
     eval_set = encode_rows(eval_rows, tokenizer, spec, args.data.max_len, args.eval.dataset or "<held-out rows>")
@@ -420,98 +457,59 @@ def train(args, rows=None, eval_rows=None) -> dict:
         strategy = TorchStrategy(args)
     strategy.setup_distributed()
     device = torch.device("cuda", torch.cuda.current_device()) if use_deepspeed else torch.device("cpu")
-    model = build_model(args, spec)
+    model = build_model(args, spec, strategy.get_ds_train_config() if use_deepspeed else None)
 
     collate_fn = partial(collate, tokenizer=tokenizer)
     train_loader = strategy.setup_dataloader(train_set, args.train.micro_batch_size, True, True, collate_fn)
-    eval_loader = strategy.setup_dataloader(
-        eval_set, args.train.micro_batch_size, True, False, collate_fn, drop_last=False
-    )
+    eval_loader = strategy.setup_dataloader(eval_set, args.train.micro_batch_size, True, False, collate_fn, False)
     steps_per_epoch = len(train_rows) // args.train.batch_size
     max_steps = (
         args.train.max_steps if args.train.max_steps > 0 else math.ceil(args.train.max_epochs * steps_per_epoch)
     )
-    cfg = dict(
-        optim="adam",
-        muon={},
-        adam=vars(args.adam),
-        lr_scheduler=args.lr_scheduler,
-        lr_warmup_ratio=args.lr_warmup_ratio,
-        min_lr_ratio=args.min_lr_ratio,
-        max_norm=args.max_norm,
-        scheduler_steps=max_steps,
-    )
-    model, optimizer, scheduler = strategy.prepare((model, cfg))
+    if max_steps < 20:
+        strategy.print(
+            f"Warning: {max_steps} optimizer steps in all ({len(train_rows)} training rows // --train.batch_size "
+            f"{args.train.batch_size} = {steps_per_epoch} per epoch): lower --train.batch_size or raise "
+            "--train.max_epochs for more"
+        )
+    cfg = dict(optim="adam", muon={}, adam=vars(args.adam), lr_scheduler=args.lr_scheduler)
+    cfg.update(lr_warmup_ratio=args.lr_warmup_ratio, min_lr_ratio=args.min_lr_ratio, max_norm=args.max_norm)
+    model, optimizer, scheduler = strategy.prepare((model, {**cfg, "scheduler_steps": max_steps}))
     class_weights = balanced_class_weights(train_rows, spec) if args.moslim.class_weights == "balanced" else None
-
-    consumed_samples = 0
-    if args.ckpt.load_enable and os.path.exists(args.ckpt.path):
-        load_path, states = strategy.load_ckpt(model, args.ckpt.path)
-        if load_path is not None:
-            consumed_samples = states["consumed_samples"]
-            strategy.print(f"Loaded the checkpoint: {load_path}, consumed_samples: {consumed_samples}")
-
+    state = resume(args, spec, strategy, model) or dict(
+        consumed_samples=0, global_step=0, history=[], best_value=float("inf"), best_step=-1, evals_without_gain=0
+    )
+    state["global_step"] = state["consumed_samples"] // args.train.batch_size
     log, close_logger = open_logger(args) if strategy.is_rank_0() else (lambda *a: None, lambda: None)
-    global_step = consumed_samples // args.train.batch_size
-    micro_step = 0
-    bar = tqdm(total=max_steps, initial=global_step, desc="train-rm", disable=not strategy.is_rank_0())
+    run = Run(
+        args, spec, strategy, model, optimizer, scheduler, train_loader, eval_loader, device, class_weights,
+        steps_per_epoch, max_steps, log,
+    )  # fmt: skip
     start = time.perf_counter()
-    epoch = global_step // max(steps_per_epoch, 1)
-    while global_step < max_steps:
-        skip = consumed_samples - epoch * steps_per_epoch * args.train.batch_size
-        train_loader.sampler.set_epoch(epoch, consumed_samples=max(skip, 0))
-        for inputs, labels in train_loader:
-            logits = model(**{k: v.to(device) for k, v in inputs.items()})
-            losses = head_losses(logits, labels.to(device), spec, class_weights, args.moslim.label_smoothing)
-            present = [loss for loss in losses if loss is not None]
-            # A micro-batch without any label still goes through backward: DeepSpeed counts micro-steps.
-            loss = torch.stack(present).mean() if present else logits.sum() * 0.0
-            strategy.backward(loss, model, optimizer)
-            strategy.optimizer_step(optimizer, model, scheduler)
-            micro_step += 1
-            if micro_step % strategy.accumulated_gradient:
-                continue
-            global_step += 1
-            consumed_samples = global_step * args.train.batch_size
-            logs = {
-                "train/loss": loss.item(),
-                "train/lr": scheduler.get_last_lr()[0],
-                "train/grad_norm": strategy.get_grad_norm(model),
-            }
-            logs.update({f"train/{n}_loss": x.item() for n, x in zip(spec.names, losses) if x is not None})
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            bar.update()
-            if global_step % args.logger.logging_steps == 0:
-                log(strategy.all_reduce(logs), global_step)
-            if args.eval.steps > 0 and global_step % args.eval.steps == 0:
-                metrics = head_metrics(*predict(model, eval_loader, device), spec)
-                log({f"eval/{n}/{k}": v for n, m in metrics.items() for k, v in m.items()}, global_step)
-            if args.ckpt.save_steps > 0 and global_step % args.ckpt.save_steps == 0:
-                strategy.save_ckpt(
-                    model,
-                    args.ckpt.path,
-                    f"global_step{global_step}",
-                    args.ckpt.max_num,
-                    args.ckpt.max_mem,
-                    {"consumed_samples": consumed_samples},
-                )
-            # An epoch is steps_per_epoch optimizer steps (as in OpenRLHF): no partial accumulation carries over.
-            if global_step >= max_steps or global_step % steps_per_epoch == 0:
-                break
-        epoch += 1
-    bar.close()
-    train_seconds = time.perf_counter() - start  # the loop alone: no model load, evaluation or save
-
-    probs, labels = predict(model, eval_loader, device)
-    metrics = head_metrics(probs, labels, spec)
-    log({f"eval/{n}/{k}": v for n, m in metrics.items() for k, v in m.items()}, global_step)
+    train_loop(run, state)
+    train_seconds = time.perf_counter() - start - run.eval_seconds  # the loop alone: no load, evaluation or save
     close_logger()
-    unwrapped = strategy._unwrap_model(model)
+    return finish(run, state, tokenizer, train_rows, eval_rows, train_seconds)
+
+
+def finish(run: Run, state: dict, tokenizer, train_rows, eval_rows, train_seconds) -> dict:
+    """Load the best weights, measure them against the baselines, save them with their statistics."""
+    from moslim_plugin.core.mappings import MappingStats
+
+    args, spec, strategy = run.args, run.spec, run.strategy
+    unwrapped = strategy._unwrap_model(run.model)
+    unwrapped.load_state_dict(state["best_weights"])
+    probs, labels = predict(run.model, run.eval_loader, run.device)
+    train_labels = torch.tensor(
+        [[IGNORE if r["labels"].get(n) is None else r["labels"][n] for n in spec.names] for r in train_rows]
+    )
+    metrics = head_metrics(probs, labels, spec, prior_labels=train_labels)
     unwrapped.stats = MappingStats.from_probs(probs, spec.levels)
     save_model(unwrapped, tokenizer, args, strategy)
     result = {
         "output_dir": args.ckpt.output_dir,
-        "global_step": global_step,
+        "global_step": state["global_step"],
+        "selection": {"criterion": SELECTION, "best_step": state["best_step"], "history": state["history"]},
         "train_rows": len(train_rows),
         "eval_rows": len(eval_rows),
         "train_seconds": train_seconds,
@@ -520,8 +518,14 @@ def train(args, rows=None, eval_rows=None) -> dict:
     if strategy.is_rank_0():
         with open(os.path.join(args.ckpt.output_dir, "eval_metrics.json"), "w") as f:
             json.dump(result, f, indent=2)
+        strategy.print(f"[eval] kept step {state['best_step']} of {state['global_step']} ({SELECTION})")
         for name, m in metrics.items():
-            strategy.print(f"[eval] {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()))
+            strategy.print(f"[eval] {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if k != "confusion"))
+            if m["n"] and (m["accuracy"] < m["majority_accuracy"] or m["nll"] > m["prior_nll"]):
+                strategy.print(
+                    f"Warning: head {name} does not beat the baselines: accuracy {m['accuracy']:.3f} vs majority "
+                    f"class {m['majority_accuracy']:.3f}, NLL {m['nll']:.3f} vs class prior {m['prior_nll']:.3f}"
+                )
     return result
 
 
@@ -549,7 +553,8 @@ def build_parser():
     p.add_argument("--data.max_samples", type=int, default=1000000)
     p.add_argument("--data.max_len", type=int, default=512)
     p.add_argument("--eval.dataset", type=str, default=None, help="held-out rows (default: split by question)")
-    p.add_argument("--eval.steps", type=int, default=-1)
+    p.add_argument("--eval.steps", type=int, default=-1, help="evaluate every N steps (default: every epoch)")
+    p.add_argument("--eval.patience", type=int, default=3, help="stop after N evaluations without gain (0: never)")
     p.add_argument("--train.micro_batch_size", type=int, default=1)
     p.add_argument("--train.batch_size", type=int, default=128)
     p.add_argument("--train.max_epochs", type=int, default=1)
@@ -570,6 +575,7 @@ def build_parser():
     p.add_argument("--ckpt.max_num", type=int, default=3)
     p.add_argument("--ckpt.max_mem", type=int, default=int(1e8))
     p.add_argument("--ckpt.load_enable", action="store_true", default=False)
+    p.add_argument("--ckpt.overwrite", action="store_true", default=False, help="replace a model in output_dir")
     p.add_argument("--local_rank", type=int, default=-1)
     p.add_argument("--ds.zero_stage", type=int, default=2)
     p.add_argument("--ds.param_dtype", type=str, default="bf16", choices=["bf16", "fp16"], help="GPU only; CPU: fp32")
@@ -601,7 +607,13 @@ def parse_args(argv):
 
     args = hierarchize(build_parser().parse_args(argv))
     if args.data.dataset is None:
-        raise ValueError("--data.dataset is required (rows written by `moslim-openrlhf prepare-ratings`)")
+        raise UserError("--data.dataset is required (rows written by `moslim-openrlhf prepare-ratings`)")
+    batch, micro = args.train.batch_size, args.train.micro_batch_size
+    if micro < 1 or batch % micro:
+        raise UserError(
+            f"--train.batch_size {batch} is not a multiple of --train.micro_batch_size {micro}: each optimizer step "
+            "accumulates whole micro-batches (e.g. 8 and 4, or 8 and 8)"
+        )
     return args
 
 

@@ -229,7 +229,7 @@ def rm_stage(demo, samples):
     result = train_reward_model(
         rows, demo.spec, minilm_path(), rm_dir, micro_batch_size=rm_batch, batch_size=rm_batch,
         max_epochs=demo.size["rm_epochs"], lr=demo.args.moslim.rm_lr, eval_ratio=0.2, seed=0, max_len=192,
-        lr_warmup_ratio=0.1,
+        lr_warmup_ratio=0.1, overwrite=True,  # the RM is retrained on every run into the same folder
     )  # fmt: skip
     m = demo.args.moslim
     return Scorer.from_pretrained(rm_dir, mapping=m.mapping, mapping_kwargs=m.mapping_kwargs), result

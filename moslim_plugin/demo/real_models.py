@@ -68,3 +68,27 @@ def smollm2_path() -> Path:
         tok.save_pretrained(tmp)
         os.replace(tmp, target)
     return target
+
+
+def main(argv=None) -> int:
+    """`moslim-openrlhf models`: the bundled real models' local HF folders, for --model.model_name_or_path."""
+    import argparse
+
+    from moslim_plugin import UserError
+
+    models = {"minilm": ("all-MiniLM-L6-v2", minilm_path), "smollm2": ("SmolLM2-135M-Instruct", smollm2_path)}
+    p = argparse.ArgumentParser(prog="moslim-openrlhf models", description=main.__doc__)
+    p.add_argument("name", nargs="?", choices=list(models), help="print only this model's folder (for $(...))")
+    name = p.parse_args(argv).name
+    if name:
+        try:
+            print(models[name][1]())
+        except (ModuleNotFoundError, FileNotFoundError) as e:
+            raise UserError(str(e)) from None
+        return 0
+    for key, (title, find) in models.items():
+        try:
+            print(f"{key:<8} {title:<22} {find()}")
+        except (ModuleNotFoundError, FileNotFoundError) as e:
+            print(f"{key:<8} {title:<22} not installed ({e})")
+    return 0

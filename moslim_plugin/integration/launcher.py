@@ -13,16 +13,18 @@ and OpenRLHF's own env vars.
 """
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
 import runpy
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
-from moslim_plugin.core.directives import DEFAULT_PLACEMENT, DEFAULT_STYLE, PLACEMENTS, STYLES
-from moslim_plugin.data.datasets import SAMPLING_MODES, parse_assignments
-from moslim_plugin.integration import activate, patches
+from moslim_plugin import UserError
+from moslim_plugin.data.datasets import TargetSampler, add_sampling_flags, parse_assignments, parse_fixed
+from moslim_plugin.integration import activate, patches, reward_config
 
 # Ray's own names (ray._private.runtime_env.constants / ray._private.ray_constants), kept here so that building the
 # runtime env does not import Ray.
@@ -40,32 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="OpenRLHF's train_ppo_ray with a MOSLIM multi-head reward model. Every flag not listed here "
         "goes to OpenRLHF (see its help below).",
     )
-    g = p.add_argument_group("MOSLIM")
+    g = p.add_argument_group("MOSLIM prompts")
     g.add_argument("--moslim.spec", default=None, help="objective spec (YAML/JSON) the prompts are conditioned on")
-    g.add_argument("--moslim.mapping", default="moslim", help="classification -> reward mapping (name or module:fn)")
-    g.add_argument("--moslim.mapping_kwargs", default="{}", help="JSON object of keyword arguments for the mapping")
-    g.add_argument(
-        "--moslim.sampling",
-        "--moslim.targets",
-        default=None,
-        choices=SAMPLING_MODES,
-        help="condition every prompt on the fly with targets drawn this way (same as `prepare-prompts`); "
-        "default: the prompts already carry MOSLIM labels",
-    )
-    g.add_argument("--moslim.fixed", default=None, help="targets for --moslim.sampling fixed: helpfulness=3,...")
-    g.add_argument(
-        "--moslim.columns", "--moslim.target_columns", default=None, help="for column sampling: objective=column,..."
-    )
-    g.add_argument("--moslim.seed", type=int, default=42, help="target sampling seed (as prepare-prompts)")
-    g.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS)
-    g.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES, help="how the directive reads")
-    g.add_argument(
-        "--moslim.template",
-        default="auto",
-        help="the policy's chat template, to split prompt and response text: auto, chatml, llama3 or a JSON object",
-    )
-    g.add_argument("--moslim.max_length", type=int, default=512, help="reward model context (question truncated)")
-    g.add_argument("--moslim.batch_size", type=int, default=32, help="reward model forward batch size")
+    add_sampling_flags(g, sampling_default=None)  # None: the prompts already carry MOSLIM labels
+    reward_config.add_flags(p.add_argument_group("MOSLIM reward (in-process, the reward-func .py or serve-reward)"))
     return p
 
 
@@ -78,13 +58,25 @@ def main(argv=None) -> int:
     activate.activate_all()
     patches.apply(patches.HIERARCHIZE, make=functools.partial(wrap_hierarchize, moslim=moslim))
     saved_argv = sys.argv
-    sys.argv = ["train_ppo_ray", *rest]
+    sys.argv = ["train_ppo_ray", *rest, *diff_extension_flags(rest)]
     try:
         runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=True)
     finally:
         sys.argv = saved_argv
         patches.revert(patches.HIERARCHIZE.name)
     return 0
+
+
+def diff_extension_flags(rest, environ=os.environ) -> list[str]:
+    """With runtime patching off (OpenRLHF carries patches/openrlhf-0.11.2-moslim.diff), the diff's flags that plug
+    in what the runtime patches would: the reward-model actor class and the row-preprocessing hook."""
+    if environ.get(patches.RUNTIME_ENV, "1") != "0":
+        return []
+    flags = {
+        "--reward.actor_class": "moslim_plugin.integration.ray_reward:MoslimRewardModelActor",
+        "--data.preprocess_fn": "moslim_plugin.integration.patches:preprocess_row",
+    }
+    return [item for flag, value in flags.items() if flag not in rest for item in (flag, value)]
 
 
 def split_argv(argv) -> tuple[SimpleNamespace, list[str]]:
@@ -106,7 +98,7 @@ def wrap_hierarchize(original, moslim):
         from moslim_plugin.integration import compat
 
         compat.check_args(args)
-        init_ray()
+        init_ray(args.moslim.reward if args.moslim.reward is not None and not args.moslim.in_process else None)
         return args
 
     return hierarchize
@@ -117,71 +109,149 @@ def fail(message: str):
 
 
 def check_moslim_args(moslim, args) -> SimpleNamespace:
-    """Validate the --moslim.* flags against OpenRLHF's and add what the workers need (parsed, self-contained)."""
-    from moslim_plugin.core.mappings import resolve_mapping
-    from moslim_plugin.core.rm import is_moslim_checkpoint
+    """Validate the --moslim.* flags against OpenRLHF's and build what the workers need (parsed, self-contained):
+    the sampling settings and `reward`, the one RewardConfig of every reward path (None: the reward is not MOSLIM)."""
     from moslim_plugin.core.spec import load_spec
-    from moslim_plugin.data.datasets import TargetSampler
-    from moslim_plugin.integration.remote_reward import resolve_template
 
-    m = SimpleNamespace(**vars(moslim))
     try:
-        m.mapping_kwargs = json.loads(moslim.mapping_kwargs)
-    except json.JSONDecodeError as e:
-        fail(f"--moslim.mapping_kwargs {moslim.mapping_kwargs!r} is not JSON ({e})")
-    if not isinstance(m.mapping_kwargs, dict):
-        fail(f"--moslim.mapping_kwargs must be a JSON object, got {moslim.mapping_kwargs!r}")
-    resolve_mapping(m.mapping)  # fail in the driver, not in a GPU actor, on a typo
-    resolve_template(m.template)
-    # Workers get the spec itself, not a path they might not see.
-    m.spec_dict = load_spec(m.spec).to_dict() if m.spec else None
-
-    m.fixed = parse_assignments(moslim.fixed, "--moslim.fixed") if moslim.fixed else None
-    if m.fixed:
-        try:
-            m.fixed = {name: int(level) for name, level in m.fixed.items()}
-        except ValueError:
-            fail(f"--moslim.fixed {moslim.fixed!r}: levels must be integers, e.g. helpfulness=3,verbosity=1")
-    m.columns = parse_assignments(moslim.columns, "--moslim.columns") if moslim.columns else None
-    if m.sampling:
-        if not m.spec:
-            fail(f"--moslim.sampling {m.sampling} needs --moslim.spec (the objectives to draw targets for)")
-        if not args.data.apply_chat_template:
-            fail("--moslim.sampling turns prompts into chat messages: pass --data.apply_chat_template")
-        if not args.data.label_key:
-            fail("--moslim.sampling writes each prompt's targets into its label: pass --data.label_key (e.g. label)")
-        TargetSampler(load_spec(m.spec_dict), m.sampling, m.seed, fixed=m.fixed, columns=m.columns)
-        if m.style == "natural" and not load_spec(m.spec_dict).has_instructions:
-            fail(f"--moslim.style natural needs per-level 'instructions' in every objective of {m.spec}; add them "
-                 "or pass --moslim.style tagged")  # fmt: skip
-    elif m.fixed or m.columns:
-        fail("--moslim.fixed / --moslim.columns only apply with --moslim.sampling fixed / column")
-
-    path, remote = args.reward.model_name_or_path, args.reward.remote_url or args.train.agent_func_path
-    m.in_process = bool(path) and not remote and any(is_moslim_checkpoint(p) for p in path.split(","))
-    if m.in_process and "," in path:
-        fail(f"--reward.model_name_or_path {path!r}: a MOSLIM reward model cannot be combined with others")
-    if m.in_process and not args.data.label_key:
-        fail("the MOSLIM reward model reads each prompt's targets from its label: pass --data.label_key (e.g. label)")
+        spec = load_spec(moslim.spec) if moslim.spec else None
+        m = check_sampling(moslim, args, spec)
+        m.reward, m.in_process = reward_of(moslim, args, spec)
+    except UserError as e:
+        fail(str(e))
+    if m.reward is None and m.sampling:
+        fail(
+            f"--moslim.sampling conditions prompts on directives, but nothing would score them: "
+            f"--reward.model_name_or_path {args.reward.model_name_or_path!r} is not a MOSLIM checkpoint and no "
+            f"MOSLIM --reward.remote_url is given"
+        )
+    given = given_flags(moslim)
+    if m.reward is None and given:
+        fail(f"{given} would do nothing: {why_not_moslim(args)}; remove them")
+    if m.reward is not None and not args.data.label_key:
+        fail("the MOSLIM reward reads each prompt's targets from its label: pass --data.label_key (e.g. label)")
     if m.in_process and args.algo.advantage.estimator == "gae" and not args.critic.model_name_or_path:
         fail(
             "PPO (gae) without --critic.model_name_or_path: OpenRLHF would initialise the critic from the reward "
             "model, but a MOSLIM reward model is a multi-head classifier with its own tokenizer; pass the policy "
             "(--critic.model_name_or_path <actor path>)"
         )
-    if m.sampling and not (m.in_process or remote):
-        fail(
-            f"--moslim.sampling conditions prompts on directives, but nothing would score them: "
-            f"--reward.model_name_or_path {path!r} is not a MOSLIM checkpoint and no --reward.remote_url is given"
+    generated = getattr(getattr(args, "rollout", None), "max_new_tokens", None) or getattr(args.data, "max_len", None)
+    if m.reward is not None and generated and generated > m.reward.max_length:
+        print(
+            f"moslim-openrlhf train_ppo_ray: note: the policy may generate {generated} tokens, more than "
+            f"--moslim.max_length {m.reward.max_length}: longer samples are scored truncated (question first, then "
+            "the end of the response) and counted in moslim/truncated",
+            file=sys.stderr,
         )
     return m
 
 
-def driver_runtime_env(environ=os.environ) -> dict:
-    """The runtime env for the driver's ray.init: the plugin's worker setup hook and OpenRLHF's env vars, minus
-    every key the job's runtime env (`ray job submit --runtime-env-json`) already sets."""
+def check_sampling(moslim, args, spec) -> SimpleNamespace:
+    """The sampling flags, parsed and checked (the dataset hook draws targets with them in the trainer actor)."""
+    m = SimpleNamespace(sampling=moslim.sampling, seed=moslim.seed, placement=moslim.placement, spec=moslim.spec,
+                        style=moslim.style)  # fmt: skip
+    m.spec_dict = spec.to_dict() if spec else None  # workers get the spec itself, not a path they might not see
+    m.fixed = parse_fixed(moslim.fixed) if moslim.fixed else None
+    m.columns = parse_assignments(moslim.columns, "--moslim.columns") if moslim.columns else None
+    if not m.sampling:
+        if m.fixed or m.columns:
+            fail("--moslim.fixed / --moslim.columns only apply with --moslim.sampling fixed / column")
+        return m
+    if not spec:
+        fail(f"--moslim.sampling {m.sampling} needs --moslim.spec (the objectives to draw targets for)")
+    if not args.data.apply_chat_template:
+        fail("--moslim.sampling turns prompts into chat messages: pass --data.apply_chat_template")
+    if not args.data.label_key:
+        fail("--moslim.sampling writes each prompt's targets into its label: pass --data.label_key (e.g. label)")
+    TargetSampler(spec, m.sampling, m.seed, fixed=m.fixed, columns=m.columns)
+    if m.style == "natural" and not spec.has_instructions:
+        fail(f"--moslim.style natural needs per-level 'instructions' in every objective of {m.spec}; add them "
+             "or pass --moslim.style tagged")  # fmt: skip
+    return m
+
+
+def reward_of(moslim, args, spec) -> tuple:
+    """(the validated RewardConfig, in_process) of the reward path OpenRLHF's flags select; (None, False) when that
+    path is not a MOSLIM one (a stock reward model, another reward function or server, an agent function)."""
+    from moslim_plugin.core.rm import is_moslim_checkpoint
+    from moslim_plugin.integration.remote_reward import REWARD_FUNC_FILE
+
+    path, remote = args.reward.model_name_or_path, args.reward.remote_url
+    if args.train.agent_func_path:
+        return None, False
+    if not remote:
+        if not path or not any(is_moslim_checkpoint(p) for p in path.split(",")):
+            return None, False
+        if "," in path:
+            fail(f"--reward.model_name_or_path {path!r}: a MOSLIM reward model cannot be combined with others")
+        return reward_config.RewardConfig.from_flags(moslim, path).validate(spec), True
+    urls = remote.split(",")
+    if urls[0].endswith(".py"):  # OpenRLHF loads reward_func from the first URL when it is a file
+        if Path(urls[0]).name != REWARD_FUNC_FILE.name:
+            return None, False
+        if not path:
+            fail(
+                f"--reward.remote_url {urls[0]} (the MOSLIM reward function) loads the reward model named by "
+                "--reward.model_name_or_path: pass it"
+            )
+        return reward_config.RewardConfig.from_flags(moslim, path).validate(spec), False
+    if path:
+        fail(
+            f"--reward.model_name_or_path {path!r} would do nothing with the reward server(s) {remote}: a server "
+            "loads its own reward model; remove it"
+        )
+    config = reward_config.RewardConfig.from_flags(moslim, None)
+    config = dataclasses.replace(config, spec_fingerprint=spec.fingerprint if spec else None)
+    healths = [server_health(url) for url in urls]
+    if not any(isinstance(h, dict) and "reward_config" in h for h in healths):
+        return None, False
+    for url, health in zip(urls, healths):
+        config.check_server(url, health)
+    return config, False
+
+
+def server_health(url: str) -> dict:
+    """GET /health next to a reward server's /get_reward URL."""
+    import urllib.error
+    import urllib.request
+
+    health_url = url.rsplit("/", 1)[0] + "/health"
+    try:
+        with urllib.request.urlopen(health_url, timeout=10) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        if isinstance(e, urllib.error.HTTPError) and e.code == 404:
+            return {}  # a server without /health (e.g. OpenRLHF's serve_rm): not a MOSLIM one
+        fail(f"--reward.remote_url {url}: cannot read {health_url} to check its configuration ({e}); start it first")
+
+
+def given_flags(moslim) -> list[str]:
+    defaults = {action.dest: action.default for action in build_parser()._actions}
+    return [f"--moslim.{name}" for name, value in vars(moslim).items() if value != defaults[f"moslim.{name}"]]
+
+
+def why_not_moslim(args) -> str:
+    if args.train.agent_func_path:
+        agent = args.train.agent_func_path
+        return f"--train.agent_func_path {agent} computes its own rewards (OpenRLHF bypasses the reward model)"
+    if args.reward.remote_url:
+        return f"--reward.remote_url {args.reward.remote_url} is not a MOSLIM reward function or server"
+    return f"--reward.model_name_or_path {args.reward.model_name_or_path!r} is not a MOSLIM reward model"
+
+
+def driver_runtime_env(environ=os.environ, reward=None) -> dict:
+    """The runtime env for the driver's ray.init: the plugin's worker setup hook, OpenRLHF's env vars and, for the
+    reward-func `.py` path, the reward configuration (`reward`), minus every key the job's runtime env
+    (`ray job submit --runtime-env-json`) already sets."""
     job = json.loads(environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}")).get("runtime_env") or {}
     job_env = job.get("env_vars") or {}
+    stale = [name for name in (reward_config.ENV_VAR, *reward_config.RETIRED_ENV_VARS) if name in job_env]
+    if stale:
+        fail(
+            f"the job's runtime env sets {stale}: the reward configuration comes only from this command line "
+            "(--reward.model_name_or_path, --moslim.*), and the launcher passes it on itself; remove them"
+        )
     runtime_env = {}
     job_hook = job.get("worker_process_setup_hook") or job_env.get(RAY_SETUP_HOOK_ENV_VAR)
     if job_hook is None:
@@ -193,15 +263,18 @@ def driver_runtime_env(environ=os.environ) -> dict:
             f"{activate.WORKER_SETUP_HOOK}(); ...) or declare {activate.WORKER_SETUP_HOOK!r} as the job's hook"
         )
     env_vars = {key: environ.get(key, default) for key, default in OPENRLHF_RAY_ENV.items()}
-    if patches.ALLOW_ENV in environ:  # workers on other nodes do not inherit the driver's environment
-        env_vars[patches.ALLOW_ENV] = environ[patches.ALLOW_ENV]
+    if reward is not None:
+        env_vars.update(reward.env_vars())
+    for key in (patches.ALLOW_ENV, patches.RUNTIME_ENV):  # workers on other nodes do not inherit the driver's env
+        if key in environ:
+            env_vars[key] = environ[key]
     env_vars = {key: value for key, value in env_vars.items() if key not in job_env}
     if env_vars:
         runtime_env["env_vars"] = env_vars
     return runtime_env
 
 
-def init_ray() -> None:
+def init_ray(reward=None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -209,4 +282,4 @@ def init_ray() -> None:
             "moslim-openrlhf train_ppo_ray: error: Ray is already initialised in this process, so the MOSLIM worker "
             "setup hook cannot be declared; start the launcher in a fresh process"
         )
-    ray.init(runtime_env=driver_runtime_env())
+    ray.init(runtime_env=driver_runtime_env(reward=reward))

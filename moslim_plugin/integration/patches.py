@@ -9,25 +9,32 @@ would make it unnecessary and when to remove it. A version or fingerprint mismat
 under us: the wrapper may be wrong) unless MOSLIM_ALLOW_UNSUPPORTED_OPENRLHF=1. `patches/openrlhf-0.11.2-moslim.diff`
 is the same change as the upstream proposal.
 
+With `MOSLIM_RUNTIME_PATCHES=0` nothing is patched: for an OpenRLHF that carries the diff.
+
 `apply_on_import()` (called by the activation hook in the driver and in every Ray worker) applies each patch when
 OpenRLHF imports its module, or at once if it is already imported: a worker that never imports the module (vLLM
 engines, plain tasks) pays nothing and never imports torch. This module itself stays import-light for that reason.
 """
 
+import functools
 import hashlib
 import importlib
 import importlib.abc
 import importlib.metadata
 import inspect
+import json
 import os
 import sys
 import threading
 import warnings
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from moslim_plugin import SUPPORTED_OPENRLHF
 
 ALLOW_ENV = "MOSLIM_ALLOW_UNSUPPORTED_OPENRLHF"
+# "0": OpenRLHF already carries patches/openrlhf-0.11.2-moslim.diff (its extension points): patch nothing at run time.
+RUNTIME_ENV = "MOSLIM_RUNTIME_PATCHES"
 
 
 class PatchError(RuntimeError):
@@ -197,8 +204,14 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
                 exec_module(module)
             finally:
                 del spec.loader.exec_module  # loaders can be shared: leave no trace on this one
-            for patch in _pending.pop(fullname, []):
+            # A patch leaves the pending list only once applied: a refused one (PatchError) fails this import, and
+            # Python forgets the half-imported module, so every later import runs the check again and fails again,
+            # instead of handing out unpatched OpenRLHF.
+            for patch in list(_pending.get(fullname, [])):
                 apply(patch)
+                _pending[fullname].remove(patch)
+            if not _pending.get(fullname, True):
+                del _pending[fullname]
 
         spec.loader.exec_module = exec_then_patch
         return spec
@@ -209,6 +222,8 @@ _FINDER = _PatchOnImport()
 
 def apply_on_import(patches=PATCHES) -> None:
     """Apply each patch now if its module is imported, else right after OpenRLHF imports it (idempotent)."""
+    if os.environ.get(RUNTIME_ENV, "1") == "0":
+        return
     with _lock:
         for patch in patches:
             if patch.name in _applied:
@@ -222,28 +237,44 @@ def apply_on_import(patches=PATCHES) -> None:
 
 
 def wrap_prompt_dataset_init(original):
-    """PromptDataset.__init__ that first conditions every raw row on a preference directive (--moslim.sampling)."""
+    """PromptDataset.__init__ that first passes every raw row through `preprocess_row`, as the diff's patched
+    PromptDataset does with `--data.preprocess_fn` (conditioning on a preference directive, --moslim.sampling)."""
 
     def __init__(self, dataset, tokenizer, strategy, input_template=None, **kwargs):
         moslim = getattr(strategy.args, "moslim", None)
         if moslim is not None and moslim.sampling:
             from tqdm import tqdm
 
-            from moslim_plugin.data.datasets import condition_row
-
-            spec, sampler = moslim_sampler(moslim)
-            data = strategy.args.data
             # Row index = position in the blended dataset: the same index (so the same targets for the same seed)
             # as `prepare-prompts` on the same files, since blending without --data.prompt_probs keeps file order.
-            dataset = [
-                condition_row(
-                    row, spec, sampler, i, data.input_key, data.label_key, moslim.placement, style=moslim.style
-                )
-                for i, row in enumerate(tqdm(dataset, desc="MOSLIM directives", disable=not strategy.is_rank_0()))
-            ]
+            rows = tqdm(dataset, desc="MOSLIM directives", disable=not strategy.is_rank_0())
+            dataset = [preprocess_row(row, i, strategy.args) for i, row in enumerate(rows)]
         original(self, dataset, tokenizer, strategy, input_template, **kwargs)
 
     return __init__
+
+
+def preprocess_row(row, index, args):
+    """The diff's `--data.preprocess_fn moslim_plugin.integration.patches:preprocess_row`: the row conditioned on a
+    preference directive and MOSLIM label (`datasets.condition_row`) when --moslim.sampling is set, else as it is."""
+    moslim = getattr(args, "moslim", None)
+    if moslim is None or not moslim.sampling:
+        return row
+    from moslim_plugin.data.datasets import condition_row
+
+    key = json.dumps([moslim.spec_dict, moslim.sampling, moslim.seed, moslim.fixed, moslim.columns], sort_keys=True)
+    spec, sampler = _cached_sampler(key)
+    return condition_row(
+        row, spec, sampler, index, args.data.input_key, args.data.label_key, moslim.placement, style=moslim.style
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_sampler(key: str):
+    spec_dict, sampling, seed, fixed, columns = json.loads(key)
+    return moslim_sampler(
+        SimpleNamespace(spec_dict=spec_dict, sampling=sampling, seed=seed, fixed=fixed, columns=columns)
+    )
 
 
 def moslim_sampler(moslim):

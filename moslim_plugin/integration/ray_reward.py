@@ -1,10 +1,12 @@
 """The MOSLIM reward inside OpenRLHF's Ray training: the reward-model actor and the dispatch that feeds it labels.
 
-`MoslimRewardModelActor` takes the place of OpenRLHF's `RewardModelActor` (patch `reward_actor`). On a MOSLIM
-checkpoint (`is_moslim_checkpoint`) it loads the multi-head RM into a `Scorer`; on any other checkpoint it is the
-stock actor. The stock `forward` only receives token ids, so `wrap_make_experience` (patch `make_experience`) sends
-the reward group each micro-batch's sequences, masks, prompts and labels through `moslim_forward` instead, and fills
-`rewards` (fp32) and `info` before OpenRLHF's own `make_experience`, which then skips its reward dispatch.
+Both implement the extension points of `patches/openrlhf-0.11.2-moslim.diff`, at run time, and nothing else:
+- the reward group's `forward` also receives `action_mask`, `prompts` and `labels`, and may return `(rewards, info)`,
+  whose info OpenRLHF logs like every info key (patch `make_experience`: `wrap_make_experience`);
+- the reward-model actor class is pluggable (`--reward.actor_class` in the diff; patch `reward_actor` here).
+`MoslimRewardModelActor` is that class in both worlds. On a MOSLIM checkpoint (`is_moslim_checkpoint`) it scores
+with a `RewardEngine` built from `args.moslim.reward`, the launcher's validated `RewardConfig`; on any other
+checkpoint it is the stock actor and ignores the new arguments, as the diff's stock actor does.
 
 Samples are turned into (question, response, targets) exactly as on the remote-reward path (`RewardEngine`): the
 policy's tokens are decoded with the POLICY tokenizer into OpenRLHF's query text, split against the prompt, and the
@@ -14,7 +16,6 @@ a sample that cannot be scored stops the run: nothing here swallows the error.
 """
 
 import functools
-import itertools
 
 import ray
 import torch
@@ -25,7 +26,7 @@ from moslim_plugin.integration.remote_reward import ERRORS_KEY
 
 # The class under OpenRLHF's @ray.remote decorator: we extend it, so non-MOSLIM checkpoints keep the stock behaviour.
 StockRewardModelActor = RewardModelActor.__ray_actor_class__
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = ("bf16", "fp16")
 
 
 @ray.remote(num_gpus=1)
@@ -35,49 +36,46 @@ class MoslimRewardModelActor(StockRewardModelActor):
     def init_model_from_pretrained(self, strategy, pretrain):
         if not is_moslim_checkpoint(pretrain):
             return super().init_model_from_pretrained(strategy, pretrain)
+        import dataclasses
+
         from transformers import AutoTokenizer
 
-        from moslim_plugin.core.scorer import Scorer
-        from moslim_plugin.core.spec import load_spec
-        from moslim_plugin.integration.remote_reward import RewardEngine
+        from moslim_plugin.integration.remote_reward import build_engine
 
         args = strategy.args
-        moslim = getattr(args, "moslim", None)
-        if moslim is None:
+        config = getattr(getattr(args, "moslim", None), "reward", None)
+        if config is None:
             raise RuntimeError(
-                f"{pretrain} is a MOSLIM reward model but args.moslim is missing: start training with "
-                "`moslim-openrlhf train_ppo_ray`, which adds the MOSLIM settings to OpenRLHF's args"
+                f"{pretrain} is a MOSLIM reward model but args.moslim.reward is missing: start training with "
+                "`moslim-openrlhf train_ppo_ray`, which adds the validated MOSLIM reward configuration to the args"
             )
         # No DeepSpeed engine (and so no torch.distributed group): each rank scores its own chunk with a whole copy
         # of the RM, which is small next to the policy. Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU.
         self.strategy = strategy
         cuda = torch.cuda.is_available()
-        device = "cuda" if cuda else "cpu"
         # bf16 backward-free inference is fine on GPU; on CPU fp32 is both exact and faster.
-        dtype = DTYPES.get(args.ds.param_dtype, torch.float32) if cuda else torch.float32
-        scorer = Scorer.from_pretrained(
-            pretrain, mapping=moslim.mapping, mapping_kwargs=moslim.mapping_kwargs, device=device, dtype=dtype
-        )
-        scorer.max_length, scorer.batch_size = moslim.max_length, moslim.batch_size
-        if moslim.spec_dict is not None:
-            load_spec(moslim.spec_dict).check_same(scorer.model.spec, f"the reward model {pretrain}")
-        self.engine = RewardEngine(scorer, template=moslim.template, strict=True)
+        dtype = config.dtype or (args.ds.param_dtype if cuda and args.ds.param_dtype in DTYPES else "fp32")
+        device = config.device or ("cuda" if cuda else "cpu")
+        # In-process, a sample that cannot be scored always stops the run (strict), whatever the remote paths do.
+        config = dataclasses.replace(config, rm_path=pretrain, strict=True, device=device, dtype=dtype)
+        self.engine = build_engine(config)
         self.policy_tokenizer = AutoTokenizer.from_pretrained(args.actor.model_name_or_path, trust_remote_code=False)
-        strategy.print(f"MOSLIM reward model {pretrain}: objectives {list(scorer.model.spec.names)}, {device} {dtype}")
+        names = list(self.engine.spec.names)
+        strategy.print(f"MOSLIM reward model {pretrain}: objectives {names}, {device} {dtype}, {self.engine.config}")
 
-    def forward(self, *args, **kwargs):
-        if self.engine is not None:
+    def forward(
+        self, sequences, attention_mask=None, packed_seq_lens=None, pad_sequence=False, action_mask=None, prompts=None,
+        labels=None,
+    ):  # fmt: skip
+        """Stock checkpoint: OpenRLHF's rewards. MOSLIM: (rewards [B] fp32, per-sample diagnostics {key: [B]})."""
+        if self.engine is None:
+            return super().forward(sequences, attention_mask, packed_seq_lens, pad_sequence)
+        if labels is None:
             raise RuntimeError(
                 "the MOSLIM reward model was asked for a reward from token ids alone, without the samples' labels: "
                 "the `make_experience` patch is not active in the PPO trainer process (was the Ray job started with "
                 "`moslim-openrlhf train_ppo_ray`, whose worker setup hook applies it?)"
             )
-        return super().forward(*args, **kwargs)
-
-    def moslim_forward(self, sequences, attention_mask, action_mask, prompts, labels):
-        """Rewards [B] fp32 and per-sample diagnostics {key: [B]} of one micro-batch."""
-        if self.engine is None:
-            raise RuntimeError("moslim_forward needs a MOSLIM reward model; this actor loaded a stock one")
         # OpenRLHF's remote path decodes prompt + response with special tokens kept; so do we (same query text).
         queries = [
             self.policy_tokenizer.decode(seq[mask.bool()].tolist(), skip_special_tokens=False)
@@ -108,36 +106,41 @@ def replace_reward_actor(original):
 
 
 def wrap_make_experience(original):
+    """OpenRLHF's make_experience as the diff changes it, without copying it: for the duration of the call, the
+    reward group's batched `forward` also gets each micro-batch's action_mask, prompts and labels, and
+    `_flatten_results` splits `(rewards, info)` results, whose info is added to the samples' info afterwards."""
+
     @functools.wraps(original)
     def make_experience(self, samples_list):
-        moslim = getattr(self.strategy.args, "moslim", None)
-        if moslim is None or not moslim.in_process or samples_list[0].rewards is not None:
+        group = self.reward_model_group
+        if group is None or samples_list[0].rewards is not None:
             return original(self, samples_list)
-        args, group = self.strategy.args, self.reward_model_group
-        refs = group.async_run_method_batch(
-            method_name="moslim_forward",
-            sequences=[s.sequences for s in samples_list],
-            attention_mask=[s.attention_mask for s in samples_list],
-            action_mask=[s.action_mask for s in samples_list],
-            prompts=[s.prompts for s in samples_list],
-            labels=[s.labels for s in samples_list],
-        )
-        if args.train.colocate_all or args.train.colocate_critic_reward:
-            # Sharing GPUs: finish and free the reward model before the other models run, as upstream does.
-            ray.get(refs)
-            ray.get(group.async_run_method(method_name="empty_cache"))
-        # A non-None placeholder makes upstream skip its own reward dispatch; the RM runs meanwhile, in parallel with
-        # the actor/critic/reference forwards, and the real rewards replace it below.
-        for samples in samples_list:
-            samples.rewards = torch.full((len(samples.sequences),), float("nan"))
-        samples_list = original(self, samples_list)
-        duplicate_factor = args.ds.ring_attn_size * args.ds.tensor_parallel_size
-        results = list(itertools.chain.from_iterable(ray.get(refs)[::duplicate_factor]))
-        for samples, (rewards, info) in zip(samples_list, results, strict=True):
-            if not torch.isfinite(rewards).all():
-                raise RuntimeError(f"MOSLIM reward model returned non-finite rewards {rewards.tolist()}")
-            samples.rewards = rewards
-            samples.info["reward"] = rewards
+        infos = []
+
+        def run_method_batch(method_name, **kwargs):
+            if method_name == "forward":
+                kwargs.update(
+                    action_mask=[s.action_mask for s in samples_list],
+                    prompts=[s.prompts for s in samples_list],
+                    labels=[s.labels for s in samples_list],
+                )
+            return type(group).async_run_method_batch(group, method_name=method_name, **kwargs)
+
+        def flatten_results(refs, duplicate_factor):
+            results = type(self)._flatten_results(self, refs, duplicate_factor)
+            if results and isinstance(results[0], tuple):  # only the reward model returns (rewards, info)
+                infos.extend(info for _, info in results)
+                return [rewards for rewards, _ in results]
+            return results
+
+        group.async_run_method_batch, self._flatten_results = run_method_batch, flatten_results
+        try:
+            samples_list = original(self, samples_list)
+        finally:
+            del group.async_run_method_batch, self._flatten_results
+        for samples, info in zip(samples_list, infos):
+            if not torch.isfinite(samples.rewards).all():
+                raise RuntimeError(f"MOSLIM reward model returned non-finite rewards {samples.rewards.tolist()}")
             samples.info.update(info)
         return samples_list
 

@@ -7,29 +7,36 @@ after the prompt inside the query, cut at the template's end-of-turn marker; the
 of the (untruncated) prompt without the directive.
 
 `RewardEngine` turns such samples into rewards and micro-batches concurrent callers (threads of the `.py` path,
-HTTP requests of the server) into one forward pass. OpenRLHF logs exceptions from the reward code at INFO and
-swallows them, so a sample we cannot score gets a finite fallback reward, is counted in `extra_logs["moslim/errors"]`
-and logged at WARNING; in strict mode the caller gets `StrictRewardError` instead.
+HTTP requests of the server) into one forward pass. A sample we cannot score (bad or empty label, a label that
+disagrees with the prompt's directive, no template marker, a scorer failure) gets the finite fallback reward, its
+reason in the reply's `reasons`, a 1 in `extra_logs["moslim/errors"]` and a WARNING log line. OpenRLHF logs
+exceptions from reward code at INFO and swallows them, so when the configuration's failure policy says stop
+(strict, or more than `max_error_share` of recent samples failed) the caller gets `RewardFailure`, a
+BaseException, which gets through.
 
 `moslim-openrlhf reward-func-path` prints the path of the `.py` file (see `remote/moslim_reward_func.py`).
 """
 
 import argparse
+import collections
 import concurrent.futures
 import dataclasses
 import json
 import logging
 import math
-import os
-import queue
 import threading
 import time
 from pathlib import Path
+
+from moslim_plugin import UserError
 
 logger = logging.getLogger(__name__)
 
 REWARD_FUNC_FILE = Path(__file__).parent / "remote" / "moslim_reward_func.py"
 ERRORS_KEY = "moslim/errors"
+TRUNCATED_KEY = "moslim/truncated"  # 1 for a sample longer than --moslim.max_length, scored truncated
+STATS_KEYS = ("requests", "samples", "forward_calls", "errors", "truncated", "max_batch", "queue_full",
+              "deadline_exceeded", "failed_requests")  # fmt: skip
 
 # Chat-template markers: where the assistant turn starts, where a user turn starts, what ends a turn. The policy's
 # special tokens are kept in the query, so these strings appear verbatim. "auto" picks the first whose assistant
@@ -49,13 +56,21 @@ TEMPLATES = {
 DEFAULT_TEMPLATE = "auto"
 
 
-class StrictRewardError(BaseException):
-    """Raised in strict mode when a sample could not be scored.
+class RewardFailure(BaseException):
+    """Raised when samples could not be scored and the failure policy says stop (strict, or too many failures).
 
     A BaseException on purpose: OpenRLHF's `SingleTurnAgentExecutor.execute` wraps the reward call in
     `except Exception` and only logs at INFO. This one passes through it, fails the vLLM actor's
     `generate_responses` task and reaches the trainer as a RayTaskError carrying this message.
     """
+
+
+class QueueFull(Exception):
+    """The engine's queue is at its sample limit (the server answers 503)."""
+
+
+class DeadlineExceeded(Exception):
+    """A request was not scored within the engine's deadline (the server answers 503)."""
 
 
 def resolve_template(template) -> dict | str:
@@ -118,104 +133,182 @@ def split_query(query: str, prompt: str, template="auto") -> tuple[str, str]:
 
 
 class RewardEngine:
-    """Scores OpenRLHF remote-reward samples with a `Scorer`, micro-batching concurrent callers.
+    """Scores OpenRLHF remote-reward samples with a `Scorer`, micro-batching concurrent callers fairly.
 
     `submit(queries, prompts, labels)` may be called from any thread; it returns a future of OpenRLHF's reply
-    `{"rewards": [...], "scores": [...], "extra_logs": {key: [...]}}`. One worker thread takes everything queued
-    (up to `max_batch_size` samples, waiting at most `max_wait_ms` after the first) and runs one forward pass.
+    `{"rewards", "scores", "extra_logs": {key: [...]}, "reasons": [None | why]}`. A request is split into chunks of
+    `chunk_size` samples; one worker thread fills each forward pass (up to `max_batch_size` samples, waiting at
+    most `max_wait_ms` for more) with one chunk per waiting request in turn, so a huge request cannot make the
+    others wait for all of it. The queue holds at most `max_queued_samples` (`QueueFull` beyond), and a request not
+    finished `deadline_s` after it arrived fails with `DeadlineExceeded`.
+
+    Failure policy (`config`, a `RewardConfig`): an unscorable sample gets `fallback_reward` and its reason, unless
+    `strict`, or unless more than `max_error_share` of the last `error_window` samples failed: then the request
+    fails with `RewardFailure` (the server answers 503; the `.py` function raises it through OpenRLHF).
     """
 
     def __init__(
-        self, scorer, template=DEFAULT_TEMPLATE, strict=False, fallback_reward=0.0, max_batch_size=64, max_wait_ms=5.0
-    ):
-        if not math.isfinite(fallback_reward):
-            raise ValueError(f"fallback_reward must be finite, got {fallback_reward!r}")
-        if max_batch_size < 1 or max_wait_ms < 0:
-            raise ValueError(f"need max_batch_size >= 1 and max_wait_ms >= 0, got {max_batch_size}, {max_wait_ms}")
-        self.scorer, self.spec = scorer, scorer.model.spec
-        self.template = resolve_template(template)
-        self.strict, self.fallback_reward = strict, float(fallback_reward)
-        self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000.0
+        self, scorer, config, max_batch_size=64, max_wait_ms=5.0, max_queued_samples=4096, chunk_size=16,
+        deadline_s=120.0,
+    ):  # fmt: skip
+        if max_batch_size < 1 or max_wait_ms < 0 or chunk_size < 1 or max_queued_samples < 1 or deadline_s <= 0:
+            raise ValueError(
+                f"need max_batch_size, chunk_size, max_queued_samples >= 1, max_wait_ms >= 0 and deadline_s > 0, got "
+                f"{max_batch_size}, {chunk_size}, {max_queued_samples}, {max_wait_ms}, {deadline_s}"
+            )
+        self.scorer, self.spec, self.config = scorer, scorer.model.spec, config
+        self.template = resolve_template(config.template)
+        self.max_batch_size, self.max_wait, self.chunk_size = max_batch_size, max_wait_ms / 1000.0, chunk_size
+        self.max_queued_samples, self.deadline_s = max_queued_samples, deadline_s
         # Every reply carries the same keys (OpenRLHF stacks extra_logs key by key across samples).
         # `requested` is 1 where the sample asked for the objective; its diagnostics are 0 where not, so the mean
         # of p_target over requesting samples is the logged p_target divided by the logged requested.
         diagnostics = ("p_target", "hit", "term", "requested")
-        self.log_keys = [ERRORS_KEY] + [f"moslim/{name}/{d}" for name in self.spec.names for d in diagnostics]
-        self.stats = {"requests": 0, "samples": 0, "forward_calls": 0, "errors": 0, "max_batch": 0}
-        self._queue = queue.Queue()
+        self.log_keys = [ERRORS_KEY, TRUNCATED_KEY] + [
+            f"moslim/{name}/{d}" for name in self.spec.names for d in diagnostics
+        ]
+        self.stats = dict.fromkeys(STATS_KEYS, 0)
+        self._recent = collections.deque(maxlen=config.error_window)  # 1 per failed sample, 0 per scored one
+        self._active = collections.OrderedDict()  # _Request -> None, in round-robin order
+        self._queued = 0  # samples waiting for a forward pass
+        self._cond = threading.Condition()
         self._worker = None
-        self._lock = threading.Lock()
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._cond:
+            self.stats[key] = self.stats.get(key, 0) + n
 
     def submit(self, queries, prompts, labels) -> concurrent.futures.Future:
         if not (isinstance(queries, list) and isinstance(prompts, list) and isinstance(labels, list)):
             raise ValueError("queries, prompts and labels must be lists")
         if not len(queries) == len(prompts) == len(labels):
             raise ValueError(f"got {len(queries)} queries, {len(prompts)} prompts and {len(labels)} labels")
-        with self._lock:
+        if not queries:
+            raise ValueError("empty request: no sample to score")
+        request = _Request(list(zip(queries, prompts, labels)), self.chunk_size, time.monotonic() + self.deadline_s)
+        with self._cond:
+            if self._queued + len(queries) > self.max_queued_samples:
+                self.stats["queue_full"] += 1
+                raise QueueFull(
+                    f"reward queue full: {self._queued} samples waiting, {len(queries)} more would pass the limit "
+                    f"of {self.max_queued_samples}; retry later"
+                )
+            self._active[request] = None
+            self._queued += len(queries)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._run, name="moslim-reward-batcher", daemon=True)
                 self._worker.start()
-        future = concurrent.futures.Future()
-        self._queue.put((list(zip(queries, prompts, labels)), future))
-        return future
+            self._cond.notify()
+        return request.future
 
     def __call__(self, queries, prompts, labels) -> dict:
         return self.submit(queries, prompts, labels).result()
 
     def _run(self):
         while True:
-            batch = [self._queue.get()]
-            size, deadline = len(batch[0][0]), time.monotonic() + self.max_wait
-            while size < self.max_batch_size:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
+            with self._cond:
+                while not self._active:
+                    self._cond.wait()
+                until = time.monotonic() + self.max_wait
+                while self._queued < self.max_batch_size and (left := until - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                items = self._take_batch()
+            if items:
+                self._score_items(items)
+
+    def _take_batch(self) -> list:
+        """(request, start, end) slices, one chunk per waiting request in turn; expired requests fail here."""
+        now, items, size = time.monotonic(), [], 0
+        for request in [r for r in self._active if now > r.deadline]:
+            self._drop(request, DeadlineExceeded(f"reward request of {len(request.samples)} samples not done "
+                                                 f"within its deadline of {self.deadline_s:g} s"))  # fmt: skip
+            self.stats["deadline_exceeded"] += 1
+        while size < self.max_batch_size and self._active:
+            for request in list(self._active):
+                start, end = request.chunks[0]
+                end = min(end, start + self.max_batch_size - size)
+                items.append((request, start, end))
+                size += end - start
+                request.chunks[0] = (end, request.chunks[0][1])
+                if request.chunks[0][0] == request.chunks[0][1]:
+                    request.chunks.popleft()
+                self._active.move_to_end(request)  # the next batch starts with the requests not served now
+                if not request.chunks:
+                    del self._active[request]
+                if size >= self.max_batch_size:
                     break
-                batch.append(item)
-                size += len(item[0])
-            samples = [s for request, _ in batch for s in request]
-            try:
-                outcomes = self.score_samples(samples)
-            except BaseException as e:  # a bug of ours: every waiting caller sees it, the worker keeps serving
-                logger.exception("MOSLIM reward batch of %d samples failed", len(samples))
-                for _, future in batch:
-                    future.set_exception(e)
-                continue
-            start = 0
-            for request, future in batch:
-                part, start = outcomes[start : start + len(request)], start + len(request)
+        self._queued -= size
+        return items
+
+    def _drop(self, request, error) -> None:
+        del self._active[request]
+        self._queued -= sum(end - start for start, end in request.chunks)
+        request.chunks.clear()
+        request.future.set_exception(error)
+
+    def _score_items(self, items) -> None:
+        samples = [s for request, start, end in items for s in request.samples[start:end]]
+        try:
+            outcomes = self.score_samples(samples)
+        except BaseException as e:  # a bug of ours: every waiting caller sees it, the worker keeps serving
+            logger.exception("MOSLIM reward batch of %d samples failed", len(samples))
+            outcomes = [(None, f"internal error: {type(e).__name__}: {e}")] * len(samples)
+        position = 0
+        for request, start, end in items:
+            request.outcomes[start:end] = outcomes[position : position + end - start]
+            position += end - start
+            request.done += end - start
+            if request.done == len(request.samples) and not request.future.done():
                 try:
-                    future.set_result(self._reply(part))
+                    request.future.set_result(self._reply(request.outcomes))
                 except BaseException as e:
-                    future.set_exception(e)
+                    request.future.set_exception(e)
 
     def score_samples(self, samples) -> list:
         """One outcome per (query, prompt, label): (reward, extra_logs) or (None, reason)."""
-        from moslim_plugin.core.directives import label_to_request, strip_directive
+        from moslim_plugin.core.directives import (
+            DirectiveError,
+            check_label_matches_directive,
+            label_to_request,
+            parse_directive,
+            strip_directive,
+        )
 
         outcomes, todo = [None] * len(samples), []
         for i, (query, prompt, label) in enumerate(samples):
             try:
                 request = label_to_request(self.spec, label)
+                # The label must ask for what the prompt's directive told the policy (and for something at all).
+                check_label_matches_directive(self.spec, request, prompt)
                 question, response = split_query(query, prompt, self.template)
                 question = strip_directive(self.spec, request, question)
-                todo.append((i, question, response, request))
+                try:  # directive text left in the question would reach the reward model's input
+                    parse_directive(self.spec, question)
+                except DirectiveError:
+                    todo.append((i, question, response, request))
+                else:
+                    raise ValueError(f"the question still carries a directive after removing it: {question[:120]!r}")
             except (ValueError, TypeError) as e:
                 outcomes[i] = (None, f"bad sample: {e}")
         self._forward(todo, outcomes)
-        with self._lock:
+        failed = [reward is None for reward, _ in outcomes]
+        with self._cond:
             self.stats["samples"] += len(samples)
             self.stats["max_batch"] = max(self.stats["max_batch"], len(samples))
-            self.stats["errors"] += sum(reward is None for reward, _ in outcomes)
+            self.stats["errors"] += sum(failed)
+            self.stats["truncated"] += int(sum(logs.get(TRUNCATED_KEY, 0.0) for r, logs in outcomes if r is not None))
+            self._recent.extend(failed)
         return outcomes
 
     def _forward(self, todo, outcomes):
         if not todo:
             return
-        with self._lock:
-            self.stats["forward_calls"] += 1
+        self.count("forward_calls")
         try:
             result = self.scorer.score([t[1] for t in todo], [t[2] for t in todo], [t[3] for t in todo])
+            if tuple(result.rewards.shape) != (len(todo),):
+                raise ValueError(f"mapping returned rewards of shape {tuple(result.rewards.shape)} for {len(todo)}")
+            rows = [self._row_logs(result, row) for row in range(len(todo))]
         except Exception as e:
             if len(todo) == 1:
                 outcomes[todo[0][0]] = (None, f"scorer failed: {type(e).__name__}: {e}")
@@ -225,37 +318,52 @@ class RewardEngine:
             for t in todo:
                 self._forward([t], outcomes)
             return
-        for row, (i, *_rest) in enumerate(todo):
-            reward = float(result.rewards[row])
-            if not math.isfinite(reward):
-                outcomes[i] = (None, f"scorer returned a non-finite reward {reward}")
-                continue
-            diagnostics = _row_diagnostics(result, row)
-            for name, requested in zip(self.spec.names, result.requested[row].tolist()):
-                diagnostics[f"moslim/{name}/requested"] = float(requested)
-            logs = {key: float(diagnostics.get(key, 0.0)) for key in self.log_keys[1:]}
-            outcomes[i] = (reward, logs)
+        for (i, *_rest), (reward, logs) in zip(todo, rows):
+            outcomes[i] = (reward, logs) if math.isfinite(reward) else (None, f"non-finite reward {reward}")
+
+    def _row_logs(self, result, row: int) -> tuple[float, dict]:
+        diagnostics = _row_diagnostics(result, row)
+        for name, requested in zip(self.spec.names, result.requested[row].tolist()):
+            diagnostics[f"moslim/{name}/requested"] = float(requested)
+        diagnostics[TRUNCATED_KEY] = float(result.truncated[row]) if result.truncated is not None else 0.0
+        return float(result.rewards[row]), {key: float(diagnostics.get(key, 0.0)) for key in self.log_keys[1:]}
 
     def _reply(self, outcomes) -> dict:
-        rewards, logs, failures = [], {k: [] for k in self.log_keys}, []
+        rewards, logs, reasons = [], {k: [] for k in self.log_keys}, []
         for n, (reward, extra) in enumerate(outcomes):
             failed = reward is None
             if failed:
                 logger.warning("MOSLIM reward could not be computed (sample %d of its request): %s", n, extra)
-                failures.append(extra)
-                reward, extra = self.fallback_reward, {}
+                reason, reward, extra = extra, self.config.fallback_reward, {}
             rewards.append(reward)
+            reasons.append(reason if failed else None)
             logs[ERRORS_KEY].append(1.0 if failed else 0.0)
             for key in self.log_keys[1:]:
                 logs[key].append(extra.get(key, 0.0))  # failed samples log 0 (and 1 in moslim/errors)
-        with self._lock:
+        failures = [r for r in reasons if r is not None]
+        with self._cond:
             self.stats["requests"] += 1
-        if failures and self.strict:
-            raise StrictRewardError(
-                f"MOSLIM strict mode: {len(failures)} of {len(outcomes)} samples could not be scored: "
-                + "; ".join(failures)
+            share = sum(self._recent) / self.config.error_window
+        if failures and (self.config.strict or share > self.config.max_error_share):
+            why = "strict mode" if self.config.strict else (
+                f"{share:.0%} of the last {self.config.error_window} samples failed, more than "
+                f"--moslim.max_error_share {self.config.max_error_share:g}"
+            )  # fmt: skip
+            raise RewardFailure(
+                f"MOSLIM reward: {why}; {len(failures)} of {len(outcomes)} samples of this request could not be "
+                "scored: " + "; ".join(failures[:5])
             )
-        return {"rewards": rewards, "scores": list(rewards), "extra_logs": logs}
+        return {"rewards": rewards, "scores": list(rewards), "extra_logs": logs, "reasons": reasons}
+
+
+class _Request:
+    def __init__(self, samples, chunk_size, deadline):
+        self.samples, self.deadline = samples, deadline
+        self.chunks = collections.deque(
+            (i, min(i + chunk_size, len(samples))) for i in range(0, len(samples), chunk_size)
+        )
+        self.outcomes, self.done = [None] * len(samples), 0
+        self.future = concurrent.futures.Future()
 
 
 def _row_diagnostics(result, row: int) -> dict:
@@ -270,76 +378,53 @@ def _row_diagnostics(result, row: int) -> dict:
     return dataclasses.replace(result, **one).diagnostics()
 
 
-def env_flag(name: str) -> bool:
-    value = os.environ.get(name, "0").strip().lower()
-    if value not in ("0", "1", "true", "false", "yes", "no", ""):
-        raise ValueError(f"{name}={value!r}: expected 0/1/true/false")
-    return value in ("1", "true", "yes")
+def build_engine(config, **engine_kwargs) -> RewardEngine:
+    """Validate `config` (a RewardConfig), load its MOSLIM RM checkpoint into a `Scorer`, wrap it in a `RewardEngine`.
 
-
-def build_engine(
-    rm_path,
-    mapping="moslim",
-    mapping_kwargs=None,
-    device=None,
-    dtype=None,
-    max_length=512,
-    rm_batch_size=None,
-    **engine_kwargs,
-) -> RewardEngine:
-    """Load the MOSLIM RM checkpoint into a `Scorer` and wrap it in a `RewardEngine`.
-
-    `rm_batch_size`: rows per model call inside one micro-batch. The scorer sorts a micro-batch by length, so smaller
-    chunks pad less: on CPU, 16 is ~1.6x faster than one padded batch of 64 (HH-RLHF lengths, MiniLM); on GPU,
-    bigger calls keep the device busy. Default: 16 on CPU, the micro-batch size on GPU.
+    `config.batch_size`: rows per model call inside one micro-batch. The scorer sorts a micro-batch by length, so
+    smaller chunks pad less: on CPU, 16 is ~1.6x faster than one padded batch of 64 (HH-RLHF lengths, MiniLM); on
+    GPU, bigger calls keep the device busy. Default: 16 on CPU, the micro-batch size on GPU.
     """
     import torch
 
     from moslim_plugin.core.scorer import Scorer
 
-    if not rm_path or not Path(rm_path).is_dir():
-        raise FileNotFoundError(f"MOSLIM reward model checkpoint folder not found: {rm_path!r}")
-    if isinstance(mapping_kwargs, str):
-        mapping_kwargs = json.loads(mapping_kwargs or "{}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    expected = config.spec_fingerprint  # what the driver validated; the checkpoint must not have changed since
+    config = config.validate()
+    if expected and config.spec_fingerprint != expected:
+        raise UserError(
+            f"the reward model {config.rm_path} has spec fingerprint {config.spec_fingerprint}, but the configuration "
+            f"was validated for {expected}: the checkpoint changed, or this machine sees another one at that path"
+        )
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    dtype = dtype or ("bf16" if str(device).startswith("cuda") else "fp32")
-    if dtype not in dtypes:
-        raise ValueError(f"dtype must be one of {list(dtypes)}, got {dtype!r}")
+    dtype = config.dtype or ("bf16" if str(device).startswith("cuda") else "fp32")
     scorer = Scorer.from_pretrained(
-        rm_path, mapping=mapping, mapping_kwargs=mapping_kwargs or {}, device=device, dtype=dtypes[dtype]
+        config.rm_path,
+        mapping=config.mapping,
+        mapping_kwargs=config.mapping_kwargs,
+        device=device,
+        dtype=dtypes[dtype],
     )
-    scorer.max_length = max_length
-    scorer.batch_size = rm_batch_size or (16 if device == "cpu" else engine_kwargs.get("max_batch_size", 64))
-    return RewardEngine(scorer, **engine_kwargs)
+    scorer.max_length = config.max_length
+    scorer.batch_size = config.batch_size or (16 if device == "cpu" else engine_kwargs.get("max_batch_size", 64))
+    return RewardEngine(scorer, config, **engine_kwargs)
 
 
 def engine_from_env() -> RewardEngine:
-    """The `.py` reward file's configuration: OpenRLHF passes it nothing but the path, so it comes from env vars."""
-    return build_engine(
-        os.environ.get("MOSLIM_RM_PATH"),
-        mapping=os.environ.get("MOSLIM_MAPPING", "moslim"),
-        mapping_kwargs=os.environ.get("MOSLIM_MAPPING_KWARGS", "{}"),
-        device=os.environ.get("MOSLIM_RM_DEVICE") or None,
-        dtype=os.environ.get("MOSLIM_RM_DTYPE") or None,
-        max_length=int(os.environ.get("MOSLIM_MAX_LENGTH", "512")),
-        rm_batch_size=int(os.environ.get("MOSLIM_RM_BATCH", "0")) or None,
-        template=os.environ.get("MOSLIM_TEMPLATE", DEFAULT_TEMPLATE),
-        strict=env_flag("MOSLIM_STRICT"),
-        fallback_reward=float(os.environ.get("MOSLIM_FALLBACK_REWARD", "0")),
-        max_batch_size=int(os.environ.get("MOSLIM_MAX_BATCH", "64")),
-        max_wait_ms=float(os.environ.get("MOSLIM_MAX_WAIT_MS", "5")),
-    )
+    """The `.py` reward file's engine: OpenRLHF passes the file nothing but its path, so the configuration comes from
+    the job's runtime env, where the launcher put it (`reward_config.ENV_VAR`)."""
+    from moslim_plugin.integration import reward_config
+
+    return build_engine(reward_config.from_env())
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="moslim-openrlhf reward-func-path",
-        description="Print the path of the MOSLIM reward function file to pass as --reward.remote_url. It is "
-        "configured by environment variables (set them in the Ray job's runtime env): MOSLIM_RM_PATH (required), "
-        "MOSLIM_MAPPING, MOSLIM_MAPPING_KWARGS (JSON), MOSLIM_STRICT (0/1), MOSLIM_FALLBACK_REWARD (default 0), "
-        "MOSLIM_TEMPLATE (auto|chatml|llama3|JSON), MOSLIM_RM_DEVICE, MOSLIM_RM_DTYPE (fp32|bf16|fp16), "
-        "MOSLIM_MAX_LENGTH, MOSLIM_MAX_BATCH, MOSLIM_MAX_WAIT_MS, MOSLIM_RM_BATCH (rows per model call).",
+        description="Print the path of the MOSLIM reward function file to pass as --reward.remote_url, together with "
+        "--reward.model_name_or_path <MOSLIM RM> and the --moslim.* reward flags: `moslim-openrlhf train_ppo_ray` "
+        "validates them and hands them to the file through the Ray job's runtime env.",
     )
     parser.parse_args(argv)
     if not REWARD_FUNC_FILE.is_file():

@@ -1,0 +1,222 @@
+"""Evaluate a MOSLIM reward model on a file: per-head metrics on rated rows, or pairwise accuracy on pairs.
+
+Rated rows (`prepare-ratings` output, `{"question", "response", "labels"}`): per head accuracy, macro-F1, mean
+absolute level error, expected calibration error, negative log-likelihood and the confusion matrix, next to two
+baselines a model must beat (always the majority class; always the class prior, both taken from the file itself).
+Pairs (`{"question", "chosen", "rejected"}` with responses, or HH-RLHF's whole `chosen`/`rejected` dialogues):
+each side is scored through the mapping, as at reward time, with the request of the row (`"request"`), else
+`--moslim.request`, else (HH-RLHF helpful-*/harmless-* files) the file's objective at its top level. Pairwise
+accuracy counts a tie as half a win (and reports the ties); every figure has a bootstrap 95 % interval.
+Writes report.md, report.json and report.png into `--output_dir`.
+
+    moslim-openrlhf evaluate-rm --model ./rm --data.dataset held_out.jsonl --output_dir ./rm-eval
+    moslim-openrlhf evaluate-rm --model ./rm --data.dataset harmless-base-test.jsonl.gz --output_dir ./hh-eval
+"""
+
+import argparse
+import json
+import os
+import random
+
+import torch
+
+from moslim_plugin import UserError
+from moslim_plugin.data.ratings import hh_subset, read_records, split_hh_dialogue
+from moslim_plugin.data.train_rm import IGNORE, head_metrics
+
+
+def bootstrap_ci(values, resamples: int = 2000, seed: int = 0) -> list[float]:
+    """Percentile bootstrap 95 % interval of the mean of `values` (a list of per-item scores)."""
+    rng, n = random.Random(seed), len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    return [means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]]
+
+
+def pairwise_accuracy(chosen_scores, rejected_scores) -> dict:
+    """Share of pairs where chosen scores higher than rejected; a tie counts half and is reported."""
+    wins = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen_scores, rejected_scores)]
+    if not wins:
+        raise UserError("pairwise accuracy of zero pairs: the file holds no pair")
+    return {
+        "n": len(wins),
+        "accuracy": sum(wins) / len(wins),
+        "ci95": bootstrap_ci(wins),
+        "ties": sum(w == 0.5 for w in wins),
+    }
+
+
+def parse_request(text: str | None) -> dict | None:
+    """'helpful=1,harmless=1' or a JSON object -> {objective: level}."""
+    if not text:
+        return None
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    try:
+        return {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise UserError(f"--moslim.request {text!r}: expected 'objective=level,...' or a JSON object") from None
+
+
+def evaluate_ratings(scorer, rows, source: str) -> dict:
+    from moslim_plugin.data.train_rm import load_rows
+
+    spec = scorer.model.spec
+    rows = load_rows(rows, spec, source)
+    probs = scorer.classify([r["question"] for r in rows], [r["response"] for r in rows])
+    labels = torch.tensor(
+        [[IGNORE if r["labels"].get(n) is None else r["labels"][n] for n in spec.names] for r in rows]
+    )
+    metrics = head_metrics(probs, labels, spec)
+    for k, name in enumerate(spec.names):
+        if metrics[name]["n"]:
+            mask = labels[:, k] != IGNORE
+            hits = (probs[mask, k].argmax(-1) == labels[mask, k]).float().tolist()
+            metrics[name]["accuracy_ci95"] = bootstrap_ci(hits)
+    return {"kind": "ratings", "rows": len(rows), "heads": metrics}
+
+
+def evaluate_pairs(scorer, rows, source: str, request: dict | None) -> dict:
+    questions, chosen, rejected, requests = [], [], [], []
+    default = request
+    if default is None and "question" not in rows[0]:
+        try:
+            default = {hh_subset(source): 1}
+        except ValueError:
+            pass
+    for i, row in enumerate(rows):
+        where = f"{source}: row {i}"
+        if not isinstance(row.get("chosen"), str) or not isinstance(row.get("rejected"), str):
+            raise UserError(f"{where}: expected 'chosen' and 'rejected' strings, got keys {list(row)[:10]}")
+        if "question" in row:
+            q, c, r = row["question"], row["chosen"], row["rejected"]
+        else:
+            try:
+                (q, c), (other, r) = split_hh_dialogue(row["chosen"]), split_hh_dialogue(row["rejected"])
+            except ValueError as e:
+                raise UserError(f"{where}: {e}") from None
+            if other != q:
+                raise UserError(f"{where}: 'chosen' and 'rejected' dialogues differ before their last assistant turn")
+        wanted = row.get("request", default)
+        if wanted is None:
+            raise UserError(f"{where}: no 'request' in the row and no --moslim.request (e.g. 'helpful=1')")
+        questions.append(q)
+        chosen.append(c)
+        rejected.append(r)
+        requests.append(wanted)
+    scores = {}
+    for side, texts in (("chosen", chosen), ("rejected", rejected)):
+        scores[side] = scorer.score(questions, texts, requests).rewards.tolist()
+    result = pairwise_accuracy(scores["chosen"], scores["rejected"])
+    return {"kind": "pairs", "pairs": result, "request": default}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Reward model {report['model']} on {report['data']}", ""]
+    if report["kind"] == "pairs":
+        p = report["pairs"]
+        lines += [
+            f"Pairwise accuracy (ties = half): **{p['accuracy']:.3f}** "
+            f"[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] over {p['n']} pairs, {p['ties']} ties; chance 0.5.",
+        ]
+        return "\n".join(lines) + "\n"
+    lines += [
+        "| head | n | accuracy [95 % CI] | majority | macro-F1 | MAE | ECE | NLL | prior NLL |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in report["heads"].items():
+        if not m["n"]:
+            lines.append(f"| {name} | 0 | - | - | - | - | - | - | - |")
+            continue
+        lo, hi = m["accuracy_ci95"]
+        lines.append(
+            f"| {name} | {m['n']} | {m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {m['majority_accuracy']:.3f} | "
+            f"{m['macro_f1']:.3f} | {m['mae']:.3f} | {m['ece']:.3f} | {m['nll']:.3f} | {m['prior_nll']:.3f} |"
+        )
+    lines += ["", "Confusion matrices (rows = true level, columns = predicted):", ""]
+    for name, m in report["heads"].items():
+        if m["n"]:
+            lines.append(f"- {name}: {m['confusion']}")
+    return "\n".join(lines) + "\n"
+
+
+def draw(report: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if report["kind"] == "pairs":
+        p = report["pairs"]
+        ax.bar(
+            ["pairwise accuracy"],
+            [p["accuracy"]],
+            yerr=[[p["accuracy"] - p["ci95"][0]], [p["ci95"][1] - p["accuracy"]]],
+        )
+        ax.axhline(0.5, color="grey", ls="--", lw=0.8, label="chance")
+    else:
+        heads = [n for n, m in report["heads"].items() if m["n"]]
+        x = range(len(heads))
+        acc = [report["heads"][n]["accuracy"] for n in heads]
+        ax.bar([i - 0.2 for i in x], acc, 0.4, label="model accuracy")
+        ax.bar([i + 0.2 for i in x], [report["heads"][n]["majority_accuracy"] for n in heads], 0.4, label="majority")
+        ax.set_xticks(list(x), heads, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{os.path.basename(str(report['model']))} on {os.path.basename(report['data'])}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate(model, data: str, output_dir=None, request=None, max_length: int = 512, batch_size: int = 16) -> dict:
+    """Report dict for `model` (a checkpoint folder or a Scorer) on `data`; written to `output_dir` when given."""
+    from moslim_plugin.core.rm import is_moslim_checkpoint
+    from moslim_plugin.core.scorer import Scorer
+
+    if isinstance(model, Scorer):
+        scorer = model
+    elif is_moslim_checkpoint(model):
+        scorer = Scorer.from_pretrained(model, max_length=max_length, batch_size=batch_size)
+    else:
+        raise UserError(f"--model {model}: not a reward-model checkpoint (no config.json with a 'moslim' entry)")
+    rows = read_records(data)
+    if not rows:
+        raise UserError(f"{data}: the file holds no rows")
+    if "chosen" in rows[0]:
+        report = evaluate_pairs(scorer, rows, data, request)
+    else:
+        report = evaluate_ratings(scorer, rows, data)
+    report = {"model": str(model if not isinstance(model, Scorer) else "<scorer>"), "data": str(data), **report}
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        with open(os.path.join(output_dir, "report.md"), "w") as f:
+            f.write(markdown(report))
+        try:
+            draw(report, os.path.join(output_dir, "report.png"))
+        except ModuleNotFoundError as e:  # matplotlib comes with the demo extra; the numbers do not need it
+            print(f"no report.png: {e.name} is not installed (pip install 'moslim-plugin[demo]')")
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="moslim-openrlhf evaluate-rm", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="reward-model checkpoint folder (written by train-rm)")
+    p.add_argument("--data.dataset", required=True, help="rated rows (.jsonl from prepare-ratings) or pairs")
+    p.add_argument("--output_dir", default=None, help="folder for report.md, report.json, report.png")
+    p.add_argument("--moslim.request", default=None, help="pairs: 'objective=level,...' used to score each side")
+    p.add_argument("--data.max_len", type=int, default=512)
+    p.add_argument("--micro_batch_size", type=int, default=16)
+    args = vars(p.parse_args(argv))
+    report = evaluate(
+        args["model"],
+        args["data.dataset"],
+        args["output_dir"],
+        parse_request(args["moslim.request"]),
+        args["data.max_len"],
+        args["micro_batch_size"],
+    )
+    print(markdown(report))
+    return 0

@@ -1,0 +1,82 @@
+"""Shared by the reward-path tests (test_remote_reward, test_server, test_launcher): a stand-in vLLM engine, OpenRLHF's
+own executor driven over a batch of samples, and small MOSLIM checkpoints. Imported by name: pytest puts this folder
+on sys.path (no tests/__init__.py on purpose, see conftest.py)."""
+
+import asyncio
+import json
+import types
+
+from moslim_plugin.core.directives import apply_directive, request_to_label
+from moslim_plugin.core.spec import load_spec
+
+QUESTIONS = ["What is 2+2?", "Name a colour.", "How do magnets work?", "Say hello."]
+RESPONSES = ["4.", "Blue, the colour of the sky.", "Aligned electron spins make a field.", "Hello!"]
+REQUESTS = [{"helpfulness": 3, "verbosity": 1}, {"harmlessness": 1}, {"verbosity": 4}, {"helpfulness": 0}]
+
+
+class FakeVLLMEngine:
+    """Stands in for OpenRLHF's vLLM engine actor (vLLM cannot run here): 'generates' a fixed response."""
+
+    def __init__(self, tokenizer, response: str):
+        self.token_ids = tokenizer(response + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+
+    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
+        output = types.SimpleNamespace(token_ids=self.token_ids, finish_reason="stop", logprobs=None)
+        return types.SimpleNamespace(outputs=[output])
+
+
+def chat_prompt(tokenizer, question, request, spec_name="helpsteer"):
+    """The templated prompt OpenRLHF's PromptDataset builds for a conditioned row."""
+    messages = apply_directive(load_spec(spec_name), request, question)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def run_executor(executor, tokenizer, questions=QUESTIONS, responses=RESPONSES, requests=REQUESTS, labels=None):
+    """OpenRLHF's SingleTurnAgentExecutor.execute for every sample at once, as an engine actor runs them."""
+    spec = load_spec("helpsteer")
+    labels = labels or [request_to_label(spec, request) for request in requests]
+
+    async def one(question, response, request, label):
+        params = types.SimpleNamespace(max_tokens=64, logprobs=None)  # vllm.SamplingParams' fields the executor reads
+        engine = FakeVLLMEngine(tokenizer, response)
+        return await executor.execute(chat_prompt(tokenizer, question, request), label, params, 512, tokenizer, engine)
+
+    async def all_samples():
+        return await asyncio.gather(*map(one, questions, responses, requests, labels))
+
+    return asyncio.run(all_samples())
+
+
+def save_minilm_rm(path, minilm_dir, spec_name="helpsteer", seed=0):
+    """A MOSLIM RM on the real MiniLM backbone (random heads: rewards only need to be the scorer's own)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from moslim_plugin.core.rm import MultiHeadRewardModel
+
+    torch.manual_seed(seed)
+    model = MultiHeadRewardModel.from_backbone(minilm_dir, load_spec(spec_name))
+    model.save_pretrained(path, tokenizer=AutoTokenizer.from_pretrained(minilm_dir))
+    return path
+
+
+def write_config_only_rm(path, spec_name="helpsteer", max_position_embeddings=512):
+    """A checkpoint folder with only config.json: enough for every check the driver makes (it never loads weights)."""
+    spec = load_spec(spec_name)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {"format_version": 1, "spec": spec.to_dict(), "spec_fingerprint": spec.fingerprint, "stats": None}
+    config = {"model_type": "bert", "max_position_embeddings": max_position_embeddings, "moslim": meta}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def constant_mapping(probs, targets, levels, stats):
+    """A mapping that ignores the probabilities: every reward 0."""
+    import torch
+
+    return torch.zeros(probs.shape[0]), torch.zeros(probs.shape[:2])
+
+
+def flat_mapping(probs, targets, levels, stats):
+    """A mapping that returns the wrong shape: one reward per (sample, objective), not per sample."""
+    return probs[..., 0].flatten(), probs[..., 0]

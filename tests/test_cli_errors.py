@@ -1,0 +1,84 @@
+"""Criterion: every user error of every subcommand is one line on stderr with exit code 2; our bugs keep their
+traceback. Data-loading errors name the file (and line); .txt, .jsonl.gz and empty prompt files are handled."""
+
+import gzip
+import json
+
+import pytest
+
+from moslim_plugin.cli import COMMANDS, main
+
+
+def one_line_error(capsys, argv, *fragments):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+@pytest.mark.unit
+def test_bad_flag_values_are_one_line_with_exit_code_2_for_every_subcommand(capsys):
+    for command in ("train-rm", "prepare-ratings", "prepare-prompts", "evaluate-rm", "evaluate", "models"):
+        one_line_error(capsys, [command, "--no-such-flag", "1"], f"moslim-openrlhf {command}: error:")
+    one_line_error(
+        capsys,
+        ["train-rm", "--model.model_name_or_path", "m", "--moslim.spec", "hh", "--train.batch_size", "eight"],
+        "--train.batch_size: invalid int value: 'eight'",
+    )
+
+
+@pytest.mark.unit
+def test_bad_files_and_rows_are_one_line_naming_the_file_and_line(capsys, tmp_path):
+    bad = tmp_path / "ratings.jsonl"
+    bad.write_text('{"question": "q", "response": "r", "labels": {}}\n{"question": \n')
+    argv = ["train-rm", "--model.model_name_or_path", "m", "--moslim.spec", "hh", "--data.dataset"]
+    one_line_error(capsys, argv + [str(bad)], f"{bad}: line 2 is not valid JSON")
+    one_line_error(capsys, argv + [str(tmp_path / "missing.jsonl")], "missing.jsonl: no such file")
+    cut = tmp_path / "ratings.jsonl.gz"
+    cut.write_bytes(gzip.compress(b'{"question": "q", "response": "r", "labels": {"helpful": 1}}\n' * 200)[:60])
+    one_line_error(capsys, argv + [str(cut)], f"{cut}: cannot be read", "EOFError")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"question": "q", "response": "r", "labels": {"helpful": 7}}) + "\n")
+    one_line_error(capsys, argv + [str(rows)], "rows.jsonl: row 0: label helpful=7 is not a level of 'helpful'")
+    spec = ["--moslim.spec", "hh", "--moslim.output", str(tmp_path / "out.jsonl")]
+    one_line_error(
+        capsys, ["evaluate-rm", "--model", str(tmp_path), "--data.dataset", str(rows)], "not a reward-model"
+    )
+    one_line_error(
+        capsys, ["prepare-ratings", "--moslim.format", "hh_rlhf", "--data.dataset", str(cut), *spec], str(cut)
+    )
+
+
+@pytest.mark.unit
+def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch):
+    # A command whose main has a bug (not a UserError): the exception must propagate, traceback and all.
+    (tmp_path / "buggy_command.py").write_text("def main(argv):\n    return {}['missing']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(COMMANDS, "buggy", ("buggy_command", "a command with a bug"))
+    with pytest.raises(KeyError, match="missing"):
+        main(["buggy"])
+
+
+@pytest.mark.integration
+def test_prompt_files_txt_gz_and_empty_are_handled(capsys, tmp_path):
+    out = tmp_path / "prompts.jsonl"
+    args = ["--moslim.spec", "hh", "--moslim.output", str(out), "--moslim.sampling", "uniform"]
+    txt = tmp_path / "prompts.txt"
+    txt.write_text("How do I bake bread?\n\nWhat is the capital of France?\n")
+    assert main(["prepare-prompts", "--data.dataset", str(txt), *args]) == 0
+    assert [json.loads(line)["raw_question"] for line in out.read_text().splitlines()] == [
+        "How do I bake bread?",
+        "What is the capital of France?",
+    ]
+    gz = tmp_path / "prompts.jsonl.gz"
+    gz.write_bytes(gzip.compress(b'{"input": "one?"}\n{"input": "two?"}\n'))
+    assert main(["prepare-prompts", "--data.dataset", str(gz), *args]) == 0
+    assert len(out.read_text().splitlines()) == 2
+    capsys.readouterr()
+    for empty in ("empty.txt", "empty.jsonl"):
+        (tmp_path / empty).write_text("")
+        one_line_error(capsys, ["prepare-prompts", "--data.dataset", str(tmp_path / empty), *args], empty, "empty")
+    gz.write_bytes(gz.read_bytes()[:20])
+    one_line_error(capsys, ["prepare-prompts", "--data.dataset", str(gz), *args], f"{gz}: cannot be read")
