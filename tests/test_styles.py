@@ -15,7 +15,7 @@ HH = load_spec("hh")
 
 @pytest.mark.unit
 def test_bundled_specs_have_an_instruction_sentence_for_every_level():
-    for name in ("helpsteer", "hh"):
+    for name in ("helpsteer", "helpsteer2", "hh"):
         spec = load_spec(name)
         assert spec.has_instructions
         for objective in spec.objectives:
