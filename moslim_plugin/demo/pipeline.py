@@ -420,6 +420,7 @@ def report_markdown(demo, evals, summary, plot, curves) -> str:
     spec, args, size, timings = demo.spec, demo.args, demo.size, demo.timings
     ci = summary["base_accuracy_ci95"], summary["ric_accuracy_ci95"]
     rm = summary["rm_eval"]
+    rm_keys = sorted(k for k, v in next(iter(rm.values())).items() if isinstance(v, (int, float)))  # not confusion
     agreement = {name: e["metrics"].get("rm_agreement", {}) for name, e in evals.items()}
     lines = [
         "# MOSLIM demo report",
@@ -453,9 +454,9 @@ def report_markdown(demo, evals, summary, plot, curves) -> str:
         "",
         "## Reward model (held-out split of the initial samples)",
         "",
-        "| head | " + " | ".join(sorted(next(iter(rm.values())))) + " |",
-        "|" + " --- |" * (1 + len(next(iter(rm.values())))),
-        *[f"| {n} | " + " | ".join(f"{m[k]:.3g}" for k in sorted(m)) + " |" for n, m in rm.items()],
+        "| head | " + " | ".join(rm_keys) + " |",
+        "|" + " --- |" * (1 + len(rm_keys)),
+        *[f"| {n} | " + " | ".join(f"{m[k]:.3g}" for k in rm_keys) + " |" for n, m in rm.items()],
         "",
         "RM agreement with the oracle on each policy's evaluation responses (argmax class == oracle level):",
         "",
