@@ -21,6 +21,10 @@ COMMANDS = {
     ),
     "models": ("moslim_plugin.demo.real_models", "print the local paths of the bundled real models (SmolLM2, MiniLM)"),
     "evaluate": ("moslim_plugin.demo.evaluate", "controllability evaluation of a policy, judged by an oracle"),
+    "screen": (
+        "moslim_plugin.demo.screen",
+        "does the starting policy follow each directive? (before RL: gap, level rates)",
+    ),
     "demo": ("moslim_plugin.demo.pipeline", "the whole MOSLIM loop on one CPU machine with real small models"),
     "reward-func-path": (
         "moslim_plugin.integration.remote_reward",

@@ -124,7 +124,8 @@ def test_prepared_rows_go_through_openrlhf_prompt_preprocessing_with_a_chat_temp
     src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Name a prime number."}])
     out = tmp_path / "conditioned"  # a folder: written with datasets' save_to_disk
     argv = ["--data.dataset", src, "--data.input_key", "prompt", "--moslim.spec", "helpsteer"]
-    main(argv + ["--moslim.output", str(out), "--moslim.sampling", "fixed", "--moslim.fixed", "verbosity=0"])
+    main(argv + ["--moslim.output", str(out), "--moslim.sampling", "fixed", "--moslim.fixed", "verbosity=0",
+                 "--moslim.style", "tagged"])  # fmt: skip
     from datasets import load_from_disk
 
     row = load_from_disk(str(out))[0]

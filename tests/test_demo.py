@@ -5,7 +5,14 @@ import math
 
 import pytest
 
-from moslim_plugin.demo.evaluate import controllability_metrics, eval_requests, spearman
+from moslim_plugin.demo.evaluate import (
+    accuracy_ci95,
+    conditional_gap,
+    controllability_metrics,
+    eval_requests,
+    make_judge,
+    spearman,
+)
 from moslim_plugin.demo.oracle import demo_spec
 
 
@@ -42,20 +49,53 @@ def test_eval_requests_try_every_level_on_every_prompt_plus_a_default_per_prompt
 @pytest.mark.unit
 def test_controllability_metrics_score_requested_and_unrequested_objectives():
     spec = demo_spec()
-    default = {"sentences": 2, "formality": 0, "address": 0}
+    default = {"length": 2, "format": 0, "formality": 0}
     samples = [
         {"prompt": "a", "request": {}, "achieved": default},
         {"prompt": "b", "request": {}, "achieved": default},
-        # sentences requested: one hit (0), one off by two; formality moved on prompt "a" although not requested
-        {"prompt": "a", "request": {"sentences": 0}, "achieved": {"sentences": 0, "formality": 1, "address": 0}},
-        {"prompt": "b", "request": {"sentences": 0}, "achieved": {"sentences": 2, "formality": 0, "address": 0}},
+        # length requested: one hit (0), one off by two; formality moved on prompt "a" although not requested
+        {"prompt": "a", "request": {"length": 0}, "achieved": {"length": 0, "format": 0, "formality": 1}},
+        {"prompt": "b", "request": {"length": 0}, "achieved": {"length": 2, "format": 0, "formality": 0}},
     ]
     m = controllability_metrics(spec, samples)["objectives"]
-    assert m["sentences"]["accuracy"] == 0.5 and m["sentences"]["mae"] == 1.0 and m["sentences"]["n"] == 2
+    assert m["length"]["accuracy"] == 0.5 and m["length"]["mae"] == 1.0 and m["length"]["n"] == 2
     assert m["formality"]["unrequested_kept"] == 0.5
-    assert m["address"]["unrequested_kept"] == 1.0
-    assert m["sentences"]["by_level"]["0"] == [1, 0, 1]
-    assert m["sentences"]["default_distribution"] == [0.0, 0.0, 1.0]
+    assert m["format"]["unrequested_kept"] == 1.0
+    assert m["length"]["by_level"]["0"] == [1, 0, 1]
+    assert m["length"]["default_distribution"] == [0.0, 0.0, 1.0]
+    # Without no-preference answers (the sampled evaluation) there is no default to keep.
+    m = controllability_metrics(spec, samples[2:])
+    assert "unrequested_kept" not in m["mean"] and "unrequested_kept" not in m["objectives"]["length"]
+
+
+@pytest.mark.unit
+def test_conditional_gap_is_one_for_perfect_control_zero_when_ignored_and_the_binary_difference():
+    assert conditional_gap([[5, 0, 0], [0, 5, 0], [0, 0, 5]]) == 1.0
+    assert conditional_gap([[2, 3], [2, 3]]) == 0.0  # the request changes nothing
+    # P(1 | asked 1) - P(1 | asked 0) = 0.8 - 0.3
+    assert conditional_gap([[7, 3], [2, 8]]) == pytest.approx(0.5)
+    assert conditional_gap([[0, 0], [2, 8]]) == 0.0  # one side never asked: no gap to measure, not NaN
+
+
+@pytest.mark.unit
+def test_accuracy_interval_brackets_the_mean_and_shrinks_to_a_point_when_every_prompt_agrees():
+    spec = demo_spec()
+    hit = {"length": 0, "format": 0, "formality": 0}
+    same = [{"prompt": f"p{i}", "request": {"length": 0}, "achieved": hit} for i in range(20)]
+    assert accuracy_ci95(spec, same) == [1.0, 1.0]
+    mixed = [{"prompt": f"p{i}", "request": {"format": 1}, "achieved": {**hit, "format": i % 2}} for i in range(40)]
+    lo, hi = accuracy_ci95(spec, mixed)
+    assert lo < 0.5 < hi and hi - lo < 0.5
+
+
+@pytest.mark.unit
+def test_the_oracle_judge_refuses_a_spec_it_cannot_judge_before_any_generation():
+    from moslim_plugin.core.spec import load_spec
+
+    judge_fn, name = make_judge(demo_spec())
+    assert name == "oracle" and judge_fn(["q"], ["- a\n- b"]) == [{"length": 0, "format": 1, "formality": 0}]
+    with pytest.raises(ValueError, match="no judge for objective"):
+        make_judge(load_spec("hh"))
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +118,13 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
         assert (out / path).is_file() and (out / path).stat().st_size > 0, path
     report = json.loads((out / "report.json").read_text())
     assert set(report["policies"]) == {"base", "RiC SFT", "MOSLIM seed 1", "MOSLIM seed 2"}
+    summary = report["summary"]
+    for key in ("moslim_accuracy_per_seed", "base_accuracy", "ric_accuracy"):
+        assert key in summary
+    for lo, hi in [summary["base_accuracy_ci95"], summary["ric_accuracy_ci95"], *summary["moslim_accuracy_ci95"]]:
+        assert 0 <= lo <= hi <= 1
+    assert set(summary["gap"]) == set(summary["sampled_gap"]) == set(report["policies"])
+    assert report["settings"]["style"] == "natural" and report["settings"]["judge"] == "oracle"
     bad = [(where, v) for where, v in walk_numbers(report) if not math.isfinite(v)]
     assert not bad
     timings = report["timings_s"]
@@ -100,5 +147,28 @@ def test_evaluate_command_works_on_any_policy_checkpoint_with_an_rm(quick_demo, 
     result = json.loads((tmp_path / "eval.json").read_text())
     pairs = sum(demo_spec().levels)
     assert len(result["samples"]) == 2 * (pairs + 1)  # 2 prompts x (every single-objective request + no preference)
-    assert set(result["metrics"]["rm_agreement"]) == set(demo_spec().names)
+    assert len(result["sampled_samples"]) == 2 * pairs * 2  # and 2 sampled answers per single-objective request
+    assert result["judge"] == "oracle" and set(result["metrics"]["rm_agreement"]) == set(demo_spec().names)
+    # The same policy judged by the reward model instead of the oracle: the report says so.
+    judged = tmp_path / "rm_judged"
+    assert main([*argv[:-1], str(judged), "--eval.judge", "rm", "--eval.n_samples_per_prompt", "0"]) == 0
+    result = json.loads((judged / "eval.json").read_text())
+    assert result["judge"] == "reward model" and "rm_agreement" not in result["metrics"]
+    assert "Judged by the **reward model**" in (judged / "eval.md").read_text()
     assert (tmp_path / "eval.md").is_file() and (tmp_path / "requested_vs_achieved.png").is_file()
+
+
+@pytest.mark.unit
+def test_rm_data_edits_flip_the_format_and_make_formal_calm_text_relabelled_by_the_oracle():
+    from moslim_plugin.demo.pipeline import augment
+
+    spec = demo_spec()
+    prose = {"question": "q", "response": "It's easy! You mix it. Then you bake it for an hour."}
+    listed = {"question": "q", "response": "Steps:\n- Mix it.\n- Bake it."}
+    cut, formal, other = augment([prose], spec, seed=0)
+    assert formal["response"] == "It is easy. one mix it. Then one bake it for an hour."  # case kept as is
+    assert formal["labels"]["formality"] == 0 and other["labels"]["format"] == 1
+    assert len(cut["response"].split()) <= len(prose["response"].split())
+    _, _, other = augment([listed], spec, seed=0)
+    assert other["response"] == "Steps: Mix it. Bake it." and other["labels"]["format"] == 0
+    assert all(set(row["labels"]) == set(spec.names) for row in augment([prose, listed], spec, seed=1))

@@ -1,19 +1,21 @@
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from moslim_plugin.core.directives import (
+    STYLES,
     DirectiveError,
     apply_directive,
     label_to_request,
     parse_directive,
     render_directive,
     request_to_label,
+    strip_directive,
     validate_request,
 )
-from moslim_plugin.core.spec import load_spec
+from moslim_plugin.core.spec import NO_PREFERENCE_SENTENCE, SpecError, load_spec
 
 HELPSTEER = load_spec("helpsteer")
 
@@ -24,7 +26,7 @@ _text = st.text(
 
 
 @st.composite
-def spec_and_request(draw):
+def spec_and_request(draw, with_instructions=False):
     names = draw(st.lists(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True), min_size=1, max_size=5,
                           unique=True))  # fmt: skip
     objectives = []
@@ -35,8 +37,14 @@ def spec_and_request(draw):
             objective["level_names"] = draw(st.lists(_text, min_size=levels, max_size=levels, unique=True))
         if draw(st.booleans()):
             objective["phrasing"] = draw(st.sampled_from(["{level}", "be {level} ({index} of {max})", "", "x ) ("]))
+        if with_instructions:
+            ends = st.sampled_from(".!?")
+            objective["instructions"] = [f"{draw(_text).strip()} {name}#{i}{draw(ends)}" for i in range(levels)]
         objectives.append(objective)
-    spec = load_spec({"objectives": objectives})
+    try:
+        spec = load_spec({"objectives": objectives})
+    except SpecError:  # drawn sentences that contain one another: the spec refuses them (tested below)
+        assume(False)
     chosen = draw(st.lists(st.sampled_from(names), unique=True))
     request = {name: draw(st.integers(0, spec.levels[spec.index(name)] - 1)) for name in chosen}
     return spec, request
@@ -44,11 +52,73 @@ def spec_and_request(draw):
 
 @pytest.mark.unit
 def test_render_matches_documented_format():
-    text = render_directive(HELPSTEER, {"verbosity": 1, "helpfulness": 3})
+    text = render_directive(HELPSTEER, {"verbosity": 1, "helpfulness": 3}, "tagged")
     assert text == "[Preferences] helpfulness: 3/4 (very helpful); verbosity: 1/4 (concise) [/Preferences]"
-    assert render_directive(HELPSTEER, {}) == "[Preferences] no preference [/Preferences]"
+    assert render_directive(HELPSTEER, {}, "tagged") == "[Preferences] no preference [/Preferences]"
     unnamed = load_spec({"objectives": [{"name": "a", "levels": 3}]})
-    assert render_directive(unnamed, {"a": 2}) == "[Preferences] a: 2/2 [/Preferences]"
+    assert render_directive(unnamed, {"a": 2}, "tagged") == "[Preferences] a: 2/2 [/Preferences]"
+
+
+@pytest.mark.unit
+def test_natural_directive_joins_the_requested_levels_sentences_in_spec_order():
+    text = render_directive(HELPSTEER, {"verbosity": 0, "helpfulness": 3})
+    assert text == "Give a very useful answer. Answer in one short sentence."
+    assert render_directive(HELPSTEER, {}) == NO_PREFERENCE_SENTENCE
+    assert parse_directive(HELPSTEER, text) == {"helpfulness": 3, "verbosity": 0}
+    assert parse_directive(HELPSTEER, NO_PREFERENCE_SENTENCE) == {}
+
+
+@pytest.mark.unit
+def test_natural_style_needs_instructions_and_says_which_objectives_lack_them():
+    bare = load_spec({"objectives": [{"name": "a", "levels": 2}, {"name": "b", "levels": 2}]})
+    with pytest.raises(DirectiveError, match=r"\['a', 'b'\] in spec <dict> have none.*'tagged' style"):
+        render_directive(bare, {"a": 1})
+    with pytest.raises(DirectiveError, match=r"style must be one of \('natural', 'tagged'\), got 'xml'"):
+        render_directive(HELPSTEER, {"verbosity": 1}, "xml")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Give a very useful answer",  # no full stop: not the spec's sentence
+        "give a very useful answer.",  # other case
+        "Please give a very useful answer. Thanks.",  # not a whole line of spec sentences
+        "Give a very useful answer.  Answer in one short sentence.",  # two spaces
+    ],
+)
+def test_natural_directive_is_matched_exactly_or_not_at_all(text):
+    with pytest.raises(DirectiveError, match=r"no natural directive"):
+        parse_directive(HELPSTEER, text, style="natural")
+
+
+@pytest.mark.unit
+def test_natural_directive_with_repeated_or_mixed_sentences_is_refused():
+    with pytest.raises(DirectiveError, match=r"'verbosity' is requested twice"):
+        parse_directive(HELPSTEER, "Answer in one short sentence. Answer in a short paragraph.")
+    with pytest.raises(DirectiveError, match=r"no-preference sentence is mixed"):
+        parse_directive(HELPSTEER, f"Answer in one short sentence. {NO_PREFERENCE_SENTENCE}")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "instructions, pattern",
+    [
+        (["Be short.", "Be short."], r"a\.instructions\[0\] 'Be short\.' repeats a\.instructions\[1\]"),
+        (["Be short.", "Really. Be short."], r"instructions\[1\] 'Really\. Be short\.' contains a\.instructions\[0\]"),
+        (["Be short.", ""], r"instructions\[1\]': expected one non-empty sentence"),
+        (["Be short", "Be long."], r"instructions\[0\]': expected one non-empty sentence ending"),
+        (["Be short."], r"expected 2 sentences \(one per level\)"),
+        (["Be short.", "Be [long]."], r"contains \['\[', '\]'\], which delimit"),
+        (["Be short.", NO_PREFERENCE_SENTENCE], r"repeats the no-preference sentence"),
+    ],
+)
+def test_spec_instructions_must_be_sentences_distinct_across_the_spec(instructions, pattern):
+    with pytest.raises(SpecError, match=pattern):
+        load_spec({"objectives": [{"name": "a", "levels": 2, "instructions": instructions}]})
+    with pytest.raises(SpecError, match=r"a\.instructions\[1\] 'Go\.' repeats b\.instructions\[0\]"):
+        load_spec({"objectives": [{"name": "a", "levels": 2, "instructions": ["Stop.", "Go."]},
+                                  {"name": "b", "levels": 2, "instructions": ["Go.", "Wait."]}]})  # fmt: skip
 
 
 @pytest.mark.unit
@@ -56,12 +126,31 @@ def test_render_matches_documented_format():
 @given(spec_and_request(), st.text(max_size=30), st.text(max_size=30))
 def test_render_then_parse_is_identity_for_every_valid_request(spec_request, before, after):
     spec, request = spec_request
-    text = render_directive(spec, request)
+    text = render_directive(spec, request, "tagged")
     assert parse_directive(spec, text) == request
     # Surrounding text (templates, user message, the response) does not disturb it unless it opens a directive first.
     if "[preferences]" not in before.lower():
         assert parse_directive(spec, before + text + after) == request
     assert list(parse_directive(spec, text)) == [n for n in spec.names if n in request]  # spec order out
+
+
+@pytest.mark.unit
+@settings(max_examples=200, deadline=None)
+@given(spec_and_request(with_instructions=True), st.text(max_size=30), st.text(max_size=30))
+def test_natural_render_then_parse_is_identity_in_every_style_and_surrounding(spec_request, before, after):
+    spec, request = spec_request
+    for style in STYLES:
+        text = render_directive(spec, request, style)
+        assert parse_directive(spec, text) == parse_directive(spec, text, style) == request
+        assert strip_directive(spec, request, f"Q?\n\n{text}") == "Q?"
+    # A natural directive is a whole line: the text around it ends and starts a line (or a template token).
+    text = render_directive(spec, request)
+    for prefix in (before + "\n", before + "<|im_start|>user\n"):
+        try:
+            parse_directive(spec, prefix)
+        except DirectiveError:  # the drawn text holds no directive of its own, so ours is the first one
+            assert parse_directive(spec, prefix + text + "\n" + after) == request
+            assert parse_directive(spec, prefix + text + "<|im_end|>" + after) == request
 
 
 @pytest.mark.unit
@@ -83,10 +172,12 @@ def test_label_is_canonical_json_in_spec_order():
 
 
 @pytest.mark.unit
-def test_first_directive_wins_over_an_echo_in_the_response():
-    prompt = render_directive(HELPSTEER, {"verbosity": 0})
-    response = render_directive(HELPSTEER, {"verbosity": 4})
-    assert parse_directive(HELPSTEER, prompt + "\nSure! " + response) == {"verbosity": 0}
+@pytest.mark.parametrize("style", STYLES)
+def test_first_directive_wins_over_an_echo_in_the_response(style):
+    prompt = render_directive(HELPSTEER, {"verbosity": 0}, style)
+    for echo in STYLES:
+        response = render_directive(HELPSTEER, {"verbosity": 4}, echo)
+        assert parse_directive(HELPSTEER, prompt + "\nSure!\n" + response) == {"verbosity": 0}
 
 
 @pytest.mark.unit
@@ -101,7 +192,10 @@ def test_parse_accepts_lowercased_tags_and_loose_spacing():
 @pytest.mark.parametrize(
     "text, pattern",
     [
-        ("Just answer the question.", r"no \[Preferences\] \.\.\. \[/Preferences\] directive found in text: 'Just"),
+        (
+            "Just answer the question.",
+            r"no directive \(\[Preferences\] \.\.\. \[/Preferences\], or a line of the spec's",
+        ),
         ("[Preferences] helpfulness: 3/4", r"opening tag but no closing tag"),
         ("[Preferences] style: 1/4 (x) [/Preferences]", r"unknown objective 'style'.*\['helpfulness', 'verbosity'"),
         ("[Preferences] helpfulness: 5/4 [/Preferences]", r"level 5 for 'helpfulness' is out of range 0\.\.4"),
@@ -196,7 +290,7 @@ def test_apply_directive_user_placements_go_on_the_last_user_message_before_or_a
         {"role": "assistant", "content": "ok"},
         {"role": "user", "content": "second"},
     ]
-    directive = "[Preferences] verbosity: 3/4 (detailed) [/Preferences]"
+    directive = "Answer in detail, with several paragraphs."
     out = apply_directive(HELPSTEER, {"verbosity": 3}, messages, placement="user_prefix")
     assert out[0]["content"] == "first" and out[1]["content"] == "ok"
     assert out[2]["content"] == f"{directive}\n\nsecond"
@@ -215,21 +309,24 @@ def test_apply_directive_errors():
         apply_directive(HELPSTEER, {}, [{"role": "system", "content": "x"}], placement="user_suffix")
     with pytest.raises(DirectiveError, match=r"prompt must be a str or a list"):
         apply_directive(HELPSTEER, {}, [{"role": "user"}])
-    done = apply_directive(HELPSTEER, {"verbosity": 1}, "Hi")
-    with pytest.raises(DirectiveError, match=r"the system message already carries a directive"):
-        apply_directive(HELPSTEER, {"verbosity": 2}, done)
+    for style in STYLES:
+        done = apply_directive(HELPSTEER, {"verbosity": 1}, "Hi", style=style)
+        for again in STYLES:
+            with pytest.raises(DirectiveError, match=r"the system message already carries a directive"):
+                apply_directive(HELPSTEER, {"verbosity": 2}, done, style=again)
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("placement", ["system", "user_prefix", "user_suffix"])
-def test_directive_survives_smollm2_chat_template_and_tokenizer_round_trip(smollm2_dir, placement):
+def test_directive_survives_smollm2_chat_template_and_tokenizer_round_trip(smollm2_dir, placement, style):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     request = {"helpfulness": 3, "harmlessness": 1}
-    messages = apply_directive(HELPSTEER, request, "What is the capital of France?", placement=placement)
+    messages = apply_directive(HELPSTEER, request, "What is the capital of France?", placement=placement, style=style)
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert "<|im_start|>" in prompt and "[Preferences]" in prompt
+    assert "<|im_start|>" in prompt and render_directive(HELPSTEER, request, style) in prompt
     if placement == "system":  # our system message replaces SmolLM2's default one
         assert prompt.count("<|im_start|>system") == 1
     decoded = tokenizer.decode(tokenizer(prompt + "Paris.")["input_ids"], skip_special_tokens=False)

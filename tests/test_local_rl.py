@@ -42,7 +42,7 @@ def tiny_policy(tmp_path_factory, smollm2_dir):
 
 def rows(n=4):
     questions = ["Name a fruit.", "Say hi.", "Count to three.", "Name a color."][:n]
-    request = {"sentences": 0}
+    request = {"length": 0}
     return [{"question": q, "request": request, "messages": [{"role": "user", "content": q}]} for q in questions]
 
 

@@ -1,27 +1,38 @@
 import pytest
 
-from moslim_plugin.core.directives import parse_directive, render_directive
+from moslim_plugin.core.directives import STYLES, parse_directive, render_directive
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.demo.oracle import (
+    DEMO_OBJECTIVES,
+    JUDGES,
     address_level,
     demo_spec,
+    exclamation_level,
     formality_level,
+    format_level,
     judge,
+    length_level,
+    oracle_spec,
     request_hits,
-    sentences_level,
 )
 
 
 @pytest.mark.unit
-def test_sentence_levels_count_complete_sentences_only():
-    assert sentences_level("") == 0
-    assert sentences_level("One sentence.") == 0
-    assert sentences_level("One sentence. And an unfinished") == 0  # a cut-off sentence is not complete
-    assert sentences_level("One. Two!") == 1
-    assert sentences_level("One. Two? Three.") == sentences_level("A. B. C. D. E.") == 2
-    # A dot inside a number or a word is not a sentence end; a newline after one is.
-    assert sentences_level("It costs 2.5 dollars, e.g.x here.") == 0
-    assert sentences_level("First.\nSecond.") == 1
+def test_length_levels_are_word_count_bands_at_15_and_30():
+    assert length_level("") == 0
+    assert length_level(" ".join(["w"] * 15)) == 0
+    assert length_level(" ".join(["w"] * 16)) == 1
+    assert length_level("\n".join(["w"] * 30)) == 1  # any whitespace separates words
+    assert length_level(" ".join(["w"] * 31)) == 2
+    assert length_level("It's 2.5 km, e.g. far.") == 0  # punctuation does not split words
+
+
+@pytest.mark.unit
+def test_a_list_needs_two_bulleted_or_numbered_lines():
+    for listed in ["- a\n- b", "Intro:\n* one\n* two", "1. first\n2) second", "  • x\n  • y"]:
+        assert format_level(listed) == 1, listed
+    for prose in ["- only one item", "A paragraph - with a dash - inside.", "In 1. and 2. we see", "-a\n-b", ""]:
+        assert format_level(prose) == 0, prose
 
 
 @pytest.mark.unit
@@ -34,7 +45,8 @@ def test_casual_means_a_contraction_not_a_possessive():
 
 
 @pytest.mark.unit
-def test_personal_means_talking_to_the_reader_as_you():
+def test_excited_means_an_exclamation_mark_and_personal_means_you():
+    assert exclamation_level("Wow! Great.") == 1 and exclamation_level("Calm. Really?") == 0
     for personal in ["You can try.", "Check your plan", "Ask yourself", "if you're tired"]:
         assert address_level(personal) == 1, personal
     for impersonal in ["One can try.", "Youth matters", "The bayou floods", "Everyone should rest."]:
@@ -43,9 +55,10 @@ def test_personal_means_talking_to_the_reader_as_you():
 
 @pytest.mark.unit
 def test_judge_returns_every_demo_objective_in_spec_order():
-    text = "You don't say. Really. Yes."
-    assert judge(text) == {"sentences": 2, "formality": 1, "address": 1}
-    assert list(judge(text)) == list(demo_spec().names)
+    text = "You don't say!\n- one\n- two"
+    assert judge(text) == {"length": 0, "format": 1, "formality": 1}
+    assert list(judge(text)) == list(demo_spec().names) == list(DEMO_OBJECTIVES)
+    assert judge(text, oracle_spec()) == {"length": 0, "format": 1, "formality": 1, "exclamation": 1, "address": 1}
 
 
 @pytest.mark.unit
@@ -55,21 +68,28 @@ def test_judge_refuses_objectives_it_cannot_judge_and_non_text():
         judge("hi", other)
     with pytest.raises(TypeError, match="response text"):
         judge(None)
+    with pytest.raises(ValueError, match=r"the oracle judges \['length'.*got \['tone'\]"):
+        oracle_spec(["tone"])
 
 
 @pytest.mark.unit
 def test_request_hits_counts_only_requested_objectives():
-    achieved = {"sentences": 0, "formality": 1, "address": 0}
-    assert request_hits(achieved, {"sentences": 0}) == 1.0
-    assert request_hits(achieved, {"sentences": 2, "formality": 1}) == 0.5
+    achieved = {"length": 0, "format": 1, "formality": 0}
+    assert request_hits(achieved, {"length": 0}) == 1.0
+    assert request_hits(achieved, {"length": 2, "format": 1}) == 0.5
     assert request_hits(achieved, {}) == 1.0
 
 
 @pytest.mark.unit
-def test_demo_spec_has_an_ordinal_objective_and_round_trips_through_directives():
+def test_demo_spec_has_an_ordinal_objective_and_round_trips_through_both_directive_styles():
     spec = demo_spec()
     assert len(spec.names) >= 3 and max(spec.levels) >= 3
-    request = {"sentences": 2, "address": 1}
-    text = render_directive(spec, request)
-    assert "three or more short sentences" in text  # the natural-language phrase the policy reads
-    assert parse_directive(spec, text) == request
+    assert set(oracle_spec().names) == set(JUDGES)
+    request = {"length": 2, "formality": 1}
+    natural = render_directive(spec, request, "natural")
+    assert (
+        natural == "Answer in detail, with several sentences. Write casually and use contractions like it's and don't."
+    )
+    assert "a detailed answer" in render_directive(spec, request, "tagged")  # the phrase the policy reads
+    for style in STYLES:
+        assert parse_directive(spec, render_directive(spec, request, style)) == request

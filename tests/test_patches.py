@@ -270,7 +270,13 @@ def test_the_diffs_preprocess_hook_conditions_prompts_as_the_runtime_patch_does(
     patches.apply(PROMPT_DATASET)
     runtime = PromptDataset(rows, AutoTokenizer.from_pretrained(smollm2_dir), strategy)
     assert upstream["prompts"] == runtime.prompts and upstream["labels"] == runtime.labels
-    assert all("[Preferences]" in prompt for prompt in runtime.prompts)
+    from moslim_plugin.core.directives import label_to_request, parse_directive
+    from moslim_plugin.core.spec import load_spec
+
+    spec = load_spec("hh")  # the prompts carry the directive their label asks for (natural style by default)
+    assert all(
+        parse_directive(spec, p) == label_to_request(spec, lb) for p, lb in zip(runtime.prompts, runtime.labels)
+    )
 
 
 @pytest.mark.unit

@@ -157,3 +157,14 @@ def test_objective_validates_when_built_directly():
     assert Objective("a", 2, ("x", "y"), "{level}").phrase(1) == "y"
     with pytest.raises(ValueError, match="field 'levels'"):
         Objective("a", 1, ("x",), "")
+
+
+@pytest.mark.unit
+def test_instructions_travel_in_to_dict_and_the_fingerprint_only_when_given():
+    plain = load_spec(HELPSTEER)
+    assert "instructions" not in plain.to_dict()["objectives"][0] and not plain.has_instructions
+    with_sentences = {"objectives": [dict(HELPSTEER["objectives"][2], instructions=["Be risky.", "Be safe."])]}
+    spec = load_spec(with_sentences)
+    assert spec.objectives[0].instructions == ("Be risky.", "Be safe.") and spec.has_instructions
+    assert load_spec(spec.to_dict()).fingerprint == spec.fingerprint
+    assert spec.fingerprint != load_spec({"objectives": [HELPSTEER["objectives"][2]]}).fingerprint

@@ -1,15 +1,20 @@
 """Preference directives: the text in the prompt that tells the policy which level of which objectives is wanted.
 
-A request is a dict objective -> target level, any subset of the spec (empty allowed: "no preference"). Rendered::
+A request is a dict objective -> target level, any subset of the spec (empty allowed: "no preference"). Two styles:
 
-    [Preferences] helpfulness: 3/4 (very helpful); verbosity: 1/4 (concise) [/Preferences]
+    natural: Give a very useful answer. Answer briefly, in two or three sentences.
+    tagged:  [Preferences] helpfulness: 3/4 (very helpful); verbosity: 1/4 (concise) [/Preferences]
 
-`name: index/max` is what the parser reads; the parenthesis is the objective's phrasing (see spec.py), the part the
-policy understands. The bracketed tags survive chat templates (ChatML `<|im_start|>system ...`) and tokenizer
-round trips, so `parse_directive` works on a bare message, a system prompt or a whole templated prompt + response.
-Only the FIRST directive in a text counts: ours always comes before any response text (and `apply_directive`
-refuses messages that already carry one), so a policy that learns to echo the directive in its response cannot
-rewrite its own request.
+`natural` (the default) joins the spec's per-level `instructions` sentences, in spec order, into one paragraph
+(`NO_PREFERENCE_SENTENCE` for an empty request); the parser matches them back exactly. It is the default because
+a small policy follows a plain sentence far better than a record: measured in docs/demo/screening.md.
+`tagged`: `name: index/max` is what the parser reads; the parenthesis is the objective's phrasing (see spec.py).
+
+`parse_directive` is the one entry point for both styles; it works on a bare message, a system prompt or a whole
+templated prompt + response. A natural directive is a whole line (or paragraph) of spec sentences, so a question
+that merely mentions one does not count. Only the FIRST directive in a text counts: ours always comes before any
+response text (and `apply_directive` refuses messages that already carry one), so a policy that learns to echo the
+directive in its response cannot rewrite its own request.
 
 The same request travels in the OpenRLHF label column as canonical JSON (`request_to_label`), tied to the spec by
 its fingerprint, so a dataset prepared for another spec is refused instead of being scored against the wrong heads.
@@ -20,12 +25,14 @@ import re
 from numbers import Integral
 
 from moslim_plugin import UserError
-from moslim_plugin.core.spec import ObjectiveSpec
+from moslim_plugin.core.spec import NO_PREFERENCE_SENTENCE, ObjectiveSpec
 
 OPEN_TAG, CLOSE_TAG = "[Preferences]", "[/Preferences]"
 NO_PREFERENCE = "no preference"
 PLACEMENTS = ("system", "user_prefix", "user_suffix")
 DEFAULT_PLACEMENT = "system"
+STYLES = ("natural", "tagged")
+DEFAULT_STYLE = "natural"
 
 # Tags case-insensitive: an uncased tokenizer (BERT) lowercases the text it decodes.
 _DIRECTIVE_RE = re.compile(re.escape(OPEN_TAG) + r"(.*?)" + re.escape(CLOSE_TAG), re.IGNORECASE | re.DOTALL)
@@ -51,8 +58,19 @@ def validate_request(spec: ObjectiveSpec, request) -> dict[str, int]:
     return {name: int(request[name]) for name in spec.names if name in request}
 
 
-def render_directive(spec: ObjectiveSpec, request) -> str:
+def render_directive(spec: ObjectiveSpec, request, style: str = DEFAULT_STYLE) -> str:
     request = validate_request(spec, request)
+    if style not in STYLES:
+        raise DirectiveError(f"directive style must be one of {STYLES}, got {style!r}")
+    if style == "natural":
+        missing = [o.name for o in spec.objectives if not o.instructions]
+        if missing:
+            raise DirectiveError(
+                f"the natural directive style needs per-level 'instructions' sentences for every objective, but "
+                f"{missing} in spec {spec.source} have none: add them to the spec or use the 'tagged' style"
+            )
+        sentences = [spec.objectives[spec.index(name)].instructions[index] for name, index in request.items()]
+        return " ".join(sentences) or NO_PREFERENCE_SENTENCE
     items = []
     for name, index in request.items():
         objective = spec.objectives[spec.index(name)]
@@ -61,14 +79,57 @@ def render_directive(spec: ObjectiveSpec, request) -> str:
     return f"{OPEN_TAG} {'; '.join(items) or NO_PREFERENCE} {CLOSE_TAG}"
 
 
-def parse_directive(spec: ObjectiveSpec, text: str) -> dict[str, int]:
-    """The request of the first directive found anywhere in `text`."""
+def _natural_re(spec: ObjectiveSpec):
+    """A whole line of instruction sentences separated by single spaces; None for a spec without instructions."""
+    if not spec.has_instructions:
+        return None
+    sentences = [s for o in spec.objectives for s in o.instructions] + [NO_PREFERENCE_SENTENCE]
+    one = "|".join(re.escape(s) for s in sorted(sentences, key=len, reverse=True))
+    # Ends at the end of a line or at a chat-template token (`...<|im_end|>`).
+    return re.compile(rf"^(?:{one})(?: (?:{one}))*(?=$|<)", re.MULTILINE), re.compile(one)
+
+
+def parse_directive(spec: ObjectiveSpec, text: str, style: str | None = None) -> dict[str, int]:
+    """The request of the first directive found anywhere in `text`, in either style (or only in `style`)."""
     if not isinstance(text, str):
         raise DirectiveError(f"expected the prompt text, got {type(text).__name__}: {text!r:.80}")
-    match = _DIRECTIVE_RE.search(text)
-    if match is None:
+    if style not in (None, *STYLES):
+        raise DirectiveError(f"directive style must be one of {STYLES} (or None: either), got {style!r}")
+    tagged = _DIRECTIVE_RE.search(text) if style != "natural" else None
+    patterns = _natural_re(spec) if style != "tagged" else None
+    natural = patterns[0].search(text) if patterns else None
+    if natural is not None and (tagged is None or natural.start() < tagged.start()):
+        return _parse_natural(spec, natural.group(0), patterns[1])
+    if tagged is None:
         hint = " (it has an opening tag but no closing tag)" if OPEN_TAG.lower() in text.lower() else ""
-        raise DirectiveError(f"no {OPEN_TAG} ... {CLOSE_TAG} directive found in text{hint}: {text[:120]!r}")
+        wanted = {
+            "tagged": f"{OPEN_TAG} ... {CLOSE_TAG} directive",
+            "natural": "natural directive (a line of the spec's instruction sentences)",
+            None: f"directive ({OPEN_TAG} ... {CLOSE_TAG}, or a line of the spec's instruction sentences)",
+        }[style]
+        if style == "natural" and patterns is None:
+            wanted += f"; spec {spec.source} has no instructions, so it has no natural directives"
+        raise DirectiveError(f"no {wanted} found in text{hint}: {text[:120]!r}")
+    return _parse_tagged(spec, tagged)
+
+
+def _parse_natural(spec: ObjectiveSpec, body: str, sentence_re) -> dict[str, int]:
+    owner = {s: (o.name, i) for o in spec.objectives for i, s in enumerate(o.instructions)}
+    sentences = sentence_re.findall(body)
+    if sentences == [NO_PREFERENCE_SENTENCE]:
+        return {}
+    request = {}
+    for sentence in sentences:
+        if sentence == NO_PREFERENCE_SENTENCE:
+            raise DirectiveError(f"the no-preference sentence is mixed with requests in directive {body!r}")
+        name, index = owner[sentence]
+        if name in request:
+            raise DirectiveError(f"objective {name!r} is requested twice in directive {body!r}")
+        request[name] = index
+    return validate_request(spec, request)
+
+
+def _parse_tagged(spec: ObjectiveSpec, match) -> dict[str, int]:
     body = match.group(1).strip()
     if body.lower() == NO_PREFERENCE:
         return {}
@@ -147,7 +208,16 @@ def label_to_request(spec: ObjectiveSpec, label) -> dict[str, int]:
     return validate_request(spec, targets)
 
 
-def apply_directive(spec: ObjectiveSpec, request, prompt, placement: str = DEFAULT_PLACEMENT) -> list[dict]:
+def strip_directive(spec: ObjectiveSpec, request, text: str) -> str:
+    """`text` without the directive for `request`, whichever style rendered it (the raw question, for the RM)."""
+    for style in STYLES if spec.has_instructions else ("tagged",):
+        text = text.replace(render_directive(spec, request, style), "")
+    return text.strip()
+
+
+def apply_directive(
+    spec: ObjectiveSpec, request, prompt, placement: str = DEFAULT_PLACEMENT, style: str = DEFAULT_STYLE
+) -> list[dict]:
     """Chat messages with the directive in the system message (created or prepended), or before or after the text
     of the LAST user message (the one the response answers): `user_prefix` / `user_suffix`.
 
@@ -164,10 +234,11 @@ def apply_directive(spec: ObjectiveSpec, request, prompt, placement: str = DEFAU
             f"prompt must be a str or a list of {{'role', 'content'}} str messages, got {prompt!r:.120}"
         )
     messages = [dict(m) for m in messages]
+    directive = render_directive(spec, request, style)
+    natural = _natural_re(spec)
     for m in messages:
-        if _DIRECTIVE_RE.search(m["content"]):
+        if _DIRECTIVE_RE.search(m["content"]) or (natural and natural[0].search(m["content"])):
             raise DirectiveError(f"the {m['role']} message already carries a directive: {m['content'][:120]!r}")
-    directive = render_directive(spec, request)
     if placement == "system":
         if messages and messages[0]["role"] == "system":
             messages[0]["content"] = f"{directive}\n\n{messages[0]['content']}".rstrip()

@@ -7,12 +7,18 @@ A spec is a YAML or JSON file (or the same dict) of the form::
         levels: 5                    # number of classes, >= 2 (levels 0 .. levels-1)
         level_names: [unhelpful, slightly helpful, helpful, very helpful, extremely helpful]  # optional
         description: How well the answer helps the user.   # optional, documentation only
-        phrasing: "{level}"          # optional: natural-language part of the directive
+        phrasing: "{level}"          # optional: natural-language part of the tagged directive
+        instructions:                # optional: one plain imperative sentence per level (the natural directive)
+          - Give an unhelpful answer.
+          - ...
         rating: {path: helpfulness, bins: [0.5, 1.5, 2.5, 3.5], range: [0, 4]}   # optional, for the ratings reader
 
 `phrasing` is a template with the placeholders `{level}` (level name), `{index}` (level number), `{max}` (highest
 level number) and `{name}` (objective name). The directive always carries `name: index/max` for the parser; the
 phrasing is the part the policy reads, so it defaults to the level name, or to nothing when the levels have no names.
+`instructions` are what the `natural` directive style says (`moslim_plugin/core/directives.py`): the requested levels
+sentences joined into a short paragraph, matched back exactly by the parser. So every sentence is non-empty, ends
+with `.`, `!` or `?`, and no sentence contains another anywhere in the spec: exact matching is then unambiguous.
 A name bundled with the package (`helpsteer`, `hh`) loads `moslim_plugin/core/specs/<name>.yaml`.
 
 The spec travels inside every reward-model checkpoint and every prepared dataset; `fingerprint` identifies it
@@ -36,7 +42,9 @@ _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PLACEHOLDERS = {"level", "index", "max", "name"}
 # These delimit the directive (`[Preferences] a: 1/4 (phrase); b: 0/1 [/Preferences]`), so texts must not contain them.
 _FORBIDDEN_CHARS = (";", "[", "]", "\n", "\r")
-_OBJECTIVE_KEYS = {"name", "levels", "level_names", "description", "phrasing", "rating"}
+_OBJECTIVE_KEYS = {"name", "levels", "level_names", "description", "phrasing", "rating", "instructions"}
+# The natural directive for an empty request: also a reserved sentence, so no objective may use or contain it.
+NO_PREFERENCE_SENTENCE = "Answer in whatever way suits the question."
 _RATING_KEYS = {"path", "bins", "range"}
 
 
@@ -79,6 +87,7 @@ class Objective:
     phrasing: str
     rating: dict | None = None
     description: str = ""
+    instructions: tuple[str, ...] = ()
 
     def __post_init__(self):
         # The one place objectives are validated; ObjectiveSpec.from_dict adds the file and index to the message.
@@ -110,6 +119,22 @@ class Objective:
             raise ValueError(f"field 'description': expected a string, got {self.description!r}")
         if self.rating is not None:
             self._check_rating()
+        if self.instructions != ():
+            self._check_instructions()
+
+    def _check_instructions(self) -> None:
+        sentences = self.instructions
+        if not isinstance(sentences, tuple) or len(sentences) != self.levels:
+            raise ValueError(
+                f"field 'instructions': expected {self.levels} sentences (one per level), got {sentences!r}"
+            )
+        for i, sentence in enumerate(sentences):
+            _check_text(f"instructions[{i}]", sentence)
+            if sentence != sentence.strip() or not sentence or sentence[-1] not in ".!?":
+                raise ValueError(
+                    f"field 'instructions[{i}]': expected one non-empty sentence ending with '.', '!' or '?' and no "
+                    f"surrounding spaces, got {sentence!r}"
+                )
 
     def _check_rating(self) -> None:
         rating = self.rating
@@ -159,6 +184,8 @@ class Objective:
         }
         if self.rating is not None:
             d["rating"] = {k: (list(v) if isinstance(v, list) else v) for k, v in self.rating.items()}
+        if self.instructions:  # only when given: specs without them keep their fingerprint
+            d["instructions"] = list(self.instructions)
         return d
 
 
@@ -174,6 +201,10 @@ class ObjectiveSpec:
     @property
     def levels(self) -> tuple[int, ...]:
         return tuple(o.levels for o in self.objectives)
+
+    @property
+    def has_instructions(self) -> bool:
+        return all(o.instructions for o in self.objectives)
 
     def index(self, name: str) -> int:
         for i, o in enumerate(self.objectives):
@@ -238,6 +269,9 @@ class ObjectiveSpec:
                         phrasing=o.get("phrasing", "{level}" if "level_names" in o else ""),
                         rating=o.get("rating"),
                         description=o.get("description", ""),
+                        instructions=tuple(o["instructions"])
+                        if isinstance(o.get("instructions"), list)
+                        else o.get("instructions", ()),
                     )
                 )
             except ValueError as e:
@@ -246,7 +280,24 @@ class ObjectiveSpec:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise SpecError(f"{source}: field 'objectives': duplicate name(s) {dupes}; names must be unique")
+        _check_sentences_distinct(objectives, source)
         return cls(tuple(objectives), source)
+
+
+def _check_sentences_distinct(objectives, source: str) -> None:
+    """No instruction sentence may contain another (nor the no-preference sentence) anywhere in the spec, so the
+    parser reads every natural directive back to exactly one request."""
+    owners = [(s, f"{o.name}.instructions[{i}]") for o in objectives for i, s in enumerate(o.instructions)]
+    owners.append((NO_PREFERENCE_SENTENCE, "the no-preference sentence"))
+    for a, where_a in owners:
+        for b, where_b in owners:
+            if where_a != where_b and b in a:
+                raise SpecError(
+                    f"{source}: {where_a} {a!r} "
+                    + ("repeats" if a == b else "contains")
+                    + f" {where_b} {b!r}; every sentence must be distinct and not part of another, so that a "
+                    "natural directive parses to exactly one request"
+                )
 
 
 def load_spec(path_or_dict) -> ObjectiveSpec:

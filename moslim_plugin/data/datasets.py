@@ -6,6 +6,10 @@ produce the same prompts for the same seed. A row that already carries a MOSLIM 
 
     moslim-openrlhf prepare-prompts --data.dataset prompts.jsonl --data.input_key question \
         --moslim.spec spec.yaml --moslim.sampling subset --moslim.output conditioned.jsonl
+
+`--moslim.style` picks how the directive reads (core/directives.py): `natural` sentences from the spec's
+`instructions` (the default) or the `tagged` record. The label is the same either way and stays the source of
+truth for every reward.
 """
 
 import argparse
@@ -19,7 +23,9 @@ from types import SimpleNamespace
 from moslim_plugin import UserError
 from moslim_plugin.core.directives import (
     DEFAULT_PLACEMENT,
+    DEFAULT_STYLE,
     PLACEMENTS,
+    STYLES,
     DirectiveError,
     apply_directive,
     check_label_matches_directive,
@@ -73,6 +79,7 @@ def add_sampling_flags(group, sampling_default) -> None:
     group.add_argument("--moslim.columns", default=None, help="for --moslim.sampling column: objective=column,...")
     group.add_argument("--moslim.seed", type=int, default=42, help="target sampling seed")
     group.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS)
+    group.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES, help="how the directive reads")
 
 
 class TargetSampler:
@@ -158,6 +165,7 @@ def condition_row(
     label_key="label",
     placement=DEFAULT_PLACEMENT,
     question_key="raw_question",
+    style=DEFAULT_STYLE,
 ) -> dict:
     """The row with the directive applied to `row[input_key]` (chat messages) and the MOSLIM label set.
 
@@ -185,7 +193,7 @@ def condition_row(
     request = sampler.sample(row, index)
     out = dict(row)
     out[question_key] = question_text(prompt)
-    out[input_key] = apply_directive(spec, request, prompt, placement=placement)
+    out[input_key] = apply_directive(spec, request, prompt, placement=placement, style=style)
     out[label_key] = request_to_label(spec, request)
     return out
 
@@ -298,6 +306,7 @@ def main(argv=None) -> int:
         label_key=args["data.label_key"],
         placement=args["moslim.placement"],
         question_key=args["moslim.question_key"],
+        style=args["moslim.style"],
     )
     rows = condition_rows(data, spec, sampler, source=args["data.dataset"], **keys)
     write_rows(rows, args["moslim.output"])

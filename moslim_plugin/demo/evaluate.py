@@ -1,30 +1,37 @@
-"""Controllability evaluation of any policy checkpoint, judged by the oracle (never by a trained reward model).
+"""Controllability evaluation of any policy checkpoint, for any spec, judged by the oracle or by a MOSLIM RM.
 
     moslim-openrlhf evaluate --actor.model_name_or_path <policy> [--reward.model_name_or_path <moslim rm>]
+        [--moslim.spec <spec>] [--eval.judge oracle|rm] [--moslim.style natural|tagged]
 
 For every held-out prompt the policy answers greedily (so the numbers do not depend on sampling luck), once
 with a directive for each single (objective, level) pair (so every requested level is tried on the same
-prompts) and once with the "no preference" directive (what the policy does by default on that prompt). Per
-objective, over the responses that requested it:
+prompts) and once with the "no preference" directive (what the policy does by default on that prompt); then, as
+RL sees it, `--eval.n_samples_per_prompt` sampled answers per (prompt, request) at `--rollout.temperature`.
+The judge gives each answer a level per objective: the oracle (exact, demo objectives only) or the reward model's
+most likely class. Per objective, over the responses that requested it:
 
-- accuracy: achieved level == requested level (the oracle's level);
+- accuracy: achieved level == requested level, with a bootstrap 95 % interval for the mean over objectives
+  (prompts resampled, since answers to one prompt are not independent);
+- gap: the conditional gap, P(level L | asked for L) - P(level L | asked for another level), averaged over L:
+  how far the request moves the answer (0 = ignored, 1 = perfect control);
 - mae: mean |achieved - requested| in levels;
 - spearman: rank correlation between requested and achieved level (0 when the achieved level never varies);
-- unrequested_kept: for responses that requested ANOTHER objective, how often this objective stayed at the level
-  the policy gives the same prompt by default.
+- unrequested_kept (greedy): for responses that requested ANOTHER objective, how often this objective stayed at
+  the level the policy gives the same prompt by default.
 
-With a reward model, `rm_agreement` is how often its most likely class equals the oracle's level, per objective, on
-all the responses generated here. Writes eval.json, eval.md and a requested-vs-achieved plot to --eval.output_dir.
+With the oracle as judge and a reward model given, `rm_agreement` is how often the RM's most likely class equals
+the oracle's level. Writes eval.json, eval.md and a requested-vs-achieved plot to --eval.output_dir.
 """
 
 import argparse
 import json
 import math
+import random
 from pathlib import Path
 
 import torch
 
-from moslim_plugin.core.directives import DEFAULT_PLACEMENT, PLACEMENTS, apply_directive
+from moslim_plugin.core.directives import DEFAULT_PLACEMENT, DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.demo.oracle import demo_spec, judge
 
 DATA_DIR = Path(__file__).parent / "prompts"
@@ -74,35 +81,74 @@ def spearman(x, y) -> float:
 
 
 def controllability_metrics(spec, samples) -> dict:
-    """Metrics from samples {"prompt", "request", "achieved"}; the no-preference sample of a prompt is its default."""
+    """Metrics from samples {"prompt", "request", "achieved"}; the no-preference sample of a prompt is its default
+    (without any, `unrequested_kept` is left out)."""
     default = {s["prompt"]: s["achieved"] for s in samples if not s["request"]}
     per_objective = {}
     for name in spec.names:
         levels = spec.levels[spec.index(name)]
         asked = [s for s in samples if name in s["request"]]
-        other = [s for s in samples if s["request"] and name not in s["request"] and s["prompt"] in default]
         req = [s["request"][name] for s in asked]
         got = [s["achieved"][name] for s in asked]
+        by_level = [
+            [sum(g == k for r, g in zip(req, got) if r == level) for k in range(levels)] for level in range(levels)
+        ]
         per_objective[name] = {
             "n": len(asked),
             "accuracy": sum(a == b for a, b in zip(req, got)) / max(len(asked), 1),
+            "gap": conditional_gap(by_level),
             "mae": sum(abs(a - b) for a, b in zip(req, got)) / max(len(asked), 1),
             "spearman": spearman(req, got),
-            "unrequested_kept": sum(s["achieved"][name] == default[s["prompt"]][name] for s in other)
-            / max(len(other), 1),
-            "by_level": {
-                str(level): [sum(g == k for r, g in zip(req, got) if r == level) for k in range(levels)]
-                for level in range(levels)
-            },
-            "default_distribution": [
-                sum(d[name] == k for d in default.values()) / max(len(default), 1) for k in range(levels)
-            ],  # fmt: skip
+            "by_level": {str(level): counts for level, counts in enumerate(by_level)},
         }
-    summary = {
-        key: sum(m[key] for m in per_objective.values()) / len(per_objective)
-        for key in ("accuracy", "mae", "spearman", "unrequested_kept")
-    }
+        if default:
+            other = [s for s in samples if s["request"] and name not in s["request"] and s["prompt"] in default]
+            kept = sum(s["achieved"][name] == default[s["prompt"]][name] for s in other) / max(len(other), 1)
+            per_objective[name]["unrequested_kept"] = kept
+            per_objective[name]["default_distribution"] = [
+                sum(d[name] == k for d in default.values()) / len(default) for k in range(levels)
+            ]
+    keys = ("accuracy", "gap", "mae", "spearman") + (("unrequested_kept",) if default else ())
+    summary = {key: sum(m[key] for m in per_objective.values()) / len(per_objective) for key in keys}
+    summary["accuracy_ci95"] = accuracy_ci95(spec, samples)
     return {"objectives": per_objective, "mean": summary}
+
+
+def conditional_gap(by_level) -> float:
+    """Mean over levels L of P(achieved L | requested L) - P(achieved L | requested another level); `by_level[r][a]`
+    counts answers that achieved a when asked for r. For two levels it is P(1 | asked 1) - P(1 | asked 0)."""
+    gaps = []
+    for level, counts in enumerate(by_level):
+        others = [row for r, row in enumerate(by_level) if r != level and sum(row)]
+        if not sum(counts) or not others:
+            continue
+        hit = counts[level] / sum(counts)
+        gaps.append(hit - sum(row[level] for row in others) / sum(sum(row) for row in others))
+    return sum(gaps) / len(gaps) if gaps else 0.0
+
+
+def accuracy_ci95(spec, samples, n_boot=1000, seed=0) -> list[float]:
+    """Bootstrap 95 % interval of the mean (over objectives) exact-level accuracy, resampling prompts."""
+    hits = {}  # prompt -> objective -> [hits, n]
+    for s in samples:
+        for name, level in s["request"].items():
+            cell = hits.setdefault(s["prompt"], {}).setdefault(name, [0, 0])
+            cell[0] += s["achieved"][name] == level
+            cell[1] += 1
+    prompts = sorted(hits)
+    if not prompts:
+        return [0.0, 0.0]
+    rng, means = random.Random(seed), []
+    for _ in range(n_boot):
+        totals = {name: [0, 0] for name in spec.names}
+        for p in rng.choices(prompts, k=len(prompts)):
+            for name, (h, n) in hits[p].items():
+                totals[name][0] += h
+                totals[name][1] += n
+        accs = [h / n for h, n in totals.values() if n]
+        means.append(sum(accs) / len(accs))
+    means.sort()
+    return [means[int(0.025 * (n_boot - 1))], means[int(0.975 * (n_boot - 1))]]
 
 
 def rm_agreement(spec, scorer, samples) -> dict[str, float]:
@@ -115,24 +161,53 @@ def rm_agreement(spec, scorer, samples) -> dict[str, float]:
     }
 
 
+def make_judge(spec, scorer=None):
+    """`(judge_fn, name)`: judge_fn(prompts, responses) -> achieved level per objective for each response, by the
+    oracle (exact; it refuses objectives it has no judge for) or by the MOSLIM RM's most likely class."""
+    if scorer is None:
+        judge("", spec)  # fails now, naming the objectives the oracle cannot judge, rather than after generating
+        return (lambda prompts, responses: [judge(t, spec) for t in responses]), "oracle"
+    spec.check_same(scorer.model.spec, "the judging reward model")
+
+    def rm_judge(prompts, responses):
+        predicted = scorer.score(list(prompts), list(responses), [{} for _ in responses]).probs.argmax(-1)
+        return [{name: int(predicted[i, k]) for k, name in enumerate(spec.names)} for i in range(len(responses))]
+
+    return rm_judge, "reward model"
+
+
 def evaluate_policy(
     model, tokenizer, prompts, spec=None, max_new_tokens=48, scorer=None, batch_size=16, desc=None,
-    placement=DEFAULT_PLACEMENT,
+    placement=DEFAULT_PLACEMENT, style=DEFAULT_STYLE, judge_fn=None, n_samples=0, temperature=0.7, seed=0,
 ):  # fmt: skip
+    """Greedy answers to every eval request (metrics, samples) and, with n_samples > 0, n sampled answers to every
+    single-objective request (sampled_metrics). The judge defaults to the oracle; a scorer adds rm_agreement."""
     from moslim_plugin.demo.local_rl import generate
 
     spec = spec or demo_spec()
-    pairs = eval_requests(spec, prompts)
-    messages = [apply_directive(spec, request, prompt, placement=placement) for prompt, request in pairs]
-    _, _, texts = generate(model, tokenizer, messages, max_new_tokens, temperature=0.0, batch_size=batch_size,
-                           desc=desc or "evaluate")  # fmt: skip
-    samples = [
-        {"prompt": p, "request": r, "response": t, "achieved": judge(t, spec)} for (p, r), t in zip(pairs, texts)
-    ]
-    metrics = controllability_metrics(spec, samples)
+    judge_fn = judge_fn or make_judge(spec)[0]
+    desc = desc or "evaluate"
+
+    def answer(pairs, temperature, what):
+        messages = [apply_directive(spec, request, prompt, placement, style) for prompt, request in pairs]
+        _, _, texts = generate(model, tokenizer, messages, max_new_tokens, temperature, batch_size=batch_size,
+                               desc=f"{desc} ({what})")  # fmt: skip
+        achieved = judge_fn([p for p, _ in pairs], texts)
+        return [
+            {"prompt": p, "request": r, "response": t, "achieved": a} for (p, r), t, a in zip(pairs, texts, achieved)
+        ]
+
+    samples = answer(eval_requests(spec, prompts), 0.0, "greedy")
+    result = {"metrics": controllability_metrics(spec, samples), "samples": samples}
+    if n_samples > 0:
+        torch.manual_seed(seed)
+        pairs = [pair for pair in eval_requests(spec, prompts) if pair[1] for _ in range(n_samples)]
+        sampled = answer(pairs, temperature, f"{n_samples} sampled at T={temperature}")
+        result["sampled_metrics"] = controllability_metrics(spec, sampled)
+        result["sampled_samples"] = sampled
     if scorer is not None:
-        metrics["rm_agreement"] = rm_agreement(spec, scorer, samples)
-    return {"metrics": metrics, "samples": samples}
+        result["metrics"]["rm_agreement"] = rm_agreement(spec, scorer, samples)
+    return result
 
 
 def check_finite(obj, where="result"):
@@ -147,59 +222,129 @@ def check_finite(obj, where="result"):
         raise FloatingPointError(f"{where} is {obj}")
 
 
-def plot_requested_vs_achieved(spec, evals: dict, path) -> str:
-    """One panel per objective: mean achieved level for each requested level, one line per policy."""
+def plot_panels(panels, path, ncols=None) -> str:
+    """One PNG of line panels; each panel is {"title", "xlabel", "ylabel", "series": {label: (xs, ys)}, optional
+    "xticks": labels for x = 0, 1, ..., "diagonal": draw y = x up to this value}."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(spec.names), figsize=(4.2 * len(spec.names), 3.8))
-    for ax, name, levels in zip(axes, spec.names, spec.levels):
-        ax.plot([0, levels - 1], [0, levels - 1], color="grey", linestyle=":", label="perfect control")
-        for policy, result in evals.items():
-            by_level = result["metrics"]["objectives"][name]["by_level"]
-            means = [
-                sum(k * c for k, c in enumerate(by_level[str(lv)])) / max(sum(by_level[str(lv)]), 1)
-                for lv in range(levels)
-            ]
-            ax.plot(range(levels), means, marker="o", label=policy)
-        ax.set_title(name)
-        ax.set_xlabel("requested level")
-        ax.set_ylabel("achieved level (oracle, mean)")
-        ax.set_xticks(range(levels))
-        ax.set_yticks(range(levels))
-    axes[0].legend(fontsize=7)
+    ncols = ncols or len(panels)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        if panel.get("diagonal") is not None:
+            top = panel["diagonal"]
+            ax.plot([0, top], [0, top], color="grey", linestyle=":", label="perfect control")
+        for label, (xs, ys) in panel["series"].items():
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_title(panel["title"])
+        ax.set_xlabel(panel.get("xlabel", ""))
+        ax.set_ylabel(panel.get("ylabel", ""))
+        if panel.get("xticks"):
+            ax.set_xticks(range(len(panel["xticks"])), panel["xticks"], rotation=20, fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
 
 
+def plot_requested_vs_achieved(spec, evals: dict, path) -> str:
+    """One panel per objective: mean achieved level for each requested level, one line per policy."""
+    panels = []
+    for name, levels in zip(spec.names, spec.levels):
+        series = {}
+        for policy, result in evals.items():
+            by_level = result["metrics"]["objectives"][name]["by_level"]
+            means = [sum(k * c for k, c in enumerate(by_level[str(lv)])) / max(sum(by_level[str(lv)]), 1)
+                     for lv in range(levels)]  # fmt: skip
+            series[policy] = (list(range(levels)), means)
+        panels.append({"title": name, "xlabel": "requested level", "ylabel": "achieved level (mean)",
+                       "series": series, "diagonal": levels - 1})  # fmt: skip
+    return plot_panels(panels, path)
+
+
 def metrics_table(spec, evals: dict) -> str:
-    """Markdown table: one row per policy, accuracy per objective, mean accuracy / mae / spearman / kept."""
-    head = ["policy", *(f"acc {n}" for n in spec.names), "mean acc", "mean MAE", "mean Spearman", "unrequested kept"]
+    """Markdown table: one row per policy (and per sampled evaluation), accuracy and gap per objective, then the
+    mean accuracy with its bootstrap 95 % interval, the mean gap and (greedy) how often unrequested ones stayed."""
+    head = ["policy", *(f"acc {n}" for n in spec.names), *(f"gap {n}" for n in spec.names), "mean acc [95 % CI]",
+            "mean gap", "mean MAE", "unrequested kept"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for policy, result in evals.items():
-        m = result["metrics"]
-        cells = [f"{m['objectives'][n]['accuracy']:.3f}" for n in spec.names]
-        cells += [f"{m['mean'][k]:.3f}" for k in ("accuracy", "mae", "spearman", "unrequested_kept")]
-        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+        rows = [(policy, result["metrics"])]
+        if "sampled_metrics" in result:
+            rows.append((f"{policy} (sampled)", result["sampled_metrics"]))
+        for label, m in rows:
+            lo, hi = m["mean"]["accuracy_ci95"]
+            cells = [f"{m['objectives'][n][key]:.3f}" for key in ("accuracy", "gap") for n in spec.names]
+            kept = m["mean"].get("unrequested_kept")
+            cells += [f"{m['mean']['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]", f"{m['mean']['gap']:.3f}",
+                      f"{m['mean']['mae']:.3f}", "-" if kept is None else f"{kept:.3f}"]  # fmt: skip
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="moslim-openrlhf evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--actor.model_name_or_path", type=str, required=True, help="policy checkpoint (HF folder)")
-    p.add_argument("--reward.model_name_or_path", type=str, default=None, help="MOSLIM RM: also report agreement")
+    p.add_argument(
+        "--reward.model_name_or_path",
+        type=str,
+        default=None,
+        help="MOSLIM RM: the judge (--eval.judge rm), or with the oracle as judge, its agreement",
+    )
+    p.add_argument("--moslim.spec", type=str, default=None,
+                   help="objective spec (default: the reward model's, else the demo's oracle objectives)")  # fmt: skip
+    p.add_argument(
+        "--eval.judge",
+        choices=("oracle", "rm"),
+        default=None,
+        help="who gives the achieved levels (default: the oracle if it judges every objective)",
+    )
     p.add_argument("--eval.dataset", type=str, default=None, help="prompts, one per line (default: built-in)")
-    p.add_argument("--eval.max_samples", type=int, default=21, help="held-out prompts (each answered per level)")
+    p.add_argument("--eval.max_samples", type=int, default=64, help="held-out prompts (each answered per level)")
+    p.add_argument("--eval.n_samples_per_prompt", type=int, default=2, help="sampled answers per request (0: none)")
     p.add_argument("--eval.output_dir", type=str, default="runs/evaluate")
     p.add_argument("--rollout.max_new_tokens", type=int, default=48)
+    p.add_argument("--rollout.temperature", type=float, default=0.7, help="for the sampled evaluation")
     p.add_argument("--rollout.micro_batch_size", type=int, default=16)
     p.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS,
                    help="where the directive goes: use the placement the policy was trained with")  # fmt: skip
+    p.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES,
+                   help="directive style: use the one the policy was trained with")  # fmt: skip
     return p
+
+
+def load_judge(args):
+    """(spec, judge_fn, judge name, scorer or None) from the flags: the spec is the one given, else the RM's, else
+    the demo's; the judge is the oracle when it can judge every objective (unless --eval.judge rm), else the RM."""
+    from moslim_plugin import UserError
+    from moslim_plugin.core.spec import load_spec
+
+    scorer = None
+    if args.reward.model_name_or_path:
+        from moslim_plugin.core.scorer import Scorer
+
+        scorer = Scorer.from_pretrained(args.reward.model_name_or_path)
+    spec = load_spec(args.moslim.spec) if args.moslim.spec else (scorer.model.spec if scorer else demo_spec())
+    if scorer is not None:
+        spec.check_same(scorer.model.spec, f"reward model {args.reward.model_name_or_path}")
+    choice = args.eval.judge
+    if choice is None:
+        try:
+            judge("", spec)
+            choice = "oracle"
+        except ValueError:
+            choice = "rm"
+    if choice == "rm" and scorer is None:
+        raise UserError(f"spec {spec.source} has objectives the oracle cannot judge: pass a MOSLIM reward model "
+                        "(--reward.model_name_or_path) to judge them")  # fmt: skip
+    judge_fn, name = make_judge(spec, scorer if choice == "rm" else None)
+    return spec, judge_fn, name, scorer
 
 
 def main(argv=None) -> int:
@@ -210,31 +355,41 @@ def main(argv=None) -> int:
 
     compat.install()  # the reward model path may import openrlhf.models, which needs flash-attn's helpers
     args = hierarchize(build_parser().parse_args(argv))
-    spec = demo_spec()
+    spec, judge_fn, judge_name, scorer = load_judge(args)
     prompts = read_prompts(args.eval.dataset) if args.eval.dataset else builtin_prompts("heldout")
     prompts = prompts[: args.eval.max_samples]
     model, tokenizer = load_policy(args.actor.model_name_or_path)
-    scorer = None
-    if args.reward.model_name_or_path:
-        from moslim_plugin.core.scorer import Scorer
-
-        scorer = Scorer.from_pretrained(args.reward.model_name_or_path)
-        spec.check_same(scorer.model.spec, f"reward model {args.reward.model_name_or_path}")
-    result = evaluate_policy(model, tokenizer, prompts, spec, args.rollout.max_new_tokens, scorer,
-                             args.rollout.micro_batch_size, placement=args.moslim.placement)  # fmt: skip
-    check_finite(result["metrics"])
+    result = evaluate_policy(
+        model, tokenizer, prompts, spec, args.rollout.max_new_tokens, scorer if judge_name == "oracle" else None,
+        args.rollout.micro_batch_size, placement=args.moslim.placement, style=args.moslim.style, judge_fn=judge_fn,
+        n_samples=args.eval.n_samples_per_prompt, temperature=args.rollout.temperature,
+    )  # fmt: skip
+    check_finite({k: v for k, v in result.items() if "metrics" in k})
     out = Path(args.eval.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(args.actor.model_name_or_path).name
     evals = {name: result}
-    (out / "eval.json").write_text(json.dumps({"policy": args.actor.model_name_or_path, **result}, indent=1))
+    settings = {
+        "policy": args.actor.model_name_or_path,
+        "judge": judge_name,
+        "spec": spec.to_dict(),
+        "prompts": len(prompts),
+        "placement": args.moslim.placement,
+        "style": args.moslim.style,
+        "n_samples_per_prompt": args.eval.n_samples_per_prompt,
+        "temperature": args.rollout.temperature,
+    }
+    (out / "eval.json").write_text(json.dumps({**settings, **result}, indent=1))
     plot = plot_requested_vs_achieved(spec, evals, out / "requested_vs_achieved.png")
-    md = [f"# Controllability of `{args.actor.model_name_or_path}`", "", metrics_table(spec, evals), ""]
-    if scorer is not None:
+    md = [f"# Controllability of `{args.actor.model_name_or_path}`", "",
+          f"Judged by the **{judge_name}**; {len(prompts)} prompts, greedy, plus {args.eval.n_samples_per_prompt} "
+          f"sampled answers per request at T={args.rollout.temperature}; directive style `{args.moslim.style}`, "
+          f"placement `{args.moslim.placement}`.", "", metrics_table(spec, evals), ""]  # fmt: skip
+    if "rm_agreement" in result["metrics"]:
         agreement = result["metrics"]["rm_agreement"]
         md += ["RM agreement with the oracle: " + ", ".join(f"{k} {v:.3f}" for k, v in agreement.items())]
     md += ["", f"![requested vs achieved]({Path(plot).name})", ""]
     (out / "eval.md").write_text("\n".join(md))
-    print("\n".join(md[:4]))
+    print("\n".join(md[:6]))
     print(f"report: {out / 'eval.md'}  json: {out / 'eval.json'}  plot: {plot}")
     return 0

@@ -1,56 +1,84 @@
 """The demo's objectives and their exact judges: deterministic functions of the response text, no model involved.
 
-The demo needs ground truth that no learned model can fool, so every objective is a property of the text itself:
+The demo needs ground truth that no learned model can fool, so every objective is a property of the text itself.
+`ORACLE_SPEC` holds every objective the oracle can judge (the screening candidates); `DEMO_OBJECTIVES` are the ones
+the demo trains, chosen from `moslim-openrlhf screen` on the starting policy (docs/demo/screening.md): each one the
+policy already follows somewhat when asked in a plain sentence (conditional gap >= 0.2) and samples at every level,
+since RL can only reinforce what the policy samples.
 
-- `sentences` (3 ordered levels): complete sentences in the response (a `.`, `!` or `?` followed by whitespace or
-  the end of the text): at most one / two / three or more.
-- `formality` (2 levels): casual if the response uses a contraction (`don't`, `it's`, `you're`, `we'll`, ...; a
-  possessive `'s` after a noun is not one), formal otherwise.
-- `address` (2 levels): personal if the response speaks to the reader as "you" (`you`, `your`, `yourself`, ...),
-  impersonal otherwise.
+- `length` (3 ordered levels): words in the response (whitespace-separated): <= 15 / 16-30 / > 30.
+- `format` (2): a list if at least two lines start with a bullet (`-`, `*`, `•`) or a number (`1.`, `2)`).
+- `formality` (2): casual if the response uses a contraction (`don't`, `it's`, `you're`, ...; a possessive `'s`
+  after a noun is not one), formal otherwise.
+- `exclamation` (2): excited if the response contains a `!`.
+- `address` (2): personal if the response speaks to the reader as "you" (`you`, `your`, `yourself`, ...).
 
-Why these and not, say, word-count bands, bulleted lists or exclamation marks (the first version of the demo):
-RL can only reinforce what the policy samples. Measured on the training prompts (40 new tokens, temperature 1),
-SmolLM2-135M-Instruct wrote <= 12 words in 3 % of its answers, a list in 2-5 % and a '!' in 4-8 %, whatever the
-directive asked, so a few hundred CPU rollouts held almost no positive examples. The objectives above sit inside
-its sampled distribution (264 earlier answers of 40 tokens: 50 / 36 / 13 % over the sentence levels, about half
-with a contraction by a looser pattern than the one below, 28 % saying "you") and are just as ignored when
-requested, so the starting policy scores about chance and any gain is control that RL added. The oracle labels the
-reward model's training data and judges the controllability evaluation; it never gives the policy its reward in
-the demo (that goes through the trained reward model, the scorer and the mapping).
+The oracle labels the reward model's training data and judges the evaluation; it never gives the policy its reward
+in the demo (that goes through the trained reward model, the scorer and the mapping).
 """
 
 import re
 
 from moslim_plugin.core.spec import ObjectiveSpec, load_spec
 
-DEMO_SPEC = {
-    "objectives": [
-        {
-            "name": "sentences",
-            "levels": 3,
-            "level_names": ["one sentence", "two sentences", "three or more short sentences"],
-            "description": "complete sentences in the response: <= 1, 2, >= 3",
-            "phrasing": "answer in {level}",
-        },
-        {
-            "name": "formality",
-            "levels": 2,
-            "level_names": ["formal, without contractions", "casual, with contractions like it's and don't"],
-            "description": "casual if the response contains a contraction",
-            "phrasing": "sound {level}",
-        },
-        {
-            "name": "address",
-            "levels": 2,
-            "level_names": ["impersonal, never saying 'you'", "personal, talking to the reader as 'you'"],
-            "description": "personal if the response says you / your / yourself",
-            "phrasing": "be {level}",
-        },
-    ]
-}
+LENGTH_BANDS = (15, 30)  # words: level 0 <= 15 < level 1 <= 30 < level 2
 
-_SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)")
+ORACLE_OBJECTIVES = [
+    {
+        "name": "length",
+        "levels": 3,
+        "level_names": ["one short sentence", "two or three sentences", "a detailed answer"],
+        "description": f"words in the response: <= {LENGTH_BANDS[0]}, <= {LENGTH_BANDS[1]}, more",
+        "phrasing": "answer in {level}",
+        "instructions": [
+            "Answer in one short sentence.",
+            "Answer in two or three sentences.",
+            "Answer in detail, with several sentences.",
+        ],
+    },
+    {
+        "name": "format",
+        "levels": 2,
+        "level_names": ["one paragraph, no list", "a bulleted list"],
+        "description": "a list if at least two lines start with a bullet or a number",
+        "phrasing": "answer as {level}",
+        "instructions": ["Answer in one paragraph without any list.", "Answer as a bulleted list."],
+    },
+    {
+        "name": "formality",
+        "levels": 2,
+        "level_names": ["formal, without contractions", "casual, with contractions like it's and don't"],
+        "description": "casual if the response contains a contraction",
+        "phrasing": "sound {level}",
+        "instructions": [
+            "Write formally and never use contractions.",
+            "Write casually and use contractions like it's and don't.",
+        ],
+    },
+    {
+        "name": "exclamation",
+        "levels": 2,
+        "level_names": ["calm, no exclamation marks", "excited, with exclamation marks"],
+        "description": "excited if the response contains a '!'",
+        "phrasing": "sound {level}",
+        "instructions": ["Answer calmly, without exclamation marks.", "Answer with excitement and exclamation marks!"],
+    },
+    {
+        "name": "address",
+        "levels": 2,
+        "level_names": ["impersonal, never saying 'you'", "personal, talking to the reader as 'you'"],
+        "description": "personal if the response says you / your / yourself",
+        "phrasing": "be {level}",
+        "instructions": [
+            "Never use the word 'you' and write impersonally.",
+            "Talk directly to me, using the word 'you'.",
+        ],
+    },
+]
+DEMO_OBJECTIVES = ("length", "format", "formality")
+
+_WORD_RE = re.compile(r"\S+")
+_LIST_ITEM_RE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S", re.MULTILINE)
 # n't anywhere; 's / 're / 'll / 've / 'm / 'd only after a pronoun or it/that/there/here/what/who/let, so that a
 # possessive ("the body's cells") is not taken for a contraction. Straight and curly apostrophes.
 _CONTRACTION_RE = re.compile(
@@ -60,24 +88,49 @@ _CONTRACTION_RE = re.compile(
 _YOU_RE = re.compile(r"\byou(?:r|rs|rself|rselves)?\b", re.IGNORECASE)
 
 
+def oracle_spec(names=None) -> ObjectiveSpec:
+    """The spec of the named oracle objectives in the given order (default: every one the oracle judges)."""
+    by_name = {o["name"]: o for o in ORACLE_OBJECTIVES}
+    names = list(by_name) if names is None else list(names)
+    unknown = [n for n in names if n not in by_name]
+    if unknown or not names:
+        raise ValueError(f"the oracle judges {list(by_name)}; got {names}")
+    spec = load_spec({"objectives": [by_name[n] for n in names]})
+    return ObjectiveSpec(spec.objectives, source=f"moslim_plugin.demo.oracle:{','.join(names)}")
+
+
 def demo_spec() -> ObjectiveSpec:
-    spec = load_spec(DEMO_SPEC)
-    return ObjectiveSpec(spec.objectives, source="moslim_plugin.demo.oracle:DEMO_SPEC")
+    return oracle_spec(DEMO_OBJECTIVES)
 
 
-def sentences_level(text: str) -> int:
-    return min(max(len(_SENTENCE_END_RE.findall(text)) - 1, 0), 2)
+def length_level(text: str) -> int:
+    words = len(_WORD_RE.findall(text))
+    return sum(words > band for band in LENGTH_BANDS)
+
+
+def format_level(text: str) -> int:
+    return int(len(_LIST_ITEM_RE.findall(text)) >= 2)
 
 
 def formality_level(text: str) -> int:
     return int(_CONTRACTION_RE.search(text) is not None)
 
 
+def exclamation_level(text: str) -> int:
+    return int("!" in text)
+
+
 def address_level(text: str) -> int:
     return int(_YOU_RE.search(text) is not None)
 
 
-JUDGES = {"sentences": sentences_level, "formality": formality_level, "address": address_level}
+JUDGES = {
+    "length": length_level,
+    "format": format_level,
+    "formality": formality_level,
+    "exclamation": exclamation_level,
+    "address": address_level,
+}
 
 
 def judge(text: str, spec: ObjectiveSpec | None = None) -> dict[str, int]:

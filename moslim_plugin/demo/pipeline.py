@@ -8,7 +8,11 @@
    it needs no reward model and no RL, only the samples we already have, and it conditions on the same directive.
 4. rl: MOSLIM RL (local_rl.py, OpenRLHF's algorithm code) with the reward from the trained RM through the Scorer and
    the `moslim` mapping, once per seed.
-5. evaluate: every policy on the held-out prompts, judged by the ORACLE; report.md / report.json / plots.
+5. evaluate: every policy on the held-out prompts (greedy, plus sampled answers at the rollout temperature),
+   judged by the ORACLE, with bootstrap 95 % intervals and the conditional gap; report.md / report.json / plots.
+
+Each step is one stage function; `main` runs them in order. The directive reads as `--moslim.style` says (natural
+sentences by default: see docs/demo/screening.md for why, and for how the objectives were chosen).
 
 Every number in the report comes from this run; nothing is hard-coded. The base-policy evaluation is cached in the
 output folder (keyed by its settings), so a second run skips it.
@@ -26,12 +30,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from moslim_plugin.core.directives import PLACEMENTS, apply_directive
+from moslim_plugin.core.directives import DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.demo.evaluate import (
     builtin_prompts,
     check_finite,
     evaluate_policy,
     metrics_table,
+    plot_panels,
     plot_requested_vs_achieved,
     rm_agreement,
 )
@@ -43,13 +48,16 @@ from moslim_plugin.demo.local_rl import (
     make_experience,
     train_policy,
 )
-from moslim_plugin.demo.oracle import demo_spec, judge
+from moslim_plugin.demo.oracle import demo_spec, judge, request_hits
 
-# name: (initial samples, RM epochs, RiC epochs, eval prompts, RL steps per seed, max_new_tokens, prompts per step)
+# Initial samples, RM epochs, RiC epochs, held-out prompts (of 64) and sampled answers per eval request, RL steps
+# per seed, max_new_tokens, prompts per RL step. Any of them can be overridden with --demo.<key>.
 SIZES = {
-    "full": dict(samples=96, rm_epochs=8, ric_epochs=1, eval_prompts=21, rl_steps=12, max_new_tokens=40, batch=8),
-    "quick": dict(samples=16, rm_epochs=1, ric_epochs=1, eval_prompts=3, rl_steps=1, max_new_tokens=8, batch=2),
-}
+    "full": dict(samples=96, rm_epochs=8, ric_epochs=1, eval_prompts=64, eval_samples=1, rl_steps=12,
+                 max_new_tokens=48, batch=8),
+    "quick": dict(samples=16, rm_epochs=1, ric_epochs=1, eval_prompts=3, eval_samples=1, rl_steps=1,
+                  max_new_tokens=8, batch=2),
+}  # fmt: skip
 
 
 def build_parser():
@@ -64,7 +72,8 @@ def build_parser():
     # the requested level in 0.48 of answers with the directive in the system message and 0.56 with it at the end of
     # the user message, right before the answer, where a 135M model attends most.
     p.add_argument("--moslim.placement", default="user_suffix", choices=PLACEMENTS, help="where the directive goes")
-    for key in ("samples", "eval_prompts", "rl_steps"):
+    p.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES, help="how the directive reads")
+    for key in SIZES["full"]:
         p.add_argument(f"--demo.{key}", type=int, default=None, help=f"override the size preset's {key}")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
     add_rl_args(p)
@@ -83,17 +92,18 @@ def build_parser():
     return p
 
 
-def sample_stage(model, tokenizer, spec, prompts, n, max_new_tokens, seed, temperature, placement):
+def sample_stage(model, tokenizer, demo, n, seed):
     """n responses to training prompts under random-subset directives, each labelled by the oracle."""
     from moslim_plugin.data.datasets import TargetSampler
 
+    spec, prompts, rollout = demo.spec, demo.train_prompts, demo.args.rollout
     sampler = TargetSampler(spec, mode="subset", seed=seed)
     questions = [prompts[i % len(prompts)] for i in range(n)]
     requests = [sampler.sample({}, i) for i in range(n)]
-    messages = [apply_directive(spec, r, q, placement=placement) for q, r in zip(questions, requests)]
+    messages = [apply_directive(spec, r, q, demo.placement, demo.style) for q, r in zip(questions, requests)]
     torch.manual_seed(seed)
     _, _, texts = generate(
-        model, tokenizer, messages, max_new_tokens, temperature, batch_size=32, desc="sample (policy)"
+        model, tokenizer, messages, rollout.max_new_tokens, rollout.temperature, batch_size=32, desc="sample (policy)"
     )
     return [
         {"question": q, "request": r, "response": t, "labels": judge(t, spec)}
@@ -102,18 +112,23 @@ def sample_stage(model, tokenizer, spec, prompts, n, max_new_tokens, seed, tempe
 
 
 def augment(samples, spec, seed):
-    """Two cheap edits of every sampled response, relabelled by the oracle: its first k complete sentences (every
-    sentence level) and a formal, impersonal rewrite (contractions expanded, "you" replaced). More and more balanced
-    rows for the reward model without generating more; the RL and the evaluation never see these edits."""
+    """Three cheap edits of every sampled response, relabelled by the oracle: its first k sentences (shorter
+    lengths), a formal, impersonal, calm rewrite (contractions expanded, "you" replaced, "!" -> ".") and the
+    other format (a list joined into one paragraph, or a paragraph split into bullets: the policy rarely lists
+    unasked). More and more balanced rows for the reward model without generating more; the RL and the evaluation
+    never see these edits."""
     rng = random.Random(seed)
     rows = []
     for s in samples:
-        sentences = re.split(r"(?<=[.!?])\s+", s["response"])
-        cut = " ".join(sentences[: rng.randint(1, max(len(sentences), 1))])
+        sentences = [x for x in re.split(r"(?<=[.!?])\s+|\n+", s["response"]) if x.strip()] or [s["response"]]
+        cut = " ".join(sentences[: rng.randint(1, len(sentences))])
         formal = s["response"]
         for pattern, repl in _FORMAL_REWRITES:
             formal = re.sub(pattern, repl, formal, flags=re.IGNORECASE)
-        rows += [{"question": s["question"], "response": t, "labels": judge(t, spec)} for t in (cut, formal)]
+        items = [re.sub(r"^\s*(?:[-*•]|\d+[.)])\s+", "", x) for x in sentences]
+        listed = re.search(r"^\s*(?:[-*•]|\d+[.)])\s", s["response"], re.MULTILINE) is not None
+        other = " ".join(items) if listed else "\n".join(f"- {x}" for x in items)
+        rows += [{"question": s["question"], "response": t, "labels": judge(t, spec)} for t in (cut, formal, other)]
     return rows
 
 
@@ -123,25 +138,26 @@ _FORMAL_REWRITES = [
     (r"\b(it|that|there|here|what|who|he|she)['’]s\b", r"\1 is"), (r"\blet['’]s\b", "let us"),
     (r"\b(i|you|we|they|he|she|it)['’]d\b", r"\1 would"),
     (r"\byourself\b", "oneself"), (r"\byourselves\b", "themselves"), (r"\byours\b", "one's own"),
-    (r"\byour\b", "one's"), (r"\byou\b", "one"),
+    (r"\byour\b", "one's"), (r"\byou\b", "one"), (r"!", "."),
 ]  # fmt: skip
 
 
-def ric_sft(model, tokenizer, spec, samples, epochs, lr, seed, micro_batch_size, placement):
+def ric_sft(model, tokenizer, demo, samples, epochs, seed):
     """Rewards-in-context: maximise log p(response | directive requesting the levels it actually has)."""
     from openrlhf.models import Actor
 
+    spec, micro_batch_size = demo.spec, demo.args.rollout.micro_batch_size
     actor = Actor(model)
     actor.packing_samples = False
     params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=lr)
+    optim = torch.optim.AdamW(params, lr=demo.args.actor.adam.lr)
     rng = random.Random(seed)
     losses = []
     for epoch in range(epochs):
         order = rng.sample(range(len(samples)), len(samples))
         for start in tqdm(range(0, len(order), micro_batch_size), desc=f"RiC SFT epoch {epoch + 1}", leave=False):
             batch = [samples[i] for i in order[start : start + micro_batch_size]]
-            chats = [apply_directive(spec, s["labels"], s["question"], placement=placement) for s in batch]
+            chats = [apply_directive(spec, s["labels"], s["question"], demo.placement, demo.style) for s in batch]
             texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
             prompt_ids = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
             response_ids = [tokenizer(s["response"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
@@ -158,202 +174,233 @@ def ric_sft(model, tokenizer, spec, samples, epochs, lr, seed, micro_batch_size,
     return losses
 
 
-def plot_training(histories: dict, path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [("reward", "MOSLIM reward (RM + mapping)"), ("oracle_hit", "oracle: requested levels hit"),
-            ("response_length", "response tokens")]  # fmt: skip
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
-    for ax, (key, title) in zip(axes, keys):
-        for name, history in histories.items():
-            ax.plot([h["step"] for h in history], [h[key] for h in history], marker=".", label=name)
-        ax.set_title(title)
-        ax.set_xlabel("RL step")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
-
-
 def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def main(argv=None) -> int:
-    from openrlhf.utils.config import hierarchize
+class Demo:
+    """The run's fixed context, built once: flags, sizes, spec, prompts, output folder, stage timings."""
 
-    from moslim_plugin.core.scorer import Scorer
-    from moslim_plugin.data.train_rm import train_reward_model
-    from moslim_plugin.demo.real_models import minilm_path, smollm2_path
-    from moslim_plugin.integration import compat
+    def __init__(self, args):
+        from moslim_plugin.demo.real_models import smollm2_path
 
-    compat.install()  # before openrlhf.models (RiC SFT and RL use its Actor)
-    args = hierarchize(build_parser().parse_args(argv))
-    size = dict(SIZES["quick" if args.quick else "full"])
-    size.update({k: v for k, v in vars(args.demo).items() if v is not None})
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.rollout.max_new_tokens = size["max_new_tokens"]
-    args.rollout.batch_size = size["batch"]
-    args.data.max_samples = size["rl_steps"] * size["batch"]
-    args = check_rl_args(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    spec = demo_spec()
-    policy_path = Path(args.actor.model_name_or_path or smollm2_path())
-    train_prompts, heldout = builtin_prompts("train"), builtin_prompts("heldout")[: size["eval_prompts"]]
-    timings, t_start = {}, time.time()
-    placement = args.moslim.placement
+        self.args = args
+        self.size = dict(SIZES["quick" if args.quick else "full"])
+        self.size.update({k: v for k, v in vars(args.demo).items() if v is not None})
+        args.rollout.max_new_tokens = self.size["max_new_tokens"]
+        args.rollout.batch_size = self.size["batch"]
+        args.data.max_samples = self.size["rl_steps"] * self.size["batch"]
+        self.args = check_rl_args(args)
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.spec = demo_spec()
+        self.policy_path = Path(args.actor.model_name_or_path or smollm2_path())
+        self.train_prompts = builtin_prompts("train")
+        self.heldout = builtin_prompts("heldout")[: self.size["eval_prompts"]]
+        self.placement, self.style = args.moslim.placement, args.moslim.style
+        self.timings, self.t_start = {}, time.time()
 
-    def evaluate(model, scorer, desc):
-        return evaluate_policy(model, tokenizer, heldout, spec, args.rollout.max_new_tokens, scorer, batch_size=56,
-                               desc=desc, placement=placement)  # fmt: skip
-
-    def stage(name):
-        timings[name] = time.time()
+    def stage(self, name):
+        self.timings[name] = time.time()
         print(f"\n== {name} ==", flush=True)
 
-    def done(name):
-        timings[name] = round(time.time() - timings[name], 1)
+    def done(self, name):
+        self.timings[name] = round(time.time() - self.timings[name], 1)
 
-    # 1. sample + oracle labels
-    stage("sample")
-    model, tokenizer = load_policy(policy_path, args.moslim.trainable_layers)
-    samples = sample_stage(model, tokenizer, spec, train_prompts, size["samples"], args.rollout.max_new_tokens, 0,
-                           args.rollout.temperature, placement)  # fmt: skip
-    with open(out / "samples.jsonl", "w") as f:
-        f.writelines(json.dumps(s) + "\n" for s in samples)
-    done("sample")
+    def evaluate(self, model, tokenizer, scorer, desc):
+        """Greedy on every held-out prompt and request, plus sampled answers at the rollout temperature; oracle."""
+        return evaluate_policy(
+            model, tokenizer, self.heldout, self.spec, self.args.rollout.max_new_tokens, scorer, batch_size=56,
+            desc=desc, placement=self.placement, style=self.style, n_samples=self.size["eval_samples"],
+            temperature=self.args.rollout.temperature,
+        )  # fmt: skip
 
-    # 2. reward model
-    stage("rm")
+
+def rm_stage(demo, samples):
+    """Train the multi-head RM on the oracle-labelled samples plus their cheap edits; returns (scorer, result)."""
+    from moslim_plugin.core.scorer import Scorer
+    from moslim_plugin.data.train_rm import train_reward_model
+    from moslim_plugin.demo.real_models import minilm_path
+
     rows = [{"question": s["question"], "response": s["response"], "labels": s["labels"]} for s in samples]
-    rows += augment(samples, spec, seed=0)
-    rm_dir = out / "rm"
-    rm_batch = 8 if args.quick else 16
-    rm_result = train_reward_model(
-        rows, spec, minilm_path(), rm_dir, micro_batch_size=rm_batch, batch_size=rm_batch,
-        max_epochs=size["rm_epochs"], lr=args.moslim.rm_lr, eval_ratio=0.2, seed=0, max_len=192,
+    rows += augment(samples, demo.spec, seed=0)
+    rm_dir = demo.out / "rm"
+    rm_batch = 8 if demo.args.quick else 16
+    result = train_reward_model(
+        rows, demo.spec, minilm_path(), rm_dir, micro_batch_size=rm_batch, batch_size=rm_batch,
+        max_epochs=demo.size["rm_epochs"], lr=demo.args.moslim.rm_lr, eval_ratio=0.2, seed=0, max_len=192,
         lr_warmup_ratio=0.1, overwrite=True,  # the RM is retrained on every run into the same folder
     )  # fmt: skip
-    scorer = Scorer.from_pretrained(rm_dir, mapping=args.moslim.mapping, mapping_kwargs=args.moslim.mapping_kwargs)
-    done("rm")
+    m = demo.args.moslim
+    return Scorer.from_pretrained(rm_dir, mapping=m.mapping, mapping_kwargs=m.mapping_kwargs), result
 
-    # 3. baselines: starting policy (cached) and RiC SFT
-    evals, histories = {}, {}
-    stage("evaluate base")
-    key = hashlib.sha256(
-        json.dumps([str(policy_path), heldout, args.rollout.max_new_tokens, spec.fingerprint, placement]).encode()
-    ).hexdigest()[:16]
-    cache = out / f"eval_base_{key}.json"
+
+def base_eval_stage(demo, model, tokenizer, scorer):
+    """The starting policy's evaluation, cached in the output folder by everything it depends on."""
+    a = demo.args
+    key_parts = [str(demo.policy_path), demo.heldout, a.rollout.max_new_tokens, demo.spec.fingerprint,
+                 demo.placement, demo.style, demo.size["eval_samples"], a.rollout.temperature]  # fmt: skip
+    key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
+    cache = demo.out / f"eval_base_{key}.json"
     if cache.is_file():
-        evals["base"] = json.loads(cache.read_text())
         print(f"(cached: {cache})")
+        result = json.loads(cache.read_text())
     else:
-        evals["base"] = evaluate(model, None, "evaluate base")
-        cache.write_text(json.dumps(evals["base"]))
+        result = demo.evaluate(model, tokenizer, None, "evaluate base")
+        cache.write_text(json.dumps(result))
     # RM agreement is re-measured every run: the RM is new each time.
-    evals["base"]["metrics"]["rm_agreement"] = rm_agreement(spec, scorer, evals["base"]["samples"])
-    done("evaluate base")
+    result["metrics"]["rm_agreement"] = rm_agreement(demo.spec, scorer, result["samples"])
+    return result
 
-    stage("RiC SFT")
-    ric_losses = ric_sft(model, tokenizer, spec, samples, size["ric_epochs"], args.actor.adam.lr, 0,
-                         args.rollout.micro_batch_size, placement)  # fmt: skip
-    evals["RiC SFT"] = evaluate(model, scorer, "evaluate RiC")
-    del model
-    done("RiC SFT")
 
-    # 4. MOSLIM RL, one run per seed, reward = Scorer(RM, mapping) on the raw question
-    for seed in args.seeds:
-        stage(f"MOSLIM RL seed {seed}")
-        # One objective per RL prompt, every (objective, level) pair equally often, as in the evaluation: the
-        # reward is then one clean signal per sample instead of an average over objectives (k = 1 in the mapping).
-        # Prompts repeat (with another request) when the run needs more than the built-in set.
-        pairs = [(n, lv) for n, levels in zip(spec.names, spec.levels) for lv in range(levels)]
-        order = random.Random(seed).sample(range(len(train_prompts)), len(train_prompts))
-        n_rows = size["rl_steps"] * size["batch"]
-        questions = [train_prompts[order[i % len(order)]] for i in range(n_rows)]
-        requests = [dict([pairs[i % len(pairs)]]) for i in range(n_rows)]
-        rl_rows = [
-            {"question": q, "request": r, "messages": apply_directive(spec, r, q, placement=placement)}
-            for q, r in zip(questions, requests)
-        ]
+def rl_rows(demo, seed):
+    """One objective per RL prompt, every (objective, level) pair equally often, as in the evaluation: the reward
+    is then one clean signal per sample instead of an average over objectives (k = 1 in the mapping). Prompts
+    repeat (with another request) when the run needs more than the built-in set."""
+    spec, prompts = demo.spec, demo.train_prompts
+    pairs = [(n, lv) for n, levels in zip(spec.names, spec.levels) for lv in range(levels)]
+    order = random.Random(seed).sample(range(len(prompts)), len(prompts))
+    n_rows = demo.size["rl_steps"] * demo.size["batch"]
+    questions = [prompts[order[i % len(order)]] for i in range(n_rows)]
+    requests = [dict([pairs[i % len(pairs)]]) for i in range(n_rows)]
+    return [
+        {"question": q, "request": r, "messages": apply_directive(spec, r, q, demo.placement, demo.style)}
+        for q, r in zip(questions, requests)
+    ]
 
-        def reward_fn(questions, responses, requests):
-            result = scorer.score(questions, responses, requests)
-            # Logged only (training curves), never rewarded: the oracle's verdict on the requested levels.
-            hit = [
-                sum(judge(t, spec)[n] == lv for n, lv in rq.items()) / max(len(rq), 1)
-                for t, rq in zip(responses, requests)
-            ]
-            return result.rewards, {"oracle_hit": torch.tensor(hit)}
 
-        args.train.seed = seed
-        args.ckpt.output_dir = str(out / f"policy_seed{seed}")
-        rl = train_policy(args, rl_rows, reward_fn)
-        histories[f"MOSLIM seed {seed}"] = rl["history"]
-        model, tokenizer = load_policy(rl["output_dir"])
-        evals[f"MOSLIM seed {seed}"] = evaluate(model, scorer, f"evaluate seed {seed}")
-        del model
-        done(f"MOSLIM RL seed {seed}")
+def rl_stage(demo, scorer, seed):
+    """MOSLIM RL for one seed, reward = Scorer(RM, mapping) on the raw question; returns (history, evaluation)."""
 
-    # 5. report
-    stage("report")
-    moslim_acc = [evals[f"MOSLIM seed {s}"]["metrics"]["mean"]["accuracy"] for s in args.seeds]
+    def reward_fn(questions, responses, requests):
+        result = scorer.score(questions, responses, requests)
+        # Logged only (training curves), never rewarded: the oracle's verdict on the requested levels.
+        hit = [request_hits(judge(t, demo.spec), rq) for t, rq in zip(responses, requests)]
+        return result.rewards, {"oracle_hit": torch.tensor(hit)}
+
+    demo.args.train.seed = seed
+    demo.args.ckpt.output_dir = str(demo.out / f"policy_seed{seed}")
+    rl = train_policy(demo.args, rl_rows(demo, seed), reward_fn)
+    model, tokenizer = load_policy(rl["output_dir"])
+    return rl["history"], demo.evaluate(model, tokenizer, scorer, f"evaluate seed {seed}")
+
+
+def summarize(evals, seeds, rm_result, ric_losses) -> dict:
+    """report.json's summary: mean exact-level accuracy (greedy) per policy with bootstrap 95 % intervals, the
+    sampled accuracy and the mean conditional gap; the verdict compares MOSLIM with the starting policy."""
+    greedy = {name: e["metrics"]["mean"] for name, e in evals.items()}
+    sampled = {name: e["sampled_metrics"]["mean"] for name, e in evals.items() if "sampled_metrics" in e}
+    moslim = [f"MOSLIM seed {s}" for s in seeds]
+    moslim_acc = [greedy[name]["accuracy"] for name in moslim]
     acc_mean, acc_std = mean_std(moslim_acc)
-    base_acc = evals["base"]["metrics"]["mean"]["accuracy"]
-    ric_acc = evals["RiC SFT"]["metrics"]["mean"]["accuracy"]
     spread = max(moslim_acc) - min(moslim_acc)
-    verdict = acc_mean - base_acc > max(spread, acc_std)
-    summary = {
+    base_acc = greedy["base"]["accuracy"]
+    return {
         "moslim_accuracy_per_seed": moslim_acc,
         "moslim_accuracy_mean": acc_mean,
         "moslim_accuracy_std": acc_std,
         "moslim_accuracy_spread": spread,
         "base_accuracy": base_acc,
-        "ric_accuracy": ric_acc,
-        "moslim_beats_base_by_more_than_spread": verdict,
+        "ric_accuracy": greedy["RiC SFT"]["accuracy"],
+        "moslim_accuracy_ci95": [greedy[name]["accuracy_ci95"] for name in moslim],
+        "base_accuracy_ci95": greedy["base"]["accuracy_ci95"],
+        "ric_accuracy_ci95": greedy["RiC SFT"]["accuracy_ci95"],
+        "sampled_accuracy": {name: m["accuracy"] for name, m in sampled.items()},
+        "sampled_accuracy_ci95": {name: m["accuracy_ci95"] for name, m in sampled.items()},
+        "gap": {name: m["gap"] for name, m in greedy.items()},
+        "sampled_gap": {name: m["gap"] for name, m in sampled.items()},
+        "moslim_beats_base_by_more_than_spread": acc_mean - base_acc > max(spread, acc_std),
         "rm_eval": rm_result["metrics"],
         "ric_sft_loss_first_last": [ric_losses[0], ric_losses[-1]],
     }
-    curves = plot_training(histories, out / "training_curves.png")
+
+
+def main(argv=None) -> int:
+    from openrlhf.utils.config import hierarchize
+
+    from moslim_plugin.integration import compat
+
+    compat.install()  # before openrlhf.models (RiC SFT and RL use its Actor)
+    args = hierarchize(build_parser().parse_args(argv))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    demo = Demo(args)
+    size, out = demo.size, demo.out
+
+    demo.stage("sample")
+    model, tokenizer = load_policy(demo.policy_path, args.moslim.trainable_layers)
+    samples = sample_stage(model, tokenizer, demo, size["samples"], seed=0)
+    with open(out / "samples.jsonl", "w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in samples)
+    demo.done("sample")
+
+    demo.stage("rm")
+    scorer, rm_result = rm_stage(demo, samples)
+    demo.done("rm")
+
+    evals, histories = {}, {}
+    demo.stage("evaluate base")
+    evals["base"] = base_eval_stage(demo, model, tokenizer, scorer)
+    demo.done("evaluate base")
+
+    demo.stage("RiC SFT")
+    ric_losses = ric_sft(model, tokenizer, demo, samples, size["ric_epochs"], seed=0)
+    evals["RiC SFT"] = demo.evaluate(model, tokenizer, scorer, "evaluate RiC")
+    del model
+    demo.done("RiC SFT")
+
+    for seed in args.seeds:
+        demo.stage(f"MOSLIM RL seed {seed}")
+        histories[f"MOSLIM seed {seed}"], evals[f"MOSLIM seed {seed}"] = rl_stage(demo, scorer, seed)
+        demo.done(f"MOSLIM RL seed {seed}")
+
+    demo.stage("report")
+    summary = summarize(evals, args.seeds, rm_result, ric_losses)
+    write_report(demo, evals, histories, summary)
+    return 0
+
+
+def write_report(demo, evals, histories, summary) -> None:
+    """report.json / report.md / eval_samples.json and the two plots; prints the headline."""
+    spec, args, out, timings = demo.spec, demo.args, demo.out, demo.timings
+    curves = plot_panels(
+        [{"title": title, "xlabel": "RL step",
+          "series": {name: ([h["step"] for h in hist], [h[key] for h in hist]) for name, hist in histories.items()}}
+         for key, title in [("reward", "MOSLIM reward (RM + mapping)"), ("oracle_hit", "oracle: requested levels hit"),
+                            ("response_length", "response tokens")]],
+        out / "training_curves.png",
+    )  # fmt: skip
     plot = plot_requested_vs_achieved(spec, evals, out / "requested_vs_achieved.png")
-    done("report")
-    timings["total"] = round(time.time() - t_start, 1)
+    demo.done("report")
+    timings["total"] = round(time.time() - demo.t_start, 1)
     report = {
-        "settings": {"size": size, "quick": args.quick, "seeds": args.seeds, "mapping": args.moslim.mapping,
-                     "rl_flags": flags_of(args), "policy": str(policy_path), "heldout_prompts": len(heldout),
-                     "placement": placement},
+        "settings": {"size": demo.size, "quick": args.quick, "seeds": args.seeds, "mapping": args.moslim.mapping,
+                     "rl_flags": flags_of(args), "policy": str(demo.policy_path), "heldout_prompts": len(demo.heldout),
+                     "placement": demo.placement, "style": demo.style, "judge": "oracle"},
         "summary": summary,
         "timings_s": timings,
         "policies": {name: e["metrics"] for name, e in evals.items()},
+        "policies_sampled": {name: e["sampled_metrics"] for name, e in evals.items() if "sampled_metrics" in e},
         "training": histories,
     }  # fmt: skip
     check_finite(report)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "eval_samples.json").write_text(json.dumps({k: e["samples"] for k, e in evals.items()}, indent=1))
-    md = report_markdown(spec, evals, summary, timings, args, size, len(heldout), plot, curves)
-    (out / "report.md").write_text(md)
-
+    (out / "report.md").write_text(report_markdown(demo, evals, summary, plot, curves))
+    s = summary
     print("\n" + metrics_table(spec, evals))
     print(
-        f"\nMOSLIM mean exact-level accuracy {acc_mean:.3f} +- {acc_std:.3f} (seeds {args.seeds}, spread "
-        f"{spread:.3f}) vs starting policy {base_acc:.3f}, RiC SFT {ric_acc:.3f}: "
-        + (
-            "beats the starting policy by more than the spread"
-            if verdict
-            else "does NOT beat the starting policy by more than the seed spread"
-        )  # fmt: skip
-    )
+        f"\nMOSLIM mean exact-level accuracy {s['moslim_accuracy_mean']:.3f} +- {s['moslim_accuracy_std']:.3f} "
+        f"(seeds {args.seeds}, spread {s['moslim_accuracy_spread']:.3f}) vs starting policy {s['base_accuracy']:.3f}, "
+        f"RiC SFT {s['ric_accuracy']:.3f}: "
+        + ("beats the starting policy by more than the spread" if s["moslim_beats_base_by_more_than_spread"]
+           else "does NOT beat the starting policy by more than the seed spread")
+    )  # fmt: skip
     print(f"total {timings['total']:.0f} s; stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     print(f"report: {out / 'report.md'}\njson:   {out / 'report.json'}\nplots:  {plot}\n        {curves}")
     print(f"evaluate a policy again: moslim-openrlhf evaluate --actor.model_name_or_path {args.ckpt.output_dir} "
-          f"--reward.model_name_or_path {rm_dir} --moslim.placement {placement}")  # fmt: skip
-    return 0
+          f"--reward.model_name_or_path {out / 'rm'} --moslim.placement {demo.placement} "
+          f"--moslim.style {demo.style}")  # fmt: skip
 
 
 def flags_of(args) -> dict:
@@ -369,8 +416,11 @@ def flags_of(args) -> dict:
     return out
 
 
-def report_markdown(spec, evals, summary, timings, args, size, n_heldout, plot, curves) -> str:
+def report_markdown(demo, evals, summary, plot, curves) -> str:
+    spec, args, size, timings = demo.spec, demo.args, demo.size, demo.timings
+    ci = summary["base_accuracy_ci95"], summary["ric_accuracy_ci95"]
     rm = summary["rm_eval"]
+    rm_keys = sorted(k for k, v in next(iter(rm.values())).items() if isinstance(v, (int, float)))  # not confusion
     agreement = {name: e["metrics"].get("rm_agreement", {}) for name, e in evals.items()}
     lines = [
         "# MOSLIM demo report",
@@ -379,17 +429,23 @@ def report_markdown(spec, evals, summary, timings, args, size, n_heldout, plot, 
         f"({', '.join(f'{n}: {lv} levels' for n, lv in zip(spec.names, spec.levels))}); mapping "
         f"`{args.moslim.mapping}`; estimator `{args.algo.advantage.estimator}`; {size['rl_steps']} RL steps x "
         f"{size['batch']} prompts x {args.rollout.n_samples_per_prompt} samples per seed at temperature "
-        f"{args.rollout.temperature}; seeds {args.seeds}; directive placement `{args.moslim.placement}`.",
-        f"Held-out prompts: {n_heldout}, each answered greedily once per single-objective request and once with no "
-        "preference; all levels judged by the oracle (`moslim_plugin/demo/oracle.py`), never by the reward model.",
+        f"{args.rollout.temperature}; seeds {args.seeds}; directive placement `{demo.placement}`, style "
+        f"`{demo.style}`.",
+        f"Held-out prompts: {len(demo.heldout)}, each answered greedily once per single-objective request and once "
+        f"with no preference, then {size['eval_samples']} sampled answer(s) per request at temperature "
+        f"{args.rollout.temperature} (rows `(sampled)`); all levels judged by the oracle "
+        "(`moslim_plugin/demo/oracle.py`), never by the reward model. Accuracy intervals: bootstrap 95 % over "
+        "prompts. Gap: P(level L | asked L) - P(level L | asked another level), mean over L.",
         "",
         metrics_table(spec, evals),
         "",
         f"**MOSLIM mean exact-level accuracy: {summary['moslim_accuracy_mean']:.3f} +- "
         f"{summary['moslim_accuracy_std']:.3f}** (per seed "
         f"{[round(a, 3) for a in summary['moslim_accuracy_per_seed']]}, spread "
-        f"{summary['moslim_accuracy_spread']:.3f}); starting policy {summary['base_accuracy']:.3f}; RiC SFT "
-        f"{summary['ric_accuracy']:.3f}. Beats the starting policy by more than the seed spread: "
+        f"{summary['moslim_accuracy_spread']:.3f}; 95 % intervals "
+        f"{[[round(x, 3) for x in c] for c in summary['moslim_accuracy_ci95']]}); starting policy "
+        f"{summary['base_accuracy']:.3f} [{ci[0][0]:.3f}, {ci[0][1]:.3f}]; RiC SFT {summary['ric_accuracy']:.3f} "
+        f"[{ci[1][0]:.3f}, {ci[1][1]:.3f}]. Beats the starting policy by more than the seed spread: "
         f"**{'yes' if summary['moslim_beats_base_by_more_than_spread'] else 'no'}**.",
         "",
         "Baseline: RiC-style rewards-in-context SFT (the initial samples, each directive relabelled to the levels the "
@@ -398,9 +454,9 @@ def report_markdown(spec, evals, summary, timings, args, size, n_heldout, plot, 
         "",
         "## Reward model (held-out split of the initial samples)",
         "",
-        "| head | " + " | ".join(sorted(next(iter(rm.values())))) + " |",
-        "|" + " --- |" * (1 + len(next(iter(rm.values())))),
-        *[f"| {n} | " + " | ".join(f"{m[k]:.3g}" for k in sorted(m)) + " |" for n, m in rm.items()],
+        "| head | " + " | ".join(rm_keys) + " |",
+        "|" + " --- |" * (1 + len(rm_keys)),
+        *[f"| {n} | " + " | ".join(f"{m[k]:.3g}" for k in rm_keys) + " |" for n, m in rm.items()],
         "",
         "RM agreement with the oracle on each policy's evaluation responses (argmax class == oracle level):",
         "",

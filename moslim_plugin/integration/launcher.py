@@ -149,7 +149,8 @@ def check_moslim_args(moslim, args) -> SimpleNamespace:
 
 def check_sampling(moslim, args, spec) -> SimpleNamespace:
     """The sampling flags, parsed and checked (the dataset hook draws targets with them in the trainer actor)."""
-    m = SimpleNamespace(sampling=moslim.sampling, seed=moslim.seed, placement=moslim.placement, spec=moslim.spec)
+    m = SimpleNamespace(sampling=moslim.sampling, seed=moslim.seed, placement=moslim.placement, spec=moslim.spec,
+                        style=moslim.style)  # fmt: skip
     m.spec_dict = spec.to_dict() if spec else None  # workers get the spec itself, not a path they might not see
     m.fixed = parse_fixed(moslim.fixed) if moslim.fixed else None
     m.columns = parse_assignments(moslim.columns, "--moslim.columns") if moslim.columns else None
@@ -164,6 +165,9 @@ def check_sampling(moslim, args, spec) -> SimpleNamespace:
     if not args.data.label_key:
         fail("--moslim.sampling writes each prompt's targets into its label: pass --data.label_key (e.g. label)")
     TargetSampler(spec, m.sampling, m.seed, fixed=m.fixed, columns=m.columns)
+    if m.style == "natural" and not spec.has_instructions:
+        fail(f"--moslim.style natural needs per-level 'instructions' in every objective of {m.spec}; add them "
+             "or pass --moslim.style tagged")  # fmt: skip
     return m
 
 

@@ -264,7 +264,9 @@ def preprocess_row(row, index, args):
 
     key = json.dumps([moslim.spec_dict, moslim.sampling, moslim.seed, moslim.fixed, moslim.columns], sort_keys=True)
     spec, sampler = _cached_sampler(key)
-    return condition_row(row, spec, sampler, index, args.data.input_key, args.data.label_key, moslim.placement)
+    return condition_row(
+        row, spec, sampler, index, args.data.input_key, args.data.label_key, moslim.placement, style=moslim.style
+    )
 
 
 @functools.lru_cache(maxsize=4)

@@ -271,7 +271,7 @@ class RewardEngine:
             check_label_matches_directive,
             label_to_request,
             parse_directive,
-            render_directive,
+            strip_directive,
         )
 
         outcomes, todo = [None] * len(samples), []
@@ -281,7 +281,7 @@ class RewardEngine:
                 # The label must ask for what the prompt's directive told the policy (and for something at all).
                 check_label_matches_directive(self.spec, request, prompt)
                 question, response = split_query(query, prompt, self.template)
-                question = question.replace(render_directive(self.spec, request), "").strip()
+                question = strip_directive(self.spec, request, question)
                 try:  # directive text left in the question would reach the reward model's input
                     parse_directive(self.spec, question)
                 except DirectiveError:
