@@ -17,7 +17,7 @@ import pytest
 from helpers_reward import write_config_only_rm
 
 from moslim_plugin.core.spec import load_spec
-from moslim_plugin.integration import activate, launcher, reward_config
+from moslim_plugin.integration import activate, launcher, patches, reward_config
 from moslim_plugin.integration.remote_reward import REWARD_FUNC_FILE
 
 HOOK_ENV = launcher.RAY_SETUP_HOOK_ENV_VAR
@@ -228,3 +228,18 @@ def test_the_ray_env_var_names_the_launcher_reads_are_rays_own():
 
     assert launcher.RAY_JOB_CONFIG_JSON_ENV_VAR == RAY_JOB_CONFIG_JSON_ENV_VAR
     assert launcher.RAY_SETUP_HOOK_ENV_VAR == WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+
+
+@pytest.mark.unit
+def test_the_diffs_parser_entry_point_adds_the_moslim_flags_only_with_runtime_patching_off(monkeypatch):
+    import argparse
+
+    monkeypatch.delenv(patches.RUNTIME_ENV, raising=False)
+    parser = argparse.ArgumentParser()
+    assert launcher.add_arguments(parser) is None  # runtime patching on: the hierarchize patch takes the flags
+    assert not [a for a in parser._actions if a.dest.startswith("moslim.")]
+    monkeypatch.setenv(patches.RUNTIME_ENV, "0")
+    check = launcher.add_arguments(parser)
+    assert callable(check)
+    ours = {a.dest: a.default for a in parser._actions if a.dest.startswith("moslim.")}
+    assert ours == {a.dest: a.default for a in launcher.build_parser()._actions}

@@ -266,9 +266,7 @@ def test_openrlhf_with_the_upstream_diff_and_no_runtime_patch_gives_the_same_rew
     import ray
     import torch
 
-    shutil.copytree(Path(importlib.util.find_spec("openrlhf").origin).parent, tmp_path / "openrlhf",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
-    subprocess.run(["patch", "-p1", "-s", "-i", str(DIFF)], cwd=tmp_path, check=True)
+    upstream_openrlhf(tmp_path)
     group, strategy = reward_group
     policy, samples, _ = policy_and_samples
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]), patches.RUNTIME_ENV: "0"}
@@ -283,6 +281,13 @@ def test_openrlhf_with_the_upstream_diff_and_no_runtime_patch_gives_the_same_rew
         assert moslim_keys and moslim_keys == sorted(key for key in info_upstream if key.startswith("moslim/"))
         for key in moslim_keys:
             torch.testing.assert_close(info_upstream[key], info_runtime[key])
+
+
+def upstream_openrlhf(root: Path) -> None:
+    """root/openrlhf: a copy of the installed OpenRLHF with patches/openrlhf-0.11.2-moslim.diff applied."""
+    shutil.copytree(Path(importlib.util.find_spec("openrlhf").origin).parent, root / "openrlhf",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    subprocess.run(["patch", "-p1", "-s", "-i", str(DIFF)], cwd=root, check=True)
 
 
 @pytest.mark.integration
@@ -335,6 +340,7 @@ def stop_before_gpu_work(args):
         "clip_range": list(args.reward.clip_range),
         "critic": args.critic.model_name_or_path,
         "label_key": args.data.label_key,
+        "openrlhf": openrlhf.utils.__file__,
         # The reward actor class train_ppo_ray (running as __main__) imported by name, and what is patched here.
         "reward_actor": sys.modules["__main__"].RewardModelActor.__ray_actor_class__.__qualname__,
         "applied": __import__("moslim_plugin.integration.patches").integration.patches.applied(),
@@ -352,8 +358,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def run_driver(tmp_path, cluster, argv) -> dict:
-    """`moslim-openrlhf train_ppo_ray argv` in a subprocess up to OpenRLHF's train(); what train() received."""
+def run_driver(tmp_path, cluster, argv, extra_env=(), refused=None) -> dict:
+    """`moslim-openrlhf train_ppo_ray argv` in a subprocess up to OpenRLHF's train(); what train() received (or,
+    with `refused`, that it stopped before with that message)."""
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     report = tmp_path / "report.json"
@@ -366,10 +373,14 @@ def run_driver(tmp_path, cluster, argv) -> dict:
         RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(job),
         NCCL_DEBUG="INFO",
         RAY_ADDRESS=cluster,  # the module's cluster: starting another one costs ~30 s here
+        **dict(extra_env),
     )
     proc = subprocess.run(
         [sys.executable, str(driver), *argv], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
+    if refused:
+        assert proc.returncode != 0 and refused in proc.stderr, proc.stderr[-4000:]
+        return {}
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(report.read_text())
 
@@ -444,3 +455,43 @@ def test_the_reward_function_path_gets_the_command_lines_configuration_in_every_
         256,
         str(moslim_rm),
     )
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_with_the_upstream_diff_the_plugins_parser_hook_gives_train_the_args_moslim_of_the_runtime_patch(
+    ray_cluster, moslim_rm, minilm_dir, tmp_path
+):
+    """OpenRLHF with the diff, runtime patching off: --moslim.* reach train_ppo_ray's own parser through the plugin's
+    `openrlhf.train_ppo_ray.arguments` entry point (as pyproject.toml declares it; the plugin's metadata written here
+    shadows the installed one, which `make setup` writes the same), and args.moslim arrives checked as with the
+    runtime `hierarchize` patch."""
+    import tomllib
+
+    upstream_openrlhf(tmp_path / "upstream")
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    group = "openrlhf.train_ppo_ray.arguments"
+    meta = tmp_path / "upstream" / f"moslim_plugin-{project['version']}.dist-info"
+    meta.mkdir()
+    (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: moslim_plugin\nVersion: {project['version']}\n")
+    entry_points = "".join(f"{name} = {target}\n" for name, target in project["entry-points"][group].items())
+    (meta / "entry_points.txt").write_text(f"[{group}]\n{entry_points}")
+    off = {
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "upstream"), os.environ["PYTHONPATH"]]),
+        patches.RUNTIME_ENV: "0",
+    }
+    argv = openrlhf_argv(tmp_path, minilm_dir) + [
+        "--reward.model_name_or_path", str(moslim_rm),
+        "--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "7",
+        "--moslim.mapping", "moslim", "--moslim.mapping_kwargs", "{}", "--moslim.placement", "user_prefix",
+    ]  # fmt: skip
+    runtime = run_driver(tmp_path, ray_cluster, argv)
+    upstream = run_driver(tmp_path, ray_cluster, argv, extra_env=off)
+    assert upstream["openrlhf"].startswith(str(tmp_path / "upstream")) and upstream["applied"] == []
+    assert "hierarchize" in runtime["applied"]
+    assert upstream["moslim"]["in_process"] is True and upstream["moslim"] == runtime["moslim"]
+    assert upstream["ray_initialized"] and upstream["runtime_env"] == runtime["runtime_env"] | {
+        "env_vars": runtime["runtime_env"]["env_vars"] | {patches.RUNTIME_ENV: "0"}
+    }
+    bad = ["{bad" if arg == "{}" else arg for arg in argv]
+    run_driver(tmp_path, ray_cluster, bad, extra_env=off, refused="--moslim.mapping_kwargs '{bad' is not JSON")

@@ -5,7 +5,9 @@ run as `__main__` (runpy), so its parser and all its validation run unchanged. T
 `args.moslim` through a wrapper of `openrlhf.utils.config.hierarchize` (called right after parse_args), and from
 there travel in `args`/`strategy.args` to every Ray actor. That wrapper is also where the MOSLIM flags are checked
 against OpenRLHF's (label key, chat template, reward model) and where Ray is started with the plugin's worker setup
-hook, before `train()` (which only calls ray.init if Ray is not initialised).
+hook, before `train()` (which only calls ray.init if Ray is not initialised). With MOSLIM_RUNTIME_PATCHES=0
+(OpenRLHF carries patches/openrlhf-0.11.2-moslim.diff) nothing is stripped or wrapped: the diff's parser takes the
+flags through `add_arguments`, an entry point, and runs the same checks (`finish_args`) after hierarchize.
 
 Under `ray job submit`, Ray merges the job's runtime env with the driver's key by key and fails on any shared key,
 so the driver declares only what the job does not: the setup hook (refused if the job declares a different one)
@@ -42,21 +44,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="OpenRLHF's train_ppo_ray with a MOSLIM multi-head reward model. Every flag not listed here "
         "goes to OpenRLHF (see its help below).",
     )
+    add_moslim_flags(p)
+    return p
+
+
+def add_moslim_flags(p) -> None:
     g = p.add_argument_group("MOSLIM prompts")
     g.add_argument("--moslim.spec", default=None, help="objective spec (YAML/JSON) the prompts are conditioned on")
     add_sampling_flags(g, sampling_default=None)  # None: the prompts already carry MOSLIM labels
     reward_config.add_flags(p.add_argument_group("MOSLIM reward (in-process, the reward-func .py or serve-reward)"))
-    return p
+
+
+def add_arguments(parser):
+    """The plugin's entry point in the diff's `openrlhf.train_ppo_ray.arguments` group (OpenRLHF carries
+    patches/openrlhf-0.11.2-moslim.diff, runtime patching off): --moslim.* join train_ppo_ray's own parser, and the
+    returned function checks them on the hierarchized args before train(), as the runtime `hierarchize` patch does.
+    With runtime patching on, that patch does it: nothing is added here."""
+    if os.environ.get(patches.RUNTIME_ENV, "1") != "0":
+        return None
+    add_moslim_flags(parser)
+    return lambda args: finish_args(args, args.moslim)
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         build_parser().print_help()  # then OpenRLHF prints its own help and exits
-    moslim, rest = split_argv(argv)
+    # Runtime patching off: OpenRLHF carries the diff, whose parser takes --moslim.* through add_arguments.
+    runtime = os.environ.get(patches.RUNTIME_ENV, "1") != "0"
+    moslim, rest = split_argv(argv) if runtime else (None, argv)
 
     activate.activate_all()
-    patches.apply(patches.HIERARCHIZE, make=functools.partial(wrap_hierarchize, moslim=moslim))
+    if runtime:
+        patches.apply(patches.HIERARCHIZE, make=functools.partial(wrap_hierarchize, moslim=moslim))
     saved_argv = sys.argv
     sys.argv = ["train_ppo_ray", *rest, *diff_extension_flags(rest)]
     try:
@@ -93,15 +113,20 @@ def split_argv(argv) -> tuple[SimpleNamespace, list[str]]:
 def wrap_hierarchize(original, moslim):
     @functools.wraps(original)
     def hierarchize(flat_args):
-        args = original(flat_args)
-        args.moslim = check_moslim_args(moslim, args)
-        from moslim_plugin.integration import compat
-
-        compat.check_args(args)
-        init_ray(args.moslim.reward if args.moslim.reward is not None and not args.moslim.in_process else None)
-        return args
+        return finish_args(original(flat_args), moslim)
 
     return hierarchize
+
+
+def finish_args(args, moslim):
+    """OpenRLHF's hierarchized args with args.moslim checked and built from the --moslim.* flags `moslim`, then Ray
+    started with the plugin's worker setup hook (train() only calls ray.init if Ray is not initialised)."""
+    args.moslim = check_moslim_args(moslim, args)
+    from moslim_plugin.integration import compat
+
+    compat.check_args(args)
+    init_ray(args.moslim.reward if args.moslim.reward is not None and not args.moslim.in_process else None)
+    return args
 
 
 def fail(message: str):

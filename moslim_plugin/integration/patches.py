@@ -129,7 +129,8 @@ PATCHES = (
         remove_when="OpenRLHF lets the reward-model actor class be chosen from the command line",
     ),
 )
-# Applied by the launcher only (driver), with the parsed --moslim.* flags bound in: see launcher.py.
+# Applied by the launcher only (driver), with the parsed --moslim.* flags bound in: see launcher.py. With the diff
+# (runtime patching off) the entry point launcher:add_arguments does the same through the diff's parser hook.
 HIERARCHIZE = Patch(
     name="hierarchize",
     target="openrlhf.utils.config:hierarchize",
@@ -137,7 +138,8 @@ HIERARCHIZE = Patch(
     make="moslim_plugin.integration.launcher:wrap_hierarchize",
     why="train_ppo_ray builds its parser inline under `if __name__ == '__main__'` and rejects unknown flags; "
     "hierarchize(args) is the one call between parse_args() and train() where args.moslim can be added",
-    upstream="an entry-point group through which plugins add arguments to the train_ppo_ray parser",
+    upstream="an entry-point group through which plugins add arguments to the train_ppo_ray parser and check "
+    "the hierarchized args before train()",
     remove_when="train_ppo_ray exposes its parser (build_parser()) or a plugin hook for extra flags",
 )
 
