@@ -8,19 +8,17 @@ import argparse
 
 import pytest
 import torch
+from helpers_models import tiny_policy_config
 
 from moslim_plugin.demo.local_rl import load_policy, parse_rl_args, train_policy
 
 
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory, smollm2_dir):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-        num_key_value_heads=1, tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
+    config = tiny_policy_config(tok)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_lora_policy")
     LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)

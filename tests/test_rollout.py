@@ -7,6 +7,7 @@ weights know.
 
 import pytest
 import torch
+from helpers_models import tiny_policy_config
 
 from moslim_plugin.demo.local_rl import generate, load_policy
 from moslim_plugin.demo.rollout import decode
@@ -16,13 +17,10 @@ QUESTIONS = ["Name a fruit.", "Say hi, please, in a long and friendly way.", "Co
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, smollm2_dir):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-        num_key_value_heads=1, tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
+    config = tiny_policy_config(tok, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     # Untied: a random tied model just repeats its input token. A scaled head gives peaked next-token distributions,
