@@ -27,7 +27,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # OpenRLHF's own shipped test suite (the `tests` package its wheel installs), run with the plugin installed.
 test-upstream: setup

@@ -108,6 +108,7 @@ def quick_demo(tmp_path_factory):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo):
     out = quick_demo
     for path in [
@@ -137,6 +138,7 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_evaluate_command_works_on_any_policy_checkpoint_with_an_rm(quick_demo, tmp_path):
     from moslim_plugin.demo.evaluate import main
 

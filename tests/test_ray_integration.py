@@ -23,6 +23,9 @@ import pytest
 from moslim_plugin.integration import activate, launcher, patches
 from moslim_plugin.integration.vllm_stub import PATH as VLLM_STUB_PATH
 
+# Every test here starts a local Ray cluster or a driver subprocess (~10-25 s each on 2 cores).
+pytestmark = pytest.mark.slow
+
 VLLM_STUB = Path(VLLM_STUB_PATH)
 DIFF = Path(__file__).parent.parent / "patches" / "openrlhf-0.11.2-moslim.diff"
 DATA = Path(__file__).parent.parent.parent / "shared" / "data"

@@ -84,6 +84,7 @@ def reference_probs(model, tok, question, temperature, top_p):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_sampled_first_tokens_follow_the_requested_temperature_and_top_p(tiny):
     model, tok = tiny
     question, temperature, top_p = QUESTIONS[1], 0.7, 0.9
