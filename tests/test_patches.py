@@ -109,9 +109,9 @@ def test_the_upstream_diff_still_applies_to_the_installed_openrlhf(tmp_path):
         compile((tmp_path / path).read_text(), path, "exec")
 
 
-def hh_prompt_rows(n):
+def hh_prompt_rows(shared_data, n):
     rows = []
-    with gzip.open(ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt") as f:
+    with gzip.open(shared_data / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt") as f:
         for line in itertools.islice(f, n):
             chosen = json.loads(line)["chosen"]
             rows.append({"input": chosen.split("\n\nAssistant:")[0].split("\n\nHuman: ", 1)[1].strip()})
@@ -119,7 +119,9 @@ def hh_prompt_rows(n):
 
 
 @pytest.mark.integration
-def test_openrlhfs_prompt_dataset_built_through_the_hook_matches_prepare_prompts(tmp_path, smollm2_dir, reverted):
+def test_openrlhfs_prompt_dataset_built_through_the_hook_matches_prepare_prompts(
+    tmp_path, smollm2_dir, reverted, shared_data
+):
     from openrlhf.datasets import PromptDataset
     from openrlhf.datasets.utils import blending_datasets
     from transformers import AutoTokenizer
@@ -129,7 +131,7 @@ def test_openrlhfs_prompt_dataset_built_through_the_hook_matches_prepare_prompts
     from moslim_plugin.data import datasets
 
     spec = load_spec("hh")
-    rows = hh_prompt_rows(6)
+    rows = hh_prompt_rows(shared_data, 6)
     already = request_to_label(spec, {"harmless": 1})
     # A prompt that already carries a MOSLIM label and the matching directive passes through.
     rows[2] = {"input": apply_directive(spec, {"harmless": 1}, rows[2]["input"]), "label": already}
@@ -244,7 +246,9 @@ print(json.dumps(out))
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_the_diffs_preprocess_hook_conditions_prompts_as_the_runtime_patch_does(tmp_path, smollm2_dir, reverted):
+def test_the_diffs_preprocess_hook_conditions_prompts_as_the_runtime_patch_does(
+    tmp_path, smollm2_dir, reverted, shared_data
+):
     import os
     import pickle
 
@@ -253,7 +257,7 @@ def test_the_diffs_preprocess_hook_conditions_prompts_as_the_runtime_patch_does(
 
     shutil.copytree(openrlhf_dir(), tmp_path / "o" / "openrlhf", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["patch", "-p1", "-s", "-i", str(DIFF)], cwd=tmp_path / "o", check=True)
-    rows = hh_prompt_rows(4)
+    rows = hh_prompt_rows(shared_data, 4)
     data_file = tmp_path / "rows.jsonl"
     data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     strategy = hook_strategy(["--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "5"], tmp_path)

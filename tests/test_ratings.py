@@ -6,7 +6,7 @@ import pytest
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.data.ratings import convert, main, read_records
 
-HH_SHARED = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
+HH_FILE = "hh-rlhf/harmless-base-test.jsonl.gz"  # in ../shared/data (the shared_data fixture)
 
 
 def write_jsonl(path, rows):
@@ -132,9 +132,9 @@ def test_pku_saferlhf_gives_safety_flag_and_severity_per_response():
 
 
 @pytest.mark.unit
-def test_hh_rlhf_pairs_label_only_the_subset_objective(tmp_path):
+def test_hh_rlhf_pairs_label_only_the_subset_objective(tmp_path, shared_data):
     # The first rows of the real harmless-base test split, re-compressed under the real file name.
-    with gzip.open(HH_SHARED, "rt") as f:
+    with gzip.open(shared_data / HH_FILE, "rt") as f:
         rows = [json.loads(next(f)) for _ in range(3)]
     src = tmp_path / "harmless-base-test.jsonl.gz"
     with gzip.open(src, "wt") as f:
@@ -147,9 +147,9 @@ def test_hh_rlhf_pairs_label_only_the_subset_objective(tmp_path):
 
 
 @pytest.mark.unit
-def test_whole_real_hh_file_converts_including_its_empty_responses():
-    rows = read_records(HH_SHARED)
-    got = convert(load_spec("hh"), "hh_rlhf", HH_SHARED, rows)
+def test_whole_real_hh_file_converts_including_its_empty_responses(shared_data):
+    rows = read_records(shared_data / HH_FILE)
+    got = convert(load_spec("hh"), "hh_rlhf", str(shared_data / HH_FILE), rows)
     assert len(got) == 2 * len(rows) == 2 * 2312
     assert any(r["response"] == "" for r in got)  # real HH-RLHF has empty assistant turns: rated, not dropped
 

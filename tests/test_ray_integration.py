@@ -28,7 +28,6 @@ pytestmark = pytest.mark.slow
 
 VLLM_STUB = Path(VLLM_STUB_PATH)
 DIFF = Path(__file__).parent.parent / "patches" / "openrlhf-0.11.2-moslim.diff"
-DATA = Path(__file__).parent.parent.parent / "shared" / "data"
 NEEDS_STUB = importlib.util.find_spec("vllm") is None
 
 
@@ -75,10 +74,10 @@ def test_the_worker_setup_hook_activates_the_patches_in_ray_workers_without_impo
     assert patched == "prompt_dataset" and applied == ["prompt_dataset"]  # applied once, when OpenRLHF imported it
 
 
-def hh_samples(n):
+def hh_samples(shared_data, n):
     """(question, response) pairs: first human turn and the chosen assistant reply of real HH-RLHF dialogues."""
     pairs = []
-    with gzip.open(DATA / "hh-rlhf" / "helpful-base-test.jsonl.gz", "rt") as f:
+    with gzip.open(shared_data / "hh-rlhf" / "helpful-base-test.jsonl.gz", "rt") as f:
         for line in itertools.islice(f, n):
             chosen = json.loads(line)["chosen"]
             question = chosen.split("\n\nAssistant:")[0].split("\n\nHuman: ", 1)[1].strip()
@@ -193,7 +192,7 @@ def make_experiences_in_worker(policy, reward, strategy, samples):
 
 
 @pytest.fixture(scope="module")
-def policy_and_samples(reward_group):
+def policy_and_samples(reward_group, shared_data):
     """The stand-in policy group and a rollout batch (4 HH prompts x 2 samples) with the inputs the scorer sees."""
     import ray
     from openrlhf.trainer.ray.launcher import RayActorGroup
@@ -209,7 +208,7 @@ def policy_and_samples(reward_group):
     tokenizer = AutoTokenizer.from_pretrained(args.actor.model_name_or_path)  # the policy's (SmolLM2), not the RM's
     spec, sampler = patches.moslim_sampler(args.moslim)
     samples, expected_inputs = [], []
-    for index, (question, response) in enumerate(hh_samples(4)):
+    for index, (question, response) in enumerate(hh_samples(shared_data, 4)):
         row = condition_row({"input": question}, spec, sampler, index, "input", "label", "system")
         prompt = tokenizer.apply_chat_template(row["input"], tokenize=False, add_generation_prompt=True)
         for _ in range(args.rollout.n_samples_per_prompt):
