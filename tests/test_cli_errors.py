@@ -46,6 +46,8 @@ def test_bad_files_and_rows_are_one_line_naming_the_file_and_line(capsys, tmp_pa
     one_line_error(
         capsys, ["evaluate-rm", "--model", str(tmp_path), "--data.dataset", str(rows)], "not a reward-model"
     )
+    missing = str(tmp_path / "no-policy")
+    one_line_error(capsys, ["evaluate", "--actor.model_name_or_path", missing], f"policy {missing!r}: not a model")
     one_line_error(
         capsys, ["prepare-ratings", "--moslim.format", "hh_rlhf", "--data.dataset", str(cut), *spec], str(cut)
     )

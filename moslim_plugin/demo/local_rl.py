@@ -181,6 +181,9 @@ def load_policy(path, trainable_layers: int = -1, lora=None):
     from moslim_plugin import UserError
 
     path = str(path)
+    if not Path(path, "config.json").is_file() and not Path(path, "adapter_config.json").is_file():
+        # Without this, transformers takes the string for a hub name and fails far from the user's mistake.
+        raise UserError(f"policy {path!r}: not a model folder (no config.json or adapter_config.json)")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
