@@ -34,8 +34,8 @@ test-upstream: setup
 	cd $(VENV) && $(abspath $(PY)) -m pytest -q -p no:cacheprovider --pyargs tests
 
 lint: setup
-	$(PY) -m ruff check moslim_plugin tests bench
-	$(PY) -m ruff format --check moslim_plugin tests bench
+	$(PY) -m ruff check moslim_plugin tests bench tools
+	$(PY) -m ruff format --check moslim_plugin tests bench tools
 
 demo: setup
 	$(PY) -m moslim_plugin demo $(if $(QUICK),--quick,)
