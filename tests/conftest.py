@@ -73,3 +73,18 @@ def tiny_bert(tmp_path_factory, minilm_dir):
     BertModel(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory, smollm2_dir):
+    """A random 3-layer causal LM saved with SmolLM2's tokenizer: the local driver's tests need its chat template."""
+    import torch
+    from helpers_models import tiny_policy_config
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_policy")
+    LlamaForCausalLM(tiny_policy_config(tok)).save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path

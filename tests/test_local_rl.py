@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from helpers_models import tiny_policy_config
 
 from moslim_plugin import UserError
 from moslim_plugin.core.directives import apply_directive
@@ -23,19 +22,6 @@ from moslim_plugin.demo.local_rl import (
     train_policy,
 )
 from moslim_plugin.demo.oracle import demo_spec, judge, request_hits
-
-
-@pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory, smollm2_dir):
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = tiny_policy_config(tok)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_policy")
-    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    return path
 
 
 def rows(n=4):

@@ -8,22 +8,8 @@ import argparse
 
 import pytest
 import torch
-from helpers_models import tiny_policy_config
 
 from moslim_plugin.demo.local_rl import load_policy, parse_rl_args, train_policy
-
-
-@pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory, smollm2_dir):
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = tiny_policy_config(tok)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_lora_policy")
-    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    return path
 
 
 def lora(rank=4, target_modules="all-linear"):
