@@ -24,6 +24,16 @@ from moslim_plugin.demo.local_rl import (
 from moslim_plugin.demo.oracle import demo_spec, judge, request_hits
 
 
+def logprob_of(policy, tokenizer, chat, text) -> float:
+    """log p(text | chat) under `policy`: the chat templated with its generation prompt, the text's tokens scored."""
+    prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    r_ids = tokenizer(text, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        logits = policy(torch.tensor([p_ids + r_ids])).logits[0, len(p_ids) - 1 : -1]
+    return float(logits.log_softmax(-1).gather(-1, torch.tensor(r_ids)[:, None]).sum())
+
+
 def rows(n=4):
     questions = ["Name a fruit.", "Say hi.", "Count to three.", "Name a color."][:n]
     request = {"length": 0}
@@ -138,15 +148,7 @@ def test_an_rl_step_makes_rewarded_responses_more_likely_and_the_others_less(tin
 
     def response_logprobs(policy):
         chats = [r["messages"] for r in rows() for _ in range(4)]
-        prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
-        out = []
-        for prompt, text in zip(prompts, seen):
-            p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-            r_ids = tokenizer(text, add_special_tokens=False).input_ids
-            with torch.no_grad():
-                logits = policy(torch.tensor([p_ids + r_ids])).logits[0, len(p_ids) - 1 : -1]
-            out.append(float(logits.log_softmax(-1).gather(-1, torch.tensor(r_ids)[:, None]).sum()))
-        return torch.tensor(out)
+        return torch.tensor([logprob_of(policy, tokenizer, chat, text) for chat, text in zip(chats, seen)])
 
     initial, _ = load_policy(tiny_policy, -1)
     train_policy(args, rows(), first_of_each_group_wins, model=model, tokenizer=tokenizer, progress=False)
@@ -274,17 +276,9 @@ def test_a_relabelled_step_moves_the_same_response_up_under_the_request_it_satis
         return torch.tensor([request_hits({"formality": planted[q]}, rq) for q, rq in zip(qs, requests)]), {}
 
     def logprobs(policy, satisfied):
-        out = []
-        for q, text in seen:
-            level = planted[q] if satisfied else 1 - planted[q]
-            prompt = tokenizer.apply_chat_template(prompt_fn(q, {"formality": level}), tokenize=False,
-                                                   add_generation_prompt=True)  # fmt: skip
-            p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-            r_ids = tokenizer(text, add_special_tokens=False).input_ids
-            with torch.no_grad():
-                logits = policy(torch.tensor([p_ids + r_ids])).logits[0, len(p_ids) - 1 : -1]
-            out.append(float(logits.log_softmax(-1).gather(-1, torch.tensor(r_ids)[:, None]).sum()))
-        return torch.tensor(out)
+        level = lambda q: planted[q] if satisfied else 1 - planted[q]  # noqa: E731
+        chats = [prompt_fn(q, {"formality": level(q)}) for q, _ in seen]
+        return torch.tensor([logprob_of(policy, tokenizer, chat, text) for chat, (_, text) in zip(chats, seen)])
 
     initial, _ = load_policy(tiny_policy, -1)
     train_policy(args, relabel_rows(spec, list(planted), [0, 1]), planted_reward, model=model, tokenizer=tokenizer,
