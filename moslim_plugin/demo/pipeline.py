@@ -53,7 +53,7 @@ from moslim_plugin.demo.oracle import demo_spec, judge, request_hits
 # Initial samples, RM epochs, RiC epochs, held-out prompts (of 64) and sampled answers per eval request, RL steps
 # per seed, max_new_tokens, prompts per RL step. Any of them can be overridden with --demo.<key>.
 SIZES = {
-    "full": dict(samples=96, rm_epochs=8, ric_epochs=1, eval_prompts=64, eval_samples=1, rl_steps=12,
+    "full": dict(samples=384, rm_epochs=8, ric_epochs=1, eval_prompts=64, eval_samples=1, rl_steps=12,
                  max_new_tokens=48, batch=8),
     "quick": dict(samples=16, rm_epochs=1, ric_epochs=1, eval_prompts=3, eval_samples=1, rl_steps=1,
                   max_new_tokens=8, batch=2),
@@ -64,7 +64,7 @@ def build_parser():
     p = argparse.ArgumentParser(prog="moslim-openrlhf demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes: a < 5 minute smoke run of every stage")
     p.add_argument("--out", type=str, default="runs/demo", help="output folder")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="one MOSLIM RL run per seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one MOSLIM RL run per seed")
     p.add_argument("--moslim.mapping", type=str, default="moslim")
     p.add_argument("--moslim.mapping_kwargs", type=str, default=None)
     p.add_argument("--moslim.rm_lr", type=float, default=3e-4, help="reward-model learning rate")
@@ -93,11 +93,13 @@ def build_parser():
 
 
 def sample_stage(model, tokenizer, demo, n, seed):
-    """n responses to training prompts under random-subset directives, each labelled by the oracle."""
+    """n responses to training prompts, each under a directive asking for a random level of EVERY objective, labelled
+    by the oracle. Asking for every objective (not a random subset) makes rare levels (lists) common enough in the
+    reward model's data; the labels come from the oracle either way."""
     from moslim_plugin.data.datasets import TargetSampler
 
     spec, prompts, rollout = demo.spec, demo.train_prompts, demo.args.rollout
-    sampler = TargetSampler(spec, mode="subset", seed=seed)
+    sampler = TargetSampler(spec, mode="uniform", seed=seed)
     questions = [prompts[i % len(prompts)] for i in range(n)]
     requests = [sampler.sample({}, i) for i in range(n)]
     messages = [apply_directive(spec, r, q, demo.placement, demo.style) for q, r in zip(questions, requests)]
@@ -254,15 +256,16 @@ def base_eval_stage(demo, model, tokenizer, scorer):
 
 
 def rl_rows(demo, seed):
-    """One objective per RL prompt, every (objective, level) pair equally often, as in the evaluation: the reward
-    is then one clean signal per sample instead of an average over objectives (k = 1 in the mapping). Prompts
-    repeat (with another request) when the run needs more than the built-in set."""
+    """One objective per RL prompt, as in the evaluation: the reward is then one clean signal per sample instead of
+    an average over objectives (k = 1 in the mapping). Objectives take turns and each one's levels take turns, so a
+    two-level objective's rarer level (a list) is asked for in 1/6 of the prompts, not 1/7 as with every
+    (objective, level) pair equally often. Prompts repeat (with another request) when the run needs more."""
     spec, prompts = demo.spec, demo.train_prompts
-    pairs = [(n, lv) for n, levels in zip(spec.names, spec.levels) for lv in range(levels)]
     order = random.Random(seed).sample(range(len(prompts)), len(prompts))
     n_rows = demo.size["rl_steps"] * demo.size["batch"]
     questions = [prompts[order[i % len(order)]] for i in range(n_rows)]
-    requests = [dict([pairs[i % len(pairs)]]) for i in range(n_rows)]
+    n = len(spec.names)
+    requests = [{spec.names[i % n]: (i // n) % spec.levels[i % n]} for i in range(n_rows)]
     return [
         {"question": q, "request": r, "messages": apply_directive(spec, r, q, demo.placement, demo.style)}
         for q, r in zip(questions, requests)
