@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -152,9 +153,14 @@ class MultiHeadRewardModel(PreTrainedModel):
         active ZeRO-3 `HfDeepSpeedConfig` the backbone loads partitioned and the heads are created partitioned."""
         from transformers.integrations import is_deepspeed_zero3_enabled
 
-        backbone = AutoModel.from_pretrained(
-            path, dtype=dtype, trust_remote_code=False, use_safetensors=True, **model_kwargs
-        )
+        try:
+            backbone = AutoModel.from_pretrained(
+                path, dtype=dtype, trust_remote_code=False, use_safetensors=True, **model_kwargs
+            )
+        except UserError:  # a MOSLIM checkpoint given as the backbone: its own message says what is wrong
+            raise
+        except (OSError, ValueError, SafetensorError) as e:  # transformers' "no such model / no weights / bad config"
+            raise UserError(f"backbone {str(path)!r}: cannot be loaded ({type(e).__name__}: {e})") from None
         if not is_deepspeed_zero3_enabled():
             return cls(backbone, spec, pooling)
         import deepspeed
@@ -231,17 +237,20 @@ class MultiHeadRewardModel(PreTrainedModel):
         saved_spec = _check_meta(config.moslim, path)
         if spec is not None:
             saved_spec.check_same(spec, f"loading reward model {path}")
-        model, info = super().from_pretrained(
-            path,
-            *model_args,
-            config=config,
-            dtype=dtype,
-            key_mapping={rf"^{re.escape(_backbone_prefix(config.backbone_config))}\.": "backbone."},
-            use_safetensors=True,
-            trust_remote_code=False,
-            output_loading_info=True,
-            **kwargs,
-        )
+        try:
+            model, info = super().from_pretrained(
+                path,
+                *model_args,
+                config=config,
+                dtype=dtype,
+                key_mapping={rf"^{re.escape(_backbone_prefix(config.backbone_config))}\.": "backbone."},
+                use_safetensors=True,
+                trust_remote_code=False,
+                output_loading_info=True,
+                **kwargs,
+            )
+        except SafetensorError as e:  # a truncated or overwritten weights file: the user's to replace
+            raise UserError(f"{path}: the weights cannot be read ({e}); is the checkpoint complete?") from None
         missing = sorted(info["missing_keys"])
         if missing:
             what = "head" if any(k.startswith("heads.") for k in missing) else "backbone"
