@@ -49,11 +49,11 @@ def parse_request(text: str | None) -> dict | None:
     """'helpful=1,harmless=1' or a JSON object -> {objective: level}."""
     if not text:
         return None
-    if text.lstrip().startswith("{"):
-        return json.loads(text)
     try:
+        if text.lstrip().startswith("{"):  # a valid one is a dict
+            return json.loads(text)
         return {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(","))}
-    except ValueError:
+    except ValueError:  # json.JSONDecodeError included
         raise UserError(f"--moslim.request {text!r}: expected 'objective=level,...' or a JSON object") from None
 
 

@@ -200,7 +200,11 @@ def load_tokenizer(path):
 
     from moslim_plugin.core.rm import ensure_pad_token
 
-    return ensure_pad_token(AutoTokenizer.from_pretrained(path, trust_remote_code=False))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as e:  # transformers' "no such model / no tokenizer files / bad config"
+        raise UserError(f"--model.model_name_or_path {path!r}: no tokenizer ({type(e).__name__}: {e})") from None
+    return ensure_pad_token(tokenizer)
 
 
 def build_model(args, spec, ds_config=None):
@@ -344,6 +348,8 @@ def resume(args, spec, strategy, model) -> dict | None:
 
 def check_output_dir(args):
     out = args.ckpt.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):  # found now, not when saving after the training
+        raise UserError(f"--ckpt.output_dir {out}: a file, not a folder")
     if os.path.isfile(os.path.join(out, "config.json")) and not args.ckpt.overwrite:
         raise UserError(
             f"--ckpt.output_dir {out} already holds a model (config.json): choose another folder or pass "
