@@ -20,7 +20,6 @@ reaches --screen.min_gap (greedy and sampled) and every level reaches --screen.m
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -30,6 +29,7 @@ from moslim_plugin.demo.evaluate import (
     check_finite,
     evaluate_policy,
     load_judge,
+    make_output_dir,
     plot_panels,
     read_prompts,
 )
@@ -44,7 +44,7 @@ def build_parser():
         "--screen.oracle_objectives", nargs="+", default=None, help="without a spec: these oracle objectives"
     )
     p.add_argument("--eval.judge", choices=("oracle", "rm"), default=None, help="default: the oracle if it can")
-    p.add_argument("--eval.dataset", default=None, help="prompts, one per line (default: the built-in train prompts)")
+    p.add_argument("--eval.dataset", default=None, help="prompts: .txt (one per line) or .jsonl with 'input'")
     p.add_argument("--eval.max_samples", type=int, default=16, help="prompts")
     p.add_argument("--eval.n_samples_per_prompt", type=int, default=3, help="sampled answers per request")
     p.add_argument("--rollout.temperature", type=float, default=0.7)
@@ -141,6 +141,7 @@ def main(argv=None) -> int:
     args = hierarchize(build_parser().parse_args(argv))
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = make_output_dir(args.screen.output_dir, "--screen.output_dir")
     if args.moslim.spec is None and args.reward.model_name_or_path is None:
         args.moslim.spec = oracle_spec(args.screen.oracle_objectives).to_dict()  # the oracle's candidate objectives
     spec, judge_fn, judge_name, _ = load_judge(args)
@@ -167,8 +168,6 @@ def main(argv=None) -> int:
         "min_share": args.screen.min_share,
         "seconds": round(time.time() - t0, 1),
     }
-    out = Path(args.screen.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     samples = {f"{s}/{p}": r.pop("samples") for (s, p), r in results.items()}
     (out / "screening_samples.json").write_text(json.dumps(samples, indent=1))
     report = {"settings": settings, "conditions": {f"{s}/{p}": r for (s, p), r in results.items()}}
