@@ -106,6 +106,8 @@ CASES = [
      ["--ckpt.output_dir {d}/bad.jsonl: a file, not a folder"]),
     ("evaluate-rm", ["--model", "{d}/rm", "--data.dataset", "{d}/pairs.jsonl", "--moslim.request", "{bad"],
      ["--moslim.request '{bad': expected 'objective=level,...' or a JSON object"]),
+    ("evaluate-rm", ["--model", "{d}/rm", "--data.dataset", "{d}/rows.jsonl", "--output_dir", "{d}/bad.jsonl"],
+     ["--output_dir '{d}/bad.jsonl': cannot be made an output folder"]),
     ("evaluate-rm", ["--model", "{d}/corrupt-rm", "--data.dataset", "{d}/rows.jsonl"],
      ["{d}/corrupt-rm: the weights cannot be read"]),
     ("evaluate", [*EVALUATE, "--eval.dataset", "{d}/missing.txt"], ["{d}/missing.txt: no such file"]),

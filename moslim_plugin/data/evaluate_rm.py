@@ -174,22 +174,25 @@ def evaluate(model, data: str, output_dir=None, request=None, max_length: int = 
     from moslim_plugin.core.rm import is_moslim_checkpoint
     from moslim_plugin.core.scorer import Scorer
 
-    if isinstance(model, Scorer):
-        scorer = model
-    elif is_moslim_checkpoint(model):
-        scorer = Scorer.from_pretrained(model, max_length=max_length, batch_size=batch_size)
-    else:
+    if not isinstance(model, Scorer) and not is_moslim_checkpoint(model):
         raise UserError(f"--model {model}: not a reward-model checkpoint (no config.json with a 'moslim' entry)")
+    # The file and the output folder before the model: their errors then come at once, not after loading it.
     rows = read_records(data)
     if not rows:
         raise UserError(f"{data}: the file holds no rows")
+    try:
+        if output_dir:
+            os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--output_dir {output_dir!r}: cannot be made an output folder ({e.strerror})") from None
+    is_scorer = isinstance(model, Scorer)
+    scorer = model if is_scorer else Scorer.from_pretrained(model, max_length=max_length, batch_size=batch_size)
     if "chosen" in rows[0]:
         report = evaluate_pairs(scorer, rows, data, request)
     else:
         report = evaluate_ratings(scorer, rows, data)
-    report = {"model": str(model if not isinstance(model, Scorer) else "<scorer>"), "data": str(data), **report}
+    report = {"model": "<scorer>" if is_scorer else str(model), "data": str(data), **report}
     if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, "report.json"), "w") as f:
             json.dump(report, f, indent=2)
         with open(os.path.join(output_dir, "report.md"), "w") as f:
