@@ -25,7 +25,7 @@ def test_bad_flag_values_are_one_line_with_exit_code_2_for_every_subcommand(caps
     one_line_error(
         capsys,
         ["train-rm", "--model.model_name_or_path", "m", "--moslim.spec", "hh", "--train.batch_size", "eight"],
-        "--train.batch_size: invalid int value: 'eight'",
+        "--train.batch_size: expected an integer >= 1, got 'eight'",
     )
 
 
@@ -102,6 +102,10 @@ CASES = [
     ("prepare-ratings", ["--data.dataset", "{d}/no-data", *RATINGS], ["{d}/no-data: cannot be read as a dataset"]),
     ("train-rm", ["--model.model_name_or_path", "{d}/no-model", *TRAIN_RM],
      ["--model.model_name_or_path '{d}/no-model': no tokenizer"]),
+    ("train-rm", ["--model.model_name_or_path", "{d}/rm", *TRAIN_RM],
+     ["backbone '{d}/rm' is a MOSLIM reward-model checkpoint"]),
+    ("train-rm", ["--model.model_name_or_path", "m", *TRAIN_RM, "--train.micro_batch_size", "0"],
+     ["argument --train.micro_batch_size: expected an integer >= 1, got 0"]),
     ("train-rm", ["--model.model_name_or_path", "m", *TRAIN_RM, "--ckpt.output_dir", "{d}/bad.jsonl"],
      ["--ckpt.output_dir {d}/bad.jsonl: a file, not a folder"]),
     ("evaluate-rm", ["--model", "{d}/rm", "--data.dataset", "{d}/pairs.jsonl", "--moslim.request", "{bad"],
@@ -110,6 +114,7 @@ CASES = [
      ["--output_dir '{d}/bad.jsonl': cannot be made an output folder"]),
     ("evaluate-rm", ["--model", "{d}/corrupt-rm", "--data.dataset", "{d}/rows.jsonl"],
      ["{d}/corrupt-rm: the weights cannot be read"]),
+    ("evaluate", [*EVALUATE, "--eval.max_samples", "0"], ["argument --eval.max_samples: expected an integer >= 1"]),
     ("evaluate", [*EVALUATE, "--eval.dataset", "{d}/missing.txt"], ["{d}/missing.txt: no such file"]),
     ("evaluate", [*EVALUATE, "--eval.dataset", "{d}/empty.txt"], ["empty.txt: the file is empty"]),
     ("evaluate", [*EVALUATE, "--eval.dataset", "{d}/notrow.jsonl"], ["notrow.jsonl: line 1: expected a JSON"]),
@@ -123,9 +128,12 @@ CASES = [
      ["policy '{d}/bad-config': cannot be loaded as a causal LM"]),
     ("evaluate", [*EVALUATE, "--eval.output_dir", "{d}/bad.jsonl"],
      ["--eval.output_dir '{d}/bad.jsonl': cannot be made an output folder"]),
+    ("screen", [*SCREEN, "--eval.n_samples_per_prompt", "0"], ["n_samples_per_prompt: expected an integer >= 1"]),
     ("screen", [*SCREEN, "--screen.oracle_objectives", "tone"], ["the oracle judges", "got ['tone']"]),
     ("screen", [*SCREEN, "--eval.dataset", "{d}/binary.txt"], ["{d}/binary.txt: cannot be read (UnicodeDecodeError"]),
     ("serve-reward", ["--reward.model_name_or_path", "{d}/corrupt-rm"], ["corrupt-rm: the weights cannot be read"]),
+    ("serve-reward", ["--reward.model_name_or_path", "{d}/rm", "--moslim.device", "gpu0"],
+     ["--moslim.device 'gpu0': not a torch device"]),
     ("serve-reward", ["--reward.model_name_or_path", "{d}/rm", "--moslim.mapping", "paper"],
      ["--moslim.mapping 'paper'", "unknown mapping 'paper'"]),
     ("demo", ["--quick", "--out", "{d}/demo", "--moslim.mapping_kwargs", '{"zzz": 1}'],
@@ -182,6 +190,19 @@ def test_every_subcommand_prints_a_bad_file_row_or_value_as_one_line_naming_it(
         return text.replace("{d}", str(bad_inputs))
 
     one_line_error(capsys, [command, *map(fill, argv)], f"moslim-openrlhf {command}: error:", *map(fill, fragments))
+
+
+@pytest.mark.integration
+def test_serve_reward_refuses_a_taken_port_in_one_line_before_loading_the_model(capsys, bad_inputs):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        argv = ["serve-reward", "--reward.model_name_or_path", str(bad_inputs / "corrupt-rm"), "--server.port", port]
+        # The weights are broken, so an error about them would mean the model was loaded first.
+        one_line_error(capsys, argv, f"--server.host 127.0.0.1 --server.port {port}: cannot listen")
 
 
 LAUNCHER_DRIVER = """

@@ -153,6 +153,11 @@ class MultiHeadRewardModel(PreTrainedModel):
         active ZeRO-3 `HfDeepSpeedConfig` the backbone loads partitioned and the heads are created partitioned."""
         from transformers.integrations import is_deepspeed_zero3_enabled
 
+        if is_moslim_checkpoint(path):  # transformers would fail deep inside, on a missing backbone config field
+            raise UserError(
+                f"backbone {str(path)!r} is a MOSLIM reward-model checkpoint: start from a plain backbone folder (its "
+                "config.json has no 'moslim' entry), or load the reward model with from_pretrained"
+            )
         try:
             backbone = AutoModel.from_pretrained(
                 path, dtype=dtype, trust_remote_code=False, use_safetensors=True, **model_kwargs

@@ -20,7 +20,7 @@ import random
 
 import torch
 
-from moslim_plugin import UserError
+from moslim_plugin import UserError, positive_int
 from moslim_plugin.data.ratings import hh_subset, read_records, split_hh_dialogue
 from moslim_plugin.data.train_rm import IGNORE, head_metrics
 
@@ -210,8 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--data.dataset", required=True, help="rated rows (.jsonl from prepare-ratings) or pairs")
     p.add_argument("--output_dir", default=None, help="folder for report.md, report.json, report.png")
     p.add_argument("--moslim.request", default=None, help="pairs: 'objective=level,...' used to score each side")
-    p.add_argument("--data.max_len", type=int, default=512)
-    p.add_argument("--micro_batch_size", type=int, default=16)
+    p.add_argument("--data.max_len", type=positive_int, default=512)
+    p.add_argument("--micro_batch_size", type=positive_int, default=16)
     args = vars(p.parse_args(argv))
     report = evaluate(
         args["model"],

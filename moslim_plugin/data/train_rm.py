@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from moslim_plugin import UserError
+from moslim_plugin import UserError, positive_int
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.data.cpu_strategy import TorchStrategy
 from moslim_plugin.data.ratings import read_records
@@ -557,12 +557,12 @@ def build_parser():
     p.add_argument("--model.gradient_checkpointing_reentrant", action="store_true", default=False)
     p.add_argument("--data.dataset", type=str, default=None, help="rows from prepare-ratings (.jsonl)")
     p.add_argument("--data.max_samples", type=int, default=1000000)
-    p.add_argument("--data.max_len", type=int, default=512)
+    p.add_argument("--data.max_len", type=positive_int, default=512)
     p.add_argument("--eval.dataset", type=str, default=None, help="held-out rows (default: split by question)")
     p.add_argument("--eval.steps", type=int, default=-1, help="evaluate every N steps (default: every epoch)")
     p.add_argument("--eval.patience", type=int, default=3, help="stop after N evaluations without gain (0: never)")
-    p.add_argument("--train.micro_batch_size", type=int, default=1)
-    p.add_argument("--train.batch_size", type=int, default=128)
+    p.add_argument("--train.micro_batch_size", type=positive_int, default=1)
+    p.add_argument("--train.batch_size", type=positive_int, default=128)
     p.add_argument("--train.max_epochs", type=int, default=1)
     p.add_argument("--train.max_steps", type=int, default=-1, help="optimizer steps; overrides max_epochs when > 0")
     p.add_argument("--train.seed", type=int, default=42)

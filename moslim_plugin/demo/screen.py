@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from moslim_plugin import positive_int
 from moslim_plugin.core.directives import PLACEMENTS, STYLES
 from moslim_plugin.demo.evaluate import (
     builtin_prompts,
@@ -45,17 +46,17 @@ def build_parser():
     )
     p.add_argument("--eval.judge", choices=("oracle", "rm"), default=None, help="default: the oracle if it can")
     p.add_argument("--eval.dataset", default=None, help="prompts: .txt (one per line) or .jsonl with 'input'")
-    p.add_argument("--eval.max_samples", type=int, default=16, help="prompts")
-    p.add_argument("--eval.n_samples_per_prompt", type=int, default=3, help="sampled answers per request")
+    p.add_argument("--eval.max_samples", type=positive_int, default=16, help="prompts")
+    p.add_argument("--eval.n_samples_per_prompt", type=positive_int, default=3, help="sampled answers per request")
     p.add_argument("--rollout.temperature", type=float, default=0.7)
-    p.add_argument("--rollout.max_new_tokens", type=int, default=48)
-    p.add_argument("--rollout.micro_batch_size", type=int, default=48)
+    p.add_argument("--rollout.max_new_tokens", type=positive_int, default=48)
+    p.add_argument("--rollout.micro_batch_size", type=positive_int, default=48)
     p.add_argument("--screen.styles", nargs="+", default=list(STYLES), choices=STYLES)
     p.add_argument("--screen.placements", nargs="+", default=["system", "user_suffix"], choices=PLACEMENTS)
     p.add_argument("--screen.min_gap", type=float, default=0.2)
     p.add_argument("--screen.min_share", type=float, default=0.15)
     p.add_argument("--screen.output_dir", default="runs/screen")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     return p
 
 
