@@ -99,6 +99,10 @@ CASES = [
     ("prepare-prompts", ["--data.dataset", "{d}/notrow.jsonl", *PROMPTS], ["notrow.jsonl: line 1: expected a JSON"]),
     ("prepare-prompts", ["--data.dataset", "{d}/no-data", *PROMPTS], ["--data.dataset '{d}/no-data': cannot be read"]),
     ("prepare-ratings", ["--data.dataset", "{d}/notrow.jsonl", *RATINGS], ["notrow.jsonl: line 1: expected a JSON"]),
+    ("prepare-prompts", ["--data.dataset", "{d}/one.txt", *PROMPTS[:2], "--moslim.output", "{d}/bad.jsonl/x.jsonl"],
+     ["--moslim.output '{d}/bad.jsonl/x.jsonl': cannot be written"]),
+    ("prepare-ratings", ["--data.dataset", "{d}/rated.jsonl", *RATINGS[:4], "--moslim.output", "{d}/no-data"],
+     ["--moslim.output '{d}/no-data': cannot be written"]),
     ("prepare-ratings", ["--data.dataset", "{d}/no-data", *RATINGS], ["{d}/no-data: cannot be read as a dataset"]),
     ("train-rm", ["--model.model_name_or_path", "{d}/no-model", *TRAIN_RM],
      ["--model.model_name_or_path '{d}/no-model': no tokenizer"]),
@@ -160,6 +164,8 @@ def bad_inputs(tmp_path_factory, tiny_bert):
     (d / "notrow.jsonl").write_text('"one?"\n')  # a JSON string, not a row
     (d / "prompts.jsonl").write_text('{"prompt": "one?"}\n')
     (d / "empty.txt").write_text("")
+    (d / "one.txt").write_text("One?\n")
+    (d / "rated.jsonl").write_text(json.dumps({"question": "q", "response": "r", "helpful": 1, "harmless": 0}) + "\n")
     (d / "binary.txt").write_bytes(b"\xff\xfe\x00 not text")
     (d / "no-data").mkdir()
     (d / "bad-config").mkdir()

@@ -260,6 +260,7 @@ class MultiHeadRewardModel(PreTrainedModel):
         if missing:
             what = "head" if any(k.startswith("heads.") for k in missing) else "backbone"
             raise UserError(f"{path}: {what} weights missing from the checkpoint: {missing}")
+        model.spec = saved_spec  # the same spec, whose source names this checkpoint in spec-mismatch errors
         # Statistics are restored here, after from_pretrained, never through buffers (see __init__).
         stats = config.moslim.get("stats")
         if stats is not None:

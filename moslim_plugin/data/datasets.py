@@ -278,15 +278,18 @@ def read_local_prompts(path: str, input_key: str) -> list[dict]:
 
 
 def write_rows(rows, output: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    if output.endswith((".jsonl", ".json")):
-        with open(output, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    else:
-        from datasets import Dataset
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        if output.endswith((".jsonl", ".json")):
+            with open(output, "w") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            from datasets import Dataset
 
-        Dataset.from_list(rows).save_to_disk(output)
+            Dataset.from_list(rows).save_to_disk(output)
+    except OSError as e:  # a folder given as the file, a parent that is a file, no permission
+        raise UserError(f"--moslim.output {output!r}: cannot be written ({e})") from None
 
 
 def main(argv=None) -> int:

@@ -277,10 +277,13 @@ def main(argv=None) -> int:
     labelled = [row for row in out if any(level is not None for level in row["labels"].values())]
     if not labelled:
         raise UserError(f"{args['data.dataset']}: no row has a rating for any objective of {list(spec.names)}")
-    os.makedirs(os.path.dirname(os.path.abspath(args["moslim.output"])), exist_ok=True)
-    with open(args["moslim.output"], "w") as f:
-        for row in labelled:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args["moslim.output"])), exist_ok=True)
+        with open(args["moslim.output"], "w") as f:
+            for row in labelled:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except OSError as e:  # a folder given as the file, a parent that is a file, no permission
+        raise UserError(f"--moslim.output {args['moslim.output']!r}: cannot be written ({e})") from None
     print(level_summary(spec, labelled))
     print(f"wrote {len(labelled)} rows to {args['moslim.output']} ({len(out) - len(labelled)} without any rating)")
     return 0
