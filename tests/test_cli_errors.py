@@ -110,6 +110,8 @@ CASES = [
      ["backbone '{d}/rm' is a MOSLIM reward-model checkpoint"]),
     ("train-rm", ["--model.model_name_or_path", "m", *TRAIN_RM, "--train.micro_batch_size", "0"],
      ["argument --train.micro_batch_size: expected an integer >= 1, got 0"]),
+    ("train-rm", ["--model.model_name_or_path", "m", *TRAIN_RM, "--lr_scheduler", "cosine_typo"],
+     ["argument --lr_scheduler: invalid choice: 'cosine_typo'"]),
     ("train-rm", ["--model.model_name_or_path", "m", *TRAIN_RM, "--ckpt.output_dir", "{d}/bad.jsonl"],
      ["--ckpt.output_dir {d}/bad.jsonl: a file, not a folder"]),
     ("evaluate-rm", ["--model", "{d}/rm", "--data.dataset", "{d}/pairs.jsonl", "--moslim.request", "{bad"],

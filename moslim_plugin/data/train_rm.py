@@ -33,6 +33,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from transformers import SchedulerType
 
 from moslim_plugin import UserError, positive_int
 from moslim_plugin.core.spec import load_spec
@@ -571,7 +572,8 @@ def build_parser():
     p.add_argument("--adam.betas", type=float, nargs=2, default=(0.9, 0.95))
     p.add_argument("--adam.eps", type=float, default=1e-8)
     p.add_argument("--adam.weight_decay", type=float, default=0.0)
-    p.add_argument("--lr_scheduler", type=str, default="cosine_with_min_lr")
+    schedulers = [s.value for s in SchedulerType]  # a typo would otherwise fail only after the model is built
+    p.add_argument("--lr_scheduler", type=str, default="cosine_with_min_lr", choices=schedulers)
     p.add_argument("--lr_warmup_ratio", type=float, default=0.03)
     p.add_argument("--min_lr_ratio", type=float, default=0.1)
     p.add_argument("--max_norm", type=float, default=1.0)
