@@ -162,8 +162,6 @@ class MultiHeadRewardModel(PreTrainedModel):
             backbone = AutoModel.from_pretrained(
                 path, dtype=dtype, trust_remote_code=False, use_safetensors=True, **model_kwargs
             )
-        except UserError:  # a MOSLIM checkpoint given as the backbone: its own message says what is wrong
-            raise
         except (OSError, ValueError, SafetensorError) as e:  # transformers' "no such model / no weights / bad config"
             raise UserError(f"backbone {str(path)!r}: cannot be loaded ({type(e).__name__}: {e})") from None
         if not is_deepspeed_zero3_enabled():
