@@ -33,8 +33,9 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from transformers import SchedulerType
 
-from moslim_plugin import UserError
+from moslim_plugin import UserError, positive_int
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.data.cpu_strategy import TorchStrategy
 from moslim_plugin.data.ratings import read_records
@@ -200,7 +201,11 @@ def load_tokenizer(path):
 
     from moslim_plugin.core.rm import ensure_pad_token
 
-    return ensure_pad_token(AutoTokenizer.from_pretrained(path, trust_remote_code=False))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as e:  # transformers' "no such model / no tokenizer files / bad config"
+        raise UserError(f"--model.model_name_or_path {path!r}: no tokenizer ({type(e).__name__}: {e})") from None
+    return ensure_pad_token(tokenizer)
 
 
 def build_model(args, spec, ds_config=None):
@@ -344,6 +349,8 @@ def resume(args, spec, strategy, model) -> dict | None:
 
 def check_output_dir(args):
     out = args.ckpt.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):  # found now, not when saving after the training
+        raise UserError(f"--ckpt.output_dir {out}: a file, not a folder")
     if os.path.isfile(os.path.join(out, "config.json")) and not args.ckpt.overwrite:
         raise UserError(
             f"--ckpt.output_dir {out} already holds a model (config.json): choose another folder or pass "
@@ -551,12 +558,12 @@ def build_parser():
     p.add_argument("--model.gradient_checkpointing_reentrant", action="store_true", default=False)
     p.add_argument("--data.dataset", type=str, default=None, help="rows from prepare-ratings (.jsonl)")
     p.add_argument("--data.max_samples", type=int, default=1000000)
-    p.add_argument("--data.max_len", type=int, default=512)
+    p.add_argument("--data.max_len", type=positive_int, default=512)
     p.add_argument("--eval.dataset", type=str, default=None, help="held-out rows (default: split by question)")
     p.add_argument("--eval.steps", type=int, default=-1, help="evaluate every N steps (default: every epoch)")
     p.add_argument("--eval.patience", type=int, default=3, help="stop after N evaluations without gain (0: never)")
-    p.add_argument("--train.micro_batch_size", type=int, default=1)
-    p.add_argument("--train.batch_size", type=int, default=128)
+    p.add_argument("--train.micro_batch_size", type=positive_int, default=1)
+    p.add_argument("--train.batch_size", type=positive_int, default=128)
     p.add_argument("--train.max_epochs", type=int, default=1)
     p.add_argument("--train.max_steps", type=int, default=-1, help="optimizer steps; overrides max_epochs when > 0")
     p.add_argument("--train.seed", type=int, default=42)
@@ -565,7 +572,8 @@ def build_parser():
     p.add_argument("--adam.betas", type=float, nargs=2, default=(0.9, 0.95))
     p.add_argument("--adam.eps", type=float, default=1e-8)
     p.add_argument("--adam.weight_decay", type=float, default=0.0)
-    p.add_argument("--lr_scheduler", type=str, default="cosine_with_min_lr")
+    schedulers = [s.value for s in SchedulerType]  # a typo would otherwise fail only after the model is built
+    p.add_argument("--lr_scheduler", type=str, default="cosine_with_min_lr", choices=schedulers)
     p.add_argument("--lr_warmup_ratio", type=float, default=0.03)
     p.add_argument("--min_lr_ratio", type=float, default=0.1)
     p.add_argument("--max_norm", type=float, default=1.0)

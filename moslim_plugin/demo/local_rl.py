@@ -176,6 +176,7 @@ def load_policy(path, trainable_layers: int = -1, lora=None):
     LoRA adapters as OpenRLHF's Actor does, placed in those top layers only (all layers for -1), and trains only the
     adapters. A LoRA checkpoint (a folder with adapter_config.json, what `save_pretrained` writes for it) loads onto
     its base model merged, so evaluation and the next stage get a plain model."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from moslim_plugin import UserError
@@ -184,21 +185,25 @@ def load_policy(path, trainable_layers: int = -1, lora=None):
     if not Path(path, "config.json").is_file() and not Path(path, "adapter_config.json").is_file():
         # Without this, transformers takes the string for a hub name and fails far from the user's mistake.
         raise UserError(f"policy {path!r}: not a model folder (no config.json or adapter_config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    adapter = Path(path, "adapter_config.json")
+    # The base of a LoRA checkpoint may itself be one: merge down the chain.
+    base = load_policy(json.loads(adapter.read_text())["base_model_name_or_path"])[0] if adapter.exists() else None
+    try:  # what transformers raises for a folder that is no causal LM (bad config, no weights, another model type)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        if base is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(base, path).merge_and_unload()
+            model.name_or_path = path  # what a new adapter on this model records as its base
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
+            )
+    except (OSError, ValueError, SafetensorError) as e:
+        raise UserError(f"policy {path!r}: cannot be loaded as a causal LM ({type(e).__name__}: {e})") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         raise UserError(f"{path}: the tokenizer has no pad token; set one (e.g. the eos token) and save it")
-    adapter = Path(path, "adapter_config.json")
-    if adapter.exists():  # the base may itself be a LoRA checkpoint: merge down the chain
-        from peft import PeftModel
-
-        base, _ = load_policy(json.loads(adapter.read_text())["base_model_name_or_path"])
-        model = PeftModel.from_pretrained(base, path).merge_and_unload()
-        model.name_or_path = path  # what a new adapter on this model records as its base
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
-        )
     n_layers = len(model.model.layers)
     if trainable_layers > n_layers:
         raise UserError(f"--moslim.trainable_layers {trainable_layers}: the model has {n_layers} layers")

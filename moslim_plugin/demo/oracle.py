@@ -21,6 +21,7 @@ in the demo (that goes through the trained reward model, the scorer and the mapp
 
 import re
 
+from moslim_plugin import UserError
 from moslim_plugin.core.spec import ObjectiveSpec, load_spec
 
 LENGTH_BANDS = (20, 32)  # words: level 0 <= 20 < level 1 <= 32 < level 2
@@ -96,7 +97,7 @@ def oracle_spec(names=None) -> ObjectiveSpec:
     names = list(by_name) if names is None else list(names)
     unknown = [n for n in names if n not in by_name]
     if unknown or not names:
-        raise ValueError(f"the oracle judges {list(by_name)}; got {names}")
+        raise UserError(f"the oracle judges {list(by_name)}; got {names}")
     spec = load_spec({"objectives": [by_name[n] for n in names]})
     return ObjectiveSpec(spec.objectives, source=f"moslim_plugin.demo.oracle:{','.join(names)}")
 

@@ -31,10 +31,12 @@ import torch
 from tqdm import tqdm
 
 from moslim_plugin.core.directives import DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
+from moslim_plugin.core.mappings import parse_mapping_kwargs, resolve_mapping
 from moslim_plugin.demo.evaluate import (
     builtin_prompts,
     check_finite,
     evaluate_policy,
+    make_output_dir,
     metrics_table,
     plot_panels,
     plot_requested_vs_achieved,
@@ -193,8 +195,9 @@ class Demo:
         args.rollout.batch_size = self.size["batch"]
         args.data.max_samples = self.size["rl_steps"] * self.size["batch"]
         self.args = check_rl_args(args)
-        self.out = Path(args.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        # A bad mapping would otherwise stop the run only at the RM stage, minutes in.
+        parse_mapping_kwargs(resolve_mapping(args.moslim.mapping), args.moslim.mapping_kwargs)
+        self.out = make_output_dir(args.out, "--out")
         self.spec = demo_spec()
         self.policy_path = Path(args.actor.model_name_or_path or smollm2_path())
         self.train_prompts = builtin_prompts("train")
