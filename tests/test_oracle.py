@@ -87,8 +87,8 @@ def test_demo_spec_has_an_ordinal_objective_and_round_trips_through_both_directi
     assert set(oracle_spec().names) == set(JUDGES)
     request = {"length": 2, "formality": 1}
     natural = render_directive(spec, request, "natural")
-    assert (
-        natural == "Answer in detail, with at least four sentences. Write casually and use contractions like it's and don't."
+    assert natural == (
+        "Answer in detail, with at least four sentences. Write casually and use contractions like it's and don't."
     )
     assert "a detailed answer" in render_directive(spec, request, "tagged")  # the phrase the policy reads
     for style in STYLES:
