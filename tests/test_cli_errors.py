@@ -84,3 +84,17 @@ def test_prompt_files_txt_gz_and_empty_are_handled(capsys, tmp_path):
         one_line_error(capsys, ["prepare-prompts", "--data.dataset", str(tmp_path / empty), *args], empty, "empty")
     gz.write_bytes(gz.read_bytes()[:20])
     one_line_error(capsys, ["prepare-prompts", "--data.dataset", str(gz), *args], f"{gz}: cannot be read")
+
+
+@pytest.mark.unit
+def test_device_cuda_without_a_gpu_is_a_one_line_error_in_the_demo_train_rm_and_evaluate(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is valid here")
+    message = "--device cuda: this torch build sees no CUDA device"
+    one_line_error(capsys, ["demo", "--demo.size", "gpu", "--device", "cuda", "--out", str(tmp_path)], message)
+    assert not (tmp_path / "samples.jsonl").exists()  # stopped before any stage
+    rm = ["train-rm", "--model.model_name_or_path", "m", "--moslim.spec", "hh", "--data.dataset", "rows.jsonl"]
+    one_line_error(capsys, [*rm, "--device", "cuda"], message)
+    one_line_error(capsys, ["evaluate", "--actor.model_name_or_path", "p", "--device", "cuda"], message)

@@ -169,8 +169,18 @@ def check_rl_args(args):
     return args
 
 
-def load_policy(path, trainable_layers: int = -1, lora=None):
-    """fp32 HF causal LM + left-padding tokenizer; freezes all but the top `trainable_layers` decoder layers.
+def torch_device(name: str) -> torch.device:
+    """--device as a torch device: `cuda` on a machine whose torch sees no GPU is a one-line user error."""
+    from moslim_plugin import UserError
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this torch build sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def load_policy(path, trainable_layers: int = -1, lora=None, device: str = "cpu"):
+    """HF causal LM (fp32 on CPU, bf16 on `device` cuda) + left-padding tokenizer; freezes all but the top
+    `trainable_layers` decoder layers.
 
     `lora` (OpenRLHF's `args.ds.lora`: rank, alpha, dropout, target_modules) with rank > 0 wraps the model in peft
     LoRA adapters as OpenRLHF's Actor does, placed in those top layers only (all layers for -1), and trains only the
@@ -199,6 +209,8 @@ def load_policy(path, trainable_layers: int = -1, lora=None):
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
         )
+    device = torch_device(device)
+    model.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     n_layers = len(model.model.layers)
     if trainable_layers > n_layers:
         raise UserError(f"--moslim.trainable_layers {trainable_layers}: the model has {n_layers} layers")
@@ -381,11 +393,9 @@ def setup_run(args, model, tokenizer, reward_fn, spec, prompt_fn) -> argparse.Na
 
     if args.moslim.relabel != "none" and (spec is None or prompt_fn is None):
         raise UserError(f"--moslim.relabel {args.moslim.relabel} needs train_policy(..., spec=, prompt_fn=)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: this torch build sees no CUDA device; use --device cpu")
+    device = torch_device(args.device)
     random.seed(args.train.seed)
     torch.manual_seed(args.train.seed)
-    device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if model is None:
         model, tokenizer = load_policy(
