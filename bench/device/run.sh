@@ -30,7 +30,7 @@ DRY=${MOSLIM_GPU_DRY_RUN:-0}
 PY=${PY:-python3}
 POLICY=${MOSLIM_GPU_POLICY:-/tmp/moslim_policy}
 DEMO_DIR=${MOSLIM_GPU_DEMO_DIR:-/tmp/moslim_demo}
-if [ "$DRY" = 1 ]; then  # every stage of the preset's code path, at sizes a 2-core CPU runs in about a minute
+if [ "$DRY" = 1 ]; then  # every stage of the preset's code path, at tiny sizes (minutes on 2 CPU cores)
   DEMO_ARGS=(--demo.size gpu --device cpu --seeds 1 --demo.samples 8 --demo.rm_epochs 1 --demo.eval_prompts 1
              --demo.eval_samples 1 --demo.rl_steps 1 --demo.batch 2 --demo.max_new_tokens 4)
 else
