@@ -15,7 +15,8 @@ Each step is one stage function; `main` runs them in order. The directive reads 
 sentences by default: see docs/demo/screening.md for why, and for how the objectives were chosen).
 
 Every number in the report comes from this run; nothing is hard-coded. The base-policy evaluation is cached in the
-output folder (keyed by its settings), so a second run skips it.
+output folder (keyed by its settings), so a second run skips it. `--demo.size gpu --device cuda` runs every stage on
+one GPU at 20x the samples (bench/device/README.md).
 """
 
 import argparse
@@ -422,7 +423,7 @@ def write_report(demo, evals, histories, summary) -> None:
     print(f"report: {out / 'report.md'}\njson:   {out / 'report.json'}\nplots:  {plot}\n        {curves}")
     print(f"evaluate a policy again: moslim-openrlhf evaluate --actor.model_name_or_path {args.ckpt.output_dir} "
           f"--reward.model_name_or_path {out / 'rm'} --moslim.placement {demo.placement} "
-          f"--moslim.style {demo.style}")  # fmt: skip
+          f"--moslim.style {demo.style} --device {args.device}")  # fmt: skip
 
 
 def flags_of(args) -> dict:
