@@ -166,9 +166,8 @@ def test_gpu_preset_runs_every_stage_on_the_chosen_device_with_its_own_flag_defa
     samples = json.loads((out / "eval_samples.json").read_text())
     assert len(samples["base"]) == sum(demo_spec().levels) + 1  # one prompt: every single-objective request + none
     assert not [(where, v) for where, v in walk_numbers(report) if not math.isfinite(v)]
-    # The RL policy was trained where asked: bf16 on the GPU, fp32 on the CPU (what the saved config records).
-    config = json.loads((out / "policy_seed1" / "config.json").read_text())
-    assert config["dtype"] == {"cpu": "float32", "cuda": "bfloat16"}[device]
+    # fp32 weights on both devices (TF32 matmuls on the GPU): bf16 weights would lose most AdamW steps.
+    assert json.loads((out / "policy_seed1" / "config.json").read_text())["dtype"] == "float32"
     assert f"size preset `gpu` on `{device}`" in (out / "report.md").read_text()
     if device == "cuda":
         assert torch.cuda.max_memory_allocated() > 0

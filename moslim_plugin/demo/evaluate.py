@@ -312,7 +312,7 @@ def build_parser():
     p.add_argument("--rollout.max_new_tokens", type=int, default=48)
     p.add_argument("--rollout.temperature", type=float, default=0.7, help="for the sampled evaluation")
     p.add_argument("--rollout.micro_batch_size", type=int, default=16)
-    p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"], help="cuda: bf16 policy, RM there")
+    p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"], help="cuda: policy and RM on the GPU")
     p.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS,
                    help="where the directive goes: use the placement the policy was trained with")  # fmt: skip
     p.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES,

@@ -258,7 +258,7 @@ def base_eval_stage(demo, model, tokenizer, scorer):
     a = demo.args
     key_parts = [str(demo.policy_path), demo.heldout, a.rollout.max_new_tokens, demo.spec.fingerprint,
                  demo.placement, demo.style, demo.size["eval_samples"], a.rollout.temperature]  # fmt: skip
-    key_parts += [a.device] if a.device != "cpu" else []  # a bf16 GPU policy answers differently; CPU keys unchanged
+    key_parts += [a.device] if a.device != "cpu" else []  # GPU kernels answer slightly differently; CPU keys unchanged
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     cache = demo.out / f"eval_base_{key}.json"
     if cache.is_file():
