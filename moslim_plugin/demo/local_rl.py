@@ -9,8 +9,8 @@ Every algorithm piece is OpenRLHF's own: `openrlhf.models.Actor` wraps the polic
 What differs, and why: rollouts come from `rollout.decode`, a KV-cached loop with HF `generate`'s sampling
 semantics (no vLLM on CPU; speed in bench/bench_rollout.py) run on the trained policy itself; the policy's weights
 are fp32 on both devices (bf16 backward is ~7x slower on CPU; on `--device cuda` matmuls run in TF32: see
-`torch_device`); only the top `--moslim.trainable_layers`
-decoder layers (or LoRA adapters in them, --ds.lora.*) are trained, so backward stops there. With one epoch and one
+`torch_device`); only the top `--moslim.trainable_layers` decoder layers (or LoRA adapters in them, --ds.lora.*) are
+trained, so backward stops there. With one epoch and one
 optimizer step per rollout (the default: `--train.max_epochs 1`, no `--train.batch_size`), the old log-probs are
 taken from the training forward itself (detached): the weights are the same in both passes, so the numbers are
 identical and one forward pass per step is saved.
