@@ -10,10 +10,10 @@ What differs, and why: rollouts come from `rollout.decode`, a KV-cached loop wit
 semantics (no vLLM on CPU; speed in bench/bench_rollout.py) run on the trained policy itself; the policy's weights
 are fp32 on both devices (bf16 backward is ~7x slower on CPU; on `--device cuda` matmuls run in TF32: see
 `torch_device`); only the top `--moslim.trainable_layers` decoder layers (or LoRA adapters in them, --ds.lora.*) are
-trained, so backward stops there. With one epoch and one
-optimizer step per rollout (the default: `--train.max_epochs 1`, no `--train.batch_size`), the old log-probs are
-taken from the training forward itself (detached): the weights are the same in both passes, so the numbers are
-identical and one forward pass per step is saved.
+trained, so backward stops there. With one epoch and one optimizer step per rollout (the default:
+`--train.max_epochs 1`, no `--train.batch_size`), the old log-probs are taken from the training forward itself
+(detached): the weights are the same in both passes, so the numbers are identical and one forward pass per step is
+saved.
 
 `--moslim.relabel levels|all` trains every rollout under other requests too (docs/relabelling.md): the reward of the
 SAME response under another request comes from the same classification, so copies cost forward/backward passes but
