@@ -278,3 +278,17 @@ def test_the_diffs_entry_point_prints_a_moslim_flag_error_as_one_line_with_exit_
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"moslim-openrlhf train_ppo_ray: error: {tmp_path / 'missing.yaml'}: no such spec file")
+
+
+@pytest.mark.unit
+def test_device_cuda_without_a_gpu_is_a_one_line_error_in_the_demo_train_rm_and_evaluate(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is valid here")
+    message = "--device cuda: this torch build sees no CUDA device"
+    one_line_error(capsys, ["demo", "--demo.size", "gpu", "--device", "cuda", "--out", str(tmp_path)], message)
+    assert not (tmp_path / "samples.jsonl").exists()  # stopped before any stage
+    rm = ["train-rm", "--model.model_name_or_path", "m", "--moslim.spec", "hh", "--data.dataset", "rows.jsonl"]
+    one_line_error(capsys, [*rm, "--device", "cuda"], message)
+    one_line_error(capsys, ["evaluate", "--actor.model_name_or_path", "p", "--device", "cuda"], message)

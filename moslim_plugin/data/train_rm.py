@@ -2,8 +2,9 @@
 
 Rows come from `moslim-openrlhf prepare-ratings` (`{"question", "response", "labels": {objective: level | null}}`);
 a null label masks that head for that row. Flags mirror `openrlhf/cli/train_rm.py`. With CUDA the model is trained
-through OpenRLHF's DeepspeedStrategy (ZeRO, bf16, LoRA, gradient checkpointing); without CUDA the same loop runs on
-`TorchStrategy`, the subset of the DeepspeedStrategy interface the loop uses, in plain fp32 torch (AdamW). Rows are
+through OpenRLHF's DeepspeedStrategy (ZeRO, bf16, LoRA, gradient checkpointing); without CUDA, or with --device
+cpu / cuda, the same loop runs on `TorchStrategy`, the subset of the DeepspeedStrategy interface the loop uses, in
+plain fp32 torch (AdamW) on that device, in this process (no launcher: what the one-machine demo needs). Rows are
 split into training and held-out parts by question (no prompt in both).
 
 Model selection: the held-out rows are evaluated every epoch (or every --eval.steps steps); the weights with the
@@ -448,6 +449,8 @@ def stop_early(args, state) -> bool:
 
 def train(args, rows=None, eval_rows=None) -> dict:
     """Train, keep the best weights on held-out rows, save them with their calibration statistics; returns metrics."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this torch build sees no CUDA device; use --device cpu (or auto)")
     spec = load_spec(args.moslim.spec)
     train_rows, eval_rows = split_rows(args, spec, rows, eval_rows)
     check_output_dir(args)
@@ -455,7 +458,7 @@ def train(args, rows=None, eval_rows=None) -> dict:
     train_set = encode_rows(train_rows, tokenizer, spec, args.data.max_len, args.data.dataset or "<rows>")
     eval_set = encode_rows(eval_rows, tokenizer, spec, args.data.max_len, args.eval.dataset or "<held-out rows>")
 
-    use_deepspeed = torch.cuda.is_available()
+    use_deepspeed = args.device == "auto" and torch.cuda.is_available()
     if use_deepspeed:
         from openrlhf.utils import get_strategy
 
@@ -463,8 +466,13 @@ def train(args, rows=None, eval_rows=None) -> dict:
     else:
         strategy = TorchStrategy(args)
     strategy.setup_distributed()
-    device = torch.device("cuda", torch.cuda.current_device()) if use_deepspeed else torch.device("cpu")
+    if use_deepspeed:
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu" if args.device == "auto" else args.device)
     model = build_model(args, spec, strategy.get_ds_train_config() if use_deepspeed else None)
+    if not use_deepspeed:
+        model.to(device)  # the DeepSpeed engine places the model itself
 
     collate_fn = partial(collate, tokenizer=tokenizer)
     train_loader = strategy.setup_dataloader(train_set, args.train.micro_batch_size, True, True, collate_fn)
@@ -540,7 +548,7 @@ def save_model(model, tokenizer, args, strategy):
     """HF folder via MultiHeadRewardModel.save_pretrained; LoRA merged in, ZeRO-3 shards gathered first."""
     if args.ds.lora.rank > 0:
         model.backbone = model.backbone.merge_and_unload()
-    if args.ds.zero_stage == 3 and torch.cuda.is_available():
+    if args.ds.zero_stage == 3 and not isinstance(strategy, TorchStrategy):
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
@@ -585,6 +593,11 @@ def build_parser():
     p.add_argument("--ckpt.load_enable", action="store_true", default=False)
     p.add_argument("--ckpt.overwrite", action="store_true", default=False, help="replace a model in output_dir")
     p.add_argument("--local_rank", type=int, default=-1)
+    # Ours. auto is OpenRLHF's behaviour; cpu / cuda run in this process without a launcher (e.g. inside the demo).
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"],
+        help="auto: DeepSpeed on CUDA if there is a GPU, else plain torch on CPU; cpu / cuda: plain fp32 torch there",
+    )  # fmt: skip
     p.add_argument("--ds.zero_stage", type=int, default=2)
     p.add_argument("--ds.param_dtype", type=str, default="bf16", choices=["bf16", "fp16"], help="GPU only; CPU: fp32")
     p.add_argument("--ds.attn_implementation", type=str, default="sdpa")

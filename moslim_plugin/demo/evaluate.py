@@ -328,6 +328,7 @@ def build_parser():
     p.add_argument("--rollout.max_new_tokens", type=positive_int, default=48)
     p.add_argument("--rollout.temperature", type=float, default=0.7, help="for the sampled evaluation")
     p.add_argument("--rollout.micro_batch_size", type=positive_int, default=16)
+    p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"], help="cuda: policy and RM on the GPU")
     p.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS,
                    help="where the directive goes: use the placement the policy was trained with")  # fmt: skip
     p.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES,
@@ -344,7 +345,7 @@ def load_judge(args):
     if args.reward.model_name_or_path:
         from moslim_plugin.core.scorer import Scorer
 
-        scorer = Scorer.from_pretrained(args.reward.model_name_or_path)
+        scorer = Scorer.from_pretrained(args.reward.model_name_or_path, device=args.device)
     spec = load_spec(args.moslim.spec) if args.moslim.spec else (scorer.model.spec if scorer else demo_spec())
     if scorer is not None:
         spec.check_same(scorer.model.spec, f"reward model {args.reward.model_name_or_path}")
@@ -365,16 +366,17 @@ def load_judge(args):
 def main(argv=None) -> int:
     from openrlhf.utils.config import hierarchize
 
-    from moslim_plugin.demo.local_rl import load_policy
+    from moslim_plugin.demo.local_rl import load_policy, torch_device
     from moslim_plugin.integration import compat
 
     compat.install()  # the reward model path may import openrlhf.models, which needs flash-attn's helpers
     args = hierarchize(build_parser().parse_args(argv))
+    torch_device(args.device)  # `--device cuda` without a GPU: a one-line error before the reward model loads
     out = make_output_dir(args.eval.output_dir, "--eval.output_dir")
     spec, judge_fn, judge_name, scorer = load_judge(args)
     prompts = read_prompts(args.eval.dataset) if args.eval.dataset else builtin_prompts("heldout")
     prompts = prompts[: args.eval.max_samples]
-    model, tokenizer = load_policy(args.actor.model_name_or_path)
+    model, tokenizer = load_policy(args.actor.model_name_or_path, device=args.device)
     result = evaluate_policy(
         model, tokenizer, prompts, spec, args.rollout.max_new_tokens, scorer if judge_name == "oracle" else None,
         args.rollout.micro_batch_size, placement=args.moslim.placement, style=args.moslim.style, judge_fn=judge_fn,

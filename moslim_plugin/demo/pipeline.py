@@ -15,7 +15,8 @@ Each step is one stage function; `main` runs them in order. The directive reads 
 sentences by default: see docs/demo/screening.md for why, and for how the objectives were chosen).
 
 Every number in the report comes from this run; nothing is hard-coded. The base-policy evaluation is cached in the
-output folder (keyed by its settings), so a second run skips it.
+output folder (keyed by its settings), so a second run skips it. `--demo.size gpu --device cuda` runs every stage on
+one GPU at 20x the samples (bench/device/README.md).
 """
 
 import argparse
@@ -48,6 +49,7 @@ from moslim_plugin.demo.local_rl import (
     generate,
     load_policy,
     make_experience,
+    torch_device,
     train_policy,
 )
 from moslim_plugin.demo.oracle import demo_spec, judge, request_hits
@@ -59,12 +61,20 @@ SIZES = {
                  max_new_tokens=48, batch=8),
     "quick": dict(samples=16, rm_epochs=1, ric_epochs=1, eval_prompts=3, eval_samples=1, rl_steps=1,
                   max_new_tokens=8, batch=2),
+    # One H100/H200 (--device cuda): 20x full's initial samples and RL samples per seed, 8 sampled answers per eval
+    # request (64 prompts is every held-out prompt). Estimate in bench/device/README.md: ~4-6 min in all.
+    "gpu": dict(samples=1920, rm_epochs=4, ric_epochs=1, eval_prompts=64, eval_samples=8, rl_steps=30,
+                max_new_tokens=48, batch=64),
 }  # fmt: skip
+# The gpu preset's flag defaults (flags on the command line still win): a GPU decodes and trains a 135M model at the
+# cost of a kernel launch per layer per token, so a whole rollout (64 x 4) and an evaluation chunk go in one batch.
+GPU_FLAGS = {"moslim.generate_batch_size": 512, "rollout.micro_batch_size": 64}
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="moslim-openrlhf demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a < 5 minute smoke run of every stage")
+    p.add_argument("--demo.size", default="full", choices=list(SIZES), help="size preset (gpu: with --device cuda)")
+    p.add_argument("--quick", dest="demo.size", action="store_const", const="quick", help="= --demo.size quick")
     p.add_argument("--out", type=str, default="runs/demo", help="output folder")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one MOSLIM RL run per seed")
     p.add_argument("--moslim.mapping", type=str, default="moslim")
@@ -107,8 +117,9 @@ def sample_stage(model, tokenizer, demo, n, seed):
     messages = [apply_directive(spec, r, q, demo.placement, demo.style) for q, r in zip(questions, requests)]
     torch.manual_seed(seed)
     _, _, texts = generate(
-        model, tokenizer, messages, rollout.max_new_tokens, rollout.temperature, batch_size=32, desc="sample (policy)"
-    )
+        model, tokenizer, messages, rollout.max_new_tokens, rollout.temperature,
+        batch_size=demo.args.moslim.generate_batch_size, desc="sample (policy)",
+    )  # fmt: skip
     return [
         {"question": q, "request": r, "response": t, "labels": judge(t, spec)}
         for q, r, t in zip(questions, requests, texts)
@@ -167,6 +178,7 @@ def ric_sft(model, tokenizer, demo, samples, epochs, seed):
             response_ids = [tokenizer(s["response"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
                             for s in batch]  # fmt: skip
             exp = make_experience(prompt_ids, response_ids, tokenizer.pad_token_id, tokenizer.eos_token_id)
+            exp = exp.to_device(next(model.parameters()).device)
             actor.train()
             log_probs = actor(exp.sequences, exp.action_mask, attention_mask=exp.attention_mask)
             loss = -(log_probs * exp.action_mask).sum() / exp.action_mask.sum()
@@ -189,8 +201,11 @@ class Demo:
         from moslim_plugin.demo.real_models import smollm2_path
 
         self.args = args
-        self.size = dict(SIZES["quick" if args.quick else "full"])
-        self.size.update({k: v for k, v in vars(args.demo).items() if v is not None})
+        self.preset = args.demo.size
+        args.quick = self.preset == "quick"
+        torch_device(args.device)  # `--device cuda` without a GPU stops here, before any model is loaded
+        self.size = dict(SIZES[self.preset])
+        self.size.update({k: v for k, v in vars(args.demo).items() if k != "size" and v is not None})
         args.rollout.max_new_tokens = self.size["max_new_tokens"]
         args.rollout.batch_size = self.size["batch"]
         args.data.max_samples = self.size["rl_steps"] * self.size["batch"]
@@ -215,7 +230,8 @@ class Demo:
     def evaluate(self, model, tokenizer, scorer, desc):
         """Greedy on every held-out prompt and request, plus sampled answers at the rollout temperature; oracle."""
         return evaluate_policy(
-            model, tokenizer, self.heldout, self.spec, self.args.rollout.max_new_tokens, scorer, batch_size=56,
+            model, tokenizer, self.heldout, self.spec, self.args.rollout.max_new_tokens, scorer,
+            batch_size=max(56, self.args.moslim.generate_batch_size),  # 56: the CPU default; gpu preset: 512
             desc=desc, placement=self.placement, style=self.style, n_samples=self.size["eval_samples"],
             temperature=self.args.rollout.temperature,
         )  # fmt: skip
@@ -235,9 +251,11 @@ def rm_stage(demo, samples):
         rows, demo.spec, minilm_path(), rm_dir, micro_batch_size=rm_batch, batch_size=rm_batch,
         max_epochs=demo.size["rm_epochs"], lr=demo.args.moslim.rm_lr, eval_ratio=0.2, seed=0, max_len=192,
         lr_warmup_ratio=0.1, overwrite=True,  # the RM is retrained on every run into the same folder
+        device=demo.args.device,
     )  # fmt: skip
     m = demo.args.moslim
-    return Scorer.from_pretrained(rm_dir, mapping=m.mapping, mapping_kwargs=m.mapping_kwargs), result
+    device = demo.args.device
+    return Scorer.from_pretrained(rm_dir, mapping=m.mapping, mapping_kwargs=m.mapping_kwargs, device=device), result
 
 
 def base_eval_stage(demo, model, tokenizer, scorer):
@@ -245,6 +263,7 @@ def base_eval_stage(demo, model, tokenizer, scorer):
     a = demo.args
     key_parts = [str(demo.policy_path), demo.heldout, a.rollout.max_new_tokens, demo.spec.fingerprint,
                  demo.placement, demo.style, demo.size["eval_samples"], a.rollout.temperature]  # fmt: skip
+    key_parts += [a.device] if a.device != "cpu" else []  # GPU kernels answer slightly differently; CPU keys unchanged
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     cache = demo.out / f"eval_base_{key}.json"
     if cache.is_file():
@@ -287,7 +306,7 @@ def rl_stage(demo, scorer, seed):
     demo.args.train.seed = seed
     demo.args.ckpt.output_dir = str(demo.out / f"policy_seed{seed}")
     rl = train_policy(demo.args, rl_rows(demo, seed), reward_fn)
-    model, tokenizer = load_policy(rl["output_dir"])
+    model, tokenizer = load_policy(rl["output_dir"], device=demo.args.device)
     return rl["history"], demo.evaluate(model, tokenizer, scorer, f"evaluate seed {seed}")
 
 
@@ -327,14 +346,17 @@ def main(argv=None) -> int:
     from moslim_plugin.integration import compat
 
     compat.install()  # before openrlhf.models (RiC SFT and RL use its Actor)
-    args = hierarchize(build_parser().parse_args(argv))
+    parser = build_parser()
+    if vars(parser.parse_args(argv))["demo.size"] == "gpu":
+        parser.set_defaults(**GPU_FLAGS)
+    args = hierarchize(parser.parse_args(argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     demo = Demo(args)
     size, out = demo.size, demo.out
 
     demo.stage("sample")
-    model, tokenizer = load_policy(demo.policy_path, args.moslim.trainable_layers)
+    model, tokenizer = load_policy(demo.policy_path, args.moslim.trainable_layers, device=args.device)
     samples = sample_stage(model, tokenizer, demo, size["samples"], seed=0)
     with open(out / "samples.jsonl", "w") as f:
         f.writelines(json.dumps(s) + "\n" for s in samples)
@@ -380,9 +402,10 @@ def write_report(demo, evals, histories, summary) -> None:
     demo.done("report")
     timings["total"] = round(time.time() - demo.t_start, 1)
     report = {
-        "settings": {"size": demo.size, "quick": args.quick, "seeds": args.seeds, "mapping": args.moslim.mapping,
-                     "rl_flags": flags_of(args), "policy": str(demo.policy_path), "heldout_prompts": len(demo.heldout),
-                     "placement": demo.placement, "style": demo.style, "judge": "oracle"},
+        "settings": {"size": demo.size, "preset": demo.preset, "device": args.device, "seeds": args.seeds,
+                     "mapping": args.moslim.mapping, "rl_flags": flags_of(args), "policy": str(demo.policy_path),
+                     "heldout_prompts": len(demo.heldout), "placement": demo.placement, "style": demo.style,
+                     "judge": "oracle"},
         "summary": summary,
         "timings_s": timings,
         "policies": {name: e["metrics"] for name, e in evals.items()},
@@ -406,13 +429,14 @@ def write_report(demo, evals, histories, summary) -> None:
     print(f"report: {out / 'report.md'}\njson:   {out / 'report.json'}\nplots:  {plot}\n        {curves}")
     print(f"evaluate a policy again: moslim-openrlhf evaluate --actor.model_name_or_path {args.ckpt.output_dir} "
           f"--reward.model_name_or_path {out / 'rm'} --moslim.placement {demo.placement} "
-          f"--moslim.style {demo.style}")  # fmt: skip
+          f"--moslim.style {demo.style} --device {args.device}")  # fmt: skip
 
 
 def flags_of(args) -> dict:
     keys = ["actor.adam.lr", "algo.advantage.estimator", "algo.kl.init_coef", "rollout.n_samples_per_prompt",
             "rollout.batch_size", "rollout.max_new_tokens", "rollout.temperature", "reward.clip_range",
-            "moslim.trainable_layers", "data.max_samples"]  # fmt: skip
+            "moslim.trainable_layers", "data.max_samples", "moslim.generate_batch_size",
+            "rollout.micro_batch_size"]  # fmt: skip
     out = {}
     for key in keys:
         value = args
@@ -436,7 +460,7 @@ def report_markdown(demo, evals, summary, plot, curves) -> str:
         f"`{args.moslim.mapping}`; estimator `{args.algo.advantage.estimator}`; {size['rl_steps']} RL steps x "
         f"{size['batch']} prompts x {args.rollout.n_samples_per_prompt} samples per seed at temperature "
         f"{args.rollout.temperature}; seeds {args.seeds}; directive placement `{demo.placement}`, style "
-        f"`{demo.style}`.",
+        f"`{demo.style}`; size preset `{demo.preset}` on `{args.device}`.",
         f"Held-out prompts: {len(demo.heldout)}, each answered greedily once per single-objective request and once "
         f"with no preference, then {size['eval_samples']} sampled answer(s) per request at temperature "
         f"{args.rollout.temperature} (rows `(sampled)`); all levels judged by the oracle "
