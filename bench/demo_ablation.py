@@ -202,23 +202,27 @@ def reused_cell(ctx, name, seed):
 
 
 def summarize(cells: dict, style: str) -> dict:
-    """Per setting: greedy accuracy mean / std / worst seed, sampled accuracy mean, per-objective conditional gaps
-    (greedy and sampled, mean over seeds); then issue 16 criterion 7 for every MOSLIM setting."""
+    """Per setting: per seed the greedy accuracy with its 95 % interval, sampled accuracy and per-objective
+    conditional gap; over seeds the mean, std and worst seed; then issue 16 criterion 7 for every MOSLIM setting."""
     out = {}
     for name, by_seed in cells.items():
-        acc = {seed: c["metrics"]["mean"]["accuracy"] for seed, c in by_seed.items()}
+        per_seed = {seed: {
+            "accuracy": c["metrics"]["mean"]["accuracy"], "accuracy_ci95": c["metrics"]["mean"]["accuracy_ci95"],
+            "sampled_accuracy": c["sampled_metrics"]["mean"]["accuracy"] if c["sampled_metrics"] else None,
+            "gap": {n: o["gap"] for n, o in c["metrics"]["objectives"].items()},
+            "sampled_gap": {n: o["gap"] for n, o in (c["sampled_metrics"] or {}).get("objectives", {}).items()},
+        } for seed, c in by_seed.items()}  # fmt: skip
+        acc = {seed: p["accuracy"] for seed, p in per_seed.items()}
         worst = min(acc, key=acc.get)
-        sampled = [c["sampled_metrics"] for c in by_seed.values() if c["sampled_metrics"]]
+        sampled = [p for p in per_seed.values() if p["sampled_accuracy"] is not None]
         out[name] = {
-            "seeds": list(by_seed), "accuracy_mean": statistics.mean(acc.values()),
+            "per_seed": per_seed, "seeds": list(by_seed), "accuracy_mean": statistics.mean(acc.values()),
             "accuracy_std": statistics.stdev(acc.values()) if len(acc) > 1 else 0.0,
-            "worst_seed": worst, "worst_accuracy": acc[worst],
-            "worst_accuracy_ci95": by_seed[worst]["metrics"]["mean"]["accuracy_ci95"],
-            "sampled_accuracy_mean": statistics.mean(m["mean"]["accuracy"] for m in sampled) if sampled else None,
-            "gap": {n: statistics.mean(c["metrics"]["objectives"][n]["gap"] for c in by_seed.values())
-                    for n in next(iter(by_seed.values()))["metrics"]["objectives"]},
-            "sampled_gap": {n: statistics.mean(m["objectives"][n]["gap"] for m in sampled)
-                            for n in (sampled[0]["objectives"] if sampled else [])},
+            "worst_seed": worst, "worst_accuracy": acc[worst], "worst_accuracy_ci95": per_seed[worst]["accuracy_ci95"],
+            "sampled_accuracy_mean": statistics.mean(p["sampled_accuracy"] for p in sampled) if sampled else None,
+            "gap": {n: statistics.mean(p["gap"][n] for p in per_seed.values()) for n in per_seed[worst]["gap"]},
+            "sampled_gap": {n: statistics.mean(p["sampled_gap"][n] for p in sampled)
+                            for n in (sampled[0]["sampled_gap"] if sampled else [])},
         }  # fmt: skip
     return {"settings": out, "criterion7": criterion7(cells, out, style)}
 
