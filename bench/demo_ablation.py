@@ -131,10 +131,7 @@ def ric_grid(ctx, results, save) -> dict:
     from moslim_plugin.demo.pipeline import ric_sft
 
     demo, samples, a = ctx.demos["ric"], ctx.samples, ctx.a
-    questions = sorted({s["question"] for s in samples})
-    if len(questions) <= a.ric_val_prompts:
-        raise UserError(f"--ric.val_prompts {a.ric_val_prompts}: the demo's samples have only {len(questions)} "
-                        "distinct questions; hold back fewer so some are left to train on")  # fmt: skip
+    questions = sorted({s["question"] for s in samples})  # more than --ric.val_prompts: checked in main_run
     val = sorted(random.Random(0).sample(questions, a.ric_val_prompts))
     train = [s for s in samples if s["question"] not in set(val)]
     grid = results.setdefault("ric_grid", {"val_prompts": val, "train_samples": len(train), "trials": {}})
@@ -379,6 +376,10 @@ def main_run(argv=None) -> int:
                 f"samples ({demo_dir / 'samples.jsonl'}): not the same number; rerun the demo with --demo.samples "
                 f"{n_rl} (or sizes whose product is {len(samples)})"
             )
+    questions = len({s["question"] for s in samples})
+    if "ric" in a.settings and questions <= a.ric_val_prompts:
+        raise UserError(f"--ric.val_prompts {a.ric_val_prompts}: the demo's samples have only {questions} distinct "
+                        "questions; hold back fewer so some are left to train RiC's grid on")  # fmt: skip
     inputs = {"demo_dir": str(demo_dir.resolve()), "demo_report_sha256": sha256(demo_dir / "report.json"),
               "demo_samples_sha256": sha256(demo_dir / "samples.jsonl"), "relabel_flags": a.relabel_flags,
               "best_flags": a.best_flags, "ric_epochs": a.ric_epochs, "ric_lrs": a.ric_lrs,
@@ -400,6 +401,14 @@ def main_run(argv=None) -> int:
     ctx = argparse.Namespace(a=a, out=out, report=report, samples=samples, demos=demos, scorer=scorer)
     todo = [(n, SEEDLESS if n.startswith("base_") else str(s)) for n in a.settings for s in a.seeds]
     todo = list(dict.fromkeys(todo))  # a base setting once, not once per seed
+    # A rough plan from the demo's own stage timings (relabelled copies and more PPO epochs cost more than that).
+    t = report["timings_s"]
+    per = {"base": t.get("evaluate base", 0), "ric": t.get("RiC SFT", 0),
+           "moslim": statistics.mean([v for k, v in t.items() if k.startswith("MOSLIM RL seed")] or [0])}  # fmt: skip
+    pending = [n for n, s in todo if s not in results["cells"].get(n, {})]
+    trials = len(a.ric_epochs) * len(a.ric_lrs) if "ric" in pending and "ric_grid" not in results else 0
+    minutes = (sum(per[n.split("_")[0]] for n in pending) + trials * per["ric"]) / 60
+    print(f"{len(pending)} cells to run (+ {trials} RiC trials): about {minutes:.0f} min at the demo's stage timings")
     for name, seed in tqdm(todo, desc="ablation cells"):
         cells = results["cells"].setdefault(name, {})
         if seed in cells:

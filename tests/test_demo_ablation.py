@@ -14,9 +14,10 @@ def demo_dir(tmp_path_factory):
     from moslim_plugin.demo.pipeline import main
 
     out = tmp_path_factory.mktemp("demo")
-    # 1 step x 2 prompts x 2 samples = 4 rollouts, so the demo samples 4 for RiC: the ablation's fairness check.
-    argv = ["--quick", "--out", str(out), "--seeds", "1", "--demo.samples", "4", "--demo.rl_steps", "1",
-            "--demo.batch", "2", "--rollout.n_samples_per_prompt", "2", "--demo.eval_prompts", "1",
+    # 1 step x 2 prompts x 4 samples = 8 rollouts, so the demo samples 8 for RiC: the ablation's fairness check.
+    # (8 samples = 8 questions: the fewest with which the RM's split by question leaves a held-out row.)
+    argv = ["--quick", "--out", str(out), "--seeds", "1", "--demo.samples", "8", "--demo.rl_steps", "1",
+            "--demo.batch", "2", "--rollout.n_samples_per_prompt", "4", "--demo.eval_prompts", "1",
             "--demo.max_new_tokens", "4"]  # fmt: skip
     assert main(argv) == 0
     return out
@@ -97,7 +98,7 @@ def test_ric_grid_picks_the_best_validation_accuracy_and_ric_uses_it(ablation):
     for c in result["cells"]["ric"].values():
         assert (c["epochs"], c["lr"]) == (chosen["epochs"], chosen["lr"])
     # Held-back prompts are really held back: the grid trained on fewer samples than the demo drew.
-    assert grid["train_samples"] < 4
+    assert grid["train_samples"] < 8
 
 
 @pytest.mark.integration
@@ -122,9 +123,9 @@ def test_rerun_skips_finished_cells_and_refuses_other_inputs(ablation, capsys):
 def test_ablation_refuses_a_demo_whose_ric_and_rl_sample_counts_differ(demo_dir, tmp_path):
     from bench.demo_ablation import main_run
 
-    # The same demo run, but MOSLIM with 8 samples per prompt would see 16 rollouts against RiC's 4 samples.
+    # The same demo run, but MOSLIM with 8 samples per prompt would see 16 rollouts against RiC's 8 samples.
     argv = ["--demo_dir", str(demo_dir), "--out", str(tmp_path / "a.json"), "--settings", "moslim_best",
             "--best_flags", "--rollout.n_samples_per_prompt 8"]  # fmt: skip
-    with pytest.raises(UserError, match="= 16 rollouts but RiC on the demo's 4 samples"):
+    with pytest.raises(UserError, match="= 16 rollouts but RiC on the demo's 8 samples"):
         main_run(argv)
     assert not (tmp_path / "a.json").exists()
