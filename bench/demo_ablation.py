@@ -347,21 +347,12 @@ def check_resumable(out, results, inputs) -> None:
                         "to start over")  # fmt: skip
 
 
-def main_run(argv=None) -> int:
-    from moslim_plugin.integration import compat
+def build_demos(a, report, samples) -> dict:
+    """One run context (pipeline.Demo) per setting: the demo's flags plus the setting's own. Refuses settings whose
+    MOSLIM rollouts do not number the demo's samples (RiC's data), and a RiC grid with nothing left to train on."""
+    from moslim_plugin.demo.pipeline import Demo
 
-    compat.install()  # before openrlhf.models (RiC SFT and RL use its Actor)
-    from moslim_plugin.core.scorer import Scorer
-    from moslim_plugin.demo.evaluate import check_finite
-    from moslim_plugin.demo.pipeline import Demo, flags_of
-
-    argv = sys.argv[1:] if argv is None else argv
-    a = build_parser().parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    report, samples = load_demo_run(a.demo_dir)
-    demo_dir, out = Path(a.demo_dir), Path(a.out)
-    style = report["settings"]["style"]
+    demo_dir = Path(a.demo_dir)
     extra = {"base_tagged": ["--moslim.style", "tagged"], "base_natural": ["--moslim.style", "natural"],
              "moslim_relabel": shlex.split(a.relabel_flags), "moslim_best": shlex.split(a.best_flags)}  # fmt: skip
     # Policies go beside the demo run (runs/ is not committed), one folder per setting.
@@ -380,6 +371,57 @@ def main_run(argv=None) -> int:
     if "ric" in a.settings and questions <= a.ric_val_prompts:
         raise UserError(f"--ric.val_prompts {a.ric_val_prompts}: the demo's samples have only {questions} distinct "
                         "questions; hold back fewer so some are left to train RiC's grid on")  # fmt: skip
+    return demos
+
+
+def print_plan(a, report, results, todo) -> None:
+    """A rough duration from the demo's own stage timings (relabelled copies and more PPO epochs cost more)."""
+    t = report["timings_s"]
+    per = {"base": t.get("evaluate base", 0), "ric": t.get("RiC SFT", 0),
+           "moslim": statistics.mean([v for k, v in t.items() if k.startswith("MOSLIM RL seed")] or [0])}  # fmt: skip
+    pending = [n for n, seed in todo if seed not in results["cells"].get(n, {})]
+    trials = len(a.ric_epochs) * len(a.ric_lrs) if "ric" in pending and "ric_grid" not in results else 0
+    minutes = (sum(per[n.split("_")[0]] for n in pending) + trials * per["ric"]) / 60
+    print(f"{len(pending)} cells to run (+ {trials} RiC trials): about {minutes:.0f} min at the demo's stage timings")
+
+
+def write_outputs(a, report, results, save) -> None:
+    """The commands that reproduce the JSON (the demo's and one ablation call covering every cell), then the plot
+    and the markdown table beside it."""
+    demo_dir, out = Path(a.demo_dir), Path(a.out)
+    all_settings = [n for n in SETTINGS if results["cells"].get(n)]
+    all_seeds = sorted({int(s) for c in results["cells"].values() for s in c if s != SEEDLESS})
+    grid_flags = (f"--ric.epochs {' '.join(map(str, a.ric_epochs))} --ric.lrs {' '.join(f'{x:g}' for x in a.ric_lrs)}"
+                  f" --ric.val_prompts {a.ric_val_prompts}")  # fmt: skip
+    results["commands"] = [
+        demo_command(report, demo_dir),
+        f"python -m bench.demo_ablation --demo_dir {demo_dir} --seeds {' '.join(map(str, all_seeds))} --settings "
+        f"{' '.join(all_settings)} --relabel_flags={shlex.quote(a.relabel_flags)} "
+        f"--best_flags={shlex.quote(a.best_flags)} {grid_flags} --out {out}",
+    ]
+    save()
+    png, md_path = out.with_suffix(".png"), out.with_suffix(".md")
+    plot({n: results["cells"][n] for n in all_settings}, png)
+    md = markdown(results, results["summary"], png)
+    md_path.write_text(md)
+    print("\n" + md)
+    print(f"json: {out}\nmarkdown: {md_path}\nplot: {png}")
+
+
+def main_run(argv=None) -> int:
+    from moslim_plugin.integration import compat
+
+    compat.install()  # before openrlhf.models (RiC SFT and RL use its Actor)
+    from moslim_plugin.core.scorer import Scorer
+    from moslim_plugin.demo.evaluate import check_finite
+    from moslim_plugin.demo.pipeline import flags_of
+
+    a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    report, samples = load_demo_run(a.demo_dir)
+    demo_dir, out, style = Path(a.demo_dir), Path(a.out), report["settings"]["style"]
+    demos = build_demos(a, report, samples)
     inputs = {"demo_dir": str(demo_dir.resolve()), "demo_report_sha256": sha256(demo_dir / "report.json"),
               "demo_samples_sha256": sha256(demo_dir / "samples.jsonl"), "relabel_flags": a.relabel_flags,
               "best_flags": a.best_flags, "ric_epochs": a.ric_epochs, "ric_lrs": a.ric_lrs,
@@ -401,14 +443,7 @@ def main_run(argv=None) -> int:
     ctx = argparse.Namespace(a=a, out=out, report=report, samples=samples, demos=demos, scorer=scorer)
     todo = [(n, SEEDLESS if n.startswith("base_") else str(s)) for n in a.settings for s in a.seeds]
     todo = list(dict.fromkeys(todo))  # a base setting once, not once per seed
-    # A rough plan from the demo's own stage timings (relabelled copies and more PPO epochs cost more than that).
-    t = report["timings_s"]
-    per = {"base": t.get("evaluate base", 0), "ric": t.get("RiC SFT", 0),
-           "moslim": statistics.mean([v for k, v in t.items() if k.startswith("MOSLIM RL seed")] or [0])}  # fmt: skip
-    pending = [n for n, s in todo if s not in results["cells"].get(n, {})]
-    trials = len(a.ric_epochs) * len(a.ric_lrs) if "ric" in pending and "ric_grid" not in results else 0
-    minutes = (sum(per[n.split("_")[0]] for n in pending) + trials * per["ric"]) / 60
-    print(f"{len(pending)} cells to run (+ {trials} RiC trials): about {minutes:.0f} min at the demo's stage timings")
+    print_plan(a, report, results, todo)
     for name, seed in tqdm(todo, desc="ablation cells"):
         cells = results["cells"].setdefault(name, {})
         if seed in cells:
@@ -416,34 +451,16 @@ def main_run(argv=None) -> int:
             continue
         if name == "ric" and not hasattr(ctx, "ric_chosen"):
             ctx.ric_chosen = ric_grid(ctx, results, save)
-        c = reused_cell(ctx, name, int(seed) if seed != SEEDLESS else None) or run_cell(
-            ctx, name, None if seed == SEEDLESS else int(seed)
-        )
+        number = None if seed == SEEDLESS else int(seed)
+        c = reused_cell(ctx, name, number) or run_cell(ctx, name, number)
         c["style"] = demos[name].style  # what the cell was measured with, for the reader of the JSON
         if name.startswith("moslim"):
             c["rl_flags"] = flags_of(demos[name].args)
         cells[seed] = c
-        print(f"{name} seed {seed}: accuracy {cells[seed]['metrics']['mean']['accuracy']:.3f} "
-              f"({cells[seed]['source']}, {cells[seed]['wall_s']:.0f} s)", flush=True)  # fmt: skip
+        print(f"{name} seed {seed}: accuracy {c['metrics']['mean']['accuracy']:.3f} ({c['source']}, "
+              f"{c['wall_s']:.0f} s)", flush=True)  # fmt: skip
         save()
-
-    all_settings = [n for n in SETTINGS if results["cells"].get(n)]
-    all_seeds = sorted({int(s) for c in results["cells"].values() for s in c if s != SEEDLESS})
-    grid_flags = (f"--ric.epochs {' '.join(map(str, a.ric_epochs))} --ric.lrs {' '.join(f'{x:g}' for x in a.ric_lrs)}"
-                  f" --ric.val_prompts {a.ric_val_prompts}")  # fmt: skip
-    results["commands"] = [
-        demo_command(report, demo_dir),
-        f"python -m bench.demo_ablation --demo_dir {demo_dir} --seeds {' '.join(map(str, all_seeds))} --settings "
-        f"{' '.join(all_settings)} --relabel_flags={shlex.quote(a.relabel_flags)} "
-        f"--best_flags={shlex.quote(a.best_flags)} {grid_flags} --out {out}",
-    ]
-    save()
-    png, md_path = out.with_suffix(".png"), out.with_suffix(".md")
-    plot({n: results["cells"][n] for n in all_settings}, png)
-    md = markdown(results, results["summary"], png)
-    md_path.write_text(md)
-    print("\n" + md)
-    print(f"json: {out}\nmarkdown: {md_path}\nplot: {png}")
+    write_outputs(a, report, results, save)
     return 0
 
 
