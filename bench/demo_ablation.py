@@ -15,7 +15,8 @@ prompts, by the same oracle, with the same budget:
   greedy, the evaluation's requests) on `--ric.val_prompts` held-back train prompts; the chosen one is retrained
   on all samples once per seed (the seed orders the samples);
 - moslim: MOSLIM RL with the demo's flags (on-policy); moslim_relabel: plus `--relabel_flags`; moslim_best: plus
-  `--best_flags` (issue 16 point 4's best setting).
+  `--best_flags` (issue 16 point 4's best setting), e.g. `--best_flags="--moslim.trainable_layers -1"` (with `=`:
+  a lone flag without a value would otherwise read as one of this script's options).
 
 Cells the demo measured with identical settings (the starting policy in the demo's style; MOSLIM seed s) are
 taken from its report.json, not re-run. Resumable: the JSON is rewritten after every cell and a rerun skips the
@@ -465,4 +466,7 @@ def main_run(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main_run())
+    try:
+        sys.exit(main_run())
+    except UserError as e:  # input the user can fix: one line, no traceback
+        sys.exit(f"demo_ablation: {e}")
