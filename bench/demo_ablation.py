@@ -82,13 +82,14 @@ def demo_args(report, out, extra_flags=()):
     from moslim_plugin.demo.pipeline import build_parser as demo_parser
 
     s = report["settings"]
-    argv = ["--out", str(out), "--moslim.mapping", s["mapping"], "--moslim.style", s["style"],
-            "--moslim.placement", s["placement"], "--actor.model_name_or_path", s["policy"]]  # fmt: skip
+    argv = ["--out", str(out), "--demo.size", s["preset"], "--device", s["device"], "--moslim.mapping", s["mapping"],
+            "--moslim.style", s["style"], "--moslim.placement", s["placement"],
+            "--actor.model_name_or_path", s["policy"]]  # fmt: skip
     argv += [x for k, v in s["size"].items() for x in (f"--demo.{k}", str(v))]
     for key, value in s["rl_flags"].items():
         if value is not None:
             argv += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
-    return hierarchize(demo_parser().parse_args([*argv, *(["--quick"] if s["quick"] else []), *extra_flags]))
+    return hierarchize(demo_parser().parse_args([*argv, *extra_flags]))
 
 
 def demo_command(report, demo_dir) -> str:
@@ -102,10 +103,10 @@ def demo_command(report, demo_dir) -> str:
     s = report["settings"]
     default = hierarchize(demo_parser().parse_args([]))
     words = ["python -m moslim_plugin demo --out", str(demo_dir), "--seeds", *map(str, s["seeds"])]
-    words += ["--quick"] if s["quick"] else []
-    preset = SIZES["quick" if s["quick"] else "full"]
-    words += [f"--demo.{k} {v}" for k, v in s["size"].items() if preset.get(k) != v]
-    for flag, value, default_value in [("moslim.style", s["style"], default.moslim.style),
+    words += [f"--demo.size {s['preset']}"] if s["preset"] != "full" else []
+    words += [f"--demo.{k} {v}" for k, v in s["size"].items() if SIZES[s["preset"]].get(k) != v]
+    for flag, value, default_value in [("device", s["device"], default.device),
+                                       ("moslim.style", s["style"], default.moslim.style),
                                        ("moslim.placement", s["placement"], default.moslim.placement),
                                        ("moslim.mapping", s["mapping"], default.moslim.mapping),
                                        ("actor.model_name_or_path", s["policy"], str(smollm2_path()))]:  # fmt: skip
@@ -143,11 +144,11 @@ def ric_grid(ctx, results, save) -> dict:
             print(f"skip RiC trial {key}: done in {ctx.out}")
             continue
         t0 = time.time()
-        model, tokenizer = load_policy(demo.policy_path, demo.args.moslim.trainable_layers)
+        model, tokenizer = load_policy(demo.policy_path, demo.args.moslim.trainable_layers, device=demo.args.device)
         losses = ric_sft(model, tokenizer, demo, train, epochs, seed=0, lr=lr)
         m = evaluate_policy(
-            model, tokenizer, val, demo.spec, demo.args.rollout.max_new_tokens, batch_size=56,
-            desc=f"RiC trial {key}", placement=demo.placement, style=demo.style,
+            model, tokenizer, val, demo.spec, demo.args.rollout.max_new_tokens, desc=f"RiC trial {key}",
+            batch_size=max(56, demo.args.moslim.generate_batch_size), placement=demo.placement, style=demo.style,
         )["metrics"]  # fmt: skip
         grid["trials"][key] = {
             "epochs": epochs, "lr": lr, "val_accuracy": m["mean"]["accuracy"],
@@ -168,11 +169,11 @@ def run_cell(ctx, name, seed) -> dict:
 
     demo, t0 = ctx.demos[name], time.time()
     if name.startswith("base_"):
-        model, tokenizer = load_policy(demo.policy_path)
+        model, tokenizer = load_policy(demo.policy_path, device=demo.args.device)
         return cell(demo.evaluate(model, tokenizer, ctx.scorer, f"evaluate {name}"), time.time() - t0, "run")
     if name == "ric":
         chosen = ctx.ric_chosen
-        model, tokenizer = load_policy(demo.policy_path, demo.args.moslim.trainable_layers)
+        model, tokenizer = load_policy(demo.policy_path, demo.args.moslim.trainable_layers, device=demo.args.device)
         losses = ric_sft(model, tokenizer, demo, ctx.samples, chosen["epochs"], seed=seed, lr=chosen["lr"])
         result = demo.evaluate(model, tokenizer, ctx.scorer, f"evaluate ric seed {seed}")
         return cell(result, time.time() - t0, "run", epochs=chosen["epochs"], lr=chosen["lr"],
@@ -439,7 +440,7 @@ def main_run(argv=None) -> int:
         out.write_text(json.dumps(results, indent=1) + "\n")  # after every cell: an interruption loses one cell
 
     m = report["settings"]
-    scorer = Scorer.from_pretrained(demo_dir / "rm", mapping=m["mapping"],
+    scorer = Scorer.from_pretrained(demo_dir / "rm", mapping=m["mapping"], device=m["device"],
                                     mapping_kwargs=m["rl_flags"].get("moslim.mapping_kwargs"))  # fmt: skip
     ctx = argparse.Namespace(a=a, out=out, report=report, samples=samples, demos=demos, scorer=scorer)
     todo = [(n, SEEDLESS if n.startswith("base_") else str(s)) for n in a.settings for s in a.seeds]

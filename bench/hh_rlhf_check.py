@@ -29,6 +29,7 @@ for what they measured and what they cannot show.
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import tempfile
@@ -145,6 +146,43 @@ def train_moslim(train_pairs, eval_pairs, backbone, a, workdir):
             )
             scores[side] += result.rewards.tolist()
     return accuracy(eval_pairs, scores["chosen"], scores["rejected"]), train_seconds
+
+
+def summarize(results):
+    """One summary line part and one headline entry per measured backbone."""
+    summary, headline = [], []
+    for name, r in results["backbones"].items():
+        m, o = r["moslim"]["pairwise_accuracy"]["all"], r["openrlhf"]["pairwise_accuracy"]["all"]
+        summary.append(
+            f"{name}: MOSLIM {m['accuracy']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] vs OpenRLHF pairwise "
+            f"{o['accuracy']:.3f} [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}] ({r['train_pairs']} train pairs, "
+            f"{r['moslim']['train_seconds']:.0f} s vs {r['openrlhf']['train_seconds']:.0f} s)"
+        )
+        headline.append(
+            {
+                "metric": f"pairwise accuracy MOSLIM minus OpenRLHF, {name} at {results['max_len']} tokens "
+                "(held-out HH-RLHF)",
+                "value": m["accuracy"] - o["accuracy"],
+                "target": ">= -0.02 (parity)",
+                "met": m["accuracy"] - o["accuracy"] >= -0.02,
+            }
+        )
+    return summary, headline
+
+
+def kept_results(a, names, to_train, results) -> dict:
+    """Results of the backbones not trained now, from the existing results file measured on the same pairs."""
+    path = RESULTS_DIR / "hh_rlhf_check.json"
+    old = json.loads(path.read_text()) if path.is_file() else {"config": {}, "results": {}}
+    keys = ["data_dir", "backbones", "batch_pairs", "eval_pairs", "max_len", "eval_ratio", "seed"]
+    differ = {k: (old["config"].get(k), vars(a)[k]) for k in keys if old["config"].get(k) != vars(a)[k]}
+    for k in ("pairs_fitting_max_len", "eval_pairs"):
+        if old["results"].get(k) != results[k]:
+            differ[k] = (old["results"].get(k), results[k])
+    keep = {n: old["results"].get("backbones", {}).get(n) for n in names if n not in to_train}
+    if differ or None in keep.values():
+        raise SystemExit(f"--train {a.train}: {path} was not measured on the same pairs ({differ or keep}); run all")
+    return keep
 
 
 @contextlib.contextmanager
@@ -293,6 +331,10 @@ def main(argv=None) -> int:
     p.add_argument("--max_len", type=int, default=512)
     p.add_argument("--eval_ratio", type=float, default=0.3, help="share of prompts held out")
     p.add_argument("--seed", type=int, default=42)
+    # A backbone's check is long on a CPU: --train runs only some of --backbones (all of them still filter the pairs,
+    # so the data is the same) and keeps the others' results from the existing results file, if it was measured on
+    # the same pairs (same data settings); otherwise it refuses, naming the settings that differ.
+    p.add_argument("--train", default=None, help="comma list: train only these of --backbones (default: all)")
     a = p.parse_args(argv)
     started = time.perf_counter()
     compat.install()
@@ -321,8 +363,14 @@ def main(argv=None) -> int:
         "eval_pairs": {"all": len(eval_pairs), **{s: sum(p["subset"] == s for p in eval_pairs) for s in SUBSETS}},
         "backbones": {},
     }
-    headline, summary = [], []
+    to_train = names if a.train is None else a.train.split(",")
+    if set(to_train) - set(names):
+        raise SystemExit(f"--train {a.train}: not in --backbones {a.backbones}")
+    if to_train != names:
+        results["backbones"] = kept_results(a, names, to_train, results)
     for name, backbone in backbones.items():
+        if name not in to_train:
+            continue
         b = argparse.Namespace(**{**vars(a), "steps": steps[name], "lr": lrs[name]})
         train_pairs = all_train[: b.steps * a.batch_pairs]
         with tempfile.TemporaryDirectory(prefix="hh-check-") as workdir:
@@ -335,24 +383,11 @@ def main(argv=None) -> int:
             "moslim": {"pairwise_accuracy": moslim_acc, "train_seconds": moslim_s},
             "openrlhf": {"pairwise_accuracy": openrlhf_acc, "train_seconds": openrlhf_s},
         }
-        m, o = moslim_acc["all"], openrlhf_acc["all"]
-        summary.append(
-            f"{name}: MOSLIM {m['accuracy']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] vs OpenRLHF pairwise "
-            f"{o['accuracy']:.3f} [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}] ({len(train_pairs)} train pairs, "
-            f"{moslim_s:.0f} s vs {openrlhf_s:.0f} s)"
-        )
-        headline.append(
-            {
-                "metric": f"pairwise accuracy MOSLIM minus OpenRLHF, {name} at {a.max_len} tokens (held-out HH-RLHF)",
-                "value": m["accuracy"] - o["accuracy"],
-                "target": ">= -0.02 (parity)",
-                "met": m["accuracy"] - o["accuracy"] >= -0.02,
-            }
-        )
         # Written after every backbone: a long run that is stopped keeps what it measured.
         results["wall_seconds"] = time.perf_counter() - started
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         draw(results, RESULTS_DIR / "hh_rlhf_check.png")
+        summary, headline = summarize(results)
         line = f"held-out pairwise accuracy, {len(eval_pairs)} pairs, {a.max_len} tokens: " + "; ".join(summary)
         write_result("hh_rlhf_check", vars(a), results, line, headline)
     return 0

@@ -15,3 +15,17 @@ class UserError(ValueError):
     """Bad input from the user (a flag value, a file, a row). Every layer raises it (or a subclass) for input the
     user can fix; `moslim-openrlhf` prints its message as one line and exits 2, while any other exception keeps its
     traceback because it is our bug, not theirs."""
+
+
+def positive_int(text: str) -> int:
+    """argparse `type` of a count flag (batch sizes, samples, tokens): 0 or less would fail far from the flag, or
+    silently produce an empty result."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value

@@ -126,6 +126,7 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
         assert 0 <= lo <= hi <= 1
     assert set(summary["gap"]) == set(summary["sampled_gap"]) == set(report["policies"])
     assert report["settings"]["style"] == "natural" and report["settings"]["judge"] == "oracle"
+    assert report["settings"]["preset"] == "quick" and report["settings"]["device"] == "cpu"  # --quick: the alias
     bad = [(where, v) for where, v in walk_numbers(report) if not math.isfinite(v)]
     assert not bad
     timings = report["timings_s"]
@@ -135,6 +136,53 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert all(set(s["labels"]) == set(demo_spec().names) for s in samples)
     assert "Beats the starting policy by more than the seed spread" in (out / "report.md").read_text()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_gpu_preset_runs_every_stage_on_the_chosen_device_with_its_own_flag_defaults(device, tiny_policy, tmp_path):
+    """The gpu preset's code path at tiny sizes (a random 3-layer policy, one RL step, one held-out prompt): every
+    stage on `device`, the preset's sizes where not overridden, its flag defaults unless a flag is given. The full
+    preset on a GPU is bench/device/run.sh's demo step."""
+    import torch
+
+    from moslim_plugin.demo.pipeline import GPU_FLAGS, SIZES, main
+
+    out = tmp_path / "demo"
+    argv = ["--demo.size", "gpu", "--device", device, "--out", str(out), "--seeds", "1",
+            "--actor.model_name_or_path", str(tiny_policy), "--moslim.trainable_layers", "1", "--demo.samples", "8",
+            "--demo.rm_epochs", "1", "--demo.eval_prompts", "1", "--demo.rl_steps", "1", "--demo.batch", "2",
+            "--demo.max_new_tokens", "4", "--rollout.micro_batch_size", "4"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    settings = report["settings"]
+    assert settings["preset"] == "gpu" and settings["device"] == device
+    assert settings["size"]["eval_samples"] == SIZES["gpu"]["eval_samples"] and settings["size"]["samples"] == 8
+    flags = settings["rl_flags"]
+    assert flags["moslim.generate_batch_size"] == GPU_FLAGS["moslim.generate_batch_size"]
+    assert flags["rollout.micro_batch_size"] == 4  # given on the command line: wins over the preset's default
+    assert set(report["policies"]) == {"base", "RiC SFT", "MOSLIM seed 1"}
+    samples = json.loads((out / "eval_samples.json").read_text())
+    assert len(samples["base"]) == sum(demo_spec().levels) + 1  # one prompt: every single-objective request + none
+    assert not [(where, v) for where, v in walk_numbers(report) if not math.isfinite(v)]
+    # fp32 weights on both devices (TF32 matmuls on the GPU): bf16 weights would lose most AdamW steps.
+    assert json.loads((out / "policy_seed1" / "config.json").read_text())["dtype"] == "float32"
+    assert f"size preset `gpu` on `{device}`" in (out / "report.md").read_text()
+    if device == "cuda":
+        assert torch.cuda.max_memory_allocated() > 0
+
+
+@pytest.mark.unit
+def test_quick_is_an_alias_of_the_quick_size_preset_and_presets_keep_one_set_of_keys():
+    from moslim_plugin.demo.pipeline import SIZES, build_parser
+
+    assert vars(build_parser().parse_args(["--quick"]))["demo.size"] == "quick"
+    assert vars(build_parser().parse_args([]))["demo.size"] == "full"
+    assert all(set(size) == set(SIZES["full"]) for size in SIZES.values())  # every key has a --demo.<key> flag
+    full, gpu = SIZES["full"], SIZES["gpu"]
+    rl_samples = {name: s["rl_steps"] * s["batch"] for name, s in (("full", full), ("gpu", gpu))}
+    assert rl_samples["gpu"] == 20 * rl_samples["full"] and gpu["samples"] == 20 * full["samples"]
 
 
 @pytest.mark.integration

@@ -16,6 +16,7 @@ from types import SimpleNamespace as NS
 import pytest
 from helpers_reward import write_config_only_rm
 
+from moslim_plugin import UserError
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.integration import activate, launcher, patches, reward_config
 from moslim_plugin.integration.remote_reward import REWARD_FUNC_FILE
@@ -94,9 +95,9 @@ def test_moslim_flags_are_parsed_into_what_every_worker_needs(rm):
 def test_moslim_flags_that_contradict_openrlhf_flags_or_the_reward_model_stop_the_launch_by_name(
     rm, flags, args, message
 ):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(UserError) as refused:
         launcher.check_moslim_args(moslim_flags(*flags), openrlhf_args(rm=rm, **args))
-    assert re.search(message, str(exit_info.value.code)), exit_info.value.code
+    assert re.search(message, str(refused.value)), refused.value
 
 
 @pytest.mark.unit
@@ -115,9 +116,9 @@ def test_moslim_flags_that_contradict_openrlhf_flags_or_the_reward_model_stop_th
     ],
 )  # fmt: skip
 def test_flags_that_would_do_nothing_are_refused_with_the_reason(flags, args, message):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(UserError) as refused:
         launcher.check_moslim_args(moslim_flags(*flags), openrlhf_args(**args))
-    assert re.search(message, str(exit_info.value.code)), exit_info.value.code
+    assert re.search(message, str(refused.value)), refused.value
 
 
 @pytest.mark.unit
@@ -131,19 +132,19 @@ def test_the_reward_func_path_gets_the_same_configuration_through_the_runtime_en
     assert reward_config.from_env(env["env_vars"]) == m.reward  # what the .py file will read in the workers
     # A job that still sets the per-setting env vars would silently lose them: refused.
     job = {"runtime_env": {"env_vars": {"MOSLIM_MAPPING": "moslim"}}}
-    with pytest.raises(SystemExit, match=r"sets \['MOSLIM_MAPPING'\]: the reward configuration comes only from"):
+    with pytest.raises(UserError, match=r"sets \['MOSLIM_MAPPING'\]: the reward configuration comes only from"):
         launcher.driver_runtime_env({launcher.RAY_JOB_CONFIG_JSON_ENV_VAR: json.dumps(job)}, reward=m.reward)
 
 
 @pytest.mark.unit
 def test_ppo_with_an_in_process_moslim_reward_model_needs_an_explicit_critic(rm):
     args = openrlhf_args(rm=rm, estimator="gae")
-    with pytest.raises(SystemExit, match="--critic.model_name_or_path"):
+    with pytest.raises(UserError, match="--critic.model_name_or_path"):
         launcher.check_moslim_args(moslim_flags(), args)
     args.critic.model_name_or_path = "policy"
     assert launcher.check_moslim_args(moslim_flags(), args).in_process is True
     args.data.label_key = None  # the targets travel in the label
-    with pytest.raises(SystemExit, match="--data.label_key"):
+    with pytest.raises(UserError, match="--data.label_key"):
         launcher.check_moslim_args(moslim_flags(), args)
 
 
@@ -175,12 +176,10 @@ def test_under_ray_job_submit_no_key_of_the_jobs_runtime_env_is_repeated():
 @pytest.mark.unit
 def test_a_job_with_another_setup_hook_is_told_how_to_chain_ours():
     job = {"runtime_env": {"worker_process_setup_hook": "mycompany.hooks.setup"}}
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(UserError) as refused:
         launcher.driver_runtime_env({launcher.RAY_JOB_CONFIG_JSON_ENV_VAR: json.dumps(job)})
-    assert (
-        "mycompany.hooks.setup" in exit_info.value.code
-        and "moslim_plugin.integration.activate.activate_all()" in exit_info.value.code
-    )
+    assert "mycompany.hooks.setup" in str(refused.value)
+    assert "moslim_plugin.integration.activate.activate_all()" in str(refused.value)
 
 
 def openrlhf_flag_names() -> set[str]:

@@ -295,11 +295,12 @@ def test_a_relabelled_step_moves_the_same_response_up_under_the_request_it_satis
 
 
 @pytest.mark.gpu
-def test_device_cuda_trains_a_bf16_policy_on_the_gpu(tiny_policy, tmp_path):
+def test_device_cuda_trains_an_fp32_policy_with_tf32_matmuls_on_the_gpu(tiny_policy, tmp_path):
     args = parse_rl_args(["--device", "cuda", "--rollout.batch_size", "2", "--rollout.n_samples_per_prompt", "2",
                           "--rollout.max_new_tokens", "4", "--ckpt.output_dir", str(tmp_path)])  # fmt: skip
     model, tokenizer = load_policy(tiny_policy, 1)
     result = train_policy(args, rows(2), oracle_reward, model=model, tokenizer=tokenizer, progress=False)
     param = next(model.parameters())
-    assert param.device.type == "cuda" and param.dtype == torch.bfloat16
+    assert param.device.type == "cuda" and param.dtype == torch.float32
+    assert torch.get_float32_matmul_precision() == "high"  # TF32
     assert all(math.isfinite(v) for v in result["history"][0].values() if isinstance(v, float))

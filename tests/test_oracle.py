@@ -18,12 +18,12 @@ from moslim_plugin.demo.oracle import (
 
 
 @pytest.mark.unit
-def test_length_levels_are_word_count_bands_at_15_and_30():
+def test_length_levels_are_word_count_bands_at_20_and_32():
     assert length_level("") == 0
-    assert length_level(" ".join(["w"] * 15)) == 0
-    assert length_level(" ".join(["w"] * 16)) == 1
-    assert length_level("\n".join(["w"] * 30)) == 1  # any whitespace separates words
-    assert length_level(" ".join(["w"] * 31)) == 2
+    assert length_level(" ".join(["w"] * 20)) == 0
+    assert length_level(" ".join(["w"] * 21)) == 1
+    assert length_level("\n".join(["w"] * 32)) == 1  # any whitespace separates words
+    assert length_level(" ".join(["w"] * 33)) == 2
     assert length_level("It's 2.5 km, e.g. far.") == 0  # punctuation does not split words
 
 
@@ -87,8 +87,8 @@ def test_demo_spec_has_an_ordinal_objective_and_round_trips_through_both_directi
     assert set(oracle_spec().names) == set(JUDGES)
     request = {"length": 2, "formality": 1}
     natural = render_directive(spec, request, "natural")
-    assert (
-        natural == "Answer in detail, with several sentences. Write casually and use contractions like it's and don't."
+    assert natural == (
+        "Answer in detail, with at least four sentences. Write casually and use contractions like it's and don't."
     )
     assert "a detailed answer" in render_directive(spec, request, "tagged")  # the phrase the policy reads
     for style in STYLES:

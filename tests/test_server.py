@@ -18,6 +18,7 @@ from types import SimpleNamespace as NS
 import pytest
 from helpers_reward import chat_prompt, run_executor, save_minilm_rm
 
+from moslim_plugin import UserError
 from moslim_plugin.core.directives import request_to_label
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.integration import launcher
@@ -256,11 +257,11 @@ def test_the_driver_refuses_a_reward_server_whose_configuration_differs_from_its
     )
     with serving(engine_of({"mapping": "expected_level"})) as base:
         args.reward.remote_url = base + "/get_reward"
-        with pytest.raises(SystemExit) as refused:
+        with pytest.raises(UserError) as refused:
             launcher.check_moslim_args(launcher.split_argv(["--moslim.spec", "helpsteer"])[0], args)
         same = launcher.split_argv(["--moslim.spec", "helpsteer", "--moslim.mapping", "expected_level"])[0]
         accepted = launcher.check_moslim_args(same, args)
-    assert "mapping: server 'expected_level', command line 'moslim'" in str(refused.value.code)
+    assert "mapping: server 'expected_level', command line 'moslim'" in str(refused.value)
     assert accepted.reward.mapping == "expected_level" and accepted.in_process is False
 
 

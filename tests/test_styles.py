@@ -5,6 +5,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 
+from moslim_plugin import UserError
 from moslim_plugin.core.directives import DEFAULT_STYLE, label_to_request, parse_directive, render_directive
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.data.datasets import main as prepare_prompts
@@ -56,7 +57,7 @@ def test_natural_style_is_the_default_and_the_launcher_refuses_it_for_a_spec_wit
     )
     spec = load_spec(bare)
     flags, _ = launcher.split_argv(["--moslim.spec", str(bare), "--moslim.sampling", "uniform"])
-    with pytest.raises(SystemExit, match="--moslim.style natural needs per-level 'instructions'"):
+    with pytest.raises(UserError, match="--moslim.style natural needs per-level 'instructions'"):
         launcher.check_sampling(flags, args, spec)
     flags, _ = launcher.split_argv(
         ["--moslim.spec", str(bare), "--moslim.sampling", "uniform", "--moslim.style", "tagged"]

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -98,6 +99,21 @@ def test_train_rm_learns_writes_metrics_and_calibration_stats_into_the_checkpoin
     model = MultiHeadRewardModel.from_pretrained(out)
     assert model.stats is not None and model.stats.count[0, 0].item() == result["eval_rows"]
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_device_flag_trains_in_this_process_on_that_device_and_saves_a_loadable_model(tmp_path, tiny_bert, device):
+    """--device cpu / cuda: plain torch in this process (no DeepSpeed launcher), as the demo runs it."""
+    from moslim_plugin.core.rm import MultiHeadRewardModel
+
+    common = dict(micro_batch_size=8, batch_size=8, max_steps=6, lr=1e-3, max_len=32, eval_ratio=0.25)
+    result = train_reward_model(synthetic_rows(64), SPEC, tiny_bert, tmp_path / "rm", device=device, **common)
+    model = MultiHeadRewardModel.from_pretrained(tmp_path / "rm")
+    assert model.stats is not None and model.stats.count[0, 0].item() == result["eval_rows"] > 0
+    assert all(math.isfinite(m["nll"]) for m in result["metrics"].values())
+    if device == "cuda":
+        assert torch.cuda.max_memory_allocated() > 0  # it did run there
 
 
 @pytest.mark.integration

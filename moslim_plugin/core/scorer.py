@@ -13,10 +13,12 @@ Thread safety: `score` holds a lock for the whole call, so concurrent callers (a
 import copy
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 
+from moslim_plugin import UserError
 from moslim_plugin.core.directives import validate_request
 from moslim_plugin.core.mappings import DEFAULT_MAPPING, MappingStats, parse_mapping_kwargs, resolve_mapping
 from moslim_plugin.core.rm import MultiHeadRewardModel, ensure_pad_token
@@ -125,11 +127,14 @@ class Scorer:
         cls, path, mapping=DEFAULT_MAPPING, mapping_kwargs=None, device="cpu", dtype=torch.float32, spec=None, **kw
     ) -> "Scorer":
         """Reward model AND its tokenizer from a MOSLIM checkpoint folder. `spec`: the spec the caller expects."""
+        if not Path(path, "config.json").is_file():
+            # Without this, transformers takes the string for a hub name and fails far from the user's mistake.
+            raise UserError(f"reward model {str(path)!r}: not a MOSLIM checkpoint folder (no config.json)")
         model = MultiHeadRewardModel.from_pretrained(path, dtype=dtype, device=device, spec=spec)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: no tokenizer saved with the reward model ({e}); save it with the model") from e
+            raise UserError(f"{path}: no tokenizer saved with the reward model ({e}); save it with the model") from e
         return cls(model, tokenizer, mapping=mapping, mapping_kwargs=mapping_kwargs, **kw)
 
     def classify(self, questions: list[str], responses: list[str]) -> torch.Tensor:

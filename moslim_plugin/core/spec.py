@@ -221,12 +221,12 @@ class ObjectiveSpec:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def check_same(self, other: "ObjectiveSpec", what: str) -> None:
-        """Raise ValueError if `other` (e.g. the dataset's spec) differs from this one (e.g. the checkpoint's)."""
+        """Raise SpecError if `other` (e.g. the dataset's spec) differs from this one (e.g. the checkpoint's)."""
         if self.fingerprint == other.fingerprint:
             return
         mine, theirs = dict(zip(self.names, self.levels)), dict(zip(other.names, other.levels))
         detail = f"objectives/levels {mine} vs {theirs}" if mine != theirs else "same objectives, other names/phrasing"
-        raise ValueError(
+        raise SpecError(
             f"{what}: objective spec mismatch: {self.source} (fingerprint {self.fingerprint}) vs {other.source} "
             f"(fingerprint {other.fingerprint}); {detail}"
         )

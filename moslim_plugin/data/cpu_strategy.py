@@ -1,5 +1,6 @@
 """TorchStrategy: the part of OpenRLHF's DeepspeedStrategy the RM training loops use, in plain fp32 torch (AdamW),
-for machines without CUDA. `train_rm` and the benchmarks run OpenRLHF's own loops on it."""
+for machines without CUDA (or one GPU without a launcher: `train-rm --device cuda`). `train_rm` and the benchmarks
+run OpenRLHF's own loops on it."""
 
 import math
 import os

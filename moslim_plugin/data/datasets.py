@@ -228,8 +228,11 @@ def target_summary(spec, rows, label_key="label") -> str:
 
 def load_prompt_data(datasets: str, split: str, max_samples: int, input_key: str = "input"):
     """Whatever OpenRLHF's `blending_datasets` reads (json/jsonl/csv/parquet/arrow files, save_to_disk folders);
-    local .txt (one prompt per line) and .json/.jsonl.gz files are read here, with errors naming file and line."""
+    local .txt (one prompt per line) and .json/.jsonl files (.gz or not) are read here, with errors naming file and
+    line."""
+    from datasets.exceptions import DatasetsError
     from openrlhf.datasets.utils import blending_datasets
+    from pyarrow import ArrowException
 
     paths = [p.split("@")[0].strip() for p in datasets.split(",")]
     for path in paths:
@@ -242,17 +245,23 @@ def load_prompt_data(datasets: str, split: str, max_samples: int, input_key: str
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             raise UserError(f"{path}: the file is empty")
     quiet = SimpleNamespace(print=lambda *a: None, is_rank_0=lambda: False, args=SimpleNamespace(use_ms=False))
-    return blending_datasets(datasets, None, quiet, max_count=max_samples, dataset_split=split)
+    try:
+        return blending_datasets(datasets, None, quiet, max_count=max_samples, dataset_split=split)
+    except (FileNotFoundError, DatasetsError, ArrowException) as e:  # a folder without data, a corrupt parquet file
+        raise UserError(f"--data.dataset {datasets!r}: cannot be read ({type(e).__name__}: {e})") from None
 
 
-# Read here rather than by blending_datasets, which sends these to the hub loader ("Couldn't reach ... on the Hub").
-LOCAL_EXTENSIONS = (".txt", ".txt.gz", ".json.gz", ".jsonl.gz")
+# Read here rather than by blending_datasets, which sends the .txt and .gz files to the hub loader ("Couldn't reach
+# ... on the Hub") and reports a bad JSON line without its file or line number.
+LOCAL_EXTENSIONS = (".txt", ".txt.gz", ".json", ".json.gz", ".jsonl", ".jsonl.gz")
 
 
 def read_local_prompts(path: str, input_key: str) -> list[dict]:
     """Rows of a local prompt file: .txt (one prompt per non-empty line, as `input_key`) or JSON/JSONL, .gz or not."""
     from moslim_plugin.data.ratings import read_records
 
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
     if path.lower().endswith((".txt", ".txt.gz")):
         try:
             with (
@@ -269,15 +278,18 @@ def read_local_prompts(path: str, input_key: str) -> list[dict]:
 
 
 def write_rows(rows, output: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    if output.endswith((".jsonl", ".json")):
-        with open(output, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    else:
-        from datasets import Dataset
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        if output.endswith((".jsonl", ".json")):
+            with open(output, "w") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            from datasets import Dataset
 
-        Dataset.from_list(rows).save_to_disk(output)
+            Dataset.from_list(rows).save_to_disk(output)
+    except OSError as e:  # a folder given as the file, a parent that is a file, no permission
+        raise UserError(f"--moslim.output {output!r}: cannot be written ({e})") from None
 
 
 def main(argv=None) -> int:

@@ -20,7 +20,7 @@ import random
 
 import torch
 
-from moslim_plugin import UserError
+from moslim_plugin import UserError, positive_int
 from moslim_plugin.data.ratings import hh_subset, read_records, split_hh_dialogue
 from moslim_plugin.data.train_rm import IGNORE, head_metrics
 
@@ -49,11 +49,11 @@ def parse_request(text: str | None) -> dict | None:
     """'helpful=1,harmless=1' or a JSON object -> {objective: level}."""
     if not text:
         return None
-    if text.lstrip().startswith("{"):
-        return json.loads(text)
     try:
+        if text.lstrip().startswith("{"):  # a valid one is a dict
+            return json.loads(text)
         return {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(","))}
-    except ValueError:
+    except ValueError:  # json.JSONDecodeError included
         raise UserError(f"--moslim.request {text!r}: expected 'objective=level,...' or a JSON object") from None
 
 
@@ -174,22 +174,25 @@ def evaluate(model, data: str, output_dir=None, request=None, max_length: int = 
     from moslim_plugin.core.rm import is_moslim_checkpoint
     from moslim_plugin.core.scorer import Scorer
 
-    if isinstance(model, Scorer):
-        scorer = model
-    elif is_moslim_checkpoint(model):
-        scorer = Scorer.from_pretrained(model, max_length=max_length, batch_size=batch_size)
-    else:
+    if not isinstance(model, Scorer) and not is_moslim_checkpoint(model):
         raise UserError(f"--model {model}: not a reward-model checkpoint (no config.json with a 'moslim' entry)")
+    # The file and the output folder before the model: their errors then come at once, not after loading it.
     rows = read_records(data)
     if not rows:
         raise UserError(f"{data}: the file holds no rows")
+    try:
+        if output_dir:
+            os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--output_dir {output_dir!r}: cannot be made an output folder ({e.strerror})") from None
+    is_scorer = isinstance(model, Scorer)
+    scorer = model if is_scorer else Scorer.from_pretrained(model, max_length=max_length, batch_size=batch_size)
     if "chosen" in rows[0]:
         report = evaluate_pairs(scorer, rows, data, request)
     else:
         report = evaluate_ratings(scorer, rows, data)
-    report = {"model": str(model if not isinstance(model, Scorer) else "<scorer>"), "data": str(data), **report}
+    report = {"model": "<scorer>" if is_scorer else str(model), "data": str(data), **report}
     if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, "report.json"), "w") as f:
             json.dump(report, f, indent=2)
         with open(os.path.join(output_dir, "report.md"), "w") as f:
@@ -207,8 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--data.dataset", required=True, help="rated rows (.jsonl from prepare-ratings) or pairs")
     p.add_argument("--output_dir", default=None, help="folder for report.md, report.json, report.png")
     p.add_argument("--moslim.request", default=None, help="pairs: 'objective=level,...' used to score each side")
-    p.add_argument("--data.max_len", type=int, default=512)
-    p.add_argument("--micro_batch_size", type=int, default=16)
+    p.add_argument("--data.max_len", type=positive_int, default=512)
+    p.add_argument("--micro_batch_size", type=positive_int, default=16)
     args = vars(p.parse_args(argv))
     report = evaluate(
         args["model"],

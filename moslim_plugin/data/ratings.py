@@ -57,25 +57,35 @@ def read_records(path: str) -> list:
             raise UserError(f"{path}: cannot be read ({type(e).__name__}: {e}); is the file complete?") from None
         if text.lstrip().startswith("["):
             try:
-                return json.loads(text)
+                rows = json.loads(text)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}: line {e.lineno} is not valid JSON ({e.msg})") from None
-        rows = []
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}: line {line_no} is not valid JSON ({e})") from None
+            where = [f"item {i}" for i in range(len(rows))]
+        else:
+            rows, where = [], []
+            for line_no, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise UserError(f"{path}: line {line_no} is not valid JSON ({e})") from None
+                    where.append(f"line {line_no}")
+        for row, at in zip(rows, where):
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: {at}: expected a JSON object (one row), got {row!r:.80}")
         return rows
     import datasets
+    from pyarrow import ArrowException
 
-    if name.endswith((".parquet", ".arrow", ".csv")):
-        kind = os.path.splitext(name)[1][1:]
-        return list(datasets.load_dataset(kind, data_files=path, split="train"))
-    if os.path.isdir(path):
-        data = datasets.load_from_disk(path)
-        return list(data["train"] if isinstance(data, datasets.DatasetDict) else data)
+    try:
+        if name.endswith((".parquet", ".arrow", ".csv")):
+            kind = os.path.splitext(name)[1][1:]
+            return list(datasets.load_dataset(kind, data_files=path, split="train"))
+        if os.path.isdir(path):
+            data = datasets.load_from_disk(path)
+            return list(data["train"] if isinstance(data, datasets.DatasetDict) else data)
+    except (FileNotFoundError, datasets.exceptions.DatasetsError, ArrowException) as e:  # no dataset, a bad file
+        raise UserError(f"{path}: cannot be read as a dataset ({type(e).__name__}: {e})") from None
     raise UserError(f"{path}: unknown file type; expected .json, .jsonl(.gz), .parquet, .arrow, .csv or a folder")
 
 
@@ -267,10 +277,13 @@ def main(argv=None) -> int:
     labelled = [row for row in out if any(level is not None for level in row["labels"].values())]
     if not labelled:
         raise UserError(f"{args['data.dataset']}: no row has a rating for any objective of {list(spec.names)}")
-    os.makedirs(os.path.dirname(os.path.abspath(args["moslim.output"])), exist_ok=True)
-    with open(args["moslim.output"], "w") as f:
-        for row in labelled:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args["moslim.output"])), exist_ok=True)
+        with open(args["moslim.output"], "w") as f:
+            for row in labelled:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except OSError as e:  # a folder given as the file, a parent that is a file, no permission
+        raise UserError(f"--moslim.output {args['moslim.output']!r}: cannot be written ({e})") from None
     print(level_summary(spec, labelled))
     print(f"wrote {len(labelled)} rows to {args['moslim.output']} ({len(out) - len(labelled)} without any rating)")
     return 0

@@ -2,8 +2,9 @@
 
 Rows come from `moslim-openrlhf prepare-ratings` (`{"question", "response", "labels": {objective: level | null}}`);
 a null label masks that head for that row. Flags mirror `openrlhf/cli/train_rm.py`. With CUDA the model is trained
-through OpenRLHF's DeepspeedStrategy (ZeRO, bf16, LoRA, gradient checkpointing); without CUDA the same loop runs on
-`TorchStrategy`, the subset of the DeepspeedStrategy interface the loop uses, in plain fp32 torch (AdamW). Rows are
+through OpenRLHF's DeepspeedStrategy (ZeRO, bf16, LoRA, gradient checkpointing); without CUDA, or with --device
+cpu / cuda, the same loop runs on `TorchStrategy`, the subset of the DeepspeedStrategy interface the loop uses, in
+plain fp32 torch (AdamW) on that device, in this process (no launcher: what the one-machine demo needs). Rows are
 split into training and held-out parts by question (no prompt in both).
 
 Model selection: the held-out rows are evaluated every epoch (or every --eval.steps steps); the weights with the
@@ -33,8 +34,9 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from transformers import SchedulerType
 
-from moslim_plugin import UserError
+from moslim_plugin import UserError, positive_int
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.data.cpu_strategy import TorchStrategy
 from moslim_plugin.data.ratings import read_records
@@ -200,7 +202,11 @@ def load_tokenizer(path):
 
     from moslim_plugin.core.rm import ensure_pad_token
 
-    return ensure_pad_token(AutoTokenizer.from_pretrained(path, trust_remote_code=False))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as e:  # transformers' "no such model / no tokenizer files / bad config"
+        raise UserError(f"--model.model_name_or_path {path!r}: no tokenizer ({type(e).__name__}: {e})") from None
+    return ensure_pad_token(tokenizer)
 
 
 def build_model(args, spec, ds_config=None):
@@ -344,6 +350,8 @@ def resume(args, spec, strategy, model) -> dict | None:
 
 def check_output_dir(args):
     out = args.ckpt.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):  # found now, not when saving after the training
+        raise UserError(f"--ckpt.output_dir {out}: a file, not a folder")
     if os.path.isfile(os.path.join(out, "config.json")) and not args.ckpt.overwrite:
         raise UserError(
             f"--ckpt.output_dir {out} already holds a model (config.json): choose another folder or pass "
@@ -441,6 +449,8 @@ def stop_early(args, state) -> bool:
 
 def train(args, rows=None, eval_rows=None) -> dict:
     """Train, keep the best weights on held-out rows, save them with their calibration statistics; returns metrics."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this torch build sees no CUDA device; use --device cpu (or auto)")
     spec = load_spec(args.moslim.spec)
     train_rows, eval_rows = split_rows(args, spec, rows, eval_rows)
     check_output_dir(args)
@@ -448,7 +458,7 @@ def train(args, rows=None, eval_rows=None) -> dict:
     train_set = encode_rows(train_rows, tokenizer, spec, args.data.max_len, args.data.dataset or "<rows>")
     eval_set = encode_rows(eval_rows, tokenizer, spec, args.data.max_len, args.eval.dataset or "<held-out rows>")
 
-    use_deepspeed = torch.cuda.is_available()
+    use_deepspeed = args.device == "auto" and torch.cuda.is_available()
     if use_deepspeed:
         from openrlhf.utils import get_strategy
 
@@ -456,8 +466,13 @@ def train(args, rows=None, eval_rows=None) -> dict:
     else:
         strategy = TorchStrategy(args)
     strategy.setup_distributed()
-    device = torch.device("cuda", torch.cuda.current_device()) if use_deepspeed else torch.device("cpu")
+    if use_deepspeed:
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu" if args.device == "auto" else args.device)
     model = build_model(args, spec, strategy.get_ds_train_config() if use_deepspeed else None)
+    if not use_deepspeed:
+        model.to(device)  # the DeepSpeed engine places the model itself
 
     collate_fn = partial(collate, tokenizer=tokenizer)
     train_loader = strategy.setup_dataloader(train_set, args.train.micro_batch_size, True, True, collate_fn)
@@ -533,7 +548,7 @@ def save_model(model, tokenizer, args, strategy):
     """HF folder via MultiHeadRewardModel.save_pretrained; LoRA merged in, ZeRO-3 shards gathered first."""
     if args.ds.lora.rank > 0:
         model.backbone = model.backbone.merge_and_unload()
-    if args.ds.zero_stage == 3 and torch.cuda.is_available():
+    if args.ds.zero_stage == 3 and not isinstance(strategy, TorchStrategy):
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
@@ -551,12 +566,12 @@ def build_parser():
     p.add_argument("--model.gradient_checkpointing_reentrant", action="store_true", default=False)
     p.add_argument("--data.dataset", type=str, default=None, help="rows from prepare-ratings (.jsonl)")
     p.add_argument("--data.max_samples", type=int, default=1000000)
-    p.add_argument("--data.max_len", type=int, default=512)
+    p.add_argument("--data.max_len", type=positive_int, default=512)
     p.add_argument("--eval.dataset", type=str, default=None, help="held-out rows (default: split by question)")
     p.add_argument("--eval.steps", type=int, default=-1, help="evaluate every N steps (default: every epoch)")
     p.add_argument("--eval.patience", type=int, default=3, help="stop after N evaluations without gain (0: never)")
-    p.add_argument("--train.micro_batch_size", type=int, default=1)
-    p.add_argument("--train.batch_size", type=int, default=128)
+    p.add_argument("--train.micro_batch_size", type=positive_int, default=1)
+    p.add_argument("--train.batch_size", type=positive_int, default=128)
     p.add_argument("--train.max_epochs", type=int, default=1)
     p.add_argument("--train.max_steps", type=int, default=-1, help="optimizer steps; overrides max_epochs when > 0")
     p.add_argument("--train.seed", type=int, default=42)
@@ -565,7 +580,8 @@ def build_parser():
     p.add_argument("--adam.betas", type=float, nargs=2, default=(0.9, 0.95))
     p.add_argument("--adam.eps", type=float, default=1e-8)
     p.add_argument("--adam.weight_decay", type=float, default=0.0)
-    p.add_argument("--lr_scheduler", type=str, default="cosine_with_min_lr")
+    schedulers = [s.value for s in SchedulerType]  # a typo would otherwise fail only after the model is built
+    p.add_argument("--lr_scheduler", type=str, default="cosine_with_min_lr", choices=schedulers)
     p.add_argument("--lr_warmup_ratio", type=float, default=0.03)
     p.add_argument("--min_lr_ratio", type=float, default=0.1)
     p.add_argument("--max_norm", type=float, default=1.0)
@@ -577,6 +593,11 @@ def build_parser():
     p.add_argument("--ckpt.load_enable", action="store_true", default=False)
     p.add_argument("--ckpt.overwrite", action="store_true", default=False, help="replace a model in output_dir")
     p.add_argument("--local_rank", type=int, default=-1)
+    # Ours. auto is OpenRLHF's behaviour; cpu / cuda run in this process without a launcher (e.g. inside the demo).
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"],
+        help="auto: DeepSpeed on CUDA if there is a GPU, else plain torch on CPU; cpu / cuda: plain fp32 torch there",
+    )  # fmt: skip
     p.add_argument("--ds.zero_stage", type=int, default=2)
     p.add_argument("--ds.param_dtype", type=str, default="bf16", choices=["bf16", "fp16"], help="GPU only; CPU: fp32")
     p.add_argument("--ds.attn_implementation", type=str, default="sdpa")

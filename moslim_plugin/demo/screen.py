@@ -20,16 +20,17 @@ reaches --screen.min_gap (greedy and sampled) and every level reaches --screen.m
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
+from moslim_plugin import positive_int
 from moslim_plugin.core.directives import PLACEMENTS, STYLES
 from moslim_plugin.demo.evaluate import (
     builtin_prompts,
     check_finite,
     evaluate_policy,
     load_judge,
+    make_output_dir,
     plot_panels,
     read_prompts,
 )
@@ -44,18 +45,18 @@ def build_parser():
         "--screen.oracle_objectives", nargs="+", default=None, help="without a spec: these oracle objectives"
     )
     p.add_argument("--eval.judge", choices=("oracle", "rm"), default=None, help="default: the oracle if it can")
-    p.add_argument("--eval.dataset", default=None, help="prompts, one per line (default: the built-in train prompts)")
-    p.add_argument("--eval.max_samples", type=int, default=16, help="prompts")
-    p.add_argument("--eval.n_samples_per_prompt", type=int, default=3, help="sampled answers per request")
+    p.add_argument("--eval.dataset", default=None, help="prompts: .txt (one per line) or .jsonl with 'input'")
+    p.add_argument("--eval.max_samples", type=positive_int, default=16, help="prompts")
+    p.add_argument("--eval.n_samples_per_prompt", type=positive_int, default=3, help="sampled answers per request")
     p.add_argument("--rollout.temperature", type=float, default=0.7)
-    p.add_argument("--rollout.max_new_tokens", type=int, default=48)
-    p.add_argument("--rollout.micro_batch_size", type=int, default=48)
+    p.add_argument("--rollout.max_new_tokens", type=positive_int, default=48)
+    p.add_argument("--rollout.micro_batch_size", type=positive_int, default=48)
     p.add_argument("--screen.styles", nargs="+", default=list(STYLES), choices=STYLES)
     p.add_argument("--screen.placements", nargs="+", default=["system", "user_suffix"], choices=PLACEMENTS)
     p.add_argument("--screen.min_gap", type=float, default=0.2)
     p.add_argument("--screen.min_share", type=float, default=0.15)
     p.add_argument("--screen.output_dir", default="runs/screen")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     return p
 
 
@@ -141,6 +142,7 @@ def main(argv=None) -> int:
     args = hierarchize(build_parser().parse_args(argv))
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = make_output_dir(args.screen.output_dir, "--screen.output_dir")
     if args.moslim.spec is None and args.reward.model_name_or_path is None:
         args.moslim.spec = oracle_spec(args.screen.oracle_objectives).to_dict()  # the oracle's candidate objectives
     spec, judge_fn, judge_name, _ = load_judge(args)
@@ -167,8 +169,6 @@ def main(argv=None) -> int:
         "min_share": args.screen.min_share,
         "seconds": round(time.time() - t0, 1),
     }
-    out = Path(args.screen.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     samples = {f"{s}/{p}": r.pop("samples") for (s, p), r in results.items()}
     (out / "screening_samples.json").write_text(json.dumps(samples, indent=1))
     report = {"settings": settings, "conditions": {f"{s}/{p}": r for (s, p), r in results.items()}}

@@ -63,7 +63,17 @@ def add_arguments(parser):
     if os.environ.get(patches.RUNTIME_ENV, "1") != "0":
         return None
     add_moslim_flags(parser)
-    return lambda args: finish_args(args, args.moslim)
+    return finish_diff_args
+
+
+def finish_diff_args(args):
+    """`finish_args` for the diff's entry point, where OpenRLHF's own main, not `moslim-openrlhf`, is running: a
+    user error is printed as one line with exit code 2 here, as the console script does."""
+    try:
+        return finish_args(args, args.moslim)
+    except UserError as e:
+        print(f"moslim-openrlhf train_ppo_ray: error: {' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv=None) -> int:
@@ -130,7 +140,8 @@ def finish_args(args, moslim):
 
 
 def fail(message: str):
-    raise SystemExit(f"moslim-openrlhf train_ppo_ray: error: {message}")
+    # A UserError: `moslim-openrlhf` (or `finish_diff_args`) prints it as one line and exits with code 2.
+    raise UserError(message)
 
 
 def check_moslim_args(moslim, args) -> SimpleNamespace:
@@ -138,12 +149,9 @@ def check_moslim_args(moslim, args) -> SimpleNamespace:
     the sampling settings and `reward`, the one RewardConfig of every reward path (None: the reward is not MOSLIM)."""
     from moslim_plugin.core.spec import load_spec
 
-    try:
-        spec = load_spec(moslim.spec) if moslim.spec else None
-        m = check_sampling(moslim, args, spec)
-        m.reward, m.in_process = reward_of(moslim, args, spec)
-    except UserError as e:
-        fail(str(e))
+    spec = load_spec(moslim.spec) if moslim.spec else None
+    m = check_sampling(moslim, args, spec)
+    m.reward, m.in_process = reward_of(moslim, args, spec)
     if m.reward is None and m.sampling:
         fail(
             f"--moslim.sampling conditions prompts on directives, but nothing would score them: "
@@ -303,8 +311,8 @@ def init_ray(reward=None) -> None:
     import ray
 
     if ray.is_initialized():
-        raise SystemExit(
-            "moslim-openrlhf train_ppo_ray: error: Ray is already initialised in this process, so the MOSLIM worker "
-            "setup hook cannot be declared; start the launcher in a fresh process"
+        fail(
+            "Ray is already initialised in this process, so the MOSLIM worker setup hook cannot be declared; start "
+            "the launcher in a fresh process"
         )
     ray.init(runtime_env=driver_runtime_env(reward=reward))

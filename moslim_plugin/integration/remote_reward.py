@@ -152,7 +152,7 @@ class RewardEngine:
         deadline_s=120.0,
     ):  # fmt: skip
         if max_batch_size < 1 or max_wait_ms < 0 or chunk_size < 1 or max_queued_samples < 1 or deadline_s <= 0:
-            raise ValueError(
+            raise UserError(
                 f"need max_batch_size, chunk_size, max_queued_samples >= 1, max_wait_ms >= 0 and deadline_s > 0, got "
                 f"{max_batch_size}, {chunk_size}, {max_queued_samples}, {max_wait_ms}, {deadline_s}"
             )
@@ -397,6 +397,12 @@ def build_engine(config, **engine_kwargs) -> RewardEngine:
             f"was validated for {expected}: the checkpoint changed, or this machine sees another one at that path"
         )
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UserError(f"--moslim.device {device!r}: not a torch device; expected e.g. cpu, cuda or cuda:1") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--moslim.device {device!r}: this machine has no CUDA device")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     dtype = config.dtype or ("bf16" if str(device).startswith("cuda") else "fp32")
     scorer = Scorer.from_pretrained(

@@ -88,10 +88,7 @@ class RewardConfig:
         meta = read_checkpoint_meta(self.rm_path)
         rm_spec = ObjectiveSpec.from_dict(meta["spec"], source=f"{self.rm_path}/config.json")
         if spec is not None:
-            try:
-                spec.check_same(rm_spec, f"--moslim.spec vs the reward model {self.rm_path}")
-            except ValueError as e:
-                raise UserError(str(e)) from None
+            spec.check_same(rm_spec, f"--moslim.spec vs the reward model {self.rm_path}")
         positions = meta.get("max_position_embeddings")
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 8:
             raise UserError(f"--moslim.max_length {self.max_length!r}: expected an integer >= 8 (reward-model tokens)")

@@ -20,8 +20,10 @@ import argparse
 import asyncio
 import json
 import logging
+import socket
 from types import SimpleNamespace
 
+from moslim_plugin import UserError, positive_int
 from moslim_plugin.integration import reward_config
 from moslim_plugin.integration.remote_reward import (
     DeadlineExceeded,
@@ -103,12 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("server")
     g.add_argument("--server.host", default="127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)")
     g.add_argument("--server.port", type=int, default=5000)
-    g.add_argument("--server.max_batch_size", type=int, default=64, help="most samples in one forward pass")
+    g.add_argument("--server.max_batch_size", type=positive_int, default=64, help="most samples in one forward pass")
     g.add_argument("--server.max_wait_ms", type=float, default=5.0, help="longest wait for more requests to batch")
-    g.add_argument("--server.chunk_size", type=int, default=16, help="samples of one request per batch turn")
-    g.add_argument("--server.max_samples", type=int, default=1024, help="most samples in one request (else 413)")
+    g.add_argument("--server.chunk_size", type=positive_int, default=16, help="samples of one request per batch turn")
+    g.add_argument("--server.max_samples", type=positive_int, default=1024, help="most samples a request (else 413)")
     g.add_argument("--server.max_body_mb", type=float, default=8.0, help="largest request body (else 413)")
-    g.add_argument("--server.max_queued_samples", type=int, default=4096, help="queue bound (else 503)")
+    g.add_argument("--server.max_queued_samples", type=positive_int, default=4096, help="queue bound (else 503)")
     g.add_argument("--server.deadline_s", type=float, default=120.0, help="per-request deadline (else 503)")
     g.add_argument("--server.log_level", default="info")
     return p
@@ -122,6 +124,13 @@ def main(argv=None) -> int:
     server = SimpleNamespace(**{k.split(".", 1)[1]: v for k, v in args.items() if k.startswith("server.")})
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = reward_config.RewardConfig.from_flags(flags, args["reward.model_name_or_path"])
+    # uvicorn would find a taken port only after the model has loaded, and report it as a log line.
+    try:
+        with socket.socket(socket.getaddrinfo(server.host, server.port)[0][0]) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((server.host, server.port))
+    except OSError as e:
+        raise UserError(f"--server.host {server.host} --server.port {server.port}: cannot listen ({e})") from None
     engine = build_engine(
         config,
         max_batch_size=server.max_batch_size,
