@@ -136,6 +136,14 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert all(set(s["labels"]) == set(demo_spec().names) for s in samples)
     assert "Beats the starting policy by more than the seed spread" in (out / "report.md").read_text()
+    # Level shares: every (objective, level), from the samples and from the RL rollouts (logged by the reward_fn).
+    spec, shares = demo_spec(), summary["level_shares"]
+    keys = {f"{n}={lv}" for n, levels in zip(spec.names, spec.levels) for lv in range(levels)}
+    assert set(shares["samples"]) == set(shares["rl_rollouts"]) == keys
+    for where in ("samples", "rl_rollouts"):
+        for name in spec.names:
+            assert sum(v for k, v in shares[where].items() if k.startswith(f"{name}=")) == pytest.approx(1.0)
+    assert shares["samples"]["format=1"] == sum(s["labels"]["format"] == 1 for s in samples) / len(samples)
 
 
 @pytest.mark.integration

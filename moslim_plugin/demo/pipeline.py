@@ -62,8 +62,9 @@ SIZES = {
     "quick": dict(samples=16, rm_epochs=1, ric_epochs=1, eval_prompts=3, eval_samples=1, rl_steps=1,
                   max_new_tokens=8, batch=2),
     # One H100/H200 (--device cuda): 20x full's initial samples and RL samples per seed, 8 sampled answers per eval
-    # request (64 prompts is every held-out prompt). Estimate in bench/device/README.md: ~4-6 min in all.
-    "gpu": dict(samples=1920, rm_epochs=4, ric_epochs=1, eval_prompts=64, eval_samples=8, rl_steps=30,
+    # request (64 prompts is every held-out prompt); RM epochs halved for 20x the rows. Estimate in
+    # bench/device/README.md (made for 1,920 initial samples, before full went to 384; not re-estimated).
+    "gpu": dict(samples=7680, rm_epochs=2, ric_epochs=1, eval_prompts=64, eval_samples=8, rl_steps=30,
                 max_new_tokens=48, batch=64),
 }  # fmt: skip
 # The gpu preset's flag defaults (flags on the command line still win): a GPU decodes and trains a 135M model at the
@@ -300,9 +301,14 @@ def rl_stage(demo, scorer, seed):
 
     def reward_fn(questions, responses, requests):
         result = scorer.score(questions, responses, requests)
-        # Logged only (training curves), never rewarded: the oracle's verdict on the requested levels.
-        hit = [request_hits(judge(t, demo.spec), rq) for t, rq in zip(responses, requests)]
-        return result.rewards, {"oracle_hit": torch.tensor(hit)}
+        # Logged only, never rewarded: the oracle's verdict on the requested levels, and each level's share of the
+        # rollouts (RL can only reinforce a level it samples: the report checks every level's share).
+        achieved = [judge(t, demo.spec) for t in responses]
+        info = {"oracle_hit": torch.tensor([request_hits(a, rq) for a, rq in zip(achieved, requests)])}
+        for name, levels in zip(demo.spec.names, demo.spec.levels):
+            for level in range(levels):
+                info[f"level/{name}={level}"] = torch.tensor([float(a[name] == level) for a in achieved])
+        return result.rewards, info
 
     demo.args.train.seed = seed
     demo.args.ckpt.output_dir = str(demo.out / f"policy_seed{seed}")
@@ -311,6 +317,19 @@ def rl_stage(demo, scorer, seed):
     rl = train_policy(demo.args, rl_rows(demo, seed), reward_fn, spec=demo.spec, prompt_fn=prompt_fn)
     model, tokenizer = load_policy(rl["output_dir"], device=demo.args.device)
     return rl["history"], demo.evaluate(model, tokenizer, scorer, f"evaluate seed {seed}")
+
+
+def level_shares(spec, samples, histories) -> dict:
+    """Each (objective, level)'s share of the initial samples and of all RL rollouts (every seed and step)."""
+    shares = {"samples": {}, "rl_rollouts": {}}
+    for name, levels in zip(spec.names, spec.levels):
+        for level in range(levels):
+            key = f"{name}={level}"
+            shares["samples"][key] = sum(s["labels"][name] == level for s in samples) / len(samples)
+            steps = [h[f"level/{key}"] for hist in histories.values() for h in hist if f"level/{key}" in h]
+            if steps:
+                shares["rl_rollouts"][key] = sum(steps) / len(steps)
+    return shares
 
 
 def summarize(evals, seeds, rm_result, ric_losses) -> dict:
@@ -387,6 +406,7 @@ def main(argv=None) -> int:
 
     demo.stage("report")
     summary = summarize(evals, args.seeds, rm_result, ric_losses)
+    summary["level_shares"] = level_shares(demo.spec, samples, histories)
     write_report(demo, evals, histories, summary)
     return 0
 
@@ -491,6 +511,10 @@ def report_markdown(demo, evals, summary, plot, curves) -> str:
         "| head | " + " | ".join(rm_keys) + " |",
         "|" + " --- |" * (1 + len(rm_keys)),
         *[f"| {n} | " + " | ".join(f"{m[k]:.3g}" for k in rm_keys) + " |" for n, m in rm.items()],
+        "",
+        "Level shares (RL can only reinforce a level it samples): "
+        + "; ".join(f"{where}: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
+                    for where, shares in summary["level_shares"].items() if shares),
         "",
         "RM agreement with the oracle on each policy's evaluation responses (argmax class == oracle level):",
         "",
