@@ -158,15 +158,16 @@ _FORMAL_REWRITES = [
 ]  # fmt: skip
 
 
-def ric_sft(model, tokenizer, demo, samples, epochs, seed):
-    """Rewards-in-context: maximise log p(response | directive requesting the levels it actually has)."""
+def ric_sft(model, tokenizer, demo, samples, epochs, seed, lr=None):
+    """Rewards-in-context: maximise log p(response | directive requesting the levels it actually has). `seed` orders
+    the samples; `lr` defaults to the RL learning rate (bench/demo_ablation.py tunes it)."""
     from openrlhf.models import Actor
 
     spec, micro_batch_size = demo.spec, demo.args.rollout.micro_batch_size
     actor = Actor(model)
     actor.packing_samples = False
     params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=demo.args.actor.adam.lr)
+    optim = torch.optim.AdamW(params, lr=demo.args.actor.adam.lr if lr is None else lr)
     rng = random.Random(seed)
     losses = []
     for epoch in range(epochs):
@@ -311,7 +312,9 @@ def rl_stage(demo, scorer, seed):
 
     demo.args.train.seed = seed
     demo.args.ckpt.output_dir = str(demo.out / f"policy_seed{seed}")
-    rl = train_policy(demo.args, rl_rows(demo, seed), reward_fn)
+    # spec and prompt_fn let --moslim.relabel build the copies' chats exactly as rl_rows built the rollouts'.
+    prompt_fn = lambda q, r: apply_directive(demo.spec, r, q, demo.placement, demo.style)  # noqa: E731
+    rl = train_policy(demo.args, rl_rows(demo, seed), reward_fn, spec=demo.spec, prompt_fn=prompt_fn)
     model, tokenizer = load_policy(rl["output_dir"], device=demo.args.device)
     return rl["history"], demo.evaluate(model, tokenizer, scorer, f"evaluate seed {seed}")
 
@@ -455,8 +458,9 @@ def write_report(demo, evals, histories, summary) -> None:
 def flags_of(args) -> dict:
     keys = ["actor.adam.lr", "algo.advantage.estimator", "algo.kl.init_coef", "rollout.n_samples_per_prompt",
             "rollout.batch_size", "rollout.max_new_tokens", "rollout.temperature", "reward.clip_range",
-            "moslim.trainable_layers", "data.max_samples", "moslim.generate_batch_size",
-            "rollout.micro_batch_size"]  # fmt: skip
+            "moslim.trainable_layers", "data.max_samples", "moslim.generate_batch_size", "rollout.micro_batch_size",
+            "moslim.mapping_kwargs", "train.max_epochs", "train.batch_size", "moslim.relabel", "moslim.relabel_copies",
+            "ds.lora.rank"]  # fmt: skip
     out = {}
     for key in keys:
         value = args

@@ -1,0 +1,473 @@
+"""A fair ablation of the demo (issue 16, criterion 6): six settings x seeds on one finished demo run.
+
+    python -m moslim_plugin demo --out runs/demo --seeds 1 2 3
+    python -m bench.demo_ablation --demo_dir runs/demo --seeds 1 2 3
+
+Every setting reuses the demo run's samples, reward model and settings (sizes, directive style and placement,
+max_new_tokens, temperature, RL flags: all read from its report.json), so all are measured on the same held-out
+prompts, by the same oracle, with the same budget:
+
+- base_tagged / base_natural: the starting policy with tagged / natural directives (evaluation only). Greedy
+  decoding is deterministic and the sampled evaluation uses the demo's fixed sampling seed (as for every policy),
+  so these are evaluated once, not per seed;
+- ric: RiC SFT on the demo's samples, as many as MOSLIM's rollouts (refused otherwise). Its epochs and lr are
+  picked by a grid: each trial trains on the samples whose question is not held back and is scored (oracle,
+  greedy, the evaluation's requests) on `--ric.val_prompts` held-back train prompts; the chosen one is retrained
+  on all samples once per seed (the seed orders the samples);
+- moslim: MOSLIM RL with the demo's flags (on-policy); moslim_relabel: plus `--relabel_flags`; moslim_best: plus
+  `--best_flags` (issue 16 point 4's best setting), e.g. `--best_flags="--moslim.trainable_layers -1"` (with `=`:
+  a lone flag without a value would otherwise read as one of this script's options).
+
+Cells the demo measured with identical settings (the starting policy in the demo's style; MOSLIM seed s) are
+taken from its report.json, not re-run. Resumable: the JSON is rewritten after every cell and a rerun skips the
+finished ones; a rerun whose inputs differ (another demo run, other flags or grid) is refused. Writes
+`--out` (JSON), the same name with .md (a table for the README, with the commands) and .png. Not a `make bench`
+script (no `main`): it trains many policies.
+"""
+
+import argparse
+import hashlib
+import itertools
+import json
+import random
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from bench import RESULTS_DIR, machine_info
+from moslim_plugin import UserError
+
+SETTINGS = {
+    "base_tagged": "starting policy, tagged directive",
+    "base_natural": "starting policy, natural directive",
+    "ric": "RiC SFT (epochs, lr tuned on held-back train prompts)",
+    "moslim": "MOSLIM RL, on-policy",
+    "moslim_relabel": "MOSLIM RL, cross-directive relabelling",
+    "moslim_best": "MOSLIM RL, best setting of issue 16 point 4",
+}
+SEEDLESS = "all"  # the cell key of a setting evaluated once (the starting policy)
+MARGIN, TARGET = 0.05, 0.85  # issue 16 criterion 7
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="demo_ablation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--demo_dir", default="runs/demo", help="a finished demo run (samples.jsonl, rm/, report.json)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--out", default=str(RESULTS_DIR / "demo_ablation.json"))
+    p.add_argument("--relabel_flags", default="--moslim.relabel all --moslim.relabel_copies 2")
+    p.add_argument("--best_flags", default="--train.max_epochs 2")
+    p.add_argument("--ric.epochs", dest="ric_epochs", type=int, nargs="+", default=[1, 2], help="RiC grid: epochs")
+    p.add_argument("--ric.lrs", dest="ric_lrs", type=float, nargs="+", default=[5e-5, 2e-4], help="RiC grid: lr")
+    p.add_argument("--ric.val_prompts", dest="ric_val_prompts", type=int, default=16,
+                   help="train prompts held back to score the RiC grid")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def demo_args(report, out, extra_flags=()):
+    """The demo's flags as its report.json records them (sizes, style, placement, policy, mapping, RL flags), then
+    `extra_flags` (the last occurrence of a flag wins), writing to `out`."""
+    from openrlhf.utils.config import hierarchize
+
+    from moslim_plugin.demo.pipeline import build_parser as demo_parser
+
+    s = report["settings"]
+    argv = ["--out", str(out), "--demo.size", s["preset"], "--device", s["device"], "--moslim.mapping", s["mapping"],
+            "--moslim.style", s["style"], "--moslim.placement", s["placement"],
+            "--actor.model_name_or_path", s["policy"]]  # fmt: skip
+    argv += [x for k, v in s["size"].items() for x in (f"--demo.{k}", str(v))]
+    for key, value in s["rl_flags"].items():
+        if value is not None:
+            argv += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
+    return hierarchize(demo_parser().parse_args([*argv, *extra_flags]))
+
+
+def demo_command(report, demo_dir) -> str:
+    """The command that made the demo run: its non-default sizes and flags, as report.json records them."""
+    from openrlhf.utils.config import hierarchize
+
+    from moslim_plugin.demo.pipeline import SIZES, flags_of
+    from moslim_plugin.demo.pipeline import build_parser as demo_parser
+    from moslim_plugin.demo.real_models import smollm2_path
+
+    s = report["settings"]
+    default = hierarchize(demo_parser().parse_args([]))
+    words = ["python -m moslim_plugin demo --out", str(demo_dir), "--seeds", *map(str, s["seeds"])]
+    words += [f"--demo.size {s['preset']}"] if s["preset"] != "full" else []
+    words += [f"--demo.{k} {v}" for k, v in s["size"].items() if SIZES[s["preset"]].get(k) != v]
+    for flag, value, default_value in [("device", s["device"], default.device),
+                                       ("moslim.style", s["style"], default.moslim.style),
+                                       ("moslim.placement", s["placement"], default.moslim.placement),
+                                       ("moslim.mapping", s["mapping"], default.moslim.mapping),
+                                       ("actor.model_name_or_path", s["policy"], str(smollm2_path()))]:  # fmt: skip
+        words += [f"--{flag} {value}"] if value != default_value else []
+    sized = ("rollout.batch_size", "rollout.max_new_tokens", "data.max_samples")  # set from the sizes
+    defaults = flags_of(default)
+    for key, value in s["rl_flags"].items():
+        if key not in sized and value != defaults.get(key) and value is not None:
+            words.append(f"--{key} " + " ".join(map(str, value if isinstance(value, list) else [value])))
+    return " ".join(words)
+
+
+def cell(result, wall_s, source, **extra) -> dict:
+    return {"source": source, "wall_s": round(wall_s, 1), "metrics": result["metrics"],
+            "sampled_metrics": result.get("sampled_metrics"), **extra}  # fmt: skip
+
+
+def ric_grid(ctx, results, save) -> dict:
+    """Try every (epochs, lr) on the samples of the non-held-back questions, score each on the held-back ones
+    (oracle, greedy, the evaluation's requests); pick the best validation accuracy (the first in grid order on a
+    tie)."""
+    from moslim_plugin.demo.evaluate import evaluate_policy
+    from moslim_plugin.demo.local_rl import load_policy
+    from moslim_plugin.demo.pipeline import ric_sft
+
+    demo, samples, a = ctx.demos["ric"], ctx.samples, ctx.a
+    questions = sorted({s["question"] for s in samples})  # more than --ric.val_prompts: checked in main_run
+    val = sorted(random.Random(0).sample(questions, a.ric_val_prompts))
+    train = [s for s in samples if s["question"] not in set(val)]
+    grid = results.setdefault("ric_grid", {"val_prompts": val, "train_samples": len(train), "trials": {}})
+    points = list(itertools.product(a.ric_epochs, a.ric_lrs))
+    for epochs, lr in tqdm(points, desc="RiC grid", leave=False):
+        key = f"epochs={epochs} lr={lr:g}"
+        if key in grid["trials"]:
+            print(f"skip RiC trial {key}: done in {ctx.out}")
+            continue
+        t0 = time.time()
+        model, tokenizer = load_policy(demo.policy_path, demo.args.moslim.trainable_layers, device=demo.args.device)
+        losses = ric_sft(model, tokenizer, demo, train, epochs, seed=0, lr=lr)
+        m = evaluate_policy(
+            model, tokenizer, val, demo.spec, demo.args.rollout.max_new_tokens, desc=f"RiC trial {key}",
+            batch_size=max(56, demo.args.moslim.generate_batch_size), placement=demo.placement, style=demo.style,
+        )["metrics"]  # fmt: skip
+        grid["trials"][key] = {
+            "epochs": epochs, "lr": lr, "val_accuracy": m["mean"]["accuracy"],
+            "val_accuracy_ci95": m["mean"]["accuracy_ci95"], "val_gap": m["mean"]["gap"],
+            "loss_first_last": [losses[0], losses[-1]], "wall_s": round(time.time() - t0, 1),
+        }  # fmt: skip
+        save()
+    keys = [f"epochs={e} lr={lr:g}" for e, lr in points]
+    grid["chosen"] = max(keys, key=lambda k: grid["trials"][k]["val_accuracy"])  # max keeps the first on a tie
+    save()
+    return grid["trials"][grid["chosen"]]
+
+
+def run_cell(ctx, name, seed) -> dict:
+    """Train (if the setting trains) and evaluate one (setting, seed) cell on the held-out prompts."""
+    from moslim_plugin.demo.local_rl import load_policy
+    from moslim_plugin.demo.pipeline import ric_sft, rl_stage
+
+    demo, t0 = ctx.demos[name], time.time()
+    if name.startswith("base_"):
+        model, tokenizer = load_policy(demo.policy_path, device=demo.args.device)
+        return cell(demo.evaluate(model, tokenizer, ctx.scorer, f"evaluate {name}"), time.time() - t0, "run")
+    if name == "ric":
+        chosen = ctx.ric_chosen
+        model, tokenizer = load_policy(demo.policy_path, demo.args.moslim.trainable_layers, device=demo.args.device)
+        losses = ric_sft(model, tokenizer, demo, ctx.samples, chosen["epochs"], seed=seed, lr=chosen["lr"])
+        result = demo.evaluate(model, tokenizer, ctx.scorer, f"evaluate ric seed {seed}")
+        return cell(result, time.time() - t0, "run", epochs=chosen["epochs"], lr=chosen["lr"],
+                    loss_first_last=[losses[0], losses[-1]])  # fmt: skip
+    history, result = rl_stage(demo, ctx.scorer, seed)
+    return cell(result, time.time() - t0, "run", reward_first_last=[history[0]["reward"], history[-1]["reward"]],
+                oracle_hit_first_last=[history[0]["oracle_hit"], history[-1]["oracle_hit"]])  # fmt: skip
+
+
+def reused_cell(ctx, name, seed):
+    """The demo report's measurement of this cell when the demo ran it with identical settings, else None."""
+    from moslim_plugin.demo.pipeline import flags_of
+
+    report, style = ctx.report, ctx.report["settings"]["style"]
+    if name == f"base_{style}":
+        policy, timing = "base", "evaluate base"
+    elif name == "moslim" and seed in report["settings"]["seeds"]:
+        if flags_of(ctx.demos[name].args) != report["settings"]["rl_flags"]:
+            return None  # an older report without every RL flag, or other flags: measured again
+        policy, timing = f"MOSLIM seed {seed}", f"MOSLIM RL seed {seed}"
+    else:
+        return None
+    result = {"metrics": report["policies"][policy], "sampled_metrics": report["policies_sampled"].get(policy)}
+    return cell(result, report["timings_s"].get(timing, 0.0), f"demo report ({policy!r})")
+
+
+def summarize(cells: dict, style: str) -> dict:
+    """Per setting: per seed the greedy accuracy with its 95 % interval, sampled accuracy and per-objective
+    conditional gap; over seeds the mean, std and worst seed; then issue 16 criterion 7 for every MOSLIM setting."""
+    out = {}
+    for name, by_seed in cells.items():
+        per_seed = {seed: {
+            "accuracy": c["metrics"]["mean"]["accuracy"], "accuracy_ci95": c["metrics"]["mean"]["accuracy_ci95"],
+            "sampled_accuracy": c["sampled_metrics"]["mean"]["accuracy"] if c["sampled_metrics"] else None,
+            "gap": {n: o["gap"] for n, o in c["metrics"]["objectives"].items()},
+            "sampled_gap": {n: o["gap"] for n, o in (c["sampled_metrics"] or {}).get("objectives", {}).items()},
+        } for seed, c in by_seed.items()}  # fmt: skip
+        acc = {seed: p["accuracy"] for seed, p in per_seed.items()}
+        worst = min(acc, key=acc.get)
+        sampled = [p for p in per_seed.values() if p["sampled_accuracy"] is not None]
+        out[name] = {
+            "per_seed": per_seed, "seeds": list(by_seed), "accuracy_mean": statistics.mean(acc.values()),
+            "accuracy_std": statistics.stdev(acc.values()) if len(acc) > 1 else 0.0,
+            "worst_seed": worst, "worst_accuracy": acc[worst], "worst_accuracy_ci95": per_seed[worst]["accuracy_ci95"],
+            "sampled_accuracy_mean": statistics.mean(p["sampled_accuracy"] for p in sampled) if sampled else None,
+            "gap": {n: statistics.mean(p["gap"][n] for p in per_seed.values()) for n in per_seed[worst]["gap"]},
+            "sampled_gap": {n: statistics.mean(p["sampled_gap"][n] for p in sampled)
+                            for n in (sampled[0]["sampled_gap"] if sampled else [])},
+        }  # fmt: skip
+    return {"settings": out, "criterion7": criterion7(cells, out, style)}
+
+
+def criterion7(cells, summary, style) -> dict:
+    """Met when the MOSLIM setting's mean accuracy >= 0.85 AND its worst seed beats the starting policy (same
+    style) and the best RiC seed by >= 0.05 with the 95 % intervals apart (worst seed's low end above their high)."""
+    base, verdicts = f"base_{style}", {}
+    for name in [n for n in summary if n.startswith("moslim")]:
+        if base not in cells or "ric" not in cells:
+            verdicts[name] = {"met": None, "why": f"needs the {base} and ric cells"}
+            continue
+        s = summary[name]
+        low = s["worst_accuracy_ci95"][0]
+        rivals = {"starting policy": list(cells[base].values()), "RiC": list(cells["ric"].values())}
+        beats = {}
+        for rival, rival_cells in rivals.items():
+            best = max(rival_cells, key=lambda c: c["metrics"]["mean"]["accuracy"])["metrics"]["mean"]
+            margin = s["worst_accuracy"] - best["accuracy"]
+            apart = low > max(c["metrics"]["mean"]["accuracy_ci95"][1] for c in rival_cells)
+            beats[rival] = {"margin": margin, "intervals_apart": apart, "met": margin >= MARGIN and apart}
+        met = s["accuracy_mean"] >= TARGET and all(b["met"] for b in beats.values())
+        verdicts[name] = {"met": met, "accuracy_mean": s["accuracy_mean"], "beats": beats}
+    return verdicts
+
+
+def plot(cells, path) -> None:
+    """Greedy and sampled accuracy per setting: one point per seed with its 95 % interval, a bar at the mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(cells)
+    seeds = sorted({s for c in cells.values() for s in c if s != SEEDLESS}, key=int)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key in zip(axes, ("metrics", "sampled_metrics")):
+        labelled = set()
+        for i, name in enumerate(names):
+            points = [(seed, c[key]["mean"]) for seed, c in cells[name].items() if c[key]]
+            for j, (seed, m) in enumerate(points):
+                x = i + (j - (len(points) - 1) / 2) * 0.12
+                lo, hi = m["accuracy_ci95"]
+                label = "evaluated once" if seed == SEEDLESS else f"seed {seed}"
+                color = "grey" if seed == SEEDLESS else f"C{seeds.index(seed)}"
+                ax.errorbar([x], [m["accuracy"]], yerr=[[m["accuracy"] - lo], [hi - m["accuracy"]]], fmt="o",
+                            capsize=3, color=color, label=None if label in labelled else label)  # fmt: skip
+                labelled.add(label)
+            if points:
+                ax.hlines(statistics.mean(m["accuracy"] for _, m in points), i - 0.3, i + 0.3, color="black")
+        ax.axhline(TARGET, color="grey", linestyle=":", linewidth=1)
+        ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
+        ax.set_title(("greedy" if key == "metrics" else "sampled") + " exact-level accuracy (95 % CI; bar: mean)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(results, summary, png) -> str:
+    """The table for the README: one row per setting, the RiC grid, criterion 7's verdict and the commands."""
+    rows = summary["settings"]
+    objectives = list(next(iter(rows.values()))["gap"]) if rows else []
+    head = ["setting", "what", "seeds", "greedy acc mean", "worst seed [95 % CI]", "sampled acc mean",
+            *(f"gap {n}" for n in objectives), "s per cell", "source"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, s in rows.items():
+        cells = results["cells"][name]
+        lo, hi = s["worst_accuracy_ci95"]
+        sampled = "-" if s["sampled_accuracy_mean"] is None else f"{s['sampled_accuracy_mean']:.3f}"
+        worst = "evaluated once" if s["worst_seed"] == SEEDLESS else f"seed {s['worst_seed']}"
+        sources = sorted({"demo" if c["source"].startswith("demo") else "run" for c in cells.values()})
+        lines.append(
+            f"| {name} | {SETTINGS[name]} | {', '.join(s['seeds'])} | {s['accuracy_mean']:.3f} | "
+            f"{s['worst_accuracy']:.3f} ({worst}) [{lo:.3f}, {hi:.3f}] | {sampled} | "
+            + " | ".join(f"{s['gap'][n]:.3f}" for n in objectives)
+            + f" | {statistics.mean(c['wall_s'] for c in cells.values()):.0f} | {' + '.join(sources)} |"
+        )
+    lines += ["", "Seeds: `all` = evaluated once (greedy is deterministic; the sampled evaluation uses the demo's "
+              "fixed sampling seed, as for every policy). Source `demo` = taken from the demo's report.json "
+              "(same settings), not re-run. Gap: the conditional gap per objective (greedy), mean over "
+              "seeds."]  # fmt: skip
+    grid = results.get("ric_grid")
+    if grid and "chosen" in grid:
+        lines += ["", f"RiC grid ({grid['train_samples']} samples of non-held-back questions; validation: "
+                  f"{len(grid['val_prompts'])} held-back train prompts, greedy, oracle):", "",
+                  "| epochs | lr | val acc [95 % CI] | val gap | chosen |",
+                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
+        for key, t in grid["trials"].items():
+            lo, hi = t["val_accuracy_ci95"]
+            lines.append(f"| {t['epochs']} | {t['lr']:g} | {t['val_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | "
+                         f"{t['val_gap']:.3f} | {'yes' if key == grid['chosen'] else ''} |")  # fmt: skip
+    lines += ["", f"Issue 16 criterion 7 (mean accuracy >= {TARGET} AND the worst seed beats the starting policy "
+              f"(same style) and the best RiC seed by >= {MARGIN} with the 95 % intervals apart):", ""]  # fmt: skip
+    for name, v in summary["criterion7"].items():
+        if v["met"] is None:
+            lines.append(f"- {name}: not evaluated ({v['why']})")
+            continue
+        beats = "; ".join(
+            f"vs {r}: margin {b['margin']:+.3f}, intervals {'apart' if b['intervals_apart'] else 'overlap'}"
+            for r, b in v["beats"].items()
+        )
+        lines.append(f"- {name}: **{'met' if v['met'] else 'not met'}** (mean {v['accuracy_mean']:.3f}; {beats})")
+    lines += ["", f"![ablation]({Path(png).name})", "", "```", *results["commands"], "```", ""]
+    return "\n".join(lines)
+
+
+def load_demo_run(demo_dir):
+    demo_dir = Path(demo_dir)
+    missing = [n for n in ("samples.jsonl", "rm/config.json", "report.json") if not (demo_dir / n).is_file()]
+    if missing:
+        raise UserError(f"--demo_dir {demo_dir}: not a finished demo run (missing {', '.join(missing)}); run "
+                        f"`python -m moslim_plugin demo --out {demo_dir}` first")  # fmt: skip
+    report = json.loads((demo_dir / "report.json").read_text())
+    samples = [json.loads(line) for line in (demo_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
+    return report, samples
+
+
+def check_resumable(out, results, inputs) -> None:
+    """A rerun may add seeds or settings, but only over a JSON made from the same demo run, flags and grid."""
+    diff = [f"{k}: {results['inputs'].get(k)!r} there, {v!r} now" for k, v in inputs.items()
+            if results["inputs"].get(k) != v]  # fmt: skip
+    if diff:
+        raise UserError(f"{out} was made from other inputs ({'; '.join(diff)}): pass another --out, or delete it "
+                        "to start over")  # fmt: skip
+
+
+def build_demos(a, report, samples) -> dict:
+    """One run context (pipeline.Demo) per setting: the demo's flags plus the setting's own. Refuses settings whose
+    MOSLIM rollouts do not number the demo's samples (RiC's data), and a RiC grid with nothing left to train on."""
+    from moslim_plugin.demo.pipeline import Demo
+
+    demo_dir = Path(a.demo_dir)
+    extra = {"base_tagged": ["--moslim.style", "tagged"], "base_natural": ["--moslim.style", "natural"],
+             "moslim_relabel": shlex.split(a.relabel_flags), "moslim_best": shlex.split(a.best_flags)}  # fmt: skip
+    # Policies go beside the demo run (runs/ is not committed), one folder per setting.
+    demos = {name: Demo(demo_args(report, demo_dir / "ablation" / name, extra.get(name, []))) for name in a.settings}
+    for name in [n for n in a.settings if n.startswith("moslim")]:
+        size, args = demos[name].size, demos[name].args
+        n_rl = size["rl_steps"] * size["batch"] * args.rollout.n_samples_per_prompt
+        if n_rl != len(samples):
+            raise UserError(
+                f"{name} would train on {size['rl_steps']} steps x {size['batch']} prompts x "
+                f"{args.rollout.n_samples_per_prompt} samples = {n_rl} rollouts but RiC on the demo's {len(samples)} "
+                f"samples ({demo_dir / 'samples.jsonl'}): not the same number; rerun the demo with --demo.samples "
+                f"{n_rl} (or sizes whose product is {len(samples)})"
+            )
+    questions = len({s["question"] for s in samples})
+    if "ric" in a.settings and questions <= a.ric_val_prompts:
+        raise UserError(f"--ric.val_prompts {a.ric_val_prompts}: the demo's samples have only {questions} distinct "
+                        "questions; hold back fewer so some are left to train RiC's grid on")  # fmt: skip
+    return demos
+
+
+def print_plan(a, report, results, todo) -> None:
+    """A rough duration from the demo's own stage timings (relabelled copies and more PPO epochs cost more)."""
+    t = report["timings_s"]
+    per = {"base": t.get("evaluate base", 0), "ric": t.get("RiC SFT", 0),
+           "moslim": statistics.mean([v for k, v in t.items() if k.startswith("MOSLIM RL seed")] or [0])}  # fmt: skip
+    pending = [n for n, seed in todo if seed not in results["cells"].get(n, {})]
+    trials = len(a.ric_epochs) * len(a.ric_lrs) if "ric" in pending and "ric_grid" not in results else 0
+    minutes = (sum(per[n.split("_")[0]] for n in pending) + trials * per["ric"]) / 60
+    print(f"{len(pending)} cells to run (+ {trials} RiC trials): about {minutes:.0f} min at the demo's stage timings")
+
+
+def write_outputs(a, report, results, save) -> None:
+    """The commands that reproduce the JSON (the demo's and one ablation call covering every cell), then the plot
+    and the markdown table beside it."""
+    demo_dir, out = Path(a.demo_dir), Path(a.out)
+    all_settings = [n for n in SETTINGS if results["cells"].get(n)]
+    all_seeds = sorted({int(s) for c in results["cells"].values() for s in c if s != SEEDLESS})
+    grid_flags = (f"--ric.epochs {' '.join(map(str, a.ric_epochs))} --ric.lrs {' '.join(f'{x:g}' for x in a.ric_lrs)}"
+                  f" --ric.val_prompts {a.ric_val_prompts}")  # fmt: skip
+    results["commands"] = [
+        demo_command(report, demo_dir),
+        f"python -m bench.demo_ablation --demo_dir {demo_dir} --seeds {' '.join(map(str, all_seeds))} --settings "
+        f"{' '.join(all_settings)} --relabel_flags={shlex.quote(a.relabel_flags)} "
+        f"--best_flags={shlex.quote(a.best_flags)} {grid_flags} --out {out}",
+    ]
+    save()
+    png, md_path = out.with_suffix(".png"), out.with_suffix(".md")
+    plot({n: results["cells"][n] for n in all_settings}, png)
+    md = markdown(results, results["summary"], png)
+    md_path.write_text(md)
+    print("\n" + md)
+    print(f"json: {out}\nmarkdown: {md_path}\nplot: {png}")
+
+
+def main_run(argv=None) -> int:
+    from moslim_plugin.integration import compat
+
+    compat.install()  # before openrlhf.models (RiC SFT and RL use its Actor)
+    from moslim_plugin.core.scorer import Scorer
+    from moslim_plugin.demo.evaluate import check_finite
+    from moslim_plugin.demo.pipeline import flags_of
+
+    a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    report, samples = load_demo_run(a.demo_dir)
+    demo_dir, out, style = Path(a.demo_dir), Path(a.out), report["settings"]["style"]
+    demos = build_demos(a, report, samples)
+    inputs = {"demo_dir": str(demo_dir.resolve()), "demo_report_sha256": sha256(demo_dir / "report.json"),
+              "demo_samples_sha256": sha256(demo_dir / "samples.jsonl"), "relabel_flags": a.relabel_flags,
+              "best_flags": a.best_flags, "ric_epochs": a.ric_epochs, "ric_lrs": a.ric_lrs,
+              "ric_val_prompts": a.ric_val_prompts}  # fmt: skip
+    results = json.loads(out.read_text()) if out.is_file() else {"inputs": inputs, "cells": {}}
+    check_resumable(out, results, inputs)
+    results.update(machine=machine_info(), demo_settings=report["settings"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        ordered = {n: results["cells"][n] for n in SETTINGS if results["cells"].get(n)}
+        results["summary"] = summarize(ordered, style)
+        check_finite(results)
+        out.write_text(json.dumps(results, indent=1) + "\n")  # after every cell: an interruption loses one cell
+
+    m = report["settings"]
+    scorer = Scorer.from_pretrained(demo_dir / "rm", mapping=m["mapping"], device=m["device"],
+                                    mapping_kwargs=m["rl_flags"].get("moslim.mapping_kwargs"))  # fmt: skip
+    ctx = argparse.Namespace(a=a, out=out, report=report, samples=samples, demos=demos, scorer=scorer)
+    todo = [(n, SEEDLESS if n.startswith("base_") else str(s)) for n in a.settings for s in a.seeds]
+    todo = list(dict.fromkeys(todo))  # a base setting once, not once per seed
+    print_plan(a, report, results, todo)
+    for name, seed in tqdm(todo, desc="ablation cells"):
+        cells = results["cells"].setdefault(name, {})
+        if seed in cells:
+            print(f"skip {name} seed {seed}: done in {out}")
+            continue
+        if name == "ric" and not hasattr(ctx, "ric_chosen"):
+            ctx.ric_chosen = ric_grid(ctx, results, save)
+        number = None if seed == SEEDLESS else int(seed)
+        c = reused_cell(ctx, name, number) or run_cell(ctx, name, number)
+        c["style"] = demos[name].style  # what the cell was measured with, for the reader of the JSON
+        if name.startswith("moslim"):
+            c["rl_flags"] = flags_of(demos[name].args)
+        cells[seed] = c
+        print(f"{name} seed {seed}: accuracy {c['metrics']['mean']['accuracy']:.3f} ({c['source']}, "
+              f"{c['wall_s']:.0f} s)", flush=True)  # fmt: skip
+        save()
+    write_outputs(a, report, results, save)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main_run())
+    except UserError as e:  # input the user can fix: one line, no traceback
+        sys.exit(f"demo_ablation: {e}")

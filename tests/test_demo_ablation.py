@@ -1,0 +1,131 @@
+"""bench/demo_ablation.py on a real quick demo run: every cell, reuse of the demo's cells, resume, refusal."""
+
+import json
+
+import pytest
+
+from moslim_plugin import UserError
+
+SETTINGS = ["base_tagged", "base_natural", "ric", "moslim", "moslim_relabel", "moslim_best"]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    from moslim_plugin.demo.pipeline import main
+
+    out = tmp_path_factory.mktemp("demo")
+    # 1 step x 2 prompts x 4 samples = 8 rollouts, so the demo samples 8 for RiC: the ablation's fairness check.
+    # (8 samples = 8 questions: the fewest with which the RM's split by question leaves a held-out row.)
+    argv = ["--quick", "--out", str(out), "--seeds", "1", "--demo.samples", "8", "--demo.rl_steps", "1",
+            "--demo.batch", "2", "--rollout.n_samples_per_prompt", "4", "--demo.eval_prompts", "1",
+            "--demo.max_new_tokens", "4"]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ablation(demo_dir, tmp_path_factory):
+    from bench.demo_ablation import main_run
+
+    out = tmp_path_factory.mktemp("ablation") / "ablation.json"
+    # Seed 1 of `moslim` is the demo's own run (reused); seed 2 is trained here.
+    argv = ["--demo_dir", str(demo_dir), "--seeds", "1", "2", "--out", str(out), "--ric.epochs", "1",
+            "--ric.lrs", "5e-5", "2e-4", "--ric.val_prompts", "1"]  # fmt: skip
+    assert main_run(argv) == 0
+    return argv, out
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_ablation_measures_every_setting_and_seed_and_writes_table_and_plot(ablation):
+    _, out = ablation
+    result = json.loads(out.read_text())
+    cells = result["cells"]
+    assert list(cells) == SETTINGS
+    for name in SETTINGS:
+        expected = {"all"} if name.startswith("base_") else {"1", "2"}  # the starting policy is evaluated once
+        assert set(cells[name]) == expected, name
+        for c in cells[name].values():
+            lo, hi = c["metrics"]["mean"]["accuracy_ci95"]
+            assert 0 <= lo <= c["metrics"]["mean"]["accuracy"] <= hi <= 1
+            assert c["sampled_metrics"]["mean"]["accuracy"] >= 0 and c["wall_s"] >= 0
+    summary = result["summary"]
+    assert set(summary["settings"]) == set(SETTINGS)
+    assert set(summary["criterion7"]) == {"moslim", "moslim_relabel", "moslim_best"}
+    assert all(v["met"] in (True, False) for v in summary["criterion7"].values())
+    # Each setting ran with its own directive style and RL flags, the rest being the demo's.
+    assert cells["base_tagged"]["all"]["style"] == "tagged"
+    assert all(c["style"] == "natural" for name in SETTINGS[1:] for c in cells[name].values())
+    flags = {name: cells[name]["2"]["rl_flags"] for name in ("moslim", "moslim_relabel", "moslim_best")}
+    assert (flags["moslim"]["moslim.relabel"], flags["moslim"]["train.max_epochs"]) == ("none", 1)
+    assert (flags["moslim_relabel"]["moslim.relabel"], flags["moslim_relabel"]["moslim.relabel_copies"]) == ("all", 2)
+    assert (flags["moslim_best"]["moslim.relabel"], flags["moslim_best"]["train.max_epochs"]) == ("none", 2)
+    assert cells["moslim_relabel"]["2"]["source"] == cells["moslim_best"]["2"]["source"] == "run"
+    md = out.with_suffix(".md").read_text()
+    for name in SETTINGS:
+        assert f"| {name} |" in md
+    assert "python -m bench.demo_ablation --demo_dir" in md and "python -m moslim_plugin demo" in md
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_cells_the_demo_measured_are_taken_from_its_report_unchanged(ablation, demo_dir):
+    _, out = ablation
+    cells = json.loads(out.read_text())["cells"]
+    report = json.loads((demo_dir / "report.json").read_text())
+    assert report["settings"]["style"] == "natural"
+    reused = {("base_natural", "all"): "base", ("moslim", "1"): "MOSLIM seed 1"}
+    for (name, seed), policy in reused.items():
+        c = cells[name][seed]
+        assert c["source"].startswith("demo report")
+        assert c["metrics"] == report["policies"][policy]
+        assert c["sampled_metrics"] == report["policies_sampled"][policy]
+    assert cells["moslim"]["2"]["source"] == "run" and cells["base_tagged"]["all"]["source"] == "run"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_ric_grid_picks_the_best_validation_accuracy_and_ric_uses_it(ablation):
+    _, out = ablation
+    result = json.loads(out.read_text())
+    grid = result["ric_grid"]
+    assert len(grid["trials"]) == 2 and len(grid["val_prompts"]) == 1
+    scores = {k: t["val_accuracy"] for k, t in grid["trials"].items()}
+    assert scores[grid["chosen"]] == max(scores.values())
+    assert grid["chosen"] == next(k for k, v in scores.items() if v == max(scores.values()))  # first on a tie
+    chosen = grid["trials"][grid["chosen"]]
+    for c in result["cells"]["ric"].values():
+        assert (c["epochs"], c["lr"]) == (chosen["epochs"], chosen["lr"])
+    # Held-back prompts are really held back: the grid trained on fewer samples than the demo drew.
+    assert grid["train_samples"] < 8
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_rerun_skips_finished_cells_and_refuses_other_inputs(ablation, capsys):
+    from bench.demo_ablation import main_run
+
+    argv, out = ablation
+    before = json.loads(out.read_text())["cells"]
+    capsys.readouterr()
+    assert main_run(argv) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(out.read_text())["cells"] == before  # nothing re-measured (wall seconds included)
+    assert printed.count("skip ") == 2 + 4 * 2  # two base cells, four trained settings x two seeds
+    with pytest.raises(UserError, match="relabel_flags: '--moslim.relabel all --moslim.relabel_copies 2' there"):
+        main_run([*argv, "--relabel_flags", "--moslim.relabel levels"])
+    assert json.loads(out.read_text())["cells"] == before
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_ablation_refuses_a_demo_whose_ric_and_rl_sample_counts_differ(demo_dir, tmp_path):
+    from bench.demo_ablation import main_run
+
+    # The same demo run, but MOSLIM with 8 samples per prompt would see 16 rollouts against RiC's 8 samples.
+    argv = ["--demo_dir", str(demo_dir), "--out", str(tmp_path / "a.json"), "--settings", "moslim_best",
+            "--best_flags", "--rollout.n_samples_per_prompt 8"]  # fmt: skip
+    with pytest.raises(UserError, match="= 16 rollouts but RiC on the demo's 8 samples"):
+        main_run(argv)
+    assert not (tmp_path / "a.json").exists()
