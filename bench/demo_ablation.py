@@ -191,13 +191,20 @@ def reused_cell(ctx, name, seed):
     if name == f"base_{style}":
         policy, timing = "base", "evaluate base"
     elif name == "moslim" and seed in report["settings"]["seeds"]:
-        if flags_of(ctx.demos[name].args) != report["settings"]["rl_flags"]:
-            return None  # an older report without every RL flag, or other flags: measured again
+        flags, recorded = flags_of(ctx.demos[name].args), report["settings"]["rl_flags"]
+        if any(flags[key] != value for key, value in recorded.items()):
+            return None  # other flags: measured again
+        # A report written before a flag was recorded ran it at its default, which demo_args gives it here too; the
+        # source column names such flags.
+        assumed = sorted(set(flags) - set(recorded))
         policy, timing = f"MOSLIM seed {seed}", f"MOSLIM RL seed {seed}"
     else:
         return None
     result = {"metrics": report["policies"][policy], "sampled_metrics": report["policies_sampled"].get(policy)}
-    return cell(result, report["timings_s"].get(timing, 0.0), f"demo report ({policy!r})")
+    source = f"demo report ({policy!r})" + (
+        f", defaults assumed for {assumed}" if name == "moslim" and assumed else ""
+    )
+    return cell(result, report["timings_s"].get(timing, 0.0), source)
 
 
 def summarize(cells: dict, style: str) -> dict:
