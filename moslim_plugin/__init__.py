@@ -17,7 +17,7 @@ class UserError(ValueError):
     traceback because it is our bug, not theirs."""
 
 
-def positive_int(text: str) -> int:
+def positive_int(text: str, minimum: int = 1) -> int:
     """argparse `type` of a count flag (batch sizes, samples, tokens): 0 or less would fail far from the flag, or
     silently produce an empty result."""
     import argparse
@@ -25,7 +25,12 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
     return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse `type` of a count flag where 0 means "none" (sampled answers per request)."""
+    return positive_int(text, minimum=0)

@@ -145,6 +145,13 @@ CASES = [
     ("demo", ["--quick", "--out", "{d}/demo", "--moslim.mapping_kwargs", '{"zzz": 1}'],
      ["mapping 'moslim' has no keyword(s) ['zzz']"]),
     ("demo", ["--quick", "--out", "{d}/bad.jsonl"], ["--out '{d}/bad.jsonl': cannot be made an output folder"]),
+    ("demo", ["--quick", "--out", "{d}/demo", "--demo.rl_steps", "0"],
+     ["argument --demo.rl_steps: expected an integer >= 1, got 0"]),
+    ("demo", ["--quick", "--out", "{d}/demo", "--demo.eval_samples", "-1"],
+     ["argument --demo.eval_samples: expected an integer >= 0, got -1"]),
+    ("evaluate", [*EVALUATE, "--eval.n_samples_per_prompt", "-1"], ["expected an integer >= 0, got -1"]),
+    ("evaluate", [*EVALUATE, "--rollout.temperature", "-1"],
+     ["--rollout.temperature -1.0: the sampled evaluation needs > 0"]),
 ]  # fmt: skip
 
 

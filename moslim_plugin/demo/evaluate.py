@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from moslim_plugin import UserError, positive_int
+from moslim_plugin import UserError, nonnegative_int, positive_int
 from moslim_plugin.core.directives import DEFAULT_PLACEMENT, DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.demo.oracle import demo_spec, judge
 
@@ -323,7 +323,9 @@ def build_parser():
     )
     p.add_argument("--eval.dataset", type=str, default=None, help="prompts: .txt (one a line) or .jsonl with 'input'")
     p.add_argument("--eval.max_samples", type=positive_int, default=64, help="held-out prompts (each at every level)")
-    p.add_argument("--eval.n_samples_per_prompt", type=int, default=2, help="sampled answers per request (0: none)")
+    p.add_argument(
+        "--eval.n_samples_per_prompt", type=nonnegative_int, default=2, help="sampled answers per request (0: none)"
+    )
     p.add_argument("--eval.output_dir", type=str, default="runs/evaluate")
     p.add_argument("--rollout.max_new_tokens", type=positive_int, default=48)
     p.add_argument("--rollout.temperature", type=float, default=0.7, help="for the sampled evaluation")
@@ -372,6 +374,9 @@ def main(argv=None) -> int:
     compat.install()  # the reward model path may import openrlhf.models, which needs flash-attn's helpers
     args = hierarchize(build_parser().parse_args(argv))
     torch_device(args.device)  # `--device cuda` without a GPU: a one-line error before the reward model loads
+    if args.eval.n_samples_per_prompt and not args.rollout.temperature > 0:
+        raise UserError(f"--rollout.temperature {args.rollout.temperature}: the sampled evaluation needs > 0 "
+                        "(or --eval.n_samples_per_prompt 0)")  # fmt: skip
     out = make_output_dir(args.eval.output_dir, "--eval.output_dir")
     spec, judge_fn, judge_name, scorer = load_judge(args)
     prompts = read_prompts(args.eval.dataset) if args.eval.dataset else builtin_prompts("heldout")

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from moslim_plugin import nonnegative_int, positive_int
 from moslim_plugin.core.directives import DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.core.mappings import parse_mapping_kwargs, resolve_mapping
 from moslim_plugin.demo.evaluate import (
@@ -87,7 +88,9 @@ def build_parser():
     p.add_argument("--moslim.placement", default="user_suffix", choices=PLACEMENTS, help="where the directive goes")
     p.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES, help="how the directive reads")
     for key in SIZES["full"]:
-        p.add_argument(f"--demo.{key}", type=int, default=None, help=f"override the size preset's {key}")
+        # Counts of 0 would fail far from the flag or give an empty report; only the sampled evaluation may be off.
+        kind = nonnegative_int if key == "eval_samples" else positive_int
+        p.add_argument(f"--demo.{key}", type=kind, default=None, help=f"override the size preset's {key}")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
     add_rl_args(p)
     # The demo's RL defaults, sized for 2 CPU cores (any flag can still be given on the command line).
