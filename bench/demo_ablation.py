@@ -343,6 +343,9 @@ def load_demo_run(demo_dir):
         raise UserError(f"--demo_dir {demo_dir}: not a finished demo run (missing {', '.join(missing)}); run "
                         f"`python -m moslim_plugin demo --out {demo_dir}` first")  # fmt: skip
     report = json.loads((demo_dir / "report.json").read_text())
+    # A report from before the size presets and --device were recorded ran the full or quick preset on the CPU.
+    report["settings"].setdefault("preset", "quick" if report["settings"].get("quick") else "full")
+    report["settings"].setdefault("device", "cpu")
     samples = [json.loads(line) for line in (demo_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
     return report, samples
 
