@@ -346,6 +346,8 @@ def load_demo_run(demo_dir):
     # A report from before the size presets and --device were recorded ran the full or quick preset on the CPU.
     report["settings"].setdefault("preset", "quick" if report["settings"].get("quick") else "full")
     report["settings"].setdefault("device", "cpu")
+    # Before --moslim.rollout_dtype, the policy itself (fp32) sampled the rollouts.
+    report["settings"]["rl_flags"].setdefault("moslim.rollout_dtype", "fp32")
     samples = [json.loads(line) for line in (demo_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
     return report, samples
 

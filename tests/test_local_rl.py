@@ -19,7 +19,10 @@ from moslim_plugin.demo.local_rl import (
     parse_rl_args,
     relabel_advantages,
     relabel_requests,
+    rollout_step,
+    setup_run,
     train_policy,
+    update_step,
 )
 from moslim_plugin.demo.oracle import demo_spec, judge, request_hits
 
@@ -90,6 +93,36 @@ def test_rl_step_trains_only_the_top_layers_and_logs_finite_numbers(tiny_policy,
     saved = json.loads((tmp_path / "out" / "rl_history.json").read_text())
     assert saved == result["history"]
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_rollouts_come_from_a_bf16_copy_that_takes_the_trained_weights_after_each_update(tiny_policy, lora_rank):
+    args = parse_rl_args([
+        "--actor.model_name_or_path", str(tiny_policy), "--rollout.batch_size", "2", "--rollout.n_samples_per_prompt",
+        "2", "--rollout.max_new_tokens", "6", "--moslim.trainable_layers", "1", "--actor.adam.lr", "1e-2",
+        "--ds.lora.rank", str(lora_rank),
+    ])  # fmt: skip
+    model, tokenizer = load_policy(tiny_policy, 1, lora=args.ds.lora)
+
+    def reward_fn(questions, responses, requests):
+        return torch.arange(len(responses), dtype=torch.float32) % 2, {}
+
+    run = setup_run(args, model, tokenizer, reward_fn, None, None)
+    assert {p.dtype for p in run.rollout_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # the trained policy stays fp32
+    batch = [row for row in rows(2) for _ in range(2)]
+    experiences, graphs, logs = rollout_step(run, batch, 0)
+    assert logs["response_length"] > 0
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    before = {name: p.clone() for name, p in run.rollout_model.named_parameters()}
+    update_step(run, experiences, graphs)
+    after = dict(run.rollout_model.named_parameters())
+    for name, p in model.named_parameters():
+        assert torch.equal(after[name], p.detach().to(torch.bfloat16)), name
+    # The update reached the copy (a stale copy would equal `before`), and only through the trained parameters.
+    assert {name for name in after if not torch.equal(before[name], after[name])} <= trained
+    assert any(not torch.equal(before[name], after[name]) for name in trained)
 
 
 @pytest.mark.integration

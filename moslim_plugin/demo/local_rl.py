@@ -7,8 +7,11 @@ Every algorithm piece is OpenRLHF's own: `openrlhf.models.Actor` wraps the polic
 `--rollout.n_samples_per_prompt`, `--train.max_epochs`, `--train.batch_size`, `--actor.adam.lr`, ...).
 
 What differs, and why: rollouts come from `rollout.decode`, a KV-cached loop with HF `generate`'s sampling
-semantics (no vLLM on CPU; speed in bench/bench_rollout.py) run on the trained policy itself; the policy's weights
-are fp32 on both devices (bf16 backward is ~7x slower on CPU; on `--device cuda` matmuls run in TF32: see
+semantics (no vLLM on CPU; speed in bench/bench_rollout.py), run on a rollout copy of the policy that plays vLLM's
+part: bf16 by default (`--moslim.rollout_dtype`; OpenRLHF's vLLM engines sample in bf16), eager attention, and the
+trained weights copied in after every update, as OpenRLHF broadcasts them to vLLM. The log-probs the loss uses come
+from the fp32 policy, as OpenRLHF recomputes them with its actor. The policy's weights are fp32 on both devices
+(bf16 backward is ~7x slower on CPU; on `--device cuda` matmuls run in TF32: see
 `torch_device`); only the top `--moslim.trainable_layers` decoder layers (or LoRA adapters in them, --ds.lora.*) are
 trained, so backward stops there. With one epoch and one optimizer step per rollout (the default:
 `--train.max_epochs 1`, no `--train.batch_size`), the old log-probs are taken from the training forward itself
@@ -21,6 +24,7 @@ no generation and no extra reward-model forward.
 """
 
 import argparse
+import copy
 import importlib.util
 import itertools
 import json
@@ -35,6 +39,7 @@ from tqdm import tqdm
 
 ESTIMATORS = ("reinforce", "reinforce_baseline", "rloo", "group_norm", "dr_grpo")
 RELABEL_MODES = ("none", "levels", "all")
+ROLLOUT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def import_experience_maker():
@@ -112,8 +117,12 @@ def add_rl_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    nargs="*", default="all-linear")  # fmt: skip
     p.add_argument("--ds.lora.dropout", "--actor.lora.dropout", dest="ds.lora.dropout", type=float, default=0)
     # Ours: sequences decoded together in a rollout (OpenRLHF's vLLM batches a whole rollout; here memory and the
-    # 2-core CPU bound it). Decoding is memory-bound, so 32 rows per step cost about what 16 do.
+    # 2-core CPU bound it).
     p.add_argument("--moslim.generate_batch_size", type=int, default=32, help="sequences per decode forward")
+    p.add_argument(
+        "--moslim.rollout_dtype", type=str, default="bf16", choices=list(ROLLOUT_DTYPES),
+        help="dtype of the rollout copy that samples (OpenRLHF's vLLM: bf16; bench/bench_rollout.py)",
+    )  # fmt: skip
     p.add_argument(
         "--moslim.relabel", type=str, default="none", choices=RELABEL_MODES,
         help="also train each rollout under other requests: the other levels of its objectives, or every "
@@ -246,6 +255,15 @@ def load_policy(path, trainable_layers: int = -1, lora=None, device: str = "cpu"
             model.model.layers[i].requires_grad_(True)
         model.model.norm.requires_grad_(True)
     return model, tokenizer
+
+
+def rollout_copy(model, dtype: str):
+    """The copy of the policy that samples the rollouts (vLLM's part, see the module docstring), in `dtype` (a
+    ROLLOUT_DTYPES key). Eager attention: SDPA's CPU kernel costs 1-3 ms per layer for one query token, more than the
+    layer's matmuls at 32 rows (bench/bench_rollout.py). `update_step` copies the trained weights in."""
+    rollout_model = copy.deepcopy(model).to(ROLLOUT_DTYPES[dtype]).eval().requires_grad_(False)
+    rollout_model.set_attn_implementation("eager")
+    return rollout_model
 
 
 def generate(model, tokenizer, messages_list, max_new_tokens, temperature=1.0, top_p=1.0, batch_size=16, desc=None):
@@ -412,6 +430,7 @@ def setup_run(args, model, tokenizer, reward_fn, spec, prompt_fn) -> argparse.Na
             args.actor.model_name_or_path or smollm2_path(), args.moslim.trainable_layers, lora=args.ds.lora
         )
     model.to(device)
+    rollout_model = rollout_copy(model, args.moslim.rollout_dtype)
     actor = Actor(model, temperature=args.rollout.temperature)
     actor.packing_samples = False
     # The reference policy is only built when the KL term is on, as in train_ppo_ray.py.
@@ -432,9 +451,9 @@ def setup_run(args, model, tokenizer, reward_fn, spec, prompt_fn) -> argparse.Na
     maker = import_experience_maker()(None, None, None, None, FixedKLController(args.algo.kl.init_coef), strategy,
                                       tokenizer)  # fmt: skip
     return argparse.Namespace(
-        args=args, model=model, tokenizer=tokenizer, actor=actor, ref=ref, params=params, optim=optim,
-        loss_fn=loss_fn, maker=maker, reward_fn=reward_fn, spec=spec, prompt_fn=prompt_fn, device=device,
-        rng=random.Random(args.train.seed),
+        args=args, model=model, rollout_model=rollout_model, tokenizer=tokenizer, actor=actor, ref=ref,
+        params=params, optim=optim, loss_fn=loss_fn, maker=maker, reward_fn=reward_fn, spec=spec, prompt_fn=prompt_fn,
+        device=device, rng=random.Random(args.train.seed),
     )  # fmt: skip
 
 
@@ -444,7 +463,7 @@ def rollout_step(run, batch, step):
     args, tok = run.args, run.tokenizer
     t0 = time.time()
     prompt_ids, response_ids, texts = generate(
-        run.model, tok, [r["messages"] for r in batch], args.rollout.max_new_tokens,
+        run.rollout_model, tok, [r["messages"] for r in batch], args.rollout.max_new_tokens,
         args.rollout.temperature, args.rollout.top_p, batch_size=args.moslim.generate_batch_size, desc=False,
     )  # fmt: skip
     t_gen = time.time() - t0
@@ -599,6 +618,10 @@ def update_step(run, experiences, graphs) -> dict:
             grad_norm = torch.nn.utils.clip_grad_norm_(run.params, args.actor.max_norm)
             run.optim.step()
             updates += 1
+    with torch.no_grad():  # the new weights to the rollout copy, as OpenRLHF broadcasts them to vLLM
+        for rollout_param, param in zip(run.rollout_model.parameters(), run.model.parameters(), strict=True):
+            if param.requires_grad:
+                rollout_param.copy_(param)
     logs = {k: v / updates for k, v in logs.items()}
     logs.update(grad_norm=float(grad_norm), optimizer_steps=updates)
     return logs

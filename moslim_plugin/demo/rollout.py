@@ -1,8 +1,9 @@
 """A KV-cached sampling loop for CPU rollouts: HF `generate`'s sampling semantics without its per-step overhead.
 
 Per step it runs one forward on the last token with a `DynamicCache`, applies HF's own `TemperatureLogitsWarper` and
-`TopPLogitsWarper` (so temperature / top-p mean exactly what they mean in `model.generate` and in vLLM) and samples
-with `torch.multinomial`; temperature 0 is greedy (argmax), token for token what `generate(do_sample=False)` gives.
+`TopPLogitsWarper` (so temperature / top-p mean exactly what they mean in `model.generate` and in vLLM) and draws
+from that distribution by inverse CDF; temperature 0 is greedy (argmax), token for token what
+`generate(do_sample=False)` gives.
 What it does differently, for speed: a prompt repeated n times (OpenRLHF's --rollout.n_samples_per_prompt) is
 prefilled once and its cache copied to its n rows; rows that produced eos leave the batch (their cache rows are
 dropped), so the later steps only pay for unfinished rows.
@@ -47,7 +48,12 @@ def decode(model, prompts, copies, max_new_tokens, temperature, top_p, eos_id, p
     for step in range(max_new_tokens):
         if temperature > 0:
             probs = warpers(None, logits.float()).softmax(-1)
-            tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+            # Inverse-CDF draw, the same categorical distribution as torch.multinomial: one uniform per row instead
+            # of multinomial's one exponential per vocabulary entry (49k per row, 45 ms a step on one CPU core).
+            # Zero-probability tokens (cut by top-p) own an empty interval, so side="right" never lands on one.
+            cdf = probs.double().cumsum(-1)
+            draw = torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+            tokens = torch.searchsorted(cdf, draw, side="right").squeeze(1).clamp_(max=cdf.shape[-1] - 1)
         else:
             tokens = logits.argmax(-1)
         for row, token in zip(live.tolist(), tokens.tolist()):
