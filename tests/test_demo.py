@@ -2,6 +2,7 @@
 
 import json
 import math
+from collections import Counter
 
 import pytest
 
@@ -98,6 +99,19 @@ def test_the_oracle_judge_refuses_a_spec_it_cannot_judge_before_any_generation()
         make_judge(load_spec("hh"))
 
 
+@pytest.mark.unit
+def test_one_objective_requests_take_turns_so_a_two_level_objective_gets_each_level_in_one_sixth():
+    from moslim_plugin.demo.pipeline import turn_requests
+
+    spec = demo_spec()
+    requests = turn_requests(spec, 36)
+    assert all(len(r) == 1 for r in requests)
+    counts = Counter((name, level) for r in requests for name, level in r.items())
+    assert sum(n for (name, _), n in counts.items() if name == "format") == 12  # objectives take turns
+    assert counts[("format", 1)] == counts[("format", 0)] == 6  # a list in 1/6 of the requests
+    assert [counts[("length", level)] for level in range(3)] == [4, 4, 4]
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     from moslim_plugin.demo.pipeline import main
@@ -135,6 +149,7 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
         assert set(policy["rm_agreement"]) == set(demo_spec().names)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert all(set(s["labels"]) == set(demo_spec().names) for s in samples)
+    assert all(len(s["request"]) == 1 for s in samples)  # one objective per request, as the RL asks
     assert "Beats the starting policy by more than the seed spread" in (out / "report.md").read_text()
     # Level shares: every (objective, level), from the samples and from the RL rollouts (logged by the reward_fn).
     spec, shares = demo_spec(), summary["level_shares"]
