@@ -279,6 +279,8 @@ def plot(cells, path) -> None:
                 labelled.add(label)
             if points:
                 ax.hlines(statistics.mean(m["accuracy"] for _, m in points), i - 0.3, i + 0.3, color="black")
+        if not labelled:  # e.g. a demo run with --demo.eval_samples 0: say so rather than leave a blank panel
+            ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", color="grey")
         ax.axhline(TARGET, color="grey", linestyle=":", linewidth=1)
         ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
         ax.set_title(("greedy" if key == "metrics" else "sampled") + " exact-level accuracy (95 % CI; bar: mean)")
