@@ -14,9 +14,10 @@ prompts, by the same oracle, with the same budget:
   picked by a grid: each trial trains on the samples whose question is not held back and is scored (oracle,
   greedy, the evaluation's requests) on `--ric.val_prompts` held-back train prompts; the chosen one is retrained
   on all samples once per seed (the seed orders the samples);
-- moslim: MOSLIM RL with the demo's flags (on-policy); moslim_relabel: plus `--relabel_flags`; moslim_best: plus
-  `--best_flags` (issue 16 point 4's best setting), e.g. `--best_flags="--moslim.trainable_layers -1"` (with `=`:
-  a lone flag without a value would otherwise read as one of this script's options).
+- moslim: MOSLIM RL with the demo's flags and one PPO epoch (on-policy); moslim_relabel: plus `--relabel_flags`;
+  moslim_best: the demo's flags plus `--best_flags` (issue 16 point 4's best setting), e.g.
+  `--best_flags="--moslim.trainable_layers -1"` (with `=`: a lone flag without a value would otherwise read as one
+  of this script's options).
 
 Cells the demo measured with identical settings (the starting policy in the demo's style; MOSLIM seed s) are
 taken from its report.json, not re-run. Resumable: the JSON is rewritten after every cell and a rerun skips the
@@ -369,8 +370,11 @@ def build_demos(a, report, samples) -> dict:
     from moslim_plugin.demo.pipeline import Demo
 
     demo_dir = Path(a.demo_dir)
+    # On-policy is one pass over each rollout batch, whatever the demo's own default (the demo now makes two).
+    on_policy = ["--train.max_epochs", "1"]
     extra = {"base_tagged": ["--moslim.style", "tagged"], "base_natural": ["--moslim.style", "natural"],
-             "moslim_relabel": shlex.split(a.relabel_flags), "moslim_best": shlex.split(a.best_flags)}  # fmt: skip
+             "moslim": on_policy, "moslim_relabel": on_policy + shlex.split(a.relabel_flags),
+             "moslim_best": shlex.split(a.best_flags)}  # fmt: skip
     # Policies go beside the demo run (runs/ is not committed), one folder per setting.
     demos = {name: Demo(demo_args(report, demo_dir / "ablation" / name, extra.get(name, []))) for name in a.settings}
     for name in [n for n in a.settings if n.startswith("moslim")]:

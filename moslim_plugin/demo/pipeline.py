@@ -103,6 +103,9 @@ def build_parser():
             # At temperature 1 (full vocabulary) the 135M policy mostly writes word salad; the evaluation decodes
             # greedily, so rollouts at 0.7 sample the coherent answers whose style the evaluation measures.
             "rollout.temperature": 0.7,
+            # Two passes over each rollout batch: the best of the ablation's RL settings (3 seeds, mean held-out
+            # accuracy 0.747 vs 0.714 for one pass; README "Ablation"), at about twice the RL compute per seed.
+            "train.max_epochs": 2,
         }
     )
     return p
