@@ -101,10 +101,10 @@ def test_the_oracle_judge_refuses_a_spec_it_cannot_judge_before_any_generation()
 
 @pytest.mark.unit
 def test_one_objective_requests_take_turns_so_a_two_level_objective_gets_each_level_in_one_sixth():
-    from moslim_plugin.demo.pipeline import turn_requests
+    from moslim_plugin.demo.pipeline import turn_rows
 
     spec = demo_spec()
-    requests = turn_requests(spec, 36)
+    _, requests = turn_rows(spec, ["a question"], 36, seed=0)
     assert all(len(r) == 1 for r in requests)
     counts = Counter((name, level) for r in requests for name, level in r.items())
     assert sum(n for (name, _), n in counts.items() if name == "format") == 12  # objectives take turns

@@ -112,13 +112,11 @@ def build_parser():
 
 
 def sample_stage(model, tokenizer, demo, n, seed):
-    """n responses to training prompts, each under a one-objective request as the RL asks (`turn_requests`),
+    """n responses to training prompts, each under a one-objective request as the RL asks (`turn_rows`),
     labelled by the oracle. Asking for every objective at once made the 135M policy write far fewer lists (4.4 % of
     384 samples: a list plus a length plus a tone is a request it mostly half-follows)."""
-    spec, prompts, rollout = demo.spec, demo.train_prompts, demo.args.rollout
-    order = random.Random(seed).sample(range(len(prompts)), len(prompts))
-    questions = [prompts[order[i % len(order)]] for i in range(n)]
-    requests = turn_requests(spec, n)
+    spec, rollout = demo.spec, demo.args.rollout
+    questions, requests = turn_rows(spec, demo.train_prompts, n, seed)
     messages = [apply_directive(spec, r, q, demo.placement, demo.style) for q, r in zip(questions, requests)]
     torch.manual_seed(seed)
     _, _, texts = generate(
@@ -283,23 +281,22 @@ def base_eval_stage(demo, model, tokenizer, scorer):
     return result
 
 
-def turn_requests(spec, n: int) -> list[dict[str, int]]:
-    """n one-objective requests: objectives take turns and each one's levels take turns, so with three objectives a
-    two-level objective's rarer level (a list) is asked for in 1/6 of them, not 1/7 as with every (objective, level)
-    pair equally often."""
+def turn_rows(spec, prompts, n: int, seed: int) -> tuple[list[str], list[dict[str, int]]]:
+    """n (question, one-objective request) pairs: the prompts in a seeded order, repeating (with another request)
+    when n needs more; objectives take turns and each one's levels take turns, so with three objectives a two-level
+    objective's rarer level (a list) is asked for in 1/6 of them, not 1/7 as with every (objective, level) pair
+    equally often."""
+    order = random.Random(seed).sample(range(len(prompts)), len(prompts))
     k = len(spec.names)
-    return [{spec.names[i % k]: (i // k) % spec.levels[i % k]} for i in range(n)]
+    questions = [prompts[order[i % len(order)]] for i in range(n)]
+    return questions, [{spec.names[i % k]: (i // k) % spec.levels[i % k]} for i in range(n)]
 
 
 def rl_rows(demo, seed):
-    """One objective per RL prompt (`turn_requests`), as in the evaluation: the reward is then one clean signal per
-    sample instead of an average over objectives (k = 1 in the mapping). Prompts repeat (with another request) when
-    the run needs more."""
-    spec, prompts = demo.spec, demo.train_prompts
-    order = random.Random(seed).sample(range(len(prompts)), len(prompts))
-    n_rows = demo.size["rl_steps"] * demo.size["batch"]
-    questions = [prompts[order[i % len(order)]] for i in range(n_rows)]
-    requests = turn_requests(spec, n_rows)
+    """One objective per RL prompt (`turn_rows`), as in the evaluation: the reward is then one clean signal per
+    sample instead of an average over objectives (k = 1 in the mapping)."""
+    spec = demo.spec
+    questions, requests = turn_rows(spec, demo.train_prompts, demo.size["rl_steps"] * demo.size["batch"], seed)
     return [
         {"question": q, "request": r, "messages": apply_directive(spec, r, q, demo.placement, demo.style)}
         for q, r in zip(questions, requests)
