@@ -15,8 +15,8 @@ the model's forwards, 9 % bookkeeping. The KV-cached loop on the fp32 policy: ma
 `torch.multinomial` 45 ms a step (one exponential draw per vocabulary entry: 32 x 49k), SDPA 40 ms a step (its CPU
 kernel costs 1.3 ms per layer for one query token). Hence inverse-CDF sampling (one uniform per row), eager attention
 in the rollout copy, and bf16 weights there: this CPU has avx512_bf16, where a bf16 matmul at 32 rows runs at about
-twice fp32's rate (35-40 vs 64-79 GFLOP/s per core, 576x1536 and 576x49152 weights). On a CPU without bf16 support,
-`--moslim.rollout_dtype fp32`. Dynamic int8 (quantize_dynamic) was slower here, so it is not used.
+twice fp32's rate (a one-off check: 35-40 vs 64-79 GFLOP/s per core, 576x1536 and 576x49152 weights). On a CPU
+without bf16 support, `--moslim.rollout_dtype fp32`. Dynamic int8 (quantize_dynamic) was slower here: not used.
 
     python -m bench.bench_rollout [--repeats 2] [--threads 1] [--shapes demo_8x4 distinct_32]
 """
