@@ -100,7 +100,7 @@ def test_the_oracle_judge_refuses_a_spec_it_cannot_judge_before_any_generation()
 
 
 @pytest.mark.unit
-def test_one_objective_requests_take_turns_so_a_two_level_objective_gets_each_level_in_one_sixth():
+def test_one_objective_requests_take_turns_and_a_list_is_asked_for_twice_as_often_as_a_paragraph():
     from moslim_plugin.demo.pipeline import turn_rows
 
     spec = demo_spec()
@@ -108,8 +108,14 @@ def test_one_objective_requests_take_turns_so_a_two_level_objective_gets_each_le
     assert all(len(r) == 1 for r in requests)
     counts = Counter((name, level) for r in requests for name, level in r.items())
     assert sum(n for (name, _), n in counts.items() if name == "format") == 12  # objectives take turns
-    assert counts[("format", 1)] == counts[("format", 0)] == 6  # a list in 1/6 of the requests
-    assert [counts[("length", level)] for level in range(3)] == [4, 4, 4]
+    assert (counts[("format", 0)], counts[("format", 1)]) == (4, 8)  # REQUEST_WEIGHTS: lists 2:1
+    assert [counts[("length", level)] for level in range(3)] == [4, 4, 4]  # unlisted: levels equally often
+    _, equal = turn_rows(spec, ["a question"], 36, seed=0, weights={})
+    assert Counter(r["format"] for r in equal if "format" in r) == {0: 6, 1: 6}
+    with pytest.raises(ValueError, match=r"'format': expected 2 positive integers, got \(1,\)"):
+        turn_rows(spec, ["a question"], 3, seed=0, weights={"format": (1,)})
+    with pytest.raises(ValueError, match=r"\['tone'\]: not objectives"):
+        turn_rows(spec, ["a question"], 3, seed=0, weights={"tone": (1, 1)})
 
 
 @pytest.fixture(scope="module")
@@ -232,16 +238,22 @@ def test_evaluate_command_works_on_any_policy_checkpoint_with_an_rm(quick_demo, 
 
 
 @pytest.mark.unit
-def test_rm_data_edits_flip_the_format_and_make_formal_calm_text_relabelled_by_the_oracle():
+def test_rm_data_edits_cut_flip_the_format_and_make_formal_calm_text_relabelled_by_the_oracle():
     from moslim_plugin.demo.pipeline import augment
 
     spec = demo_spec()
     prose = {"question": "q", "response": "It's easy! You mix it. Then you bake it for an hour."}
     listed = {"question": "q", "response": "Steps:\n- Mix it.\n- Bake it."}
-    cut, formal, other = augment([prose], spec, seed=0)
+    cut, cut_words, formal, other = augment([prose], spec, seed=0)
     assert formal["response"] == "It is easy. one mix it. Then one bake it for an hour."  # case kept as is
     assert formal["labels"]["formality"] == 0 and other["labels"]["format"] == 1
     assert len(cut["response"].split()) <= len(prose["response"].split())
-    _, _, other = augment([listed], spec, seed=0)
+    words = prose["response"].split()  # a prefix of the words, at least one shorter than the response
+    assert (
+        cut_words["response"] == " ".join(words[: len(cut_words["response"].split())])
+        and len(words) > len(cut_words["response"].split()) >= 1
+    )
+    assert cut_words["labels"]["length"] == 0 and cut_words["question"] == "q"
+    _, _, _, other = augment([listed], spec, seed=0)
     assert other["response"] == "Steps: Mix it. Bake it." and other["labels"]["format"] == 0
     assert all(set(row["labels"]) == set(spec.names) for row in augment([prose, listed], spec, seed=1))
