@@ -117,17 +117,15 @@ def sample_stage(model, tokenizer, demo, n, seed):
     """n responses to training prompts, each under a one-objective request as the RL asks (`turn_rows`),
     labelled by the oracle. Asking for every objective at once made the 135M policy write far fewer lists (4.4 % of
     384 samples: a list plus a length plus a tone is a request it mostly half-follows)."""
-    spec, rollout = demo.spec, demo.args.rollout
-    questions, requests = turn_rows(spec, demo.train_prompts, n, seed)
-    messages = [apply_directive(spec, r, q, demo.placement, demo.style) for q, r in zip(questions, requests)]
+    rollout, rows = demo.args.rollout, request_rows(demo, n, seed)
     torch.manual_seed(seed)
     _, _, texts = generate(
-        model, tokenizer, messages, rollout.max_new_tokens, rollout.temperature,
+        model, tokenizer, [r["messages"] for r in rows], rollout.max_new_tokens, rollout.temperature,
         batch_size=demo.args.moslim.generate_batch_size, desc="sample (policy)",
     )  # fmt: skip
     return [
-        {"question": q, "request": r, "response": t, "labels": judge(t, spec)}
-        for q, r, t in zip(questions, requests, texts)
+        {"question": r["question"], "request": r["request"], "response": t, "labels": judge(t, demo.spec)}
+        for r, t in zip(rows, texts)
     ]
 
 
@@ -171,7 +169,7 @@ def ric_sft(model, tokenizer, demo, samples, epochs, seed, lr=None):
     the samples; `lr` defaults to the RL learning rate (bench/demo_ablation.py tunes it)."""
     from openrlhf.models import Actor
 
-    spec, micro_batch_size = demo.spec, demo.args.rollout.micro_batch_size
+    micro_batch_size = demo.args.rollout.micro_batch_size
     actor = Actor(model)
     actor.packing_samples = False
     params = [p for p in model.parameters() if p.requires_grad]
@@ -182,7 +180,7 @@ def ric_sft(model, tokenizer, demo, samples, epochs, seed, lr=None):
         order = rng.sample(range(len(samples)), len(samples))
         for start in tqdm(range(0, len(order), micro_batch_size), desc=f"RiC SFT epoch {epoch + 1}", leave=False):
             batch = [samples[i] for i in order[start : start + micro_batch_size]]
-            chats = [apply_directive(spec, s["labels"], s["question"], demo.placement, demo.style) for s in batch]
+            chats = [demo.chat(s["question"], s["labels"]) for s in batch]
             texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
             prompt_ids = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
             response_ids = [tokenizer(s["response"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
@@ -229,6 +227,10 @@ class Demo:
         self.heldout = builtin_prompts("heldout")[: self.size["eval_prompts"]]
         self.placement, self.style = args.moslim.placement, args.moslim.style
         self.timings, self.t_start = {}, time.time()
+
+    def chat(self, question, request):
+        """The chat for `question` with `request`'s directive, in the run's placement and style."""
+        return apply_directive(self.spec, request, question, self.placement, self.style)
 
     def stage(self, name):
         self.timings[name] = time.time()
@@ -319,15 +321,12 @@ def turn_rows(spec, prompts, n: int, seed: int, weights=REQUEST_WEIGHTS) -> tupl
     return questions, requests
 
 
-def rl_rows(demo, seed):
-    """One objective per RL prompt (`turn_rows`), as in the evaluation: the reward is then one clean signal per
-    sample instead of an average over objectives (k = 1 in the mapping)."""
-    spec = demo.spec
-    questions, requests = turn_rows(spec, demo.train_prompts, demo.size["rl_steps"] * demo.size["batch"], seed)
-    return [
-        {"question": q, "request": r, "messages": apply_directive(spec, r, q, demo.placement, demo.style)}
-        for q, r in zip(questions, requests)
-    ]
+def request_rows(demo, n, seed):
+    """n training prompts, each with one objective requested (`turn_rows`), as in the evaluation, and its chat: the
+    sample stage's and the RL's rows. In the RL, the reward is then one clean signal per sample instead of an
+    average over objectives (k = 1 in the mapping)."""
+    questions, requests = turn_rows(demo.spec, demo.train_prompts, n, seed)
+    return [{"question": q, "request": r, "messages": demo.chat(q, r)} for q, r in zip(questions, requests)]
 
 
 def rl_stage(demo, scorer, seed):
@@ -346,9 +345,9 @@ def rl_stage(demo, scorer, seed):
 
     demo.args.train.seed = seed
     demo.args.ckpt.output_dir = str(demo.out / f"policy_seed{seed}")
-    # spec and prompt_fn let --moslim.relabel build the copies' chats exactly as rl_rows built the rollouts'.
-    prompt_fn = lambda q, r: apply_directive(demo.spec, r, q, demo.placement, demo.style)  # noqa: E731
-    rl = train_policy(demo.args, rl_rows(demo, seed), reward_fn, spec=demo.spec, prompt_fn=prompt_fn)
+    # spec and prompt_fn let --moslim.relabel build the copies' chats exactly as request_rows built the rollouts'.
+    rows = request_rows(demo, demo.size["rl_steps"] * demo.size["batch"], seed)
+    rl = train_policy(demo.args, rows, reward_fn, spec=demo.spec, prompt_fn=demo.chat)
     model, tokenizer = load_policy(rl["output_dir"], device=demo.args.device)
     return rl["history"], demo.evaluate(model, tokenizer, scorer, f"evaluate seed {seed}")
 
