@@ -229,6 +229,23 @@ def test_resume_refuses_other_objectives_head_shapes_or_batching_naming_both_val
         train_reward_model(rows, wider, tiny_bert, tmp_path / "c", load_enable=True, **common)
     with pytest.raises(UserError, match=r"train.batch_size=8, this run has 16"):
         train_reward_model(rows, SPEC, tiny_bert, tmp_path / "d", load_enable=True, **{**common, "batch_size": 16})
+    # The saved best value is an NLL: resuming with macro-F1 selection would compare it with 1 - F1.
+    with pytest.raises(UserError, match=r"moslim.select='nll', this run has 'macro_f1'"):
+        train_reward_model(rows, SPEC, tiny_bert, tmp_path / "e", load_enable=True, select="macro_f1", **common)
+
+
+@pytest.mark.integration
+def test_selection_by_macro_f1_keeps_the_evaluation_with_the_best_mean_macro_f1(tmp_path, tiny_bert):
+    flags = dict(micro_batch_size=8, batch_size=8, max_epochs=4, lr=3e-3, max_len=32, eval_ratio=0.25, patience=0)
+    result = train_reward_model(synthetic_rows(96), SPEC, tiny_bert, tmp_path / "rm", select="macro_f1", **flags)
+    assert result["selection"]["criterion"].startswith("mean per-head macro-F1")
+    history = result["selection"]["history"]
+    assert len(history) == 4  # patience 0: every epoch evaluated
+    best_step, best_loss = min(history, key=lambda h: h[1])  # the history holds 1 - mean macro-F1
+    assert result["selection"]["best_step"] == best_step
+    # The kept weights are that evaluation's: re-measured on the same held-out rows, the same mean macro-F1.
+    kept = [m["macro_f1"] for m in result["metrics"].values() if m["n"]]
+    assert sum(kept) / len(kept) == pytest.approx(1 - best_loss, abs=1e-6)
 
 
 @pytest.mark.integration
