@@ -23,7 +23,7 @@ import deepspeed, torch
 from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 from openrlhf.utils.deepspeed.deepspeed_utils import get_train_ds_config
 from moslim_plugin.core.spec import load_spec
-from moslim_plugin.data.train_rm import build_model, parse_args
+from moslim_plugin.data.train_rm import build_model, load_tokenizer, parse_args
 
 if not torch.cuda.is_available():
     # CPU: skip DeepSpeed's JIT-built shared-memory all-reduce (a C++ build of minutes here, and one rank has nothing
@@ -34,13 +34,15 @@ if not torch.cuda.is_available():
 deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 args = parse_args(sys.argv[2:])
 ds_config = get_train_ds_config(offload=False, adam_offload=False, stage=3, param_dtype="bf16", zpg=1)
-model = build_model(args, load_spec("hh"), {**ds_config, "train_micro_batch_size_per_gpu": 4, "train_batch_size": 8})
+tokenizer = load_tokenizer(args.model.model_name_or_path)  # MiniLM's: it gains a line-break token
+ds_config = {**ds_config, "train_micro_batch_size_per_gpu": 4, "train_batch_size": 8}
+model = build_model(args, load_spec("hh"), tokenizer, ds_config)
 params = dict(model.named_parameters())
 partitioned = [n for n, p in params.items() if getattr(p, "ds_status", None) == ZeroParamStatus.NOT_AVAILABLE]
 with deepspeed.zero.GatheredParameters(list(params.values())):
     embeddings = model.backbone.embeddings.word_embeddings.weight.detach().cpu().clone()
 torch.save(embeddings, sys.argv[1])
-print("RESULT " + json.dumps({"params": sorted(params), "partitioned": sorted(partitioned)}))
+print("RESULT " + json.dumps({"params": sorted(params), "partitioned": sorted(partitioned), "vocab": len(tokenizer)}))
 """
 
 
@@ -96,13 +98,19 @@ def test_train_rm_zero3_builds_every_parameter_partitioned_with_the_backbone_wei
     embeddings = tmp_path / "embeddings.pt"
     out = run_rank([sys.executable, "-c", BUILD, str(embeddings), *flags], tmp_path)
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
-    # Every parameter, heads included, was partitioned when built: no rank ever held the full model.
-    assert result["partitioned"] == result["params"] and any(n.startswith("heads.") for n in result["params"])
-    # And the partitioned backbone holds the pretrained weights (in ZeRO's dtype), not a random init.
+    # Every parameter, heads included, was partitioned when built: no rank ever held the full model. The exception is
+    # the word embeddings, resized for the line-break token: transformers' resize builds the new matrix whole under
+    # ZeRO-3 (by design: its shape sizes the config) and deepspeed.initialize partitions it.
+    whole = {"backbone.embeddings.word_embeddings.weight"}
+    assert set(result["params"]) - set(result["partitioned"]) == whole
+    assert any(n.startswith("heads.") for n in result["partitioned"])
+    # And the backbone holds the pretrained weights (in ZeRO's dtype), not a random init, with one more row for the
+    # line-break token MiniLM's tokenizer gains.
     built = torch.load(embeddings)
     saved = load_file(backbone / "model.safetensors")["embeddings.word_embeddings.weight"]
     assert built.dtype == torch.bfloat16
-    torch.testing.assert_close(built, saved.to(built.dtype), rtol=0, atol=0)
+    assert built.shape[0] == result["vocab"] == saved.shape[0] + 1
+    torch.testing.assert_close(built[:-1], saved.to(built.dtype), rtol=0, atol=0)
 
 
 @pytest.mark.gpu

@@ -102,6 +102,36 @@ def test_train_rm_learns_writes_metrics_and_calibration_stats_into_the_checkpoin
 
 
 @pytest.mark.integration
+def test_a_head_can_tell_a_list_from_the_same_words_on_one_line_through_a_newline_folding_tokenizer(
+    tmp_path, tiny_bert, smollm2_dir
+):
+    """MiniLM's tokenizer reads "- a\n- b" and "- a - b" the same; train-rm gives it a line-break token, saved with the
+    checkpoint, so the scorer reads the line breaks training saw and a head can learn them."""
+    from moslim_plugin.core.scorer import Scorer
+    from moslim_plugin.data.train_rm import load_tokenizer
+
+    rows = []
+    for i in range(96):  # helpful = 1 iff the items are on separate lines: the words are the same either way
+        items = [f"- item {w}" for w in ("one", "two", "three", "four")[: 2 + i % 3]]
+        helpful = (i // 3) % 2
+        rows.append({"question": f"q {i}", "response": ("\n" if helpful else " ").join(items),
+                     "labels": {"helpful": helpful, "harmless": 1}})  # fmt: skip
+    common = dict(micro_batch_size=8, batch_size=8, max_epochs=4, lr=3e-3, max_len=32, eval_ratio=0.25)
+    result = train_reward_model(rows, SPEC, tiny_bert, tmp_path / "rm", **common)
+    assert result["metrics"]["helpful"]["accuracy"] > 0.9  # folded, both kinds are one input: 0.5 at best
+
+    scorer = Scorer.from_pretrained(tmp_path / "rm")
+    assert scorer.tokenizer("- a\n- b")["input_ids"] != scorer.tokenizer("- a - b")["input_ids"]
+    assert scorer.model.backbone.get_input_embeddings().num_embeddings == len(scorer.tokenizer)
+    probs = scorer.classify(["q"] * 2, ["- item one\n- item two\n- item three", "- item one - item two - item three"])
+    assert probs[0, 0, 1] > probs[1, 0, 1]  # folded, the two would be one input with one probability
+    # A tokenizer that already keeps line breaks (SmolLM2's) is left as it is.
+    from transformers import AutoTokenizer
+
+    assert len(load_tokenizer(smollm2_dir)) == len(AutoTokenizer.from_pretrained(smollm2_dir))
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_device_flag_trains_in_this_process_on_that_device_and_saves_a_loadable_model(tmp_path, tiny_bert, device):
     """--device cpu / cuda: plain torch in this process (no DeepSpeed launcher), as the demo runs it."""

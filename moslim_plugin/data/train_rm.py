@@ -199,6 +199,8 @@ def predict(model, loader, device):
 
 
 def load_tokenizer(path):
+    """The backbone's tokenizer, with a pad token, and with a line-break token when it would fold line breaks away."""
+    from tokenizers import AddedToken
     from transformers import AutoTokenizer
 
     from moslim_plugin.core.rm import ensure_pad_token
@@ -207,10 +209,16 @@ def load_tokenizer(path):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as e:  # transformers' "no such model / no tokenizer files / bad config"
         raise UserError(f"--model.model_name_or_path {path!r}: no tokenizer ({type(e).__name__}: {e})") from None
+    # BERT-style tokenizers (all-MiniLM-L6-v2's) fold "\n" into a space: "- a\n- b" (a list) and "- a - b" (a
+    # paragraph) read the same, which capped the demo's format head at macro-F1 0.887. A "\n" token, saved with the
+    # checkpoint's tokenizer, makes every scorer of this RM read line breaks as training did (build_model sizes the
+    # embedding for it). Tokenizers that already keep line breaks are left as they are.
+    if tokenizer("a\nb")["input_ids"] == tokenizer("a b")["input_ids"]:
+        tokenizer.add_tokens([AddedToken("\n", normalized=False, special=False)])
     return ensure_pad_token(tokenizer)
 
 
-def build_model(args, spec, ds_config=None):
+def build_model(args, spec, tokenizer, ds_config=None):
     from moslim_plugin.core.rm import MultiHeadRewardModel
 
     path = args.model.model_name_or_path
@@ -227,6 +235,8 @@ def build_model(args, spec, ds_config=None):
     model = MultiHeadRewardModel.from_backbone(
         path, spec, pooling=args.moslim.pooling, dtype=torch.float32, attn_implementation=args.ds.attn_implementation
     )
+    if len(tokenizer) > model.backbone.get_input_embeddings().num_embeddings:  # load_tokenizer's line-break token
+        model.backbone.resize_token_embeddings(len(tokenizer))
     if args.ds.lora.rank > 0:
         from peft import LoraConfig, get_peft_model
 
@@ -481,7 +491,7 @@ def train(args, rows=None, eval_rows=None) -> dict:
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu" if args.device == "auto" else args.device)
-    model = build_model(args, spec, strategy.get_ds_train_config() if use_deepspeed else None)
+    model = build_model(args, spec, tokenizer, strategy.get_ds_train_config() if use_deepspeed else None)
     if not use_deepspeed:
         model.to(device)  # the DeepSpeed engine places the model itself
 
