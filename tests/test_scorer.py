@@ -61,6 +61,26 @@ def test_rewards_are_the_mapping_of_the_model_probabilities_in_any_batching(tiny
 
 
 @pytest.mark.integration
+def test_a_pair_scored_under_several_requests_is_classified_once(tiny_model, smol_tokenizer):
+    """Relabelling scores each rollout under several requests: one RM row per distinct pair, the same rewards."""
+    scorer = Scorer(tiny_model, smol_tokenizer, batch_size=2)
+    rows_seen = []
+    hook = tiny_model.register_forward_hook(
+        lambda module, args, kwargs, out: rows_seen.append(len(out)), with_kwargs=True
+    )
+    try:
+        owner = [0, 1, 2, 0, 0, 2]  # each pair first as itself, then as copies under other requests
+        requests = REQUESTS + [{"verbosity": 4}, {"harmlessness": 0}, {"helpfulness": 0}]
+        result = scorer.score([QUESTIONS[i] for i in owner], [RESPONSES[i] for i in owner], requests)
+    finally:
+        hook.remove()
+    assert sum(rows_seen) == 3
+    alone = [scorer.score([QUESTIONS[i]], [RESPONSES[i]], [rq]) for i, rq in zip(owner, requests)]
+    torch.testing.assert_close(result.probs, torch.cat([a.probs for a in alone]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.rewards, torch.cat([a.rewards for a in alone]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.integration
 def test_smollm2_scorer_uses_the_rm_chat_template_and_reloads_from_its_checkpoint(smollm2_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     model = MultiHeadRewardModel.from_backbone(smollm2_dir, SPEC).eval()

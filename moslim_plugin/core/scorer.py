@@ -142,15 +142,20 @@ class Scorer:
         return self._forward(questions, responses)[0]
 
     def _forward(self, questions: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probs [B, K, Lmax], truncated [B] bool): one batched pass of the reward model, pairs too long cut."""
+        """(probs [B, K, Lmax], truncated [B] bool): one batched pass of the reward model, pairs too long cut.
+        A pair that repeats (a rollout scored under several requests, as relabelling does) is classified once."""
         if len(questions) != len(responses):
             raise ValueError(
                 f"questions and responses must have the same length, got {len(questions)}, {len(responses)}"
             )
+        pairs = list(zip(questions, responses))
+        unique = {pair: i for i, pair in enumerate(dict.fromkeys(pairs))}
+        if len(unique) < len(pairs):
+            probs, truncated = self._forward(*map(list, zip(*unique)))
+            rows = torch.tensor([unique[pair] for pair in pairs])
+            return probs[rows], truncated[rows]
         with self._lock:
-            encoded, truncated = zip(
-                *(encode_truncated(self.tokenizer, q, r, self.max_length) for q, r in zip(questions, responses))
-            )
+            encoded, truncated = zip(*(encode_truncated(self.tokenizer, q, r, self.max_length) for q, r in pairs))
             # Similar lengths in a batch waste less compute on padding.
             order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
             probs = torch.empty(len(encoded), len(self.model.spec.names), self.model.max_levels)
