@@ -153,6 +153,8 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
     assert all(0 <= t <= timings["total"] for t in timings.values()), timings
     for policy in report["policies"].values():
         assert set(policy["rm_agreement"]) == set(demo_spec().names)
+        assert all(0 <= v["macro_f1"] <= 1 and 0 <= v["accuracy"] <= 1 for v in policy["rm_agreement"].values())
+    assert summary["rm_on_base_answers"] == report["policies"]["base"]["rm_agreement"]
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert all(set(s["labels"]) == set(demo_spec().names) for s in samples)
     assert all(len(s["request"]) == 1 for s in samples)  # one objective per request, as the RL asks
@@ -238,7 +240,7 @@ def test_evaluate_command_works_on_any_policy_checkpoint_with_an_rm(quick_demo, 
 
 
 @pytest.mark.unit
-def test_rm_data_edits_cut_flip_the_format_and_make_formal_calm_text_relabelled_by_the_oracle():
+def test_rm_data_edits_cut_flip_the_format_make_text_formal_and_straddle_verdict_changes_relabelled_by_the_oracle():
     from moslim_plugin.demo.pipeline import augment
 
     spec = demo_spec()
@@ -254,6 +256,16 @@ def test_rm_data_edits_cut_flip_the_format_and_make_formal_calm_text_relabelled_
         and len(words) > len(cut_words["response"].split()) >= 1
     )
     assert cut_words["labels"]["length"] == 0 and cut_words["question"] == "q"
-    _, _, _, other = augment([listed], spec, seed=0)
+    _, cut_words, _, other, *pair = augment([listed], spec, seed=0)
     assert other["response"] == "Steps: Mix it. Bake it." and other["labels"]["format"] == 0
+    assert listed["response"].startswith(cut_words["response"])  # its line breaks kept, as a truncated rollout's
+    # And the word prefixes either side of where the oracle's verdict changes: the second list item, word 21.
+    assert [(row["response"], row["labels"]["format"]) for row in pair] == [
+        ("Steps:\n- Mix it.\n-", 0),
+        ("Steps:\n- Mix it.\n- Bake", 1),
+    ]
+    long = {"question": "q", "response": " ".join(f"word{i}" for i in range(30))}
+    pair = augment([long], spec, seed=0)[4:]
+    assert [(len(row["response"].split()), row["labels"]["length"]) for row in pair] == [(20, 0), (21, 1)]
+    assert len(augment([prose], spec, seed=0)) == 4  # no verdict changes along its words: no pair
     assert all(set(row["labels"]) == set(spec.names) for row in augment([prose, listed], spec, seed=1))

@@ -19,8 +19,9 @@ most likely class. Per objective, over the responses that requested it:
 - unrequested_kept (greedy): for responses that requested ANOTHER objective, how often this objective stayed at
   the level the policy gives the same prompt by default.
 
-With the oracle as judge and a reward model given, `rm_agreement` is how often the RM's most likely class equals
-the oracle's level. Writes eval.json, eval.md and a requested-vs-achieved plot to --eval.output_dir.
+With the oracle as judge and a reward model given, `rm_agreement` is the accuracy and macro-F1 of the RM's most
+likely class against the oracle's level. Writes eval.json, eval.md and a requested-vs-achieved plot to
+--eval.output_dir.
 """
 
 import argparse
@@ -167,14 +168,16 @@ def accuracy_ci95(spec, samples, n_boot=1000, seed=0) -> list[float]:
     return [means[int(0.025 * (n_boot - 1))], means[int(0.975 * (n_boot - 1))]]
 
 
-def rm_agreement(spec, scorer, samples) -> dict[str, float]:
-    """Per objective: how often the reward model's most likely class is the oracle's level."""
-    result = scorer.score([s["prompt"] for s in samples], [s["response"] for s in samples], [{} for _ in samples])
-    predicted = result.probs.argmax(-1)
-    return {
-        name: sum(int(predicted[i, k]) == s["achieved"][name] for i, s in enumerate(samples)) / len(samples)
-        for k, name in enumerate(spec.names)
-    }
+def rm_agreement(spec, scorer, samples) -> dict[str, dict[str, float]]:
+    """Per objective, the reward model's most likely class against the oracle's level on these answers: accuracy and
+    macro-F1 as train-rm computes them on its held-out rows. On a policy's answers to the held-out prompts this is a
+    held-out measure on real outputs (prompts the RM never saw, no edited text)."""
+    from moslim_plugin.data.train_rm import head_metrics
+
+    probs = scorer.classify([s["prompt"] for s in samples], [s["response"] for s in samples])
+    labels = torch.tensor([[s["achieved"][name] for name in spec.names] for s in samples])
+    metrics = head_metrics(probs, labels, spec)
+    return {name: {key: metrics[name][key] for key in ("accuracy", "macro_f1")} for name in spec.names}
 
 
 def make_judge(spec, scorer=None):
@@ -408,7 +411,10 @@ def main(argv=None) -> int:
           f"placement `{args.moslim.placement}`.", "", metrics_table(spec, evals), ""]  # fmt: skip
     if "rm_agreement" in result["metrics"]:
         agreement = result["metrics"]["rm_agreement"]
-        md += ["RM agreement with the oracle: " + ", ".join(f"{k} {v:.3f}" for k, v in agreement.items())]
+        md += [
+            "RM agreement with the oracle (accuracy / macro-F1): "
+            + ", ".join(f"{k} {v['accuracy']:.3f} / {v['macro_f1']:.3f}" for k, v in agreement.items())
+        ]
     md += ["", f"![requested vs achieved]({Path(plot).name})", ""]
     (out / "eval.md").write_text("\n".join(md))
     print("\n".join(md[:6]))

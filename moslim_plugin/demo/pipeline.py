@@ -130,26 +130,35 @@ def sample_stage(model, tokenizer, demo, n, seed):
 
 
 def augment(samples, spec, seed):
-    """Four cheap edits of every sampled response, relabelled by the oracle: its first k sentences and its first n
+    """Cheap edits of every sampled response, relabelled by the oracle: its first k sentences and its first n
     words (shorter lengths; a cut mid-sentence is what a rollout that hits max_new_tokens looks like, and the same
     text at two lengths teaches the length head to count words, not recognise content), a formal, impersonal, calm
     rewrite (contractions expanded, "you" replaced, "!" -> ".") and the other format (a list joined into one
-    paragraph, or a paragraph split into bullets: the policy rarely lists unasked). More and more balanced rows for
-    the reward model without generating more; the RL and the evaluation never see these edits."""
+    paragraph, or a paragraph split into bullets: the policy rarely lists unasked); where the oracle's verdict
+    changes along the words, the two prefixes either side of one such change. More and more balanced rows for the
+    reward model without generating more; the RL and the evaluation never see these edits."""
     rng = random.Random(seed)
     rows = []
     for s in samples:
         sentences = [x for x in re.split(r"(?<=[.!?])\s+|\n+", s["response"]) if x.strip()] or [s["response"]]
         cut = " ".join(sentences[: rng.randint(1, len(sentences))])
-        words = s["response"].split()
-        cut_words = " ".join(words[: rng.randint(1, max(1, len(words) - 1))])
+        # Word prefixes keep the response's own whitespace: a rollout cut at max_new_tokens keeps its line breaks.
+        prefixes = [s["response"][: m.end()] for m in re.finditer(r"\S+", s["response"])] or [s["response"]]
+        cut_words = prefixes[rng.randint(1, max(1, len(prefixes) - 1)) - 1]
         formal = s["response"]
         for pattern, repl in _FORMAL_REWRITES:
             formal = re.sub(pattern, repl, formal, flags=re.IGNORECASE)
         items = [re.sub(r"^\s*(?:[-*•]|\d+[.)])\s+", "", x) for x in sentences]
         listed = re.search(r"^\s*(?:[-*•]|\d+[.)])\s", s["response"], re.MULTILINE) is not None
         other = " ".join(items) if listed else "\n".join(f"- {x}" for x in items)
-        edits = (cut, cut_words, formal, other)
+        edits = [cut, cut_words, formal, other]
+        # The two word prefixes either side of a place where the oracle's verdict changes (21 vs 20 words, the second
+        # list item, the first contraction): the head learns where a level ends from a pair one word apart.
+        verdicts = [judge(prefix, spec) for prefix in prefixes]
+        flips = [k for k in range(1, len(prefixes)) if verdicts[k] != verdicts[k - 1]]
+        if flips:
+            k = rng.choice(flips)
+            edits += prefixes[k - 1 : k + 1]
         rows += [{"question": s["question"], "response": t, "labels": judge(t, spec)} for t in edits]
     return rows
 
@@ -393,6 +402,8 @@ def summarize(evals, seeds, rm_result, ric_losses) -> dict:
         "sampled_gap": {name: m["gap"] for name, m in sampled.items()},
         "moslim_beats_base_by_more_than_spread": acc_mean - base_acc > max(spread, acc_std),
         "rm_eval": rm_result["metrics"],
+        # The RM on the starting policy's answers to the held-out prompts: real outputs, prompts it never trained on.
+        "rm_on_base_answers": evals["base"]["metrics"]["rm_agreement"],
         "ric_sft_loss_first_last": [ric_losses[0], ric_losses[-1]],
     }
 
@@ -541,7 +552,7 @@ def report_markdown(demo, evals, summary, plot, curves) -> str:
         "response actually has). It uses the same samples, prompts and directive format as MOSLIM and no reward "
         "model, so it isolates what RL with the MOSLIM reward adds over supervised conditioning.",
         "",
-        "## Reward model (held-out split of the initial samples)",
+        "## Reward model (held-out split of the initial samples and their edits)",
         "",
         "| head | " + " | ".join(rm_keys) + " |",
         "|" + " --- |" * (1 + len(rm_keys)),
@@ -551,11 +562,14 @@ def report_markdown(demo, evals, summary, plot, curves) -> str:
         + "; ".join(f"{where}: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
                     for where, shares in summary["level_shares"].items() if shares),
         "",
-        "RM agreement with the oracle on each policy's evaluation responses (argmax class == oracle level):",
+        "RM against the oracle on each policy's greedy answers to the held-out prompts (argmax class vs oracle "
+        "level; accuracy / macro-F1). The starting policy's row is the RM's held-out score on real outputs: "
+        "prompts it never saw, no edited text.",
         "",
         "| policy | " + " | ".join(spec.names) + " |",
         "|" + " --- |" * (1 + len(spec.names)),
-        *[f"| {p} | " + " | ".join(f"{a[n]:.3f}" for n in spec.names) + " |" for p, a in agreement.items() if a],
+        *[f"| {p} | " + " | ".join(f"{a[n]['accuracy']:.3f} / {a[n]['macro_f1']:.3f}" for n in spec.names) + " |"
+          for p, a in agreement.items() if a],
         "",
         f"![requested vs achieved]({Path(plot).name})",
         "",
