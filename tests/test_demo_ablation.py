@@ -130,3 +130,24 @@ def test_ablation_refuses_a_demo_whose_ric_and_rl_sample_counts_differ(demo_dir,
     with pytest.raises(UserError, match="= 16 rollouts but RiC on the demo's 8 samples"):
         main_run(argv)
     assert not (tmp_path / "a.json").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_rm_check_rebuilds_the_demo_rms_held_out_split_and_scores_it_as_train_rm_did(demo_dir, tmp_path):
+    """bench/demo_rm_check.py: its heldout_edits rows are the ones the demo's RM stage held out (so its macro-F1 is
+    the one train-rm wrote), heldout_samples are those questions' samples alone, base_answers the base evaluation's."""
+    from bench.demo_rm_check import main_run
+
+    base_eval = next(demo_dir.glob("eval_base_*.json"))
+    out = tmp_path / "check.json"
+    argv = ["--samples", str(demo_dir / "samples.jsonl"), "--rms", str(demo_dir / "rm"), "--base_eval", str(base_eval)]
+    assert main_run([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    trained = json.loads((demo_dir / "rm" / "eval_metrics.json").read_text())
+    assert result["rows"]["heldout_edits"] == trained["eval_rows"]
+    scores = result["macro_f1"][str(demo_dir / "rm")]
+    assert scores["heldout_edits"] == {n: round(m["macro_f1"], 4) for n, m in trained["metrics"].items()}
+    assert 0 < result["rows"]["heldout_samples"] < result["rows"]["heldout_edits"]
+    assert result["rows"]["base_answers"] == len(json.loads(base_eval.read_text())["samples"])
+    assert "| reward model |" in out.with_suffix(".md").read_text()

@@ -1,0 +1,81 @@
+"""The demo's reward models side by side on the same held-out data (issue 16, point 3).
+
+Every demo run trains its RM on the run's samples; runs whose sample stage is identical (same seed and policy: the
+samples.jsonl files are byte-equal) hold out the same 20 % of the questions (train-rm's split by question, seed 0),
+so their RMs can be compared on the same rows. Three held-out sets, none of them seen in training by any RM here:
+
+- heldout_edits: the held-out questions' samples plus their edits as the CURRENT `pipeline.augment` makes them
+  (including the word prefixes either side of each change in the oracle's verdict: the hardest rows);
+- heldout_samples: the held-out questions' policy samples only: real outputs, no edits;
+- base_answers (with --base_eval): the starting policy's greedy answers to the demo's held-out evaluation prompts,
+  a cached `eval_base_*.json` of a demo run; other prompts, real outputs.
+
+Macro-F1 per head as train-rm computes it (`train_rm.head_metrics`), labels from the oracle. Writes `--out` (JSON)
+and the same name with .md. Not a `make bench` script (no `main`): it needs finished demo runs.
+
+    python -m bench.demo_rm_check --samples runs/demo_v6/samples.jsonl \
+        --base_eval runs/demo_v6/eval_base_58dbe024b50185d1.json --rms runs/demo_v3/rm runs/demo_v5/rm runs/demo_v6/rm
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from bench import RESULTS_DIR, machine_info
+from moslim_plugin.core.scorer import Scorer
+from moslim_plugin.data.train_rm import head_metrics, split_by_question
+from moslim_plugin.demo.oracle import demo_spec, judge
+from moslim_plugin.demo.pipeline import augment
+
+
+def main_run(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--samples", required=True, help="a demo run's samples.jsonl (every RM must be trained on it)")
+    p.add_argument("--rms", nargs="+", required=True, help="reward-model folders (a demo run's rm/)")
+    p.add_argument("--base_eval", default=None, help="a demo run's eval_base_*.json: the starting policy's answers")
+    p.add_argument("--out", default=str(RESULTS_DIR / "demo_rm_check.json"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = demo_spec()
+    samples = [json.loads(line) for line in Path(args.samples).read_text().splitlines()]
+    rows = [{"question": s["question"], "response": s["response"], "labels": s["labels"]} for s in samples]
+    # The demo's RM stage: samples + augment(seed 0), split by question at 0.2 with train-rm's default seed 0.
+    _, heldout = split_by_question(rows + augment(samples, spec, seed=0), 0.2, 0)
+    questions = {r["question"] for r in heldout}
+    sets = {"heldout_edits": heldout, "heldout_samples": [r for r in rows if r["question"] in questions]}
+    if args.base_eval:
+        answers = json.loads(Path(args.base_eval).read_text())["samples"]
+        sets["base_answers"] = [{"question": a["prompt"], "response": a["response"], "labels": judge(a["response"],
+                                 spec)} for a in answers]  # fmt: skip
+    results = {}
+    for rm in args.rms:
+        scorer = Scorer.from_pretrained(rm)
+        results[rm] = {}
+        for name, rs in sets.items():
+            probs = scorer.classify([r["question"] for r in rs], [r["response"] for r in rs])
+            labels = torch.tensor([[r["labels"][n] for n in spec.names] for r in rs])
+            metrics = head_metrics(probs, labels, spec)
+            results[rm][name] = {n: round(metrics[n]["macro_f1"], 4) for n in spec.names}
+        print(rm, json.dumps(results[rm]), flush=True)
+    payload = {"machine": machine_info(), "config": vars(args), "rows": {k: len(v) for k, v in sets.items()},
+               "macro_f1": results}  # fmt: skip
+    Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+    md = ["| reward model | " + " | ".join(f"{s} ({len(sets[s])} rows)" for s in sets) + " |",
+          "| --- |" + " --- |" * len(sets)]  # fmt: skip
+    for rm, by_set in results.items():
+        cells = [" / ".join(f"{by_set[s][n]:.3f}" for n in spec.names) for s in sets]
+        md.append(f"| `{rm}` | " + " | ".join(cells) + " |")
+    md += ["", f"Macro-F1 per head ({' / '.join(spec.names)}). Command: `python -m bench.demo_rm_check "
+           f"{' '.join(sys.argv[1:] if argv is None else argv)}`"]  # fmt: skip
+    Path(args.out).with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_run())
