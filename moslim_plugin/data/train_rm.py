@@ -235,7 +235,9 @@ def build_model(args, spec, tokenizer, ds_config=None):
     model = MultiHeadRewardModel.from_backbone(
         path, spec, pooling=args.moslim.pooling, dtype=torch.float32, attn_implementation=args.ds.attn_implementation
     )
-    if len(tokenizer) > model.backbone.get_input_embeddings().num_embeddings:  # load_tokenizer's line-break token
+    # load_tokenizer's line-break token, when its id is past the embedding (a padded vocabulary may already hold it).
+    # Only that token: any other tokenizer/model size mismatch stays the error it is.
+    if tokenizer.get_added_vocab().get("\n", -1) >= model.backbone.get_input_embeddings().num_embeddings:
         model.backbone.resize_token_embeddings(len(tokenizer))
     if args.ds.lora.rank > 0:
         from peft import LoraConfig, get_peft_model
