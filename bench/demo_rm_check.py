@@ -6,6 +6,8 @@ so their RMs can be compared on the same rows. Three held-out sets, none of them
 
 - heldout_edits: the held-out questions' samples plus their edits as the CURRENT `pipeline.augment` makes them
   (including the word prefixes either side of each change in the oracle's verdict: the hardest rows);
+- heldout_edits_no_pairs: the same without the straddling prefix pairs (the samples and the four other edits: the
+  held-out split as the RM stage made it before the pairs were added);
 - heldout_samples: the held-out questions' policy samples only: real outputs, no edits;
 - base_answers (with --base_eval): the starting policy's greedy answers to the demo's held-out evaluation prompts,
   a cached `eval_base_*.json` of a demo run; other prompts, real outputs.
@@ -45,9 +47,19 @@ def main_run(argv=None) -> int:
     samples = [json.loads(line) for line in Path(args.samples).read_text().splitlines()]
     rows = [{"question": s["question"], "response": s["response"], "labels": s["labels"]} for s in samples]
     # The demo's RM stage: samples + augment(seed 0), split by question at 0.2 with train-rm's default seed 0.
-    _, heldout = split_by_question(rows + augment(samples, spec, seed=0), 0.2, 0)
+    edits = augment(samples, spec, seed=0)
+    _, heldout = split_by_question(rows + edits, 0.2, 0)
     questions = {r["question"] for r in heldout}
-    sets = {"heldout_edits": heldout, "heldout_samples": [r for r in rows if r["question"] in questions]}
+    # augment's rows come per sample, four edits then the pair when there is one (the count does not depend on the
+    # random choices, so one sample alone gives its group's size).
+    sizes = [len(augment([s], spec, seed=0)) for s in samples]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    no_pairs = [edits[start + j] for start in starts for j in range(4)]
+    sets = {
+        "heldout_edits": heldout,
+        "heldout_edits_no_pairs": [r for r in rows + no_pairs if r["question"] in questions],
+        "heldout_samples": [r for r in rows if r["question"] in questions],
+    }
     if args.base_eval:
         answers = json.loads(Path(args.base_eval).read_text())["samples"]
         sets["base_answers"] = [{"question": a["prompt"], "response": a["response"], "labels": judge(a["response"],

@@ -148,6 +148,8 @@ def test_rm_check_rebuilds_the_demo_rms_held_out_split_and_scores_it_as_train_rm
     assert result["rows"]["heldout_edits"] == trained["eval_rows"]
     scores = result["macro_f1"][str(demo_dir / "rm")]
     assert scores["heldout_edits"] == {n: round(m["macro_f1"], 4) for n, m in trained["metrics"].items()}
-    assert 0 < result["rows"]["heldout_samples"] < result["rows"]["heldout_edits"]
+    rows = result["rows"]
+    assert 0 < rows["heldout_samples"] < rows["heldout_edits_no_pairs"] <= rows["heldout_edits"]
+    assert rows["heldout_edits_no_pairs"] == 5 * rows["heldout_samples"]  # each sample and its four edits
     assert result["rows"]["base_answers"] == len(json.loads(base_eval.read_text())["samples"])
     assert "| reward model |" in out.with_suffix(".md").read_text()
