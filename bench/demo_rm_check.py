@@ -12,7 +12,7 @@ so their RMs can be compared on the same rows. Three held-out sets, none of them
 - base_answers (with --base_eval): the starting policy's greedy answers to the demo's held-out evaluation prompts,
   a cached `eval_base_*.json` of a demo run; other prompts, real outputs.
 
-Macro-F1 per head as train-rm computes it (`train_rm.head_metrics`), labels from the oracle. Writes `--out` (JSON)
+Macro-F1 per head as train-rm computes it (via `evaluate.rm_agreement`), labels from the oracle. Writes `--out` (JSON)
 and the same name with .md. Not a `make bench` script (no `main`): it needs finished demo runs.
 
     python -m bench.demo_rm_check --samples runs/demo_v6/samples.jsonl \
@@ -28,8 +28,9 @@ import torch
 
 from bench import RESULTS_DIR, machine_info
 from moslim_plugin.core.scorer import Scorer
-from moslim_plugin.data.train_rm import head_metrics, split_by_question
-from moslim_plugin.demo.oracle import demo_spec, judge
+from moslim_plugin.data.train_rm import split_by_question
+from moslim_plugin.demo.evaluate import rm_agreement
+from moslim_plugin.demo.oracle import demo_spec
 from moslim_plugin.demo.pipeline import augment
 
 
@@ -49,30 +50,22 @@ def main_run(argv=None) -> int:
     # The demo's RM stage: samples + augment(seed 0), split by question at 0.2 with train-rm's default seed 0.
     edits = augment(samples, spec, seed=0)
     _, heldout = split_by_question(rows + edits, 0.2, 0)
-    questions = {r["question"] for r in heldout}
-    # augment's rows come per sample, four edits then the pair when there is one (the count does not depend on the
-    # random choices, so one sample alone gives its group's size).
-    sizes = [len(augment([s], spec, seed=0)) for s in samples]
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    no_pairs = [edits[start + j] for start in starts for j in range(4)]
+    # In rm_agreement's form (prompt, response, the oracle's levels), as the demo's evaluation answers already are;
+    # a sample has no "edit" key, an edit names its kind.
+    answers = [{"prompt": r["question"], "response": r["response"], "achieved": r["labels"], "edit": r.get("edit")}
+               for r in heldout]  # fmt: skip
     sets = {
-        "heldout_edits": heldout,
-        "heldout_edits_no_pairs": [r for r in rows + no_pairs if r["question"] in questions],
-        "heldout_samples": [r for r in rows if r["question"] in questions],
+        "heldout_edits": answers,
+        "heldout_edits_no_pairs": [a for a in answers if a["edit"] != "pair"],
+        "heldout_samples": [a for a in answers if a["edit"] is None],
     }
     if args.base_eval:
-        answers = json.loads(Path(args.base_eval).read_text())["samples"]
-        sets["base_answers"] = [{"question": a["prompt"], "response": a["response"], "labels": judge(a["response"],
-                                 spec)} for a in answers]  # fmt: skip
+        sets["base_answers"] = json.loads(Path(args.base_eval).read_text())["samples"]
     results = {}
     for rm in args.rms:
         scorer = Scorer.from_pretrained(rm)
-        results[rm] = {}
-        for name, rs in sets.items():
-            probs = scorer.classify([r["question"] for r in rs], [r["response"] for r in rs])
-            labels = torch.tensor([[r["labels"][n] for n in spec.names] for r in rs])
-            metrics = head_metrics(probs, labels, spec)
-            results[rm][name] = {n: round(metrics[n]["macro_f1"], 4) for n in spec.names}
+        results[rm] = {name: {n: round(m["macro_f1"], 4) for n, m in rm_agreement(spec, scorer, answers).items()}
+                       for name, answers in sets.items()}  # fmt: skip
         print(rm, json.dumps(results[rm]), flush=True)
     payload = {"machine": machine_info(), "config": vars(args), "rows": {k: len(v) for k, v in sets.items()},
                "macro_f1": results}  # fmt: skip

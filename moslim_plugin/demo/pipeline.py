@@ -82,7 +82,7 @@ def build_parser():
     p.add_argument("--moslim.mapping", type=str, default="moslim")
     p.add_argument("--moslim.mapping_kwargs", type=str, default=None)
     # 1e-4, with balanced class weights and the word cuts (`augment`): the length head's held-out macro-F1 was 0.80
-    # at the previous 3e-4, unweighted, without word cuts (docs/demo/run_d779f6d), 0.88 with them (docs/demo).
+    # at the previous 3e-4, unweighted, without word cuts (docs/demo/run_d779f6d), 0.88 with them (run_9359b94).
     p.add_argument("--moslim.rm_lr", type=float, default=1e-4, help="reward-model learning rate")
     # Measured on 24 held-out prompts (greedy, 40 tokens, address + formality requests): the starting policy hits
     # the requested level in 0.48 of answers with the directive in the system message and 0.56 with it at the end of
@@ -151,15 +151,19 @@ def augment(samples, spec, seed):
         items = [re.sub(r"^\s*(?:[-*•]|\d+[.)])\s+", "", x) for x in sentences]
         listed = re.search(r"^\s*(?:[-*•]|\d+[.)])\s", s["response"], re.MULTILINE) is not None
         other = " ".join(items) if listed else "\n".join(f"- {x}" for x in items)
-        edits = [cut, cut_words, formal, other]
+        edits = [(t, judge(t, spec), kind) for t, kind in
+                 ((cut, "sentences"), (cut_words, "words"), (formal, "formal"), (other, "format"))]  # fmt: skip
         # The two word prefixes either side of a place where the oracle's verdict changes (21 vs 20 words, the second
         # list item, the first contraction): the head learns where a level ends from a pair one word apart.
         verdicts = [judge(prefix, spec) for prefix in prefixes]
         flips = [k for k in range(1, len(prefixes)) if verdicts[k] != verdicts[k - 1]]
         if flips:
             k = rng.choice(flips)
-            edits += prefixes[k - 1 : k + 1]
-        rows += [{"question": s["question"], "response": t, "labels": judge(t, spec)} for t in edits]
+            edits += [(prefixes[i], verdicts[i], "pair") for i in (k - 1, k)]
+        # "edit" names the edit (train-rm ignores it; bench/demo_rm_check.py sets the pairs apart).
+        rows += [
+            {"question": s["question"], "response": t, "labels": labels, "edit": kind} for t, labels, kind in edits
+        ]
     return rows
 
 
