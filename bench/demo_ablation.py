@@ -19,8 +19,9 @@ prompts, by the same oracle, with the same budget:
   `--best_flags="--moslim.trainable_layers -1"` (with `=`: a lone flag without a value would otherwise read as one
   of this script's options).
 
-Cells the demo measured with identical settings (the starting policy in the demo's style; MOSLIM seed s) are
-taken from its report.json, not re-run. Resumable: the JSON is rewritten after every cell and a rerun skips the
+Cells the demo measured with identical settings (the starting policy in the demo's style; MOSLIM seed s of any
+MOSLIM setting whose flags are the demo's, e.g. `moslim_best` when the demo already runs the best flags) are taken
+from its report.json, not re-run. Resumable: the JSON is rewritten after every cell and a rerun skips the
 finished ones; a rerun whose inputs differ (another demo run, other flags or grid) is refused. Writes
 `--out` (JSON), the same name with .md (a table for the README, with the commands) and .png. Not a `make bench`
 script (no `main`): it trains many policies.
@@ -191,7 +192,7 @@ def reused_cell(ctx, name, seed):
     report, style = ctx.report, ctx.report["settings"]["style"]
     if name == f"base_{style}":
         policy, timing = "base", "evaluate base"
-    elif name == "moslim" and seed in report["settings"]["seeds"]:
+    elif name.startswith("moslim") and seed in report["settings"]["seeds"]:
         flags, recorded = flags_of(ctx.demos[name].args), report["settings"]["rl_flags"]
         if any(flags[key] != value for key, value in recorded.items()):
             return None  # other flags: measured again
@@ -203,7 +204,7 @@ def reused_cell(ctx, name, seed):
         return None
     result = {"metrics": report["policies"][policy], "sampled_metrics": report["policies_sampled"].get(policy)}
     source = f"demo report ({policy!r})" + (
-        f", defaults assumed for {assumed}" if name == "moslim" and assumed else ""
+        f", defaults assumed for {assumed}" if name.startswith("moslim") and assumed else ""
     )
     return cell(result, report["timings_s"].get(timing, 0.0), source)
 
