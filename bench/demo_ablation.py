@@ -395,12 +395,14 @@ def build_demos(a, report, samples) -> dict:
     return demos
 
 
-def print_plan(a, report, results, todo) -> None:
-    """A rough duration from the demo's own stage timings (relabelled copies and more PPO epochs cost more)."""
-    t = report["timings_s"]
+def print_plan(ctx, results, todo) -> None:
+    """A rough duration from the demo's own stage timings (relabelled copies and more PPO epochs cost more), for the
+    cells neither finished nor taken from the demo's report."""
+    a, t = ctx.a, ctx.report["timings_s"]
     per = {"base": t.get("evaluate base", 0), "ric": t.get("RiC SFT", 0),
            "moslim": statistics.mean([v for k, v in t.items() if k.startswith("MOSLIM RL seed")] or [0])}  # fmt: skip
-    pending = [n for n, seed in todo if seed not in results["cells"].get(n, {})]
+    pending = [n for n, seed in todo if seed not in results["cells"].get(n, {})
+               and reused_cell(ctx, n, None if seed == SEEDLESS else int(seed)) is None]  # fmt: skip
     trials = len(a.ric_epochs) * len(a.ric_lrs) if "ric" in pending and "ric_grid" not in results else 0
     minutes = (sum(per[n.split("_")[0]] for n in pending) + trials * per["ric"]) / 60
     print(f"{len(pending)} cells to run (+ {trials} RiC trials): about {minutes:.0f} min at the demo's stage timings")
@@ -464,7 +466,7 @@ def main_run(argv=None) -> int:
     ctx = argparse.Namespace(a=a, out=out, report=report, samples=samples, demos=demos, scorer=scorer)
     todo = [(n, SEEDLESS if n.startswith("base_") else str(s)) for n in a.settings for s in a.seeds]
     todo = list(dict.fromkeys(todo))  # a base setting once, not once per seed
-    print_plan(a, report, results, todo)
+    print_plan(ctx, results, todo)
     for name, seed in tqdm(todo, desc="ablation cells"):
         cells = results["cells"].setdefault(name, {})
         if seed in cells:

@@ -87,10 +87,10 @@ def test_cells_the_demo_measured_are_taken_from_its_report_unchanged(ablation, d
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_moslim_setting_whose_flags_are_the_demos_is_taken_from_its_report(demo_dir, tmp_path):
+def test_a_moslim_setting_whose_flags_are_the_demos_is_taken_from_its_report(demo_dir, tmp_path, capsys):
     import argparse
 
-    from bench.demo_ablation import build_demos, build_parser, load_demo_run, reused_cell
+    from bench.demo_ablation import build_demos, build_parser, load_demo_run, print_plan, reused_cell
 
     # The demo already runs the "best" flags (here: its one PPO epoch): training that cell again would cost a seed's
     # RL for the same numbers. Another flag is measured again.
@@ -98,12 +98,14 @@ def test_a_moslim_setting_whose_flags_are_the_demos_is_taken_from_its_report(dem
     for best_flags, reused in [("--train.max_epochs 1", True), ("--train.max_epochs 2", False)]:
         a = build_parser().parse_args(["--demo_dir", str(demo_dir), "--out", str(tmp_path / "a.json"),
                                        "--settings", "moslim_best", f"--best_flags={best_flags}"])  # fmt: skip
-        ctx = argparse.Namespace(report=report, demos=build_demos(a, report, samples))
+        ctx = argparse.Namespace(a=a, report=report, demos=build_demos(a, report, samples))
         c = reused_cell(ctx, "moslim_best", 1)
         if reused:
             assert c["source"].startswith("demo report") and c["metrics"] == report["policies"]["MOSLIM seed 1"]
         else:
             assert c is None
+        print_plan(ctx, {"cells": {}}, [("moslim_best", "1")])  # the duration estimate counts only cells to train
+        assert f"{0 if reused else 1} cells to run" in capsys.readouterr().out
     assert not (tmp_path / "a.json").exists()
 
 
