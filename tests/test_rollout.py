@@ -101,3 +101,23 @@ def test_sampled_first_tokens_follow_the_requested_temperature_and_top_p(tiny):
     assert 0.5 * (expected - plain).abs().sum() > 0.1  # the test can tell temperature/top-p from plain sampling
     assert 0.5 * (empirical - expected).abs().sum() < 0.04  # total variation, 4000 draws
     assert empirical[expected == 0].sum() == 0  # nothing outside the top-p set is ever sampled
+
+
+@pytest.mark.integration
+def test_the_system_prompt_every_prompt_shares_is_prefilled_once_and_decoding_still_matches_hf_generate(tiny):
+    model, tok = tiny
+    prompts, expected = hf_generate(model, tok, QUESTIONS, 8, tok.eos_token_id)
+    shared = next(i for i in range(min(map(len, prompts))) if len({p[i] for p in prompts}) > 1)
+    assert shared > 10  # SmolLM2's chat template starts every chat with the same system prompt
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+                                           with_kwargs=True)  # fmt: skip
+    try:
+        got = decode(model, prompts, [2] * len(prompts), 8, 0.0, 1.0, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    finally:
+        hook.remove()
+    assert got == [r for r in expected for _ in range(2)]
+    # One row for the shared prefix, then each prompt's own tokens (left-padded to the longest), then decoding.
+    assert shapes[0] == (1, shared)
+    assert shapes[1] == (len(prompts), max(map(len, prompts)) - shared)
+    assert all(s[1] == 1 for s in shapes[2:])

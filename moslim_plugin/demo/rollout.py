@@ -5,9 +5,12 @@ Per step it runs one forward on the last token with a `DynamicCache`, applies HF
 from that distribution by inverse CDF; temperature 0 is greedy (argmax), token for token what
 `generate(do_sample=False)` gives.
 What it does differently, for speed: a prompt repeated n times (OpenRLHF's --rollout.n_samples_per_prompt) is
-prefilled once and its cache copied to its n rows; rows that produced eos leave the batch (their cache rows are
+prefilled once and its cache copied to its n rows; the prefix all prompts share (the system prompt) is prefilled
+once for all of them; rows that produced eos leave the batch (their cache rows are
 dropped), so the later steps only pay for unfinished rows.
 """
+
+import os
 
 import torch
 from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
@@ -30,12 +33,20 @@ def decode(model, prompts, copies, max_new_tokens, temperature, top_p, eos_id, p
     Returns the responses in row order (prompt 0's copies first), each up to and including its first eos."""
     device = next(model.parameters()).device  # inputs go where the policy is (--device cuda)
     rows = torch.arange(len(prompts)).repeat_interleave(torch.tensor(copies)).to(device)
-    width = max(map(len, prompts))
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    # Left padding: positions count real tokens only, as `generate` derives them from the attention mask.
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     cache = DynamicCache(config=model.config)
+    # The tokens every prompt starts with (the chat template's system prompt, about half of a demo prompt) are
+    # prefilled once and their cache copied to every prompt; each prompt keeps at least its last token to prefill.
+    shared = min(len(os.path.commonprefix(prompts)), min(map(len, prompts)) - 1) if len(prompts) > 1 else 0
+    if shared:
+        model(input_ids=torch.tensor([prompts[0][:shared]], device=device), past_key_values=cache)
+        cache.reorder_cache(torch.zeros(len(prompts), dtype=torch.long, device=device))
+    width = max(len(p) - shared for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p) + shared) + p[shared:] for p in prompts], device=device)
+    # [shared prefix][padding][rest of the prompt]: the padding sits between them, masked as left padding is, and
+    # positions count real tokens only, as `generate` derives them from the attention mask.
+    mask = torch.tensor([[1] * shared + [0] * (width - len(p) + shared) + [1] * (len(p) - shared) for p in prompts],
+                        device=device)  # fmt: skip
+    positions = (mask.cumsum(-1) - 1)[:, shared:].masked_fill(mask[:, shared:] == 0, 0)
     logits = model(
         input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
     ).logits[:, -1]
