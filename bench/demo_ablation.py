@@ -326,13 +326,13 @@ def markdown(results, summary, png) -> str:
             lines.append(f"| {t['epochs']} | {t['lr']:g} | {t['val_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | "
                          f"{t['val_gap']:.3f} | {'yes' if key == grid['chosen'] else ''} |")  # fmt: skip
     lines += ["", f"Issue 16 criterion 7 (mean accuracy >= {TARGET} AND the worst seed beats the starting policy "
-              f"(same style) and the best RiC seed by >= {MARGIN} with the 95 % intervals apart):", ""]  # fmt: skip
+              f"(same style) and the best RiC seed by >= {MARGIN}, its 95 % interval above theirs):", ""]  # fmt: skip
     for name, v in summary["criterion7"].items():
         if v["met"] is None:
             lines.append(f"- {name}: not evaluated ({v['why']})")
             continue
         beats = "; ".join(
-            f"vs {r}: margin {b['margin']:+.3f}, intervals {'apart' if b['intervals_apart'] else 'overlap'}"
+            f"vs {r}: margin {b['margin']:+.3f}, interval {'above' if b['intervals_apart'] else 'not above'} theirs"
             for r, b in v["beats"].items()
         )
         lines.append(f"- {name}: **{'met' if v['met'] else 'not met'}** (mean {v['accuracy_mean']:.3f}; {beats})")
