@@ -6,8 +6,8 @@ from that distribution by inverse CDF; temperature 0 is greedy (argmax), token f
 `generate(do_sample=False)` gives.
 What it does differently, for speed: a prompt repeated n times (OpenRLHF's --rollout.n_samples_per_prompt) is
 prefilled once and its cache copied to its n rows; the prefix all prompts share (the system prompt) is prefilled
-once for all of them; rows that produced eos leave the batch (their cache rows are
-dropped), so the later steps only pay for unfinished rows.
+once for all of them; rows that produced eos leave the batch (their cache rows are dropped), so the later steps
+only pay for unfinished rows.
 """
 
 import os
