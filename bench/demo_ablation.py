@@ -451,7 +451,13 @@ def main_run(argv=None) -> int:
               "ric_val_prompts": a.ric_val_prompts}  # fmt: skip
     results = json.loads(out.read_text()) if out.is_file() else {"inputs": inputs, "cells": {}}
     check_resumable(out, results, inputs)
-    results.update(machine=machine_info(), demo_settings=report["settings"])
+    # The first run's machine stays `machine`; a resumed run (finished cells kept) adds its own to `resumed_on`, so
+    # the cells measured before the interruption keep the date and threads they were measured with.
+    if results["cells"]:
+        results.setdefault("resumed_on", []).append(machine_info())
+    else:
+        results["machine"] = machine_info()
+    results["demo_settings"] = report["settings"]
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save():
