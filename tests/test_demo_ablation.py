@@ -128,15 +128,19 @@ def test_ric_grid_picks_the_best_validation_accuracy_and_ric_uses_it(ablation):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_rerun_skips_finished_cells_and_refuses_other_inputs(ablation, capsys):
+def test_rerun_skips_finished_cells_keeps_their_machine_and_refuses_other_inputs(ablation, capsys):
     from bench.demo_ablation import main_run
 
     argv, out = ablation
-    before = json.loads(out.read_text())["cells"]
+    first = json.loads(out.read_text())
+    before = first["cells"]
     capsys.readouterr()
     assert main_run(argv) == 0
     printed = capsys.readouterr().out
-    assert json.loads(out.read_text())["cells"] == before  # nothing re-measured (wall seconds included)
+    rerun = json.loads(out.read_text())
+    assert rerun["cells"] == before  # nothing re-measured (wall seconds included)
+    # The cells keep the machine (date, threads) they were measured on; the rerun is recorded beside it.
+    assert rerun["machine"] == first["machine"] and len(rerun["resumed_on"]) == 1 + len(first.get("resumed_on", []))
     assert printed.count("skip ") == 2 + 4 * 2  # two base cells, four trained settings x two seeds
     with pytest.raises(UserError, match="relabel_flags: '--moslim.relabel all --moslim.relabel_copies 2' there"):
         main_run([*argv, "--relabel_flags", "--moslim.relabel levels"])
@@ -177,3 +181,33 @@ def test_rm_check_rebuilds_the_demo_rms_held_out_split_and_scores_it_as_train_rm
     assert rows["heldout_edits_no_pairs"] == 5 * rows["heldout_samples"]  # each sample and its four edits
     assert result["rows"]["base_answers"] == len(json.loads(base_eval.read_text())["samples"])
     assert "| reward model |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.unit
+def test_length_pairs_straddle_every_length_band_crossing_of_a_sample():
+    from bench.demo_rm_check import length_pairs
+    from moslim_plugin.demo.oracle import demo_spec
+
+    long = {"question": "q", "response": " ".join(f"word{i}" for i in range(40))}
+    pairs = length_pairs([long, {"question": "q", "response": "Too short to cross a band."}], demo_spec())
+    assert [(len(r["response"].split()), r["labels"]["length"]) for r in pairs] == [(20, 0), (21, 1), (32, 1), (33, 2)]
+    assert all(r["question"] == "q" and r["edit"] == "pair" for r in pairs)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_rm_check_trains_the_variant_asked_on_the_demo_rm_stages_rows_and_split(demo_dir, tmp_path):
+    """--train: the demo's RM stage with one setting changed (here the pooling), held out exactly as the stage holds
+    out, so train-rm's own macro-F1 is the check's heldout_edits score."""
+    from bench.demo_rm_check import main_run
+
+    rm, out = tmp_path / "rm_cls", tmp_path / "check.json"
+    argv = ["--samples", str(demo_dir / "samples.jsonl"), "--train", str(rm), "--train_pooling", "cls",
+            "--train_epochs", "1", "--out", str(out)]  # fmt: skip
+    assert main_run(argv) == 0
+    assert json.loads((rm / "config.json").read_text())["moslim"]["pooling"] == "cls"
+    result, trained = json.loads(out.read_text()), json.loads((rm / "eval_metrics.json").read_text())
+    assert result["trained"]["eval_rows"] == result["rows"]["heldout_edits"] == trained["eval_rows"]
+    assert result["macro_f1"][str(rm)]["heldout_edits"] == {
+        n: round(m["macro_f1"], 4) for n, m in trained["metrics"].items()
+    }
