@@ -75,7 +75,7 @@ def main_run(argv=None) -> int:
     spec = demo_spec()
     samples = [json.loads(line) for line in Path(args.samples).read_text().splitlines()]
     rows = [{"question": s["question"], "response": s["response"], "labels": s["labels"]} for s in samples]
-    # The demo's RM stage: samples + augment(seed 0), split by question at 0.2 with train-rm's default seed 0.
+    # The demo's RM stage: samples + augment(seed 0), split by question with the stage's ratio and seed.
     edits = augment(samples, spec, seed=0)
     _, heldout = split_by_question(rows + edits, RM_SETTINGS["eval_ratio"], RM_SETTINGS["seed"])
     trained = None
