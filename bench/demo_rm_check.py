@@ -19,9 +19,9 @@ and the same name with .md. Not a `make bench` script (no `main`): it needs fini
         --base_eval runs/demo_v6/eval_base_58dbe024b50185d1.json --rms runs/demo_v3/rm runs/demo_v5/rm runs/demo_v6/rm
 
 `--train DIR` first trains a variant of the demo's RM stage into DIR (same rows, split and train-rm settings, with
-`--train_backbone`, `--train_pooling`, `--train_epochs`, `--train_lr` changed, and `--train_length_pairs` adding the
-word prefixes either side of every length-band crossing), then checks it with the `--rms`: what was tried to lift
-the length head (README, "Reward model").
+`--train_backbone`, `--train_pooling`, `--train_epochs`, `--train_lr`, `--train_words` changed, and
+`--train_length_pairs` adding the word prefixes either side of every length-band crossing), then checks it with the
+`--rms`: what was tried to lift the length head (README, "Reward model").
 """
 
 import argparse
@@ -64,6 +64,7 @@ def main_run(argv=None) -> int:
     p.add_argument("--train_epochs", type=int, default=8, help="the demo's full preset: 8")
     p.add_argument("--train_lr", type=float, default=1e-4, help="the demo's --moslim.rm_lr: 1e-4")
     p.add_argument("--train_length_pairs", action="store_true", help="add the pairs at every length-band crossing")
+    p.add_argument("--train_words", default="numbered", choices=["numbered", "plain"], help="the stage's: numbered")
     p.add_argument("--base_eval", default=None, help="a demo run's eval_base_*.json: the starting policy's answers")
     p.add_argument("--out", default=str(RESULTS_DIR / "demo_rm_check.json"))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -86,7 +87,7 @@ def main_run(argv=None) -> int:
         trained = train_reward_model(
             rows + edits + extra, spec, backbone, args.train, micro_batch_size=16,
             batch_size=16, max_epochs=args.train_epochs, lr=args.train_lr, pooling=args.train_pooling,
-            **RM_SETTINGS, overwrite=True, device="cpu",
+            **{**RM_SETTINGS, "number_words": args.train_words == "numbered"}, overwrite=True, device="cpu",
         )  # fmt: skip
         args.rms = [*args.rms, args.train]
     # In rm_agreement's form (prompt, response, the oracle's levels), as the demo's evaluation answers already are;

@@ -10,11 +10,12 @@ registered with `AutoConfig`/`AutoModel` when this module is imported (in-proces
 So `from_pretrained(dtype=..., device_map=...)`, `save_pretrained`, `push_to_hub`, gradient checkpointing and
 DeepSpeed ZeRO-3 partitioned init are transformers' own. Checkpoint (format 2) = HF folder: `config.json` holds
 `backbone_config` (the backbone's config, with its model_type) and a `moslim` entry (format version, spec, spec
-fingerprint, pooling, mapping statistics or null); the safetensors weights are named as in an HF
-`XForSequenceClassification` checkpoint: the backbone's under its `base_model_prefix` (`model.*` for Llama,
-`bert.*` for BERT), the heads as `heads.<i>.*`. Format 1 folders (config.json = the backbone's own config plus
-`moslim`, the same weight names plus a zero `score.weight`) still load. Stock OpenRLHF refuses both with
-"unrecognized model type": a run where the MOSLIM patch is missing fails at load time.
+fingerprint, pooling, whether responses are read with numbered words, mapping statistics or null); the safetensors
+weights are named as in an HF `XForSequenceClassification` checkpoint: the backbone's under its
+`base_model_prefix` (`model.*` for Llama, `bert.*` for BERT), the heads as `heads.<i>.*`. Format 1 folders
+(config.json = the backbone's own config plus `moslim`, the same weight names plus a zero `score.weight`) still load.
+Stock OpenRLHF refuses both with "unrecognized model type": a run where the MOSLIM patch is missing fails at load
+time.
 """
 
 import json
@@ -60,7 +61,8 @@ def ensure_pad_token(tokenizer):
 
 class MoslimRMConfig(PreTrainedConfig):
     """`backbone_config`: the backbone's config (a dict with its `model_type` on disk). `moslim`: format_version,
-    spec (dict), spec_fingerprint, pooling (resolved, never 'auto'), stats (MappingStats.to_dict() or None)."""
+    spec (dict), spec_fingerprint, pooling (resolved, never 'auto'), number_words (bool, absent = False: see
+    `scorer.encode_truncated`), stats (MappingStats.to_dict() or None)."""
 
     model_type = "moslim_multihead"
     sub_configs = {"backbone_config": AutoConfig}
@@ -91,9 +93,11 @@ class MultiHeadRewardModel(PreTrainedModel):
     _keep_in_fp32_modules_strict = ["heads"]
     _keys_to_ignore_on_load_unexpected = [r"^score\.weight$"]  # format 1's zero value head for stock OpenRLHF
 
-    def __init__(self, config, spec: ObjectiveSpec | None = None, pooling: str = "auto", stats=None):
+    def __init__(
+        self, config, spec: ObjectiveSpec | None = None, pooling: str = "auto", stats=None, number_words: bool = False
+    ):
         """`MultiHeadRewardModel(config)` as transformers builds it, or `MultiHeadRewardModel(backbone, spec,
-        pooling, stats)`: heads (randomly initialised) on an existing backbone module."""
+        pooling, stats, number_words)`: heads (randomly initialised) on an existing backbone module."""
         backbone = None
         if isinstance(config, nn.Module):
             backbone = config
@@ -102,7 +106,7 @@ class MultiHeadRewardModel(PreTrainedModel):
             meta = {"format_version": FORMAT_VERSION, "spec": spec.to_dict(), "spec_fingerprint": spec.fingerprint}
             config = MoslimRMConfig(
                 backbone_config=backbone.config,
-                moslim={**meta, "pooling": pooling, "stats": None},
+                moslim={**meta, "pooling": pooling, "number_words": number_words, "stats": None},
                 # Set on every sub-config too: without these the backbone's own choice would be reset to None.
                 attn_implementation=backbone.config._attn_implementation,
                 experts_implementation=backbone.config._experts_implementation,
@@ -116,7 +120,11 @@ class MultiHeadRewardModel(PreTrainedModel):
         self.backbone = backbone
         self.spec = spec if spec is not None else ObjectiveSpec.from_dict(config.moslim["spec"])
         self.pooling = self._resolve_pooling(config.moslim["pooling"])
-        self.config.moslim = {**config.moslim, "pooling": self.pooling}
+        # Checkpoints written before number_words existed were trained on plain responses: absent means False.
+        self.number_words = config.moslim.get("number_words", False)
+        if not isinstance(self.number_words, bool):
+            raise UserError(f"moslim.number_words: expected true or false, got {self.number_words!r}")
+        self.config.moslim = {**config.moslim, "pooling": self.pooling, "number_words": self.number_words}
         # MappingStats | None: a plain attribute, never a buffer (transformers 5.x leaves non-persistent buffers
         # uninitialised on load); from_pretrained restores it after loading, save_pretrained writes it to config.
         self.stats = stats
@@ -148,7 +156,9 @@ class MultiHeadRewardModel(PreTrainedModel):
         return max(self.spec.levels)
 
     @classmethod
-    def from_backbone(cls, path, spec: ObjectiveSpec, pooling: str = "auto", dtype=torch.float32, **model_kwargs):
+    def from_backbone(
+        cls, path, spec: ObjectiveSpec, pooling: str = "auto", dtype=torch.float32, number_words=False, **model_kwargs
+    ):
         """New model: pretrained backbone from `path` (any AutoModel folder), randomly initialised heads. Under an
         active ZeRO-3 `HfDeepSpeedConfig` the backbone loads partitioned and the heads are created partitioned."""
         from transformers.integrations import is_deepspeed_zero3_enabled
@@ -165,12 +175,12 @@ class MultiHeadRewardModel(PreTrainedModel):
         except (OSError, ValueError, SafetensorError) as e:  # transformers' "no such model / no weights / bad config"
             raise UserError(f"backbone {str(path)!r}: cannot be loaded ({type(e).__name__}: {e})") from None
         if not is_deepspeed_zero3_enabled():
-            return cls(backbone, spec, pooling)
+            return cls(backbone, spec, pooling, number_words=number_words)
         import deepspeed
         from transformers.integrations.deepspeed import deepspeed_config
 
         with deepspeed.zero.Init(config_dict_or_path=deepspeed_config()):
-            return cls(backbone, spec, pooling)
+            return cls(backbone, spec, pooling, number_words=number_words)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.bool()

@@ -85,15 +85,16 @@ def split_by_question(rows, eval_ratio: float, seed: int):
     return [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]
 
 
-def encode_rows(rows, tokenizer, spec, max_len, source):
+def encode_rows(rows, tokenizer, spec, max_len, source, number_words=False):
     """Each row encoded once, exactly as the Scorer reads a pair at reward time (`scorer.encode`: chat template or
-    pair encoding, the question truncated from its start), with its labels (IGNORE for a missing rating)."""
+    pair encoding, the question truncated from its start, words numbered if asked), with its labels (IGNORE for a
+    missing rating)."""
     from moslim_plugin.core.scorer import encode
 
     out = []
     for row in tqdm(rows, desc=f"encode {os.path.basename(source)}", leave=False):
         try:
-            encoded = encode(tokenizer, row["question"], row["response"], max_len)
+            encoded = encode(tokenizer, row["question"], row["response"], max_len, number_words)
         except ValueError as e:
             raise ValueError(f"{source}: row with question {row['question'][:60]!r}: {e}") from None
         out.append((encoded, [IGNORE if row["labels"].get(n) is None else row["labels"][n] for n in spec.names]))
@@ -233,7 +234,12 @@ def build_model(args, spec, tokenizer, ds_config=None):
         dschf = HfDeepSpeedConfig(ds_config)  # noqa: F841 (held by reference: transformers keeps a weakref)
     # fp32 master weights on CPU; under DeepSpeed the engine casts to --ds.param_dtype itself.
     model = MultiHeadRewardModel.from_backbone(
-        path, spec, pooling=args.moslim.pooling, dtype=torch.float32, attn_implementation=args.ds.attn_implementation
+        path,
+        spec,
+        pooling=args.moslim.pooling,
+        number_words=args.moslim.number_words,
+        dtype=torch.float32,
+        attn_implementation=args.ds.attn_implementation,
     )
     # load_tokenizer's line-break token, when its id is past the embedding (a padded vocabulary may already hold it).
     # Only that token: any other tokenizer/model size mismatch stays the error it is.
@@ -478,8 +484,9 @@ def train(args, rows=None, eval_rows=None) -> dict:
     train_rows, eval_rows = split_rows(args, spec, rows, eval_rows)
     check_output_dir(args)
     tokenizer = load_tokenizer(args.model.model_name_or_path)
-    train_set = encode_rows(train_rows, tokenizer, spec, args.data.max_len, args.data.dataset or "<rows>")
-    eval_set = encode_rows(eval_rows, tokenizer, spec, args.data.max_len, args.eval.dataset or "<held-out rows>")
+    limit, words = args.data.max_len, args.moslim.number_words
+    train_set = encode_rows(train_rows, tokenizer, spec, limit, args.data.dataset or "<rows>", words)
+    eval_set = encode_rows(eval_rows, tokenizer, spec, limit, args.eval.dataset or "<held-out rows>", words)
 
     use_deepspeed = args.device == "auto" and torch.cuda.is_available()
     if use_deepspeed:
@@ -641,6 +648,12 @@ def build_parser():
     # Ours.
     p.add_argument("--moslim.spec", type=str, required=True, help="objective spec (YAML/JSON or a bundled name)")
     p.add_argument("--moslim.pooling", type=str, default="auto", choices=["auto", "last", "cls", "mean"])
+    p.add_argument(
+        "--moslim.number_words",
+        action="store_true",
+        help="the RM reads each response word after its index (1 Sure, 2 here): lets a head count words; saved in "
+        "the checkpoint, so every scorer of it reads the same",
+    )
     p.add_argument("--moslim.eval_ratio", type=float, default=0.1, help="held-out share of questions")
     p.add_argument("--moslim.label_smoothing", type=float, default=0.0)
     p.add_argument("--moslim.class_weights", type=str, default="none", choices=["none", "balanced"])
