@@ -193,6 +193,25 @@ def test_a_plain_backbone_folder_is_not_a_moslim_checkpoint(minilm_dir, tmp_path
 
 
 @pytest.mark.unit
+def test_number_words_is_saved_with_the_checkpoint_absent_reads_plain_and_a_non_boolean_is_refused(
+    tmp_path, smollm2_dir
+):
+    path = tmp_path / "rm"
+    MultiHeadRewardModel(tiny_llama(), SPEC, number_words=True).save_pretrained(path)
+    assert json.loads((path / "config.json").read_text())["moslim"]["number_words"] is True
+    assert MultiHeadRewardModel.from_pretrained(path).number_words is True
+    # A checkpoint from before the key existed was trained on plain responses.
+    config = json.loads((path / "config.json").read_text())
+    del config["moslim"]["number_words"]
+    (path / "config.json").write_text(json.dumps(config))
+    assert MultiHeadRewardModel.from_pretrained(path).number_words is False
+    config["moslim"]["number_words"] = "yes"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="moslim.number_words: expected true or false, got 'yes'"):
+        MultiHeadRewardModel.from_pretrained(path)
+
+
+@pytest.mark.unit
 def test_bad_pooling_is_rejected_with_the_allowed_values():
     with pytest.raises(ValueError, match=r"pooling: expected 'auto' or one of \['last', 'cls', 'mean'\], got 'max'"):
         MultiHeadRewardModel(tiny_llama(), SPEC, pooling="max")

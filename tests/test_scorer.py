@@ -108,6 +108,19 @@ def test_minilm_scorer_pair_encodes_question_and_response(minilm_dir):
 
 
 @pytest.mark.unit
+def test_numbered_words_put_each_response_words_index_before_it_and_keep_line_breaks_and_the_question(minilm_dir):
+    from moslim_plugin.data.train_rm import load_tokenizer
+
+    tokenizer = load_tokenizer(minilm_dir)  # with its "\n" token, as train-rm saves it
+    response = "- Sure,  it's\n- here!"
+    numbered = encode(tokenizer, "What is it?", response, 512, number_words=True)
+    assert numbered == dict(tokenizer("What is it?", "1 - 2 Sure,  3 it's\n4 - 5 here!"))
+    assert numbered["input_ids"] != encode(tokenizer, "What is it?", response, 512)["input_ids"]
+    decoded = tokenizer.decode(numbered["input_ids"])
+    assert decoded == "[CLS] what is it? [SEP] 1 - 2 sure, 3 it ' s \n 4 - 5 here! [SEP]"
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("which", ["smollm2", "minilm"])
 def test_too_long_input_loses_the_start_of_the_question_never_the_response(which, smollm2_dir, minilm_dir):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir if which == "smollm2" else minilm_dir)

@@ -132,6 +132,33 @@ def test_a_head_can_tell_a_list_from_the_same_words_on_one_line_through_a_newlin
 
 
 @pytest.mark.integration
+def test_a_number_words_rm_is_scored_on_the_numbered_words_it_was_trained_on(tmp_path, tiny_bert):
+    """train-rm --moslim.number_words: the held-out metrics train-rm reports are what the checkpoint's Scorer
+    measures on the same rows (so both read numbered words); read plain, the same weights measure otherwise."""
+    from moslim_plugin.core.scorer import Scorer
+    from moslim_plugin.data.evaluate_rm import evaluate_ratings
+    from moslim_plugin.data.train_rm import split_by_question
+
+    rows = []
+    for i in range(96):  # helpful = 1 iff the response has more than 6 words
+        words = ["word"] * (3 + i % 8)
+        rows.append({"question": f"q {i}", "response": " ".join(words), "labels": {"helpful": int(len(words) > 6),
+                     "harmless": 1}})  # fmt: skip
+    flags = dict(micro_batch_size=8, batch_size=8, max_epochs=2, lr=3e-3, max_len=48, eval_ratio=0.25, seed=0)
+    result = train_reward_model(rows, SPEC, tiny_bert, tmp_path / "rm", number_words=True, **flags)
+    assert json.loads((tmp_path / "rm" / "config.json").read_text())["moslim"]["number_words"] is True
+
+    _, heldout = split_by_question(rows, 0.25, 0)
+    scorer = Scorer.from_pretrained(tmp_path / "rm", max_length=48)
+    measured = evaluate_ratings(scorer, heldout, "<held-out>")["heads"]["helpful"]
+    assert measured["n"] == result["metrics"]["helpful"]["n"] == len(heldout)
+    assert measured["nll"] == pytest.approx(result["metrics"]["helpful"]["nll"], abs=1e-5)
+    scorer.model.number_words = False
+    plain = evaluate_ratings(scorer, heldout, "<held-out>")["heads"]["helpful"]
+    assert abs(plain["nll"] - measured["nll"]) > 1e-3
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_device_flag_trains_in_this_process_on_that_device_and_saves_a_loadable_model(tmp_path, tiny_bert, device):
     """--device cpu / cuda: plain torch in this process (no DeepSpeed launcher), as the demo runs it."""
