@@ -46,7 +46,9 @@ def encode_truncated(
     `number_words`: each whitespace-separated word of the response is preceded by its index ("1 Sure, 2 here"),
     whitespace kept. A 6-layer encoder does not learn to count words from a few thousand rows (the demo's 3-band
     length head stopped at macro-F1 0.85 on band-edge rows); with indices, "is there a word 21" is a token lookup
-    (1.00, README "Reward model"). Set at training, saved in the checkpoint, applied by every scorer of it.
+    (1.00, README "Reward model"). Set at training, saved in the checkpoint, applied by every scorer of it. Known
+    weakness: the demo's heads keyed on the index tokens themselves, so "21" written in a short answer passed for a
+    21st word; watch a length reward against the oracle when a policy can learn that (README).
     """
     if max_length < 1:
         raise ValueError(f"max_length must be a positive number of tokens, got {max_length!r}")
