@@ -270,7 +270,7 @@ def test_output_dir_holding_a_model_is_refused_unless_overwrite(tmp_path, tiny_b
 
 
 @pytest.mark.integration
-def test_resume_refuses_other_objectives_head_shapes_or_batching_naming_both_values(tmp_path, tiny_bert):
+def test_resume_refuses_other_objectives_head_shapes_batching_or_word_numbering_naming_both_values(tmp_path, tiny_bert):
     from moslim_plugin import UserError
 
     rows, ckpt = synthetic_rows(48), str(tmp_path / "ckpt")
@@ -289,6 +289,8 @@ def test_resume_refuses_other_objectives_head_shapes_or_batching_naming_both_val
     # The saved best value is an NLL: resuming with macro-F1 selection would compare it with 1 - F1.
     with pytest.raises(UserError, match=r"moslim.select='nll', this run has 'macro_f1'"):
         train_reward_model(rows, SPEC, tiny_bert, tmp_path / "e", load_enable=True, select="macro_f1", **common)
+    with pytest.raises(UserError, match=r"moslim.number_words=False, this run has True"):
+        train_reward_model(rows, SPEC, tiny_bert, tmp_path / "f", load_enable=True, number_words=True, **common)
 
 
 @pytest.mark.integration

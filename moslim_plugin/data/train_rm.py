@@ -325,6 +325,7 @@ def run_settings(args, spec) -> dict:
         "train.batch_size": args.train.batch_size,
         "train.micro_batch_size": args.train.micro_batch_size,
         "moslim.select": args.moslim.select,  # the saved best value is in its units
+        "moslim.number_words": args.moslim.number_words,  # the weights read the words one way or the other
     }
 
 
@@ -350,6 +351,7 @@ def resume(args, spec, strategy, model) -> dict | None:
         try:
             with open(meta) as f:
                 saved = json.load(f)
+            saved.setdefault("moslim.number_words", False)  # written before the flag existed: plain words
             for key, value in expected.items():
                 if saved.get(key) != value:
                     raise UserError(
