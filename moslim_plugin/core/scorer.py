@@ -11,6 +11,7 @@ Thread safety: `score` holds a lock for the whole call, so concurrent callers (a
 """
 
 import copy
+import itertools
 import re
 import threading
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ def encode_truncated(
     if max_length < 1:
         raise ValueError(f"max_length must be a positive number of tokens, got {max_length!r}")
     if number_words:
-        index = iter(range(1, len(response) + 1))
+        index = itertools.count(1)
         response = re.sub(r"\S+", lambda word: f"{next(index)} {word.group(0)}", response)
 
     def render(q: str, r: str) -> dict:
