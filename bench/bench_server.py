@@ -99,7 +99,7 @@ def mean_tokens(samples) -> dict:
 
     from moslim_plugin.core.scorer import encode
     from moslim_plugin.demo.real_models import minilm_path
-    from moslim_plugin.integration.remote_reward import split_query
+    from moslim_plugin.integration.templates import split_query
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
     serve_rm = [len(tok(q, add_special_tokens=False, truncation=True, max_length=512).input_ids) for q, *_ in samples]

@@ -27,7 +27,7 @@ COMMANDS = {
     ),
     "demo": ("moslim_plugin.demo.pipeline", "the whole MOSLIM loop on one CPU machine with real small models"),
     "reward-func-path": (
-        "moslim_plugin.integration.remote_reward",
+        "moslim_plugin.integration.remote",
         "print the .py path to pass as --reward.remote_url",
     ),
     "serve-reward": ("moslim_plugin.integration.server", "HTTP reward server speaking OpenRLHF's remote-RM protocol"),

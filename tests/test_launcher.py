@@ -19,7 +19,7 @@ from helpers_reward import write_config_only_rm
 from moslim_plugin import UserError
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.integration import activate, launcher, patches, reward_config
-from moslim_plugin.integration.remote_reward import REWARD_FUNC_FILE
+from moslim_plugin.integration.remote import REWARD_FUNC_FILE
 
 HOOK_ENV = launcher.RAY_SETUP_HOOK_ENV_VAR
 ROOT = Path(__file__).parent.parent

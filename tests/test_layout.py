@@ -113,7 +113,7 @@ def test_a_built_wheel_carries_its_data_files_and_works_outside_the_checkout(tmp
         "assert moslim_plugin.__file__.startswith(os.environ['SITE']), moslim_plugin.__file__\n"
         "from moslim_plugin.core.spec import load_spec\n"
         "from moslim_plugin.demo.evaluate import builtin_prompts\n"
-        "from moslim_plugin.integration.remote_reward import REWARD_FUNC_FILE\n"
+        "from moslim_plugin.integration.remote import REWARD_FUNC_FILE\n"
         "print(len(load_spec('helpsteer').names), len(load_spec('hh').names), len(builtin_prompts('heldout')),"
         " REWARD_FUNC_FILE.is_file())\n"
     )

@@ -441,7 +441,7 @@ def test_a_full_command_line_reaches_openrlhfs_train_with_args_moslim_under_a_jo
 def test_the_reward_function_path_gets_the_command_lines_configuration_in_every_worker(
     ray_cluster, moslim_rm, minilm_dir, tmp_path
 ):
-    from moslim_plugin.integration.remote_reward import REWARD_FUNC_FILE
+    from moslim_plugin.integration.remote import REWARD_FUNC_FILE
     from moslim_plugin.integration.reward_config import RewardConfig
 
     argv = openrlhf_argv(tmp_path, minilm_dir) + [

@@ -15,14 +15,10 @@ from moslim_plugin import UserError
 from moslim_plugin.core.directives import request_to_label
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.integration import reward_config
-from moslim_plugin.integration.remote_reward import (
-    REWARD_FUNC_FILE,
-    RewardFailure,
-    build_engine,
-    main,
-    split_query,
-)
+from moslim_plugin.integration.remote import REWARD_FUNC_FILE, main
 from moslim_plugin.integration.reward_config import RewardConfig
+from moslim_plugin.integration.reward_engine import RewardFailure, build_engine
+from moslim_plugin.integration.templates import split_query
 
 LLAMA3_PROMPT = (
     "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n[Preferences] verbosity: 1/4 (concise) "
@@ -157,7 +153,7 @@ def test_reward_file_gives_each_unscorable_sample_the_fallback_reward_with_its_r
 ):
     executor = load_reward_file(monkeypatch, rm_checkpoint, fallback_reward=-2.5, max_error_share=0.5)
     labels = [None, '{"moslim": {"targets": {"verbosity": 9}, "spec": "x"}}', None, None]
-    with caplog.at_level(logging.WARNING, logger="moslim_plugin.integration.remote_reward"):
+    with caplog.at_level(logging.WARNING, logger="moslim_plugin.integration.reward_engine"):
         outputs = run_executor(executor, smollm2_tokenizer, labels=labels)
     assert [out["reward"] for out in outputs] == [-2.5] * 4
     assert [out["extra_logs"]["moslim/errors"] for out in outputs] == [1.0] * 4

@@ -22,8 +22,8 @@ from moslim_plugin import UserError
 from moslim_plugin.core.directives import request_to_label
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.integration import launcher
-from moslim_plugin.integration.remote_reward import DeadlineExceeded, QueueFull, build_engine
 from moslim_plugin.integration.reward_config import RewardConfig
+from moslim_plugin.integration.reward_engine import DeadlineExceeded, QueueFull, build_engine
 from moslim_plugin.integration.server import build_parser, create_app
 
 QUESTIONS = ["What is 2+2?", "Name a colour.", "How do magnets work?", "Say hello."] * 4
@@ -128,7 +128,7 @@ def test_server_answers_openrlhfs_client_with_the_scorers_rewards_batching_concu
 def test_non_strict_server_gives_the_fallback_reward_with_its_reason_and_counts_each_failure(engine_of, caplog):
     engine = engine_of({"fallback_reward": -1.5})
     body = {"query": ["<|im_start|>assistant\nhi"], "prompts": ["<|im_start|>assistant\n"], "labels": ["{}"]}
-    with serving(engine) as base, caplog.at_level(logging.WARNING, logger="moslim_plugin.integration.remote_reward"):
+    with serving(engine) as base, caplog.at_level(logging.WARNING, logger="moslim_plugin.integration.reward_engine"):
         status, reply = post(base + "/get_reward", body)
         stats = get_json(base + "/stats")
     assert status == 200 and reply["rewards"] == [-1.5] and reply["extra_logs"]["moslim/errors"] == [1.0]

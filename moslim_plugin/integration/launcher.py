@@ -208,7 +208,7 @@ def reward_of(moslim, args, spec) -> tuple:
     """(the validated RewardConfig, in_process) of the reward path OpenRLHF's flags select; (None, False) when that
     path is not a MOSLIM one (a stock reward model, another reward function or server, an agent function)."""
     from moslim_plugin.core.rm import is_moslim_checkpoint
-    from moslim_plugin.integration.remote_reward import REWARD_FUNC_FILE
+    from moslim_plugin.integration.remote import REWARD_FUNC_FILE
 
     path, remote = args.reward.model_name_or_path, args.reward.remote_url
     if args.train.agent_func_path:

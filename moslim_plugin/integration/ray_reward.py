@@ -22,7 +22,7 @@ import torch
 from openrlhf.trainer.ray.launcher import RewardModelActor
 
 from moslim_plugin.core.rm import is_moslim_checkpoint
-from moslim_plugin.integration.remote_reward import ERRORS_KEY
+from moslim_plugin.integration.reward_engine import ERRORS_KEY
 
 # The class under OpenRLHF's @ray.remote decorator: we extend it, so non-MOSLIM checkpoints keep the stock behaviour.
 StockRewardModelActor = RewardModelActor.__ray_actor_class__
@@ -40,7 +40,7 @@ class MoslimRewardModelActor(StockRewardModelActor):
 
         from transformers import AutoTokenizer
 
-        from moslim_plugin.integration.remote_reward import build_engine
+        from moslim_plugin.integration.reward_engine import build_engine
 
         args = strategy.args
         config = getattr(getattr(args, "moslim", None), "reward", None)

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from moslim_plugin import UserError
+from moslim_plugin.integration.templates import resolve_template
 
 ENV_VAR = "MOSLIM_REWARD_CONFIG"
 # The per-setting env vars earlier releases read; a job that still sets them would silently get other values.
@@ -37,7 +38,7 @@ class RewardConfig:
     rm_path: str | None = None  # the MOSLIM reward-model checkpoint folder
     mapping: str = "moslim"
     mapping_kwargs: dict = dataclasses.field(default_factory=dict)
-    template: str = "auto"  # the policy's chat template, to split prompt and response (remote_reward.TEMPLATES)
+    template: str = "auto"  # the policy's chat template, to split prompt and response (templates.TEMPLATES)
     max_length: int = 512  # reward-model tokens per (question, response); longer pairs are truncated and counted
     batch_size: int | None = None  # rows per reward-model call (None: 16 on CPU, 64 on GPU)
     strict: bool = False  # any unscorable sample stops the run (always so in-process)
@@ -83,7 +84,6 @@ class RewardConfig:
         """Check everything that can be checked without loading the model; returns the config with the checkpoint's
         spec fingerprint. `spec`: the ObjectiveSpec the prompts are conditioned on (--moslim.spec), if any."""
         from moslim_plugin.core.spec import ObjectiveSpec
-        from moslim_plugin.integration.remote_reward import resolve_template
 
         meta = read_checkpoint_meta(self.rm_path)
         rm_spec = ObjectiveSpec.from_dict(meta["spec"], source=f"{self.rm_path}/config.json")

@@ -4,7 +4,7 @@ Pass `http://HOST:PORT/get_reward` as `--reward.remote_url`. Each vLLM engine ac
 `{"query": [q], "prompts": [p], "labels": [l]}`, and reads `{"rewards", "scores", "extra_logs"}`, as with OpenRLHF's
 own `openrlhf/cli/serve_rm.py`; our replies also carry `reasons` (why each fallback reward was given, else null).
 Unlike that server, concurrent requests are batched into one forward pass, fairly (`RewardEngine`, see
-remote_reward.py), and every input is bounded: body size and samples per request (413 naming the limit), queued
+reward_engine.py), and every input is bounded: body size and samples per request (413 naming the limit), queued
 samples (503 when full), a per-request deadline (503). Every answer that is not 200 is counted in `/stats`
 (`http_<status>`, `failed_requests`). `/health` reports the reward configuration, which `train_ppo_ray` compares
 with its own command line before it starts.
@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 from moslim_plugin import UserError, positive_int
 from moslim_plugin.integration import reward_config
-from moslim_plugin.integration.remote_reward import (
+from moslim_plugin.integration.reward_engine import (
     DeadlineExceeded,
     QueueFull,
     RewardEngine,

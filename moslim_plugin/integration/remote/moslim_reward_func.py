@@ -10,9 +10,10 @@ the reason instead of producing a run without rewards. When too many samples fai
 `RewardFailure`, which OpenRLHF does not swallow: the run stops with the reasons.
 """
 
-from moslim_plugin.integration.remote_reward import DeadlineExceeded, QueueFull, RewardFailure, engine_from_env
+from moslim_plugin.integration import reward_config
+from moslim_plugin.integration.reward_engine import DeadlineExceeded, QueueFull, RewardFailure, build_engine
 
-ENGINE = engine_from_env()
+ENGINE = build_engine(reward_config.from_env())
 
 
 def reward_func(queries, prompts, labels):

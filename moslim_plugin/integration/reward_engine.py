@@ -1,10 +1,9 @@
-"""The MOSLIM reward outside OpenRLHF's reward-model actor: `--reward.remote_url <file.py>` and the HTTP server.
+"""`RewardEngine`: the MOSLIM reward of OpenRLHF samples, the same on every reward path (in-process actor, `.py`
+reward function, HTTP server).
 
-Both paths receive what OpenRLHF's `SingleTurnAgentExecutor` sends: `queries` (the policy-tokenizer decode of
-prompt + response, special tokens kept, prompt possibly left-truncated), `prompts` (the templated prompt string) and
-`labels` (the MOSLIM label with the target levels). Targets always come from the label; the response is the text
-after the prompt inside the query, cut at the template's end-of-turn marker; the question is the last user message
-of the (untruncated) prompt without the directive.
+Every path receives what OpenRLHF's `SingleTurnAgentExecutor` sends: `queries`, `prompts` and `labels` (the MOSLIM
+label with the target levels). Targets always come from the label; question and response come from the text
+(`templates.split_query`), the question without the directive.
 
 `RewardEngine` turns such samples into rewards and micro-batches concurrent callers (threads of the `.py` path,
 HTTP requests of the server) into one forward pass. A sample we cannot score (bad or empty label, a label that
@@ -13,47 +12,25 @@ reason in the reply's `reasons`, a 1 in `extra_logs["moslim/errors"]` and a WARN
 exceptions from reward code at INFO and swallows them, so when the configuration's failure policy says stop
 (strict, or more than `max_error_share` of recent samples failed) the caller gets `RewardFailure`, a
 BaseException, which gets through.
-
-`moslim-openrlhf reward-func-path` prints the path of the `.py` file (see `remote/moslim_reward_func.py`).
 """
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import math
 import threading
 import time
-from pathlib import Path
 
 from moslim_plugin import UserError
+from moslim_plugin.integration.templates import resolve_template, split_query
 
 logger = logging.getLogger(__name__)
 
-REWARD_FUNC_FILE = Path(__file__).parent / "remote" / "moslim_reward_func.py"
 ERRORS_KEY = "moslim/errors"
 TRUNCATED_KEY = "moslim/truncated"  # 1 for a sample longer than --moslim.max_length, scored truncated
 STATS_KEYS = ("requests", "samples", "forward_calls", "errors", "truncated", "max_batch", "queue_full",
               "deadline_exceeded", "failed_requests")  # fmt: skip
-
-# Chat-template markers: where the assistant turn starts, where a user turn starts, what ends a turn. The policy's
-# special tokens are kept in the query, so these strings appear verbatim. "auto" picks the first whose assistant
-# marker occurs in the prompt; a JSON object {"assistant": ..., "user": ..., "end": [...]} defines another template.
-TEMPLATES = {
-    "chatml": {  # ChatML: SmolLM2, Qwen2
-        "assistant": "<|im_start|>assistant\n",
-        "user": "<|im_start|>user\n",
-        "end": ["<|im_end|>", "<|endoftext|>"],
-    },
-    "llama3": {
-        "assistant": "<|start_header_id|>assistant<|end_header_id|>\n\n",
-        "user": "<|start_header_id|>user<|end_header_id|>\n\n",
-        "end": ["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"],
-    },
-}
-DEFAULT_TEMPLATE = "auto"
 
 
 class RewardFailure(BaseException):
@@ -71,65 +48,6 @@ class QueueFull(Exception):
 
 class DeadlineExceeded(Exception):
     """A request was not scored within the engine's deadline (the server answers 503)."""
-
-
-def resolve_template(template) -> dict | str:
-    """A template name, "auto", a dict, or a JSON object string -> "auto" or a dict with assistant/user/end."""
-    if isinstance(template, str) and template.lstrip().startswith("{"):
-        template = json.loads(template)
-    if isinstance(template, dict):
-        if not isinstance(template.get("assistant"), str) or not template["assistant"]:
-            raise ValueError(f"a custom template needs a non-empty 'assistant' marker, got {template!r}")
-        end = template.get("end", [])
-        if not isinstance(end, list) or not all(isinstance(e, str) and e for e in end):
-            raise ValueError(f"template 'end' must be a list of non-empty strings, got {end!r}")
-        return {"assistant": template["assistant"], "user": template.get("user") or "", "end": end}
-    if template == "auto":
-        return "auto"
-    if template not in TEMPLATES:
-        raise ValueError(f"unknown chat template {template!r}: expected auto, {', '.join(TEMPLATES)} or a JSON object")
-    return TEMPLATES[template]
-
-
-def split_query(query: str, prompt: str, template="auto") -> tuple[str, str]:
-    """(question, response) of one OpenRLHF sample. Raises ValueError naming what was not found."""
-    if not isinstance(query, str) or not isinstance(prompt, str):
-        raise ValueError(f"query and prompt must be strings, got {type(query).__name__} and {type(prompt).__name__}")
-    template = resolve_template(template)
-    if template == "auto":
-        template = next((t for t in TEMPLATES.values() if t["assistant"] in prompt), None)
-        if template is None:
-            raise ValueError(
-                f"no known assistant marker in the prompt (templates: {', '.join(TEMPLATES)}); set the template "
-                f"(MOSLIM_TEMPLATE / --moslim.template) for this policy. Prompt end: {prompt[-120:]!r}"
-            )
-    marker = template["assistant"]
-    gen_start = prompt.rfind(marker)
-    if gen_start < 0:
-        raise ValueError(f"the prompt has no assistant marker {marker!r}: {prompt[-120:]!r}")
-    # The query starts with a suffix of the prompt (OpenRLHF truncates prompts from the left), so the response starts
-    # right after an occurrence of the prompt's generation tail whose text up to there is a suffix of the prompt. The
-    # LAST such occurrence: a query truncated to start at an earlier assistant turn also matches its first one. A few
-    # leading characters may differ when truncation split a multi-byte character.
-    tail = prompt[gen_start:]
-    response_start, pos = None, query.find(tail)
-    while pos >= 0:
-        end = pos + len(tail)
-        if any(prompt.endswith(query[skip:end]) for skip in range(min(4, end) + 1)):
-            response_start = end
-        pos = query.find(tail, pos + 1)
-    if response_start is None:
-        raise ValueError(f"the query does not contain the end of its prompt {tail!r}: query starts {query[:120]!r}")
-    response = query[response_start:]
-    for end_marker in template["end"]:
-        response = response.split(end_marker, 1)[0]
-    # The last user turn of the untruncated prompt; without a user marker, everything before the generation tail.
-    user = template["user"]
-    user_start = prompt.rfind(user, 0, gen_start) if user else -1
-    question = prompt[user_start + len(user) : gen_start] if user_start >= 0 else prompt[:gen_start]
-    for end_marker in template["end"]:
-        question = question.split(end_marker, 1)[0]
-    return question.strip(), response.strip()
 
 
 class RewardEngine:
@@ -415,25 +333,3 @@ def build_engine(config, **engine_kwargs) -> RewardEngine:
     scorer.max_length = config.max_length
     scorer.batch_size = config.batch_size or (16 if device == "cpu" else engine_kwargs.get("max_batch_size", 64))
     return RewardEngine(scorer, config, **engine_kwargs)
-
-
-def engine_from_env() -> RewardEngine:
-    """The `.py` reward file's engine: OpenRLHF passes the file nothing but its path, so the configuration comes from
-    the job's runtime env, where the launcher put it (`reward_config.ENV_VAR`)."""
-    from moslim_plugin.integration import reward_config
-
-    return build_engine(reward_config.from_env())
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="moslim-openrlhf reward-func-path",
-        description="Print the path of the MOSLIM reward function file to pass as --reward.remote_url, together with "
-        "--reward.model_name_or_path <MOSLIM RM> and the --moslim.* reward flags: `moslim-openrlhf train_ppo_ray` "
-        "validates them and hands them to the file through the Ray job's runtime env.",
-    )
-    parser.parse_args(argv)
-    if not REWARD_FUNC_FILE.is_file():
-        raise FileNotFoundError(f"{REWARD_FUNC_FILE} is missing from the installed package: reinstall moslim-plugin")
-    print(REWARD_FUNC_FILE)
-    return 0
