@@ -73,6 +73,56 @@ def test_layers_import_only_downwards_and_nothing_imports_the_demo():
     assert not wrong, "\n".join(wrong)
 
 
+def module_graph() -> dict[str, set[str]]:
+    """Our module -> the modules of ours it imports (a name imported from a module counts as that module)."""
+    modules = {}
+    for path in package_files():
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def resolve(name):
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    return {
+        module: {target for name, _ in imports_of(path) if (target := resolve(name)) not in (None, module)}
+        for module, path in modules.items()
+    }
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph as [a, b, ..., a], or None (depth-first search, iterative)."""
+    state = {}  # module -> "open" while on the current path, "done" once all it reaches is explored
+    for root in sorted(graph):
+        if root in state:
+            continue
+        path, stack = [root], [iter(sorted(graph[root]))]
+        state[root] = "open"
+        while stack:
+            target = next(stack[-1], None)
+            if target is None:
+                state[path.pop()] = "done"
+                stack.pop()
+            elif state.get(target) == "open":
+                return path[path.index(target) :] + [target]
+            elif target not in state:
+                state[target] = "open"
+                path.append(target)
+                stack.append(iter(sorted(graph.get(target, ()))))
+    return None
+
+
+@pytest.mark.unit
+def test_no_module_imports_itself_through_others_even_lazily():
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]  # the check works
+    assert import_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    graph = module_graph()
+    assert "moslim_plugin.integration.reward_engine" in graph["moslim_plugin.integration.server"]
+    cycle = import_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
 @pytest.mark.unit
 def test_code_outside_the_demo_imports_demo_only_packages_lazily_at_most():
     wrong = []
