@@ -234,7 +234,8 @@ from transformers import AutoTokenizer
 import openrlhf
 
 args = pickle.load(open(sys.argv[2], "rb"))
-args.data.preprocess_fn = "moslim_plugin.integration.patches:preprocess_row"  # the launcher adds it (patching off)
+# the launcher adds it (patching off)
+args.data.preprocess_fn = "moslim_plugin.integration.dataset_hook:preprocess_row"
 strategy = types.SimpleNamespace(args=args, is_rank_0=lambda: False, print=lambda *a: None)
 rows = [json.loads(line) for line in open(sys.argv[3])]
 dataset = PromptDataset(rows, AutoTokenizer.from_pretrained(sys.argv[4]), strategy)
@@ -289,6 +290,6 @@ def test_with_runtime_patching_off_the_launcher_plugs_in_through_the_diffs_flags
     assert launcher.diff_extension_flags(["--x", "1"], {}) == []
     assert launcher.diff_extension_flags([], off) == [
         "--reward.actor_class", "moslim_plugin.integration.ray_reward:MoslimRewardModelActor",
-        "--data.preprocess_fn", "moslim_plugin.integration.patches:preprocess_row",
+        "--data.preprocess_fn", "moslim_plugin.integration.dataset_hook:preprocess_row",
     ]  # fmt: skip
     assert "--reward.actor_class" not in launcher.diff_extension_flags(["--reward.actor_class", "mine:Actor"], off)

@@ -20,7 +20,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from moslim_plugin.integration import activate, launcher, patches
+from moslim_plugin.integration import activate, dataset_hook, launcher, patches
 from moslim_plugin.integration.vllm_stub import PATH as VLLM_STUB_PATH
 
 # Every test here starts a local Ray cluster or a driver subprocess (~10-25 s each on 2 cores).
@@ -206,7 +206,7 @@ def policy_and_samples(reward_group, shared_data):
     policy = RayActorGroup(1, 1, _zero_log_prob_actor_class(), num_gpus_per_actor=0.25)
     ray.get(policy.async_init_model_from_pretrained(strategy))
     tokenizer = AutoTokenizer.from_pretrained(args.actor.model_name_or_path)  # the policy's (SmolLM2), not the RM's
-    spec, sampler = patches.moslim_sampler(args.moslim)
+    spec, sampler = dataset_hook.moslim_sampler(args.moslim)
     samples, expected_inputs = [], []
     for index, (question, response) in enumerate(hh_samples(shared_data, 4)):
         row = condition_row({"input": question}, spec, sampler, index, "input", "label", "system")

@@ -270,7 +270,9 @@ def test_output_dir_holding_a_model_is_refused_unless_overwrite(tmp_path, tiny_b
 
 
 @pytest.mark.integration
-def test_resume_refuses_other_objectives_head_shapes_batching_or_word_numbering_naming_both_values(tmp_path, tiny_bert):
+def test_resume_refuses_other_objectives_head_shapes_batching_or_word_numbering_naming_both_values(
+    tmp_path, tiny_bert
+):
     from moslim_plugin import UserError
 
     rows, ckpt = synthetic_rows(48), str(tmp_path / "ckpt")

@@ -104,7 +104,7 @@ def diff_extension_flags(rest, environ=os.environ) -> list[str]:
         return []
     flags = {
         "--reward.actor_class": "moslim_plugin.integration.ray_reward:MoslimRewardModelActor",
-        "--data.preprocess_fn": "moslim_plugin.integration.patches:preprocess_row",
+        "--data.preprocess_fn": "moslim_plugin.integration.dataset_hook:preprocess_row",
     }
     return [item for flag, value in flags.items() if flag not in rest for item in (flag, value)]
 
