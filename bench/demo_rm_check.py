@@ -34,7 +34,8 @@ import torch
 
 from bench import RESULTS_DIR, machine_info
 from moslim_plugin.core.scorer import Scorer
-from moslim_plugin.data.train_rm import split_by_question, train_reward_model
+from moslim_plugin.data.rm_rows import split_by_question
+from moslim_plugin.data.train_rm import train_reward_model
 from moslim_plugin.demo.evaluate import rm_agreement
 from moslim_plugin.demo.oracle import demo_spec, length_level
 from moslim_plugin.demo.pipeline import RM_SETTINGS, augment, judge

@@ -39,9 +39,11 @@ import torch
 from tqdm import tqdm
 
 from bench import RESULTS_DIR, write_result
+from moslim_plugin.data.cpu_strategy import TorchStrategy
 from moslim_plugin.data.evaluate_rm import pairwise_accuracy
 from moslim_plugin.data.ratings import read_records, split_hh_dialogue
-from moslim_plugin.data.train_rm import TorchStrategy, parse_args, split_by_question, train_reward_model
+from moslim_plugin.data.rm_rows import split_by_question
+from moslim_plugin.data.train_rm import parse_args, train_reward_model
 from moslim_plugin.integration import compat
 
 SUBSETS = ("helpful", "harmless")

@@ -23,7 +23,8 @@ import deepspeed, torch
 from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 from openrlhf.utils.deepspeed.deepspeed_utils import get_train_ds_config
 from moslim_plugin.core.spec import load_spec
-from moslim_plugin.data.train_rm import build_model, load_tokenizer, parse_args
+from moslim_plugin.data.rm_rows import load_tokenizer
+from moslim_plugin.data.train_rm import build_model, parse_args
 
 if not torch.cuda.is_available():
     # CPU: skip DeepSpeed's JIT-built shared-memory all-reduce (a C++ build of minutes here, and one rank has nothing

@@ -109,7 +109,7 @@ def test_minilm_scorer_pair_encodes_question_and_response(minilm_dir):
 
 @pytest.mark.unit
 def test_numbered_words_put_each_response_words_index_before_it_and_keep_line_breaks_and_the_question(minilm_dir):
-    from moslim_plugin.data.train_rm import load_tokenizer
+    from moslim_plugin.data.rm_rows import load_tokenizer
 
     tokenizer = load_tokenizer(minilm_dir)  # with its "\n" token, as train-rm saves it
     response = "- Sure,  it's\n- here!"

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from moslim_plugin.core.spec import load_spec
-from moslim_plugin.data.train_rm import IGNORE, head_losses, head_metrics, load_rows, main, train_reward_model
+from moslim_plugin.data.rm_metrics import IGNORE, head_losses, head_metrics
+from moslim_plugin.data.rm_rows import load_rows
+from moslim_plugin.data.train_rm import main, train_reward_model
 
 SPEC = load_spec("hh")  # helpful (2 levels), harmless (2 levels)
 
@@ -108,7 +110,7 @@ def test_a_head_can_tell_a_list_from_the_same_words_on_one_line_through_a_newlin
     """MiniLM's tokenizer reads "- a\n- b" and "- a - b" the same; train-rm gives it a line-break token, saved with the
     checkpoint, so the scorer reads the line breaks training saw and a head can learn them."""
     from moslim_plugin.core.scorer import Scorer
-    from moslim_plugin.data.train_rm import load_tokenizer
+    from moslim_plugin.data.rm_rows import load_tokenizer
 
     rows = []
     for i in range(96):  # helpful = 1 iff the items are on separate lines: the words are the same either way
@@ -137,7 +139,7 @@ def test_a_number_words_rm_is_scored_on_the_numbered_words_it_was_trained_on(tmp
     measures on the same rows (so both read numbered words); read plain, the same weights measure otherwise."""
     from moslim_plugin.core.scorer import Scorer
     from moslim_plugin.data.evaluate_rm import evaluate_ratings
-    from moslim_plugin.data.train_rm import split_by_question
+    from moslim_plugin.data.rm_rows import split_by_question
 
     rows = []
     for i in range(96):  # helpful = 1 iff the response has more than 6 words

@@ -22,7 +22,7 @@ import torch
 
 from moslim_plugin import UserError, positive_int
 from moslim_plugin.data.ratings import hh_subset, read_records, split_hh_dialogue
-from moslim_plugin.data.train_rm import IGNORE, head_metrics
+from moslim_plugin.data.rm_metrics import IGNORE, head_metrics
 
 
 def bootstrap_ci(values, resamples: int = 2000, seed: int = 0) -> list[float]:
@@ -58,7 +58,7 @@ def parse_request(text: str | None) -> dict | None:
 
 
 def evaluate_ratings(scorer, rows, source: str) -> dict:
-    from moslim_plugin.data.train_rm import load_rows
+    from moslim_plugin.data.rm_rows import load_rows
 
     spec = scorer.model.spec
     rows = load_rows(rows, spec, source)

@@ -22,7 +22,6 @@ checkpoint and refuses a mismatch; an unreadable or incomplete newest checkpoint
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -33,190 +32,21 @@ from datetime import datetime
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import SchedulerType
 
 from moslim_plugin import UserError, positive_int
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.data.cpu_strategy import TorchStrategy
-from moslim_plugin.data.ratings import read_records
-
-IGNORE = -100  # label of a head without a rating in this row
-
-
-def load_rows(data, spec, source: str) -> list[dict]:
-    """Rating rows from a path or a list, checked against the spec before any model is built."""
-    rows = read_records(data) if isinstance(data, (str, os.PathLike)) else list(data)
-    if not rows:
-        raise UserError(f"{source}: the dataset is empty")
-    for i, row in enumerate(rows):
-        where = f"{source}: row {i}"
-        for key in ("question", "response"):
-            if not isinstance(row.get(key), str):
-                raise UserError(f"{where}: expected a {key!r} string, got {row.get(key)!r:.80}")
-        labels = row.get("labels")
-        if not isinstance(labels, dict):
-            raise UserError(f"{where}: expected 'labels' {{objective: level or null}}, got {labels!r:.80}")
-        for name, level in labels.items():
-            if name not in spec.names:
-                raise UserError(f"{where}: unknown objective {name!r} in labels; the spec has {list(spec.names)}")
-            levels = spec.levels[spec.index(name)]
-            if level is not None and (
-                not isinstance(level, int) or isinstance(level, bool) or not 0 <= level < levels
-            ):
-                raise UserError(
-                    f"{where}: label {name}={level!r} is not a level of {name!r} (0..{levels - 1} or null)"
-                )
-    counts = {name: sum(row["labels"].get(name) is not None for row in rows) for name in spec.names}
-    if not any(counts.values()):
-        raise UserError(f"{source}: no row has a label for any objective of {list(spec.names)}")
-    return rows
-
-
-def split_by_question(rows, eval_ratio: float, seed: int):
-    """Held-out = rows whose question hashes below `eval_ratio`: a prompt never lands in both parts."""
-
-    def bucket(question):
-        digest = hashlib.sha256(f"{seed}/{question}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64
-
-    held = [bucket(row["question"]) < eval_ratio for row in rows]
-    return [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]
-
-
-def encode_rows(rows, tokenizer, spec, max_len, source, number_words=False):
-    """Each row encoded once, exactly as the Scorer reads a pair at reward time (`scorer.encode`: chat template or
-    pair encoding, the question truncated from its start, words numbered if asked), with its labels (IGNORE for a
-    missing rating)."""
-    from moslim_plugin.core.scorer import encode
-
-    out = []
-    for row in tqdm(rows, desc=f"encode {os.path.basename(source)}", leave=False):
-        try:
-            encoded = encode(tokenizer, row["question"], row["response"], max_len, number_words)
-        except ValueError as e:
-            raise ValueError(f"{source}: row with question {row['question'][:60]!r}: {e}") from None
-        out.append((encoded, [IGNORE if row["labels"].get(n) is None else row["labels"][n] for n in spec.names]))
-    return out
-
-
-def collate(batch, tokenizer):
-    inputs = tokenizer.pad([encoded for encoded, _ in batch], return_tensors="pt")
-    return dict(inputs), torch.tensor([labels for _, labels in batch], dtype=torch.long)
-
-
-def head_losses(logits, labels, spec, class_weights=None, label_smoothing=0.0):
-    """Cross-entropy per head over its own levels, rows without a label masked; None for a head with no label."""
-    losses = []
-    for k, levels in enumerate(spec.levels):
-        mask = labels[:, k] != IGNORE
-        if not mask.any():
-            losses.append(None)
-            continue
-        weight = None if class_weights is None else class_weights[k].to(logits.device)
-        losses.append(
-            F.cross_entropy(logits[mask, k, :levels], labels[mask, k], weight=weight, label_smoothing=label_smoothing)
-        )
-    return losses
-
-
-def balanced_class_weights(rows, spec) -> list[torch.Tensor]:
-    """n / (levels * count) per class (sklearn's 'balanced'); a class never seen keeps weight 1."""
-    weights = []
-    for name, levels in zip(spec.names, spec.levels):
-        counts = torch.zeros(levels)
-        for row in rows:
-            if row["labels"].get(name) is not None:
-                counts[row["labels"][name]] += 1
-        w = counts.sum() / (levels * counts.clamp(min=1))
-        weights.append(torch.where(counts > 0, w, torch.ones_like(w)))
-    return weights
-
-
-def head_metrics(probs, labels, spec, prior_labels=None, bins: int = 10) -> dict:
-    """Per head on labelled rows: accuracy, macro-F1 (classes present in labels or predictions), mean absolute
-    level error of the argmax, expected calibration error of the argmax confidence (equal-width bins), mean
-    negative log-likelihood, the confusion matrix [true][predicted], and two baselines a model must beat: always
-    the majority class (accuracy) and always the class prior (NLL). The class prior and majority class come from
-    `prior_labels` (the training labels) when given, else from `labels` themselves (an in-sample, harder bar)."""
-    prior_labels = labels if prior_labels is None else prior_labels
-    metrics = {}
-    for k, (name, levels) in enumerate(zip(spec.names, spec.levels)):
-        mask = labels[:, k] != IGNORE
-        y, p = labels[mask, k], probs[mask, k, :levels]
-        if y.numel() == 0:
-            metrics[name] = {"n": 0}
-            continue
-        conf, pred = p.max(dim=-1)
-        correct = (pred == y).float()
-        f1s = []
-        for c in range(levels):
-            tp, fp, fn = ((pred == c) & (y == c)).sum(), ((pred == c) & (y != c)).sum(), ((pred != c) & (y == c)).sum()
-            if tp + fp + fn > 0:
-                f1s.append((2 * tp / (2 * tp + fp + fn)).item())
-        edges = torch.linspace(0, 1, bins + 1)
-        which = torch.bucketize(conf, edges[1:-1], right=True)
-        ece = sum(
-            (which == b).float().mean() * (conf[which == b].mean() - correct[which == b].mean()).abs()
-            for b in range(bins)
-            if (which == b).any()
-        )
-        seen = prior_labels[prior_labels[:, k] != IGNORE, k]
-        # Add-one smoothing: a class absent from the prior labels must not give the prior an infinite NLL.
-        prior = (torch.bincount(seen, minlength=levels)[:levels].double() + 1) / (seen.numel() + levels)
-        majority = int(prior.argmax())
-        confusion = torch.zeros(levels, levels, dtype=torch.long)
-        confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
-        metrics[name] = {
-            "n": int(y.numel()),
-            "accuracy": correct.mean().item(),
-            "macro_f1": sum(f1s) / len(f1s),
-            "mae": (pred - y).abs().float().mean().item(),
-            "ece": float(ece),
-            "nll": -p.double().clamp_min(1e-12).log().gather(1, y.unsqueeze(1)).mean().item(),
-            "majority_accuracy": (y == majority).float().mean().item(),
-            "prior_nll": -prior.log()[y].mean().item(),
-            "confusion": confusion.tolist(),
-        }
-    return metrics
-
-
-def scalar_logs(metrics: dict) -> dict:
-    return {f"eval/{n}/{k}": v for n, m in metrics.items() for k, v in m.items() if k != "confusion"}
-
-
-@torch.no_grad()
-def predict(model, loader, device):
-    """Softmax probabilities [N, K, Lmax] and labels [N, K] over a loader, in order."""
-    model.eval()
-    probs, labels = [], []
-    for inputs, batch_labels in loader:
-        logits = model(**{k: v.to(device) for k, v in inputs.items()})
-        probs.append(logits.float().softmax(-1).cpu())
-        labels.append(batch_labels)
-    model.train()
-    return torch.cat(probs), torch.cat(labels)
-
-
-def load_tokenizer(path):
-    """The backbone's tokenizer, with a pad token, and with a line-break token when it would fold line breaks away."""
-    from tokenizers import AddedToken
-    from transformers import AutoTokenizer
-
-    from moslim_plugin.core.rm import ensure_pad_token
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError) as e:  # transformers' "no such model / no tokenizer files / bad config"
-        raise UserError(f"--model.model_name_or_path {path!r}: no tokenizer ({type(e).__name__}: {e})") from None
-    # BERT-style tokenizers (all-MiniLM-L6-v2's) fold "\n" into a space: "- a\n- b" (a list) and "- a - b" (a
-    # paragraph) read the same, which capped the demo's format head at macro-F1 0.887. A "\n" token, saved with the
-    # checkpoint's tokenizer, makes every scorer of this RM read line breaks as training did (build_model sizes the
-    # embedding for it). Tokenizers that already keep line breaks are left as they are.
-    if tokenizer("a\nb")["input_ids"] == tokenizer("a b")["input_ids"]:
-        tokenizer.add_tokens([AddedToken("\n", normalized=False, special=False)])
-    return ensure_pad_token(tokenizer)
+from moslim_plugin.data.rm_metrics import (
+    IGNORE,
+    balanced_class_weights,
+    head_losses,
+    head_metrics,
+    predict,
+    scalar_logs,
+)
+from moslim_plugin.data.rm_rows import collate, encode_rows, load_rows, load_tokenizer, split_by_question
 
 
 def build_model(args, spec, tokenizer, ds_config=None):

@@ -172,7 +172,7 @@ def rm_agreement(spec, scorer, samples) -> dict[str, dict[str, float]]:
     """Per objective, the reward model's most likely class against the oracle's level on these answers: accuracy and
     macro-F1 as train-rm computes them on its held-out rows. On a policy's answers to the held-out prompts this is a
     held-out measure on real outputs (prompts the RM never saw, no edited text)."""
-    from moslim_plugin.data.train_rm import head_metrics
+    from moslim_plugin.data.rm_metrics import head_metrics
 
     probs = scorer.classify([s["prompt"] for s in samples], [s["response"] for s in samples])
     labels = torch.tensor([[s["achieved"][name] for name in spec.names] for s in samples])

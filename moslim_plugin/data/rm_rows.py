@@ -1,0 +1,96 @@
+"""Rating rows for the reward model: loaded and checked against the spec, split by question, encoded as the Scorer
+reads them, batched.
+
+Rows come from `moslim-openrlhf prepare-ratings`: `{"question", "response", "labels": {objective: level | null}}`.
+"""
+
+import hashlib
+import os
+
+import torch
+from tqdm import tqdm
+
+from moslim_plugin import UserError
+from moslim_plugin.data.ratings import read_records
+from moslim_plugin.data.rm_metrics import IGNORE
+
+
+def load_rows(data, spec, source: str) -> list[dict]:
+    """Rating rows from a path or a list, checked against the spec before any model is built."""
+    rows = read_records(data) if isinstance(data, (str, os.PathLike)) else list(data)
+    if not rows:
+        raise UserError(f"{source}: the dataset is empty")
+    for i, row in enumerate(rows):
+        where = f"{source}: row {i}"
+        for key in ("question", "response"):
+            if not isinstance(row.get(key), str):
+                raise UserError(f"{where}: expected a {key!r} string, got {row.get(key)!r:.80}")
+        labels = row.get("labels")
+        if not isinstance(labels, dict):
+            raise UserError(f"{where}: expected 'labels' {{objective: level or null}}, got {labels!r:.80}")
+        for name, level in labels.items():
+            if name not in spec.names:
+                raise UserError(f"{where}: unknown objective {name!r} in labels; the spec has {list(spec.names)}")
+            levels = spec.levels[spec.index(name)]
+            if level is not None and (
+                not isinstance(level, int) or isinstance(level, bool) or not 0 <= level < levels
+            ):
+                raise UserError(
+                    f"{where}: label {name}={level!r} is not a level of {name!r} (0..{levels - 1} or null)"
+                )
+    counts = {name: sum(row["labels"].get(name) is not None for row in rows) for name in spec.names}
+    if not any(counts.values()):
+        raise UserError(f"{source}: no row has a label for any objective of {list(spec.names)}")
+    return rows
+
+
+def split_by_question(rows, eval_ratio: float, seed: int):
+    """Held-out = rows whose question hashes below `eval_ratio`: a prompt never lands in both parts."""
+
+    def bucket(question):
+        digest = hashlib.sha256(f"{seed}/{question}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    held = [bucket(row["question"]) < eval_ratio for row in rows]
+    return [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]
+
+
+def encode_rows(rows, tokenizer, spec, max_len, source, number_words=False):
+    """Each row encoded once, exactly as the Scorer reads a pair at reward time (`scorer.encode`: chat template or
+    pair encoding, the question truncated from its start, words numbered if asked), with its labels (IGNORE for a
+    missing rating)."""
+    from moslim_plugin.core.scorer import encode
+
+    out = []
+    for row in tqdm(rows, desc=f"encode {os.path.basename(source)}", leave=False):
+        try:
+            encoded = encode(tokenizer, row["question"], row["response"], max_len, number_words)
+        except ValueError as e:
+            raise ValueError(f"{source}: row with question {row['question'][:60]!r}: {e}") from None
+        out.append((encoded, [IGNORE if row["labels"].get(n) is None else row["labels"][n] for n in spec.names]))
+    return out
+
+
+def collate(batch, tokenizer):
+    inputs = tokenizer.pad([encoded for encoded, _ in batch], return_tensors="pt")
+    return dict(inputs), torch.tensor([labels for _, labels in batch], dtype=torch.long)
+
+
+def load_tokenizer(path):
+    """The backbone's tokenizer, with a pad token, and with a line-break token when it would fold line breaks away."""
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    from moslim_plugin.core.rm import ensure_pad_token
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as e:  # transformers' "no such model / no tokenizer files / bad config"
+        raise UserError(f"--model.model_name_or_path {path!r}: no tokenizer ({type(e).__name__}: {e})") from None
+    # BERT-style tokenizers (all-MiniLM-L6-v2's) fold "\n" into a space: "- a\n- b" (a list) and "- a - b" (a
+    # paragraph) read the same, which capped the demo's format head at macro-F1 0.887. A "\n" token, saved with the
+    # checkpoint's tokenizer, makes every scorer of this RM read line breaks as training did (build_model sizes the
+    # embedding for it). Tokenizers that already keep line breaks are left as they are.
+    if tokenizer("a\nb")["input_ids"] == tokenizer("a b")["input_ids"]:
+        tokenizer.add_tokens([AddedToken("\n", normalized=False, special=False)])
+    return ensure_pad_token(tokenizer)
