@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaModel
 
 from moslim_plugin import UserError
-from moslim_plugin.core.rm import PAD_LOGIT, MoslimRMConfig, MultiHeadRewardModel, is_moslim_checkpoint
+from moslim_plugin.core.rm import NUMBERED_WORDS, PAD_LOGIT, MoslimRMConfig, MultiHeadRewardModel, is_moslim_checkpoint
 from moslim_plugin.core.spec import load_spec
 
 SPEC = load_spec("helpsteer")  # levels (5, 5, 2): the 2-level head is padded to 5 classes
@@ -193,21 +193,26 @@ def test_a_plain_backbone_folder_is_not_a_moslim_checkpoint(minilm_dir, tmp_path
 
 
 @pytest.mark.unit
-def test_number_words_is_saved_with_the_checkpoint_absent_reads_plain_and_a_non_boolean_is_refused(
+def test_number_words_is_saved_with_the_checkpoint_absent_reads_plain_and_the_earlier_numbering_is_refused(
     tmp_path, smollm2_dir
 ):
     path = tmp_path / "rm"
     MultiHeadRewardModel(tiny_llama(), SPEC, number_words=True).save_pretrained(path)
-    assert json.loads((path / "config.json").read_text())["moslim"]["number_words"] is True
+    assert json.loads((path / "config.json").read_text())["moslim"]["number_words"] == NUMBERED_WORDS
     assert MultiHeadRewardModel.from_pretrained(path).number_words is True
     # A checkpoint from before the key existed was trained on plain responses.
     config = json.loads((path / "config.json").read_text())
     del config["moslim"]["number_words"]
     (path / "config.json").write_text(json.dumps(config))
     assert MultiHeadRewardModel.from_pretrained(path).number_words is False
+    # `true`: numbered by the earlier scheme, where the response's numerals could imitate the indices.
+    config["moslim"]["number_words"] = True
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="moslim.number_words true: .* an earlier version .* retrain it"):
+        MultiHeadRewardModel.from_pretrained(path)
     config["moslim"]["number_words"] = "yes"
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="moslim.number_words: expected true or false, got 'yes'"):
+    with pytest.raises(ValueError, match="moslim.number_words: expected false or 'spelled_digits', got 'yes'"):
         MultiHeadRewardModel.from_pretrained(path)
 
 

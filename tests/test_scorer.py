@@ -122,6 +122,34 @@ def test_numbered_words_put_each_response_words_index_before_it_and_keep_line_br
 
 @pytest.mark.unit
 @pytest.mark.parametrize("which", ["smollm2", "minilm"])
+def test_no_numeral_in_a_response_reads_as_a_word_index(which, smollm2_dir, minilm_dir):
+    """Numbered words: the response's own digits are spelled out, so the digit tokens the RM reads in a response are
+    its word indices and nothing else. Each numeral 1-100 appended or prepended to a short answer, and digits in other
+    forms (superscript, fullwidth, circled, Arabic-Indic), leave exactly the digit tokens of a digit-free answer with
+    as many words."""
+    from moslim_plugin.data.rm_rows import load_tokenizer
+
+    tokenizer = load_tokenizer(smollm2_dir if which == "smollm2" else minilm_dir)
+    question, short = "What is it?", "Sure, it is a cat."
+
+    def digit_tokens(response):
+        ids = encode(tokenizer, question, response, 512, number_words=True)["input_ids"]
+        return [t for t in tokenizer.convert_ids_to_tokens(ids) if any(c.isdigit() for c in t)]
+
+    words = len(short.split()) + 1
+    expected = digit_tokens(" ".join(["word"] * words))
+    assert expected  # the indices themselves are digits
+    edited = [f"{short} {n}" for n in range(1, 101)] + [f"{n} {short}" for n in range(1, 101)]
+    edited += [f"{short} {n}" for n in ("²¹", "２１", "②①", "٢١", "21.", "(21)", "#21", "1,000")]
+    for text in edited:
+        assert digit_tokens(text) == expected, text
+    # The words themselves are still read: the spelled numeral is in the ids.
+    ids = encode(tokenizer, question, f"{short} 21", 512, number_words=True)["input_ids"]
+    assert "twoone" in tokenizer.decode(ids).replace(" ", "")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("which", ["smollm2", "minilm"])
 def test_too_long_input_loses_the_start_of_the_question_never_the_response(which, smollm2_dir, minilm_dir):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir if which == "smollm2" else minilm_dir)
     question = "BEGINNING " + "filler words here " * 60 + "the question END"

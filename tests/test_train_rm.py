@@ -148,7 +148,7 @@ def test_a_number_words_rm_is_scored_on_the_numbered_words_it_was_trained_on(tmp
                      "harmless": 1}})  # fmt: skip
     flags = dict(micro_batch_size=8, batch_size=8, max_epochs=2, lr=3e-3, max_len=48, eval_ratio=0.25, seed=0)
     result = train_reward_model(rows, SPEC, tiny_bert, tmp_path / "rm", number_words=True, **flags)
-    assert json.loads((tmp_path / "rm" / "config.json").read_text())["moslim"]["number_words"] is True
+    assert json.loads((tmp_path / "rm" / "config.json").read_text())["moslim"]["number_words"] == "spelled_digits"
 
     _, heldout = split_by_question(rows, 0.25, 0)
     scorer = Scorer.from_pretrained(tmp_path / "rm", max_length=48)
@@ -293,7 +293,7 @@ def test_resume_refuses_other_objectives_head_shapes_batching_or_word_numbering_
     # The saved best value is an NLL: resuming with macro-F1 selection would compare it with 1 - F1.
     with pytest.raises(UserError, match=r"moslim.select='nll', this run has 'macro_f1'"):
         train_reward_model(rows, SPEC, tiny_bert, tmp_path / "e", load_enable=True, select="macro_f1", **common)
-    with pytest.raises(UserError, match=r"moslim.number_words=False, this run has True"):
+    with pytest.raises(UserError, match=r"moslim.number_words=False, this run has 'spelled_digits'"):
         train_reward_model(rows, SPEC, tiny_bert, tmp_path / "f", load_enable=True, number_words=True, **common)
 
 

@@ -32,6 +32,10 @@ from moslim_plugin import UserError
 from moslim_plugin.core.spec import ObjectiveSpec
 
 FORMAT_VERSION = 2
+# config.json's `moslim.number_words` of an RM that reads numbered words with the response's digits spelled out
+# (`scorer.encode_truncated`). `true` was written by the scheme before it, whose indices the response's own numerals
+# could imitate: refused, since reading those weights either way would score otherwise than they were trained.
+NUMBERED_WORDS = "spelled_digits"
 POOLINGS = ("last", "cls", "mean")
 # Logit of a class a head does not have (a 2-level head padded to Lmax = 5): finite, so nothing turns into NaN, and
 # low enough that softmax gives exactly 0 in fp32 (exp(-1e9) underflows) and log_softmax stays finite.
@@ -61,8 +65,8 @@ def ensure_pad_token(tokenizer):
 
 class MoslimRMConfig(PreTrainedConfig):
     """`backbone_config`: the backbone's config (a dict with its `model_type` on disk). `moslim`: format_version,
-    spec (dict), spec_fingerprint, pooling (resolved, never 'auto'), number_words (bool, absent = False: see
-    `scorer.encode_truncated`), stats (MappingStats.to_dict() or None)."""
+    spec (dict), spec_fingerprint, pooling (resolved, never 'auto'), number_words (false or `NUMBERED_WORDS`, absent =
+    false: see `scorer.encode_truncated`), stats (MappingStats.to_dict() or None)."""
 
     model_type = "moslim_multihead"
     sub_configs = {"backbone_config": AutoConfig}
@@ -106,7 +110,7 @@ class MultiHeadRewardModel(PreTrainedModel):
             meta = {"format_version": FORMAT_VERSION, "spec": spec.to_dict(), "spec_fingerprint": spec.fingerprint}
             config = MoslimRMConfig(
                 backbone_config=backbone.config,
-                moslim={**meta, "pooling": pooling, "number_words": number_words, "stats": None},
+                moslim={**meta, "pooling": pooling, "number_words": number_words and NUMBERED_WORDS, "stats": None},
                 # Set on every sub-config too: without these the backbone's own choice would be reset to None.
                 attn_implementation=backbone.config._attn_implementation,
                 experts_implementation=backbone.config._experts_implementation,
@@ -121,10 +125,17 @@ class MultiHeadRewardModel(PreTrainedModel):
         self.spec = spec if spec is not None else ObjectiveSpec.from_dict(config.moslim["spec"])
         self.pooling = self._resolve_pooling(config.moslim["pooling"])
         # Checkpoints written before number_words existed were trained on plain responses: absent means False.
-        self.number_words = config.moslim.get("number_words", False)
-        if not isinstance(self.number_words, bool):
-            raise UserError(f"moslim.number_words: expected true or false, got {self.number_words!r}")
-        self.config.moslim = {**config.moslim, "pooling": self.pooling, "number_words": self.number_words}
+        words = config.moslim.get("number_words", False)
+        if words is True:
+            raise UserError(
+                "moslim.number_words true: this reward model reads numbered words as an earlier version wrote them, "
+                "where a numeral in the response could pass for a word index; retrain it (train-rm "
+                "--moslim.number_words)"
+            )
+        if words not in (False, NUMBERED_WORDS):
+            raise UserError(f"moslim.number_words: expected false or {NUMBERED_WORDS!r}, got {words!r}")
+        self.number_words = words == NUMBERED_WORDS
+        self.config.moslim = {**config.moslim, "pooling": self.pooling, "number_words": words}
         # MappingStats | None: a plain attribute, never a buffer (transformers 5.x leaves non-persistent buffers
         # uninitialised on load); from_pretrained restores it after loading, save_pretrained writes it to config.
         self.stats = stats

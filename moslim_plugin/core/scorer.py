@@ -14,6 +14,7 @@ import copy
 import itertools
 import re
 import threading
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,14 @@ from moslim_plugin import UserError
 from moslim_plugin.core.directives import validate_request
 from moslim_plugin.core.mappings import DEFAULT_MAPPING, MappingStats, parse_mapping_kwargs, resolve_mapping
 from moslim_plugin.core.rm import MultiHeadRewardModel, ensure_pad_token
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def spell_digits(word: str) -> str:
+    """`word` with every digit spelled out, after NFKC (which turns superscript, fullwidth and circled digits into
+    ASCII ones; `\\d` then catches every other script's decimal digits): "21." -> "twoone."."""
+    return re.sub(r"\d", lambda d: DIGIT_NAMES[unicodedata.digit(d.group(0))], unicodedata.normalize("NFKC", word))
 
 
 def encode(tokenizer, question: str, response: str, max_length: int, number_words: bool = False) -> dict:
@@ -46,16 +55,18 @@ def encode_truncated(
 
     `number_words`: each whitespace-separated word of the response is preceded by its index ("1 Sure, 2 here"),
     whitespace kept. A 6-layer encoder does not learn to count words from a few thousand rows (the demo's 3-band
-    length head stopped at macro-F1 0.85 on band-edge rows); with indices, "is there a word 21" is a token lookup
-    (1.00, README "Reward model"). Set at training, saved in the checkpoint, applied by every scorer of it. Known
-    weakness: the demo's heads keyed on the index tokens themselves, so "21" written in a short answer passed for a
-    21st word; watch a length reward against the oracle when a policy can learn that (README).
+    length head stopped at macro-F1 0.85 on band-edge rows); with indices, "is there a word 21" is a token lookup.
+    The heads key on the index tokens themselves, so the response's own digits are spelled out first ("21" ->
+    "twoone", after NFKC so that no other digit form reads as one): every digit the RM reads in a response is an
+    index: a numeral the policy writes is one more word, never a word's index (before this, "21" in a short answer
+    passed for a 21st word). Set at training, saved in the checkpoint (`rm.NUMBERED_WORDS`), applied by every
+    scorer of it.
     """
     if max_length < 1:
         raise ValueError(f"max_length must be a positive number of tokens, got {max_length!r}")
     if number_words:
         index = itertools.count(1)
-        response = re.sub(r"\S+", lambda word: f"{next(index)} {word.group(0)}", response)
+        response = re.sub(r"\S+", lambda word: f"{next(index)} {spell_digits(word.group(0))}", response)
 
     def render(q: str, r: str) -> dict:
         if tokenizer.chat_template:

@@ -148,6 +148,8 @@ def split_rows(args, spec, rows, eval_rows):
 
 def run_settings(args, spec) -> dict:
     """What a checkpoint must share with the run that resumes it: the heads' meaning and shapes, the batching."""
+    from moslim_plugin.core.rm import NUMBERED_WORDS
+
     return {
         "objectives": list(spec.names),
         "head_levels": list(spec.levels),
@@ -155,7 +157,8 @@ def run_settings(args, spec) -> dict:
         "train.batch_size": args.train.batch_size,
         "train.micro_batch_size": args.train.micro_batch_size,
         "moslim.select": args.moslim.select,  # the saved best value is in its units
-        "moslim.number_words": args.moslim.number_words,  # the weights read the words one way or the other
+        # The weights read the words one way or the other (`true`: the earlier numbering, refused as rm.py does).
+        "moslim.number_words": args.moslim.number_words and NUMBERED_WORDS,
     }
 
 
