@@ -61,11 +61,13 @@ def save_minilm_rm(path, minilm_dir, spec_name="helpsteer", seed=0):
 
 
 def write_config_only_rm(path, spec_name="helpsteer", max_position_embeddings=512):
-    """A checkpoint folder with only config.json: enough for every check the driver makes (it never loads weights)."""
+    """A checkpoint folder with only config.json, shaped as save_pretrained writes it (the backbone's config under
+    backbone_config): enough for every check the driver makes (it never loads weights)."""
     spec = load_spec(spec_name)
     path.mkdir(parents=True, exist_ok=True)
-    meta = {"format_version": 1, "spec": spec.to_dict(), "spec_fingerprint": spec.fingerprint, "stats": None}
-    config = {"model_type": "bert", "max_position_embeddings": max_position_embeddings, "moslim": meta}
+    meta = {"format_version": 2, "spec": spec.to_dict(), "spec_fingerprint": spec.fingerprint, "stats": None}
+    backbone = {"model_type": "bert", "max_position_embeddings": max_position_embeddings}
+    config = {"model_type": "moslim_multihead", "backbone_config": backbone, "moslim": meta}
     (path / "config.json").write_text(json.dumps(config))
     return path
 

@@ -94,6 +94,7 @@ TRAIN_RM = ["--moslim.spec", "hh", "--data.dataset", "{d}/rows.jsonl", "--train.
 TRAIN_RM += ["--moslim.eval_ratio", "0.5", "--ckpt.output_dir", "{d}/trained"]
 EVALUATE = ["--actor.model_name_or_path", "{d}/no-policy"]  # prompts and judge are read before the policy
 SCREEN = ["--actor.model_name_or_path", "{d}/no-policy"]
+SERVE = ["--reward.model_name_or_path", "{d}/rm", "--moslim.max_length", "128"]  # the tiny BERT reads 128 tokens
 CASES = [
     ("prepare-prompts", ["--data.dataset", "{d}/bad.jsonl", *PROMPTS], ["{d}/bad.jsonl: line 2 is not valid JSON"]),
     ("prepare-prompts", ["--data.dataset", "{d}/notrow.jsonl", *PROMPTS], ["notrow.jsonl: line 1: expected a JSON"]),
@@ -137,10 +138,11 @@ CASES = [
     ("screen", [*SCREEN, "--eval.n_samples_per_prompt", "0"], ["n_samples_per_prompt: expected an integer >= 1"]),
     ("screen", [*SCREEN, "--screen.oracle_objectives", "tone"], ["the oracle judges", "got ['tone']"]),
     ("screen", [*SCREEN, "--eval.dataset", "{d}/binary.txt"], ["{d}/binary.txt: cannot be read (UnicodeDecodeError"]),
-    ("serve-reward", ["--reward.model_name_or_path", "{d}/corrupt-rm"], ["corrupt-rm: the weights cannot be read"]),
-    ("serve-reward", ["--reward.model_name_or_path", "{d}/rm", "--moslim.device", "gpu0"],
+    ("serve-reward", ["--reward.model_name_or_path", "{d}/corrupt-rm", "--moslim.max_length", "128"],
+     ["corrupt-rm: the weights cannot be read"]),
+    ("serve-reward", [*SERVE, "--moslim.device", "gpu0"],
      ["--moslim.device 'gpu0': not a torch device"]),
-    ("serve-reward", ["--reward.model_name_or_path", "{d}/rm", "--moslim.mapping", "paper"],
+    ("serve-reward", [*SERVE, "--moslim.mapping", "paper"],
      ["--moslim.mapping 'paper'", "unknown mapping 'paper'"]),
     ("demo", ["--quick", "--out", "{d}/demo", "--moslim.mapping_kwargs", '{"zzz": 1}'],
      ["mapping 'moslim' has no keyword(s) ['zzz']"]),
@@ -216,6 +218,7 @@ def test_serve_reward_refuses_a_taken_port_in_one_line_before_loading_the_model(
         taken.listen()
         port = str(taken.getsockname()[1])
         argv = ["serve-reward", "--reward.model_name_or_path", str(bad_inputs / "corrupt-rm"), "--server.port", port]
+        argv += ["--moslim.max_length", "128"]
         # The weights are broken, so an error about them would mean the model was loaded first.
         one_line_error(capsys, argv, f"--server.host 127.0.0.1 --server.port {port}: cannot listen")
 
@@ -257,7 +260,7 @@ def test_train_ppo_ray_prints_moslim_flag_errors_as_one_line_with_exit_code_2(tm
     cases = [
         (["--moslim.spec", str(spec), "--moslim.sampling", "uniform"], f"{spec}: not valid YAML"),
         (["--reward.model_name_or_path", rm, "--moslim.spec", "helpsteer"], "objective spec mismatch"),
-        (["--reward.model_name_or_path", rm, "--moslim.mapping_kwargs", "{bad"], "--moslim.mapping_kwargs '{bad'"),
+        (["--reward.model_name_or_path", rm, "--moslim.mapping_kwargs", "{bad"], "expected a JSON object, got '{bad'"),
         (["--moslim.spec", "hh", "--moslim.sampling", "fixed", "--moslim.fixed", "helpful=yes"], "helpful=yes"),
         (["--actor.no_such_flag", "1"], "unrecognized arguments: --actor.no_such_flag 1"),  # OpenRLHF's parser
     ]

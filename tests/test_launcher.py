@@ -82,13 +82,10 @@ def test_moslim_flags_are_parsed_into_what_every_worker_needs(rm):
         (["--moslim.spec", "hh", "--moslim.sampling", "uniform"], dict(label_key=None), "--data.label_key"),
         (["--moslim.spec", "hh", "--moslim.sampling", "subset"], dict(chat=False), "apply_chat_template"),
         (["--moslim.spec", "hh", "--moslim.fixed", "helpful=1"], dict(), "only apply with"),
-        (["--moslim.mapping_kwargs", "{norm: 1}"], dict(), "--moslim.mapping_kwargs '{norm: 1}' is not JSON"),
-        (["--moslim.mapping_kwargs", "[1]"], dict(), "must be a JSON object"),
         (["--moslim.spec", "hh", "--moslim.sampling", "fixed", "--moslim.fixed", "helpful=yes"], dict(),
          "levels must be integers"),
         (["--moslim.mapping_kwargs", '{"norm": "dataset "}'], dict(), "'norm' must be one of .* got 'dataset '"),
         (["--moslim.mapping_kwargs", '{"eps": -1}'], dict(), "'eps' must be a number in .* got -1"),
-        (["--moslim.max_length", "0"], dict(), "--moslim.max_length 0: expected an integer >= 8"),
         (["--moslim.spec", "helpsteer"], dict(), "objective spec mismatch"),  # the RM was trained for hh
     ],
 )  # fmt: skip
@@ -98,6 +95,22 @@ def test_moslim_flags_that_contradict_openrlhf_flags_or_the_reward_model_stop_th
     with pytest.raises(UserError) as refused:
         launcher.check_moslim_args(moslim_flags(*flags), openrlhf_args(rm=rm, **args))
     assert re.search(message, str(refused.value)), refused.value
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--moslim.mapping_kwargs", "{norm: 1}"], "--moslim.mapping_kwargs: expected a JSON object, got '{norm: 1}'"),
+        (["--moslim.mapping_kwargs", "[1]"], r"--moslim.mapping_kwargs: expected a JSON object, got '\[1\]'"),
+        (["--moslim.max_length", "0"], "--moslim.max_length: expected an integer >= 8, got 0"),
+        (["--moslim.max_error_share", "nan"], r"--moslim.max_error_share: expected a number in \[0, 1\), got nan"),
+    ],
+)
+def test_a_bad_reward_flag_value_is_refused_when_parsed_naming_the_flag_and_what_it_accepts(capsys, flags, message):
+    with pytest.raises(SystemExit):
+        moslim_flags(*flags)
+    assert re.search(message, capsys.readouterr().err)
 
 
 @pytest.mark.unit
@@ -119,6 +132,15 @@ def test_flags_that_would_do_nothing_are_refused_with_the_reason(flags, args, me
     with pytest.raises(UserError) as refused:
         launcher.check_moslim_args(moslim_flags(*flags), openrlhf_args(**args))
     assert re.search(message, str(refused.value)), refused.value
+
+
+@pytest.mark.unit
+def test_remote_only_reward_flags_are_refused_in_process_where_they_would_do_nothing(rm):
+    flags = moslim_flags("--moslim.fallback_reward", "-1", "--moslim.error_window", "8")
+    with pytest.raises(UserError, match=r"\['--moslim.fallback_reward', '--moslim.error_window'\] would do nothing"):
+        launcher.check_moslim_args(flags, openrlhf_args(rm=rm))
+    remote = launcher.check_moslim_args(flags, openrlhf_args(rm=rm, remote=str(REWARD_FUNC_FILE)))
+    assert remote.reward.fallback_reward == -1.0 and remote.reward.error_window == 8
 
 
 @pytest.mark.unit

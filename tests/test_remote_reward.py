@@ -222,7 +222,7 @@ def test_reward_file_refuses_a_configured_checkpoint_that_is_missing(monkeypatch
         ({"mapping": "helpers_reward:constant_mapping"}, "same reward to a response that hits .* misses"),
         ({"mapping": "helpers_reward:flat_mapping"}, r"rewards of shape torch.Size\(\[18\]\) .* expected \(6,\)"),
         ({"max_length": 0}, "--moslim.max_length 0: expected an integer >= 8"),
-        ({"max_length": 4096}, "exceeds what the reward model .* can read \\(max_position_embeddings 512\\)"),
+        ({"max_length": 4096}, r"exceeds what the reward model .* \(its backbone's max_position_embeddings 512\)"),
         ({"fallback_reward": float("nan")}, "--moslim.fallback_reward nan: expected a finite number"),
         ({"max_error_share": 1.5}, r"--moslim.max_error_share 1.5: expected a number in \[0, 1\)"),
         ({"template": "gemma"}, "unknown chat template 'gemma'"),
@@ -298,3 +298,66 @@ def test_a_response_longer_than_max_length_is_scored_truncated_and_counted(engin
     reply = engine(*map(list, zip(sample(smollm2_tokenizer, "Hi?", long_response, label))))
     assert reply["reasons"] == [None] and reply["extra_logs"]["moslim/truncated"] == [1.0]
     assert engine.stats["truncated"] == 1 and engine.stats["errors"] == 0
+
+
+@pytest.fixture(scope="module")
+def trained_rm(tiny_bert, tmp_path_factory):
+    """A checkpoint written by `train-rm` itself on the tiny BERT backbone (max_position_embeddings 128)."""
+    from moslim_plugin.cli import main as cli
+
+    d = tmp_path_factory.mktemp("trained-rm")
+    rows = [{"question": f"q{i}", "response": "sure" if i % 2 else "no", "labels": {"helpful": i % 2, "harmless": 1}}
+            for i in range(16)]  # fmt: skip
+    (d / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["train-rm", "--model.model_name_or_path", str(tiny_bert), "--moslim.spec", "hh", "--data.max_len", "32"]
+    argv += ["--data.dataset", str(d / "rows.jsonl"), "--ckpt.output_dir", str(d / "rm"), "--ckpt.path", str(d)]
+    argv += ["--train.batch_size", "4", "--train.micro_batch_size", "4", "--train.max_steps", "1"]
+    assert cli(argv + ["--moslim.eval_ratio", "0.25"]) == 0
+    return d / "rm"
+
+
+@pytest.mark.integration
+def test_the_length_limit_is_checked_against_the_backbone_inside_a_train_rm_checkpoint_on_every_reward_path(
+    trained_rm, monkeypatch, capsys
+):
+    import socket
+    from types import SimpleNamespace as NS
+
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    from moslim_plugin.cli import main as cli
+    from moslim_plugin.integration import launcher
+
+    config = json.loads((trained_rm / "config.json").read_text())
+    assert "max_position_embeddings" not in config and config["backbone_config"]["max_position_embeddings"] == 128
+    message = f"--moslim.max_length 200 exceeds what the reward model {trained_rm} can read .* pass at most 128"
+
+    # train_ppo_ray's validation, in-process and with the .py reward function
+    for remote in (None, str(REWARD_FUNC_FILE)):
+        args = NS(data=NS(apply_chat_template=True, label_key="label", max_len=64), train=NS(agent_func_path=None),
+                  reward=NS(model_name_or_path=str(trained_rm), remote_url=remote), rollout=NS(max_new_tokens=32),
+                  algo=NS(advantage=NS(estimator="rloo")), critic=NS(model_name_or_path=None))  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            launcher.check_moslim_args(launcher.split_argv(["--moslim.max_length", "200"])[0], args)
+    # serve-reward: one line at start-up, before the model loads
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    argv = ["serve-reward", "--reward.model_name_or_path", str(trained_rm), "--moslim.max_length", "200"]
+    assert cli(argv + ["--server.port", port]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "pass at most 128" in err
+    # the .py function, given a configuration no launcher has validated
+    unchecked = RewardConfig(rm_path=str(trained_rm), max_length=200)
+    monkeypatch.setenv(reward_config.ENV_VAR, json.dumps(unchecked.to_dict()))
+    with pytest.raises(UserError, match=message):
+        SingleTurnAgentExecutor(str(REWARD_FUNC_FILE))
+
+    # At the limit a long pair is scored truncated; past it, the backbone itself fails (what the check prevents).
+    engine = build_engine(RewardConfig(rm_path=str(trained_rm), max_length=128, device="cpu"))
+    long_pair = (["why " * 300], ["because " * 300], [{"helpful": 1}])
+    result = engine.scorer.score(*long_pair)
+    assert result.truncated.tolist() == [True] and result.rewards.isfinite().all()
+    engine.scorer.max_length = 200
+    with pytest.raises(IndexError):
+        engine.scorer.score(*long_pair)

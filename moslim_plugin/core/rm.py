@@ -49,8 +49,23 @@ def is_moslim_checkpoint(path) -> bool:
         return False
     try:
         return isinstance(json.loads(config_file.read_text(encoding="utf-8")).get("moslim"), dict)
-    except (json.JSONDecodeError, AttributeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         return False
+
+
+def max_positions(path) -> int | None:
+    """The most tokens the backbone in `path` can read, from its config.json without loading weights: a MOSLIM
+    checkpoint keeps the backbone's config under `backbone_config` (format 2), a format 1 checkpoint or a plain
+    backbone folder at the top. None when the config names no limit."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None  # the loader that follows names what is wrong with the folder
+    backbone = config.get("backbone_config") if isinstance(config, dict) else None
+    backbone = backbone if isinstance(backbone, dict) else config if isinstance(config, dict) else {}
+    # GPT-2-style configs save the same limit as n_positions (transformers' attribute_map).
+    limits = [backbone.get(key) for key in ("max_position_embeddings", "n_positions")]
+    return next((n for n in limits if isinstance(n, int) and not isinstance(n, bool) and n > 0), None)
 
 
 def ensure_pad_token(tokenizer):

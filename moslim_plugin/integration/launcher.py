@@ -161,6 +161,15 @@ def check_moslim_args(moslim, args) -> SimpleNamespace:
     given = given_flags(moslim)
     if m.reward is None and given:
         fail(f"{given} would do nothing: {why_not_moslim(args)}; remove them")
+    fields = dataclasses.fields(reward_config.RewardConfig)
+    remote_only = [
+        flag for flag in given if flag in {f"--moslim.{f.name}" for f in fields if f.metadata.get("remote_only")}
+    ]
+    if m.in_process and remote_only:
+        fail(
+            f"{remote_only} would do nothing with the reward model in-process (--reward.model_name_or_path "
+            f"{args.reward.model_name_or_path}): there, a sample that cannot be scored always stops the run"
+        )
     if m.reward is not None and not args.data.label_key:
         fail("the MOSLIM reward reads each prompt's targets from its label: pass --data.label_key (e.g. label)")
     if m.in_process and args.algo.advantage.estimator == "gae" and not args.critic.model_name_or_path:

@@ -13,14 +13,14 @@ training), and the limits are in range. Then the same object travels to each pat
   (`check_server`) and refuses a mismatch, naming both values.
 """
 
+import argparse
 import copy
 import dataclasses
 import json
-import math
 import os
 from pathlib import Path
 
-from moslim_plugin import UserError
+from moslim_plugin import Range, UserError, add_options, check_options, finite, option, option_fields, positive_int
 from moslim_plugin.integration.templates import resolve_template
 
 ENV_VAR = "MOSLIM_REWARD_CONFIG"
@@ -33,41 +33,62 @@ RETIRED_ENV_VARS = (
 DTYPES = ("fp32", "bf16", "fp16")
 
 
+def json_object(text: str) -> dict:
+    """argparse `type` of a JSON-object flag (--moslim.mapping_kwargs)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
-    rm_path: str | None = None  # the MOSLIM reward-model checkpoint folder
-    mapping: str = "moslim"
-    mapping_kwargs: dict = dataclasses.field(default_factory=dict)
-    template: str = "auto"  # the policy's chat template, to split prompt and response (templates.TEMPLATES)
-    max_length: int = 512  # reward-model tokens per (question, response); longer pairs are truncated and counted
-    batch_size: int | None = None  # rows per reward-model call (None: 16 on CPU, 64 on GPU)
-    strict: bool = False  # any unscorable sample stops the run (always so in-process)
-    fallback_reward: float = 0.0  # reward of an unscorable sample when not strict
-    max_error_share: float = 0.1  # more failures than this share of the last `error_window` samples stops the run
-    error_window: int = 64
-    device: str | None = None  # None: cuda if available
-    dtype: str | None = None  # None: bf16 on cuda, fp32 on cpu
-    spec_fingerprint: str | None = None  # of the checkpoint's spec; set by validate()
+    """Each `option` field is the flag --moslim.<name> of train_ppo_ray and serve-reward (`add_flags`), with its help,
+    default and accepted values; `compared`: the fields that decide a sample's reward or the failure policy, which a
+    reward server must share with the driver (`check_server`)."""
 
-    # The fields that decide a sample's reward or the failure policy: a server must agree with the driver on these.
-    COMPARED = ("mapping", "mapping_kwargs", "template", "max_length", "strict", "fallback_reward", "max_error_share",
-                "error_window", "spec_fingerprint")  # fmt: skip
+    rm_path: str | None = None  # the MOSLIM reward-model checkpoint folder (--reward.model_name_or_path)
+    mapping: str = option("moslim", "classification -> reward mapping (name or module:fn)", compared=True)
+    mapping_kwargs: dict = option({}, "JSON object of keyword arguments for the mapping", json_object, compared=True)
+    template: str = option(
+        "auto", "the policy's chat template, to split prompt and response text: auto, chatml, llama3 or a JSON object",
+        compared=True,
+    )  # fmt: skip
+    max_length: int = option(
+        512, "reward-model tokens per sample, at most the backbone's position limit; longer: question cut first, "
+        "then the response's end", Range(int, 8), compared=True,
+    )  # fmt: skip
+    batch_size: int | None = option(None, "rows per reward-model call (default: 16 on cpu, 64 on cuda)", positive_int)
+    strict: bool = option(
+        False, "remote paths: stop at the first sample that cannot be scored (in-process always does)", compared=True
+    )
+    fallback_reward: float = option(
+        0.0, "remote paths: reward of a sample that cannot be scored (counted in moslim/errors)", finite,
+        compared=True, remote_only=True,
+    )  # fmt: skip
+    max_error_share: float = option(
+        0.1, "remote paths: stop when more than this share of the last --moslim.error_window samples could not be "
+        "scored", Range(float, 0, 1, high_open=True), compared=True, remote_only=True,
+    )  # fmt: skip
+    error_window: int = option(
+        64, "remote paths: the samples --moslim.max_error_share counts over", positive_int, compared=True,
+        remote_only=True,
+    )  # fmt: skip
+    device: str | None = option(None, "the reward model's torch device (default: cuda if available, else cpu)")
+    dtype: str | None = option(None, "the reward model's dtype (default: bf16 on cuda, fp32 on cpu)", choices=DTYPES)
+    spec_fingerprint: str | None = dataclasses.field(default=None, metadata={"compared": True})  # set by validate()
+
+    @classmethod
+    def compared(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("compared"))
 
     @classmethod
     def from_flags(cls, flags, rm_path) -> "RewardConfig":
         """From the parsed `add_flags` flags (attributes without the `moslim.` prefix)."""
-        try:
-            kwargs = (
-                json.loads(flags.mapping_kwargs) if isinstance(flags.mapping_kwargs, str) else flags.mapping_kwargs
-            )
-        except json.JSONDecodeError as e:
-            raise UserError(f"--moslim.mapping_kwargs {flags.mapping_kwargs!r} is not JSON ({e})") from None
-        if not isinstance(kwargs, dict):
-            raise UserError(f"--moslim.mapping_kwargs must be a JSON object, got {flags.mapping_kwargs!r}")
-        names = [
-            f.name for f in dataclasses.fields(cls) if f.name not in ("rm_path", "mapping_kwargs", "spec_fingerprint")
-        ]
-        return cls(rm_path=rm_path, mapping_kwargs=kwargs, **{name: getattr(flags, name) for name in names})
+        return cls(rm_path=rm_path, **{f.name: getattr(flags, f.name) for f in option_fields(cls)})
 
     @classmethod
     def from_dict(cls, d: dict) -> "RewardConfig":
@@ -83,33 +104,29 @@ class RewardConfig:
     def validate(self, spec=None) -> "RewardConfig":
         """Check everything that can be checked without loading the model; returns the config with the checkpoint's
         spec fingerprint. `spec`: the ObjectiveSpec the prompts are conditioned on (--moslim.spec), if any."""
+        from moslim_plugin.core.rm import max_positions
         from moslim_plugin.core.spec import ObjectiveSpec
 
+        check_options(self, "moslim")  # a value given in Python or read back from JSON, checked as its flag is
         meta = read_checkpoint_meta(self.rm_path)
         rm_spec = ObjectiveSpec.from_dict(meta["spec"], source=f"{self.rm_path}/config.json")
         if spec is not None:
             spec.check_same(rm_spec, f"--moslim.spec vs the reward model {self.rm_path}")
-        positions = meta.get("max_position_embeddings")
-        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 8:
-            raise UserError(f"--moslim.max_length {self.max_length!r}: expected an integer >= 8 (reward-model tokens)")
+        positions = max_positions(self.rm_path)
         if positions and self.max_length > positions:
             raise UserError(
-                f"--moslim.max_length {self.max_length} exceeds what the reward model {self.rm_path} can read "
-                f"(max_position_embeddings {positions})"
+                f"--moslim.max_length {self.max_length} exceeds what the reward model {self.rm_path} can read (its "
+                f"backbone's max_position_embeddings {positions}): pass at most {positions}"
             )
-        checks = [
-            (self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1), "batch_size",
-             "an integer >= 1"),
-            (isinstance(self.fallback_reward, (int, float)) and math.isfinite(self.fallback_reward),
-             "fallback_reward", "a finite number"),
-            (isinstance(self.max_error_share, (int, float)) and 0 <= self.max_error_share < 1, "max_error_share",
-             "a number in [0, 1)"),
-            (isinstance(self.error_window, int) and self.error_window >= 1, "error_window", "an integer >= 1"),
-            (self.dtype in (None, *DTYPES), "dtype", f"one of {list(DTYPES)}"),
-        ]  # fmt: skip
-        for ok, name, expected in checks:
-            if not ok:
-                raise UserError(f"--moslim.{name} {getattr(self, name)!r}: expected {expected}")
+        if self.device is not None:
+            import torch
+
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise UserError(
+                    f"--moslim.device {self.device!r}: not a torch device; expected e.g. cpu, cuda or cuda:1"
+                ) from None
         try:
             resolve_template(self.template)
         except (ValueError, json.JSONDecodeError) as e:
@@ -133,7 +150,7 @@ class RewardConfig:
         ours = self.to_dict()
         diffs = [
             f"{name}: server {theirs.get(name)!r}, command line {ours[name]!r}"
-            for name in self.COMPARED
+            for name in self.compared()
             if ours[name] is not None and theirs.get(name) != ours[name]
         ]
         if diffs:
@@ -144,56 +161,12 @@ class RewardConfig:
 
 
 def add_flags(group) -> None:
-    """The reward flags, spelled the same for `train_ppo_ray` and `serve-reward`."""
-    d = RewardConfig()
-    group.add_argument(
-        "--moslim.mapping", default=d.mapping, help="classification -> reward mapping (name or module:fn)"
-    )
-    group.add_argument(
-        "--moslim.mapping_kwargs", default="{}", help="JSON object of keyword arguments for the mapping"
-    )
-    group.add_argument(
-        "--moslim.template",
-        default=d.template,
-        help="the policy's chat template, to split prompt and response text: auto, chatml, llama3 or a JSON object",
-    )
-    group.add_argument(
-        "--moslim.max_length",
-        type=int,
-        default=d.max_length,
-        help="reward-model tokens per sample; longer: question cut first, then the response's end",
-    )
-    group.add_argument(
-        "--moslim.batch_size",
-        type=int,
-        default=d.batch_size,
-        help="rows per reward-model call (default: 16 on cpu, 64 on cuda)",
-    )
-    group.add_argument(
-        "--moslim.strict",
-        action="store_true",
-        help="remote paths: stop at the first sample that cannot be scored (in-process always does)",
-    )
-    group.add_argument(
-        "--moslim.fallback_reward",
-        type=float,
-        default=d.fallback_reward,
-        help="remote paths: reward of a sample that cannot be scored (counted in moslim/errors)",
-    )
-    group.add_argument(
-        "--moslim.max_error_share",
-        type=float,
-        default=d.max_error_share,
-        help="remote paths: stop when more than this share of the last --moslim.error_window samples "
-        "could not be scored",
-    )
-    group.add_argument("--moslim.error_window", type=int, default=d.error_window)
-    group.add_argument("--moslim.device", default=None, help="remote paths: default cuda if available, else cpu")
-    group.add_argument("--moslim.dtype", default=None, choices=DTYPES, help="default: bf16 on cuda, fp32 on cpu")
+    """The reward flags, spelled the same for `train_ppo_ray` and `serve-reward`: RewardConfig's options."""
+    add_options(group, RewardConfig, "moslim")
 
 
 def read_checkpoint_meta(rm_path) -> dict:
-    """The checkpoint's `moslim` config entry plus its max_position_embeddings, read without loading weights."""
+    """The checkpoint's `moslim` config entry, read without loading weights."""
     config_file = Path(rm_path or "") / "config.json"
     if not rm_path or not config_file.is_file():
         raise UserError(f"MOSLIM reward model checkpoint not found: {rm_path!r} (a folder with config.json)")
@@ -204,7 +177,7 @@ def read_checkpoint_meta(rm_path) -> dict:
     meta = config.get("moslim")
     if not isinstance(meta, dict) or "spec" not in meta:
         raise UserError(f"{rm_path} is not a MOSLIM reward model (its config.json has no 'moslim' entry)")
-    return {**meta, "max_position_embeddings": config.get("max_position_embeddings")}
+    return meta
 
 
 def check_mapping(mapping, mapping_kwargs, spec, stats_dict) -> None:

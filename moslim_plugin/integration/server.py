@@ -23,8 +23,9 @@ import logging
 import socket
 from types import SimpleNamespace
 
-from moslim_plugin import UserError, positive_int
+from moslim_plugin import UserError, option_values, positive_int
 from moslim_plugin.integration import reward_config
+from moslim_plugin.integration.reward_config import RewardConfig
 from moslim_plugin.integration.reward_engine import (
     DeadlineExceeded,
     QueueFull,
@@ -120,10 +121,9 @@ def main(argv=None) -> int:
     import uvicorn
 
     args = vars(build_parser().parse_args(argv))
-    flags = SimpleNamespace(**{k.split(".", 1)[1]: v for k, v in args.items() if k.startswith("moslim.")})
     server = SimpleNamespace(**{k.split(".", 1)[1]: v for k, v in args.items() if k.startswith("server.")})
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = reward_config.RewardConfig.from_flags(flags, args["reward.model_name_or_path"])
+    config = RewardConfig(rm_path=args["reward.model_name_or_path"], **option_values(RewardConfig, args, "moslim"))
     # uvicorn would find a taken port only after the model has loaded, and report it as a log line.
     try:
         with socket.socket(socket.getaddrinfo(server.host, server.port)[0][0]) as probe:
