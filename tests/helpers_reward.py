@@ -79,6 +79,14 @@ def constant_mapping(probs, targets, levels, stats):
     return torch.zeros(probs.shape[0]), torch.zeros(probs.shape[:2])
 
 
+def inverted_mapping(probs, targets, levels, stats):
+    """The paper's mapping with its sign turned: rewards the level that was not asked for."""
+    from moslim_plugin.core.mappings import moslim
+
+    rewards, terms = moslim(probs, targets, levels, stats)
+    return -rewards, -terms
+
+
 def flat_mapping(probs, targets, levels, stats):
     """A mapping that returns the wrong shape: one reward per (sample, objective), not per sample."""
     return probs[..., 0].flatten(), probs[..., 0]

@@ -219,7 +219,10 @@ def test_reward_file_refuses_a_configured_checkpoint_that_is_missing(monkeypatch
         ({"mapping_kwargs": {"epsilon": 1}}, r"has no keyword\(s\) \['epsilon'\]"),
         ({"mapping_kwargs": {"norm": "dataset"}}, "needs a MappingStats"),  # the checkpoint has no statistics
         ({"mapping": "no_such_mapping"}, "unknown mapping 'no_such_mapping'"),
-        ({"mapping": "helpers_reward:constant_mapping"}, "same reward to a response that hits .* misses"),
+        ({"mapping": "helpers_reward:constant_mapping"}, r"gets helpfulness \+0, .* less than the floor of 0.001"),
+        ({"mapping": "helpers_reward:inverted_mapping"}, r"gets helpfulness -4, .* or the opposite"),
+        ({"mapping_kwargs": {"eps": 1e9}}, r"gets helpfulness \+8e-10.*the keyword\(s\) \['eps'\] cause it"),
+        ({"mapping": "target_logprob", "mapping_kwargs": {"min_prob": 0.95, "k": "all"}}, r"\['min_prob'\] cause it"),
         ({"mapping": "helpers_reward:flat_mapping"}, r"rewards of shape torch.Size\(\[18\]\) .* expected \(6,\)"),
         ({"max_length": 0}, "--moslim.max_length 0: expected an integer >= 8"),
         ({"max_length": 4096}, r"exceeds what the reward model .* \(its backbone's max_position_embeddings 512\)"),

@@ -180,12 +180,18 @@ def read_checkpoint_meta(rm_path) -> dict:
     return meta
 
 
+# The least reward a response that hits its requested level (p = 0.9) must get over one that misses it (p = 0.1), per
+# objective, on the synthetic batch (docs/mappings.md). Below it, the reward's signal drowns in the KL penalty and
+# numerical noise: `{"eps": 1e9}` passes every finiteness check and still trains nothing. The built-ins give 0.025 or
+# more with their defaults (expected_level, k="all", 32 binary objectives: 0.8 / 32).
+MIN_REWARD_GAP = 1e-3
+
+
 def check_mapping(mapping, mapping_kwargs, spec, stats_dict) -> None:
     """Score one synthetic batch through the real mapping with these keyword arguments and the checkpoint's
     statistics: per objective, a sample that hits its requested level (p = 0.9) and one that misses it (p = 0.1).
-    Refused: a mapping that raises, returns the wrong shape or a non-finite value, or the same reward for both."""
-    import torch
-
+    Refused: a mapping that raises, returns the wrong shape or a non-finite value, or gives the hit less than
+    MIN_REWARD_GAP more reward than the miss (naming the keyword that does it, when one does)."""
     from moslim_plugin.core.mappings import MappingStats, parse_mapping_kwargs, resolve_mapping
 
     where = f"--moslim.mapping {mapping!r} with --moslim.mapping_kwargs {json.dumps(mapping_kwargs)}"
@@ -195,6 +201,33 @@ def check_mapping(mapping, mapping_kwargs, spec, stats_dict) -> None:
         stats = MappingStats.from_dict(stats_dict) if stats_dict is not None else None
     except ValueError as e:
         raise UserError(f"{where}: {e}") from None
+    gaps = synthetic_gaps(fn, kwargs, spec, stats, where)
+    low = {name: gap for name, gap in zip(spec.names, gaps) if not gap >= MIN_REWARD_GAP}
+    if not low:
+        return
+
+    # The keywords whose default alone restores the gap are the ones to change.
+    def fine_without(key) -> bool:
+        others = {k: v for k, v in kwargs.items() if k != key}
+        try:
+            return min(synthetic_gaps(fn, others, spec, stats, where)) >= MIN_REWARD_GAP
+        except UserError:
+            return False
+
+    culprits = [key for key in kwargs if fine_without(key)]
+    gaps_text = ", ".join(f"{name} {gap:+.3g}" for name, gap in low.items())
+    raise UserError(
+        f"{where}: a response that hits the requested level (p=0.9) gets {gaps_text} reward over one that misses it "
+        f"(p=0.1), less than the floor of {MIN_REWARD_GAP} (docs/mappings.md): training on it would learn nothing, "
+        "or the opposite" + (f"; the keyword(s) {culprits} cause it: change or remove them" if culprits else "")
+    )
+
+
+def synthetic_gaps(fn, kwargs, spec, stats, where) -> list[float]:
+    """Per objective, the reward of a synthetic response that hits its requested level (p = 0.9) minus that of one
+    that misses it (p = 0.1); the batch's output is checked on the way (shape, finite)."""
+    import torch
+
     levels = torch.tensor(spec.levels)
     k, lmax = len(spec.levels), max(spec.levels)
     probs = torch.zeros(2 * k, k, lmax)
@@ -217,12 +250,7 @@ def check_mapping(mapping, mapping_kwargs, spec, stats_dict) -> None:
         raise UserError(f"{where} returned terms of shape {getattr(terms, 'shape', None)}: expected ({2 * k}, {k})")
     if not torch.isfinite(rewards).all():
         raise UserError(f"{where} returned non-finite rewards {rewards.tolist()} on a synthetic batch")
-    same = [spec.names[h] for h in range(k) if rewards[2 * h] == rewards[2 * h + 1]]
-    if same:
-        raise UserError(
-            f"{where} gives the same reward to a response that hits the requested level (p=0.9) and one that misses "
-            f"it (p=0.1) for {same}: training on it would learn nothing"
-        )
+    return (rewards[0::2] - rewards[1::2]).tolist()
 
 
 def from_env(environ=os.environ) -> RewardConfig:
