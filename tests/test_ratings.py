@@ -216,3 +216,55 @@ def test_models_command_prints_the_bundled_models_local_folders(capsys, minilm_d
     assert cli(["models"]) == 0
     listing = capsys.readouterr().out
     assert str(minilm_dir) in listing and "SmolLM2-135M-Instruct" in listing
+
+
+@pytest.mark.unit
+def test_an_optional_template_part_is_dropped_with_its_label_when_its_field_is_missing_or_a_placeholder(tmp_path):
+    rows = [
+        {"fact": "Bread rises.", "context": "A: hi", "r": "yes", "help": 1},
+        {"fact": "_nofact\n", "context": "A: hey", "r": "no", "help": 0},  # the data set's own placeholder
+        {"context": "A: yo", "r": "maybe", "help": 2},  # no fact at all
+        {"fact": "  ", "context": "A: [sic]", "r": "ok", "help": 2},  # blank; brackets without a field stay
+    ]
+    src, out = write_jsonl(tmp_path / "r.jsonl", rows), tmp_path / "out.jsonl"
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"objectives": [{"name": "help", "levels": 3}]}))
+    argv = ["--data.dataset", src, "--moslim.format", "generic", "--moslim.output", str(out), "--moslim.spec"]
+    argv += [str(spec), "--moslim.question_key", "[Fact: {fact}\\n\\n]{context}", "--moslim.response_key", "r"]
+    assert main(argv + ["--moslim.placeholder", "_nofact"]) == 0
+    assert [r["question"] for r in read_jsonl(out)] == ["Fact: Bread rises.\n\nA: hi", "A: hey", "A: yo", "A: [sic]"]
+    # Without the placeholder flag the placeholder is text like any other; a required field stays required.
+    assert main(argv) == 0
+    assert read_jsonl(out)[1]["question"] == "Fact: _nofact\n\n\nA: hey"
+    no_context = [rows[0], {"fact": "x", "r": "y", "help": 1}]
+    with pytest.raises(ValueError, match=r"row 1: no question at '\[Fact: \{fact\}"):
+        convert(
+            load_spec(json.loads(spec.read_text())), "generic", "r.jsonl", no_context, "[Fact: {fact}]{context}", "r"
+        )
+
+
+@pytest.mark.unit
+def test_prepare_ratings_help_shows_averaged_ratings_with_bins_and_its_spec_bins_real_averages(capsys, tmp_path):
+    import yaml
+
+    with pytest.raises(SystemExit):
+        main(["-h"])
+    text = capsys.readouterr().out
+    assert "Averaged ratings" in text and "--moslim.placeholder" in text
+    # The spec the help shows, run on the averages of three raters' 1-3 scores: the help cannot drift from the code.
+    shown = text[text.index("    objectives:") :].split("\n\n")[0]
+    spec = load_spec(yaml.safe_load(shown))
+    averages = [1.0, 4 / 3, 5 / 3, 2.0, 7 / 3, 8 / 3, 3.0]
+    rows = [{"question": "q", "response": "r", "Engaging": value} for value in averages]
+    assert [r["labels"]["engaging"] for r in convert(spec, "generic", "usr.jsonl", rows)] == [0, 0, 1, 1, 1, 2, 2]
+
+
+@pytest.mark.unit
+def test_keep_fields_copies_a_source_column_into_every_row_for_the_split(tmp_path):
+    spec = load_spec({"objectives": [{"name": "help", "levels": 3}]})
+    rows = [{"question": "q", "response": "r", "help": 1, "meta": {"conv": "c7"}}]
+    assert convert(spec, "generic", "r.jsonl", rows, keep=("meta.conv",))[0]["meta.conv"] == "c7"
+    with pytest.raises(ValueError, match=r"row 0: no 'meta\.id' \(--moslim\.keep_fields\)"):
+        convert(spec, "generic", "r.jsonl", rows, keep=("meta.id",))
+    with pytest.raises(ValueError, match=r"keep_fields \['labels'\]: these names are the output's own fields"):
+        convert(spec, "generic", "r.jsonl", rows, keep=("labels",))

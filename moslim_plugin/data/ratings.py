@@ -14,12 +14,27 @@ Readers (`--moslim.format`):
                  -> `severity` (0-3)
   hh_rlhf        chosen/rejected dialogues; chosen -> 1, rejected -> 0 for the file's subset objective:
                  helpful-* files -> `helpful`, harmless-* files -> `harmless`
-  generic        any JSON/JSONL/parquet/arrow rows; the spec's rating paths are dotted paths
+  generic        any JSON/JSONL/parquet/arrow/csv rows; the spec's rating paths are dotted paths
                  (`annotations.helpfulness`); question/response are dotted paths or templates over them
                  (`--moslim.question_key "{context}\\n\\n{dialogue}"`); integer ratings need no bins, only
                  `rating.range` when the scale does not start at 0 (default range: 0 .. levels - 1)
 
-    moslim-openrlhf prepare-ratings --moslim.format helpsteer2 --moslim.spec helpsteer \
+Averaged ratings (e.g. the mean of three raters' 1-3 scores: 1, 1.33, 1.67, ..., 3) are not integers: give the
+objective `rating.bins`, one threshold fewer than it has levels; a rating's level is the number of thresholds at or
+below it. Spec for three levels, 1-1.49 -> 0, 1.5-2.49 -> 1, 2.5-3 -> 2:
+
+    objectives:
+      - name: engaging
+        levels: 3
+        rating: {path: Engaging, range: [1, 3], bins: [1.5, 2.5]}
+
+Optional template fields: a part of a template in square brackets that holds a {field} is dropped, its label with
+it, when that field is missing, null, empty or equal to a --moslim.placeholder value (white space stripped), e.g.
+a fact that some rows lack and others fill with the data set's own placeholder:
+
+    --moslim.question_key "[Fact: {fact}\\n\\n]{context}" --moslim.placeholder _nofact
+
+    moslim-openrlhf prepare-ratings --moslim.format helpsteer2 --moslim.spec helpsteer2 \\
         --data.dataset helpsteer2_train.jsonl --moslim.output ratings.jsonl
 """
 
@@ -90,7 +105,10 @@ def read_records(path: str) -> list:
 
 
 def get_path(record, path: str):
-    """`annotations.helpfulness` -> record["annotations"]["helpfulness"]; list items by number; MISSING if absent."""
+    """`annotations.helpfulness` -> record["annotations"]["helpfulness"]; list items by number; MISSING if absent.
+    A key that holds dots itself (a column kept by --moslim.keep_fields) is found as it is."""
+    if isinstance(record, dict) and path in record:
+        return record[path]
     value = record
     for part in path.split("."):
         if isinstance(value, dict) and part in value:
@@ -102,19 +120,41 @@ def get_path(record, path: str):
     return value
 
 
-def get_field(record, key: str):
+FIELD = re.compile(r"\{([^{}]+)\}")
+# A [...] part of a template that holds a {field}: dropped with its label when the field has no value. Brackets
+# without a field inside stay as they are.
+OPTIONAL_PART = re.compile(r"\[([^\[\]{}]*(?:\{[^{}]+\}[^\[\]{}]*)+)\]")
+
+
+def get_field(record, key: str, placeholders=()):
     """A dotted path, or a template of dotted paths such as "{context}\\n\\n{dialogue}" (a typed \\n is a newline):
-    the question can combine several fields. MISSING when any path is absent; non-string values as JSON."""
+    the question can combine several fields. A part in square brackets is optional (see the module doc): dropped
+    when a field in it is missing, null, empty or one of `placeholders`. MISSING when a required path is absent;
+    non-string values as JSON."""
     if "{" not in key:
         return get_path(record, key)
-    values = {}
-    for path in re.findall(r"\{([^{}]+)\}", key):
-        value = get_path(record, path)
-        if value is MISSING:
-            return MISSING
-        values[path] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    def fill(part: str, optional: bool):
+        values = []
+        for path in FIELD.findall(part):
+            value = get_path(record, path)
+            if optional and (value is None or (isinstance(value, str) and value.strip() in ("", *placeholders))):
+                value = MISSING
+            if value is MISSING:
+                return MISSING
+            values.append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        values = iter(values)
+        return FIELD.sub(lambda m: next(values), part)
+
     template = key.replace("\\n", "\n").replace("\\t", "\t")
-    return re.sub(r"\{([^{}]+)\}", lambda m: values[m.group(1)], template)
+    out, start = [], 0
+    for m in OPTIONAL_PART.finditer(template):
+        out.append(fill(template[start : m.start()], False))
+        filled = fill(m.group(1), True)
+        out.append("" if filled is MISSING else filled)
+        start = m.end()
+    out.append(fill(template[start:], False))
+    return MISSING if MISSING in out else "".join(out)
 
 
 def split_hh_dialogue(text: str) -> tuple[str, str]:
@@ -134,7 +174,7 @@ def hh_subset(path: str) -> str:
     raise UserError(f"{path}: cannot tell the HH-RLHF subset from the file name; pass --moslim.hh_subset")
 
 
-def reader_triples(fmt: str, rows, path: str, question_key: str, response_key: str, subset: str | None):
+def reader_triples(fmt, rows, path, question_key, response_key, subset, placeholders):
     """Yield (row index, question, response, record, declared ranges {attribute: (lo, hi)} or None)."""
     if fmt == "helpsteer2":
         ranges = {a: (0, 4) for a in HELPSTEER2_ATTRIBUTES}
@@ -171,7 +211,8 @@ def reader_triples(fmt: str, rows, path: str, question_key: str, response_key: s
                 yield i, question, response, {subset: level}, ranges
     elif fmt == "generic":
         for i, row in enumerate(rows):
-            yield i, get_field(row, question_key), get_field(row, response_key), row, None
+            question, response = (get_field(row, key, placeholders) for key in (question_key, response_key))
+            yield i, question, response, row, None
     else:
         raise UserError(f"unknown --moslim.format {fmt!r}; expected one of {READERS}")
 
@@ -211,13 +252,20 @@ def to_level(objective, value, declared_range, where: str):
     return int(value - lo)
 
 
-def convert(spec, fmt: str, path: str, rows, question_key="question", response_key="response", subset=None):
-    """Rated rows of one file -> [{"question", "response", "labels"}]; every error names the file and the row."""
+def convert(
+    spec, fmt, path, rows, question_key="question", response_key="response", subset=None, placeholders=(), keep=()
+):
+    """Rated rows of one file -> [{"question", "response", "labels"}, plus the source fields named in `keep`];
+    every error names the file and the row. `placeholders`: values that leave out an optional template part."""
     if not rows:
         raise UserError(f"{path}: the dataset is empty")
+    clash = sorted(set(keep) & {"question", "response", "labels"})
+    if clash:
+        raise UserError(f"--moslim.keep_fields {clash}: these names are the output's own fields")
     paths = {o.name: (o.rating or {}).get("path", o.name) for o in spec.objectives}
     out, found = [], collections.Counter()
-    for i, question, response, record, ranges in reader_triples(fmt, rows, path, question_key, response_key, subset):
+    triples = reader_triples(fmt, rows, path, question_key, response_key, subset, placeholders)
+    for i, question, response, record, ranges in triples:
         where = f"{path}: row {i}"
         # An empty response is real data (HH-RLHF has some) and a fair thing to rate; an empty question is not.
         for key, value in (("question", question), ("response", response)):
@@ -240,7 +288,11 @@ def convert(spec, fmt: str, path: str, rows, question_key="question", response_k
             found[objective.name] += value is not MISSING
             declared = ranges[attribute] if ranges is not None else None
             labels[objective.name] = to_level(objective, value, declared, where)
-        out.append({"question": question, "response": response, "labels": labels})
+        kept = {field: get_path(rows[i], field) for field in keep}
+        for field, value in kept.items():
+            if value is MISSING:
+                raise UserError(f"{where}: no {field!r} (--moslim.keep_fields); row keys: {list(rows[i])[:20]}")
+        out.append({"question": question, "response": response, "labels": labels, **kept})
     if fmt == "generic":
         unknown = [f"{name} -> {paths[name]!r}" for name in spec.names if not found[name]]
         if unknown:
@@ -258,22 +310,43 @@ def level_summary(spec, rows) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="moslim-openrlhf prepare-ratings", description=__doc__.split("\n\n")[0])
+    first, rest = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(
+        prog="moslim-openrlhf prepare-ratings",
+        description=first,
+        epilog=rest,  # the readers, averaged ratings with bins, optional template fields: what users look up
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data.dataset", required=True, help="comma-separated files or save_to_disk folders")
     p.add_argument("--moslim.format", required=True, choices=READERS)
     p.add_argument("--moslim.spec", required=True, help="objective spec (YAML/JSON or a bundled name)")
     p.add_argument("--moslim.output", required=True, help="output .jsonl")
-    p.add_argument("--moslim.question_key", default="question", help="dotted path of the question (generic)")
-    p.add_argument("--moslim.response_key", default="response", help="dotted path of the response (generic)")
+    p.add_argument(
+        "--moslim.question_key", default="question", help="dotted path or template of the question (generic)"
+    )
+    p.add_argument(
+        "--moslim.response_key", default="response", help="dotted path or template of the response (generic)"
+    )
+    p.add_argument(
+        "--moslim.placeholder", action="append", default=[],
+        help="a value that counts as missing in an optional [...] template part (repeat for several)",
+    )  # fmt: skip
+    p.add_argument(
+        "--moslim.keep_fields", default="",
+        help="comma-separated dotted paths of source fields copied into every output row under that name, e.g. a "
+        "conversation id for train-rm --moslim.split_key",
+    )  # fmt: skip
     p.add_argument("--moslim.hh_subset", default=None, choices=("helpful", "harmless"), help="default: file name")
     args = vars(p.parse_args(argv))
 
     spec = load_spec(args["moslim.spec"])
+    placeholders = tuple(text.strip() for text in args["moslim.placeholder"])
+    keep = tuple(field.strip() for field in args["moslim.keep_fields"].split(",") if field.strip())
     out = []
     for path in (p.strip() for p in args["data.dataset"].split(",")):
         rows = read_records(path)
         keys = (args["moslim.question_key"], args["moslim.response_key"], args["moslim.hh_subset"])
-        out += convert(spec, args["moslim.format"], path, rows, *keys)
+        out += convert(spec, args["moslim.format"], path, rows, *keys, placeholders, keep)
     labelled = [row for row in out if any(level is not None for level in row["labels"].values())]
     if not labelled:
         raise UserError(f"{args['data.dataset']}: no row has a rating for any objective of {list(spec.names)}")
