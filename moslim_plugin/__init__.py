@@ -161,3 +161,21 @@ def writable(path, flag: str, folder: bool = True) -> None:
         tempfile.TemporaryFile(dir=target).close()  # what the run will do; os.access misses read-only mounts
     except OSError as e:
         raise UserError(f"{flag} {path!r}: cannot be written in {target} ({e.strerror})") from None
+
+
+# `--threads`, one meaning on every command that runs a model (train-rm, evaluate-rm, evaluate, screen, demo,
+# serve-reward): torch's intra-op CPU threads in this process. On a machine other jobs share, fewer threads than
+# cores is often faster (threads that wait for each other at every op).
+THREADS_HELP = "torch CPU threads of this process (default: torch's, one per core; 1 is often faster when busy)"
+
+
+def add_threads_flag(parser) -> None:
+    parser.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply `--threads` (None: leave torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

@@ -96,3 +96,56 @@ def test_evaluate_rm_on_hh_dialogue_pairs_scores_both_sides_through_the_mapping(
                 "--moslim.request", "harmless=1"]) == 0  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert report["pairs"]["ties"] == 4 and report["pairs"]["accuracy"] == 0.5
+
+
+@pytest.mark.integration
+def test_evaluate_rm_checks_every_pairs_request_before_loading_the_model(tmp_path, untrained_rm, capsys):
+    import shutil
+
+    # Weights that cannot be read: any error below that is not about the weights came before the model was loaded.
+    broken = tmp_path / "broken-rm"
+    shutil.copytree(untrained_rm, broken)
+    (broken / "model.safetensors").write_bytes(b"cut short")
+    dialogue = {"chosen": "\n\nHuman: q?\n\nAssistant: yes", "rejected": "\n\nHuman: q?\n\nAssistant: no"}
+
+    def error(name, rows, *flags):
+        data = tmp_path / name
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        assert cli(["evaluate-rm", "--model", str(broken), "--data.dataset", str(data), *flags]) == 2
+        return capsys.readouterr().err
+
+    err = error("test.jsonl", [dialogue])  # HH-RLHF pairs under a name that does not say the subset
+    assert "test.jsonl: row 0: no request to score the pair for" in err and "--moslim.request" in err
+    err = error("test.jsonl", [dialogue], "--moslim.request", "tone=1")
+    assert "row 0: the request from --moslim.request: unknown objective 'tone'" in err
+    err = error("test.jsonl", [dialogue, {**dialogue, "request": {"helpful": 2}}], "--moslim.request", "helpful=1")
+    assert "row 1: the request from its 'request': level 2 for 'helpful' is out of range" in err
+    assert "weights" not in capsys.readouterr().err
+    # A good request gets as far as the model, whose weights are then what fails.
+    assert "the weights cannot be read" in error("harmless-base-test.jsonl", [dialogue])
+
+
+@pytest.mark.unit
+def test_evaluate_rm_help_says_how_a_pairs_request_is_found(capsys):
+    with pytest.raises(SystemExit):
+        cli(["evaluate-rm", "-h"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert 'the row\'s own `"request"`' in text and "else `--moslim.request`" in text
+    assert "helpful*/harmless*" in text and "before the model is loaded" in text
+
+
+@pytest.mark.integration
+def test_evaluate_rm_threads_sets_the_torch_threads_it_scores_with(tmp_path, untrained_rm):
+    rows = [{"question": "q", "response": "r", "labels": {"helpful": 1}}] * 2
+    data = tmp_path / "ratings.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    try:
+        assert (
+            cli(["evaluate-rm", "--model", str(untrained_rm), "--data.dataset", str(data), "--threads", str(wanted)])
+            == 0
+        )
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)

@@ -81,6 +81,33 @@ def test_minilm_wheel_is_a_safetensors_bert_folder(minilm_dir):
     assert (minilm_dir / "model.safetensors").is_file()
 
 
+# The commands that load a model and run it on this machine's CPU (or GPU); the others only read or write files.
+MODEL_COMMANDS = {
+    "evaluate-rm": "moslim_plugin.data.evaluate_rm",
+    "evaluate": "moslim_plugin.demo.evaluate",
+    "screen": "moslim_plugin.demo.screen",
+    "demo": "moslim_plugin.demo.pipeline",
+    "serve-reward": "moslim_plugin.integration.server",
+}
+
+
+@pytest.mark.unit
+def test_every_command_that_runs_a_model_has_one_threads_flag_with_one_meaning():
+    import argparse
+    import importlib
+
+    from moslim_plugin import THREADS_HELP
+    from moslim_plugin.cli import COMMANDS
+
+    for command, module in MODEL_COMMANDS.items():
+        assert COMMANDS[command][0] == module
+        parser = importlib.import_module(module).build_parser()
+        (action,) = [a for a in parser._actions if "--threads" in a.option_strings]
+        assert (action.help, action.default, action.type("3")) == (THREADS_HELP, None, 3), command
+        with pytest.raises(argparse.ArgumentTypeError):
+            action.type("0")
+
+
 @pytest.mark.unit
 def test_cli_lists_commands_and_names_an_unknown_one():
     ok = subprocess.run([sys.executable, "-m", "moslim_plugin", "--help"], capture_output=True, text=True)

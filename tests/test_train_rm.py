@@ -152,11 +152,11 @@ def test_a_number_words_rm_is_scored_on_the_numbered_words_it_was_trained_on(tmp
 
     _, heldout = split_by_question(rows, 0.25, 0)
     scorer = Scorer.from_pretrained(tmp_path / "rm", max_length=48)
-    measured = evaluate_ratings(scorer, heldout, "<held-out>")["heads"]["helpful"]
+    measured = evaluate_ratings(scorer, heldout)["heads"]["helpful"]
     assert measured["n"] == result["metrics"]["helpful"]["n"] == len(heldout)
     assert measured["nll"] == pytest.approx(result["metrics"]["helpful"]["nll"], abs=1e-5)
     scorer.model.number_words = False
-    plain = evaluate_ratings(scorer, heldout, "<held-out>")["heads"]["helpful"]
+    plain = evaluate_ratings(scorer, heldout)["heads"]["helpful"]
     assert abs(plain["nll"] - measured["nll"]) > 1e-3
 
 

@@ -68,6 +68,14 @@ def max_positions(path) -> int | None:
     return next((n for n in limits if isinstance(n, int) and not isinstance(n, bool) and n > 0), None)
 
 
+def saved_spec(path) -> ObjectiveSpec:
+    """The spec a checkpoint folder was trained for, read from its config.json without loading any weights."""
+    if not is_moslim_checkpoint(path):
+        raise UserError(f"{path}: not a reward-model checkpoint (no config.json with a 'moslim' entry)")
+    meta = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))["moslim"]
+    return ObjectiveSpec.from_dict(meta["spec"], source=f"{path}/config.json")
+
+
 def ensure_pad_token(tokenizer):
     """Give a tokenizer without a pad token its eos token as pad (pad positions are masked and never pooled, so the
     id's value never matters; OpenRLHF does the same). Returns the tokenizer."""

@@ -4,9 +4,11 @@ Rated rows (`prepare-ratings` output, `{"question", "response", "labels"}`): per
 absolute level error, expected calibration error, negative log-likelihood and the confusion matrix, next to two
 baselines a model must beat (always the majority class; always the class prior, both taken from the file itself).
 Pairs (`{"question", "chosen", "rejected"}` with responses, or HH-RLHF's whole `chosen`/`rejected` dialogues):
-each side is scored through the mapping, as at reward time, with the request of the row (`"request"`), else
-`--moslim.request`, else (HH-RLHF helpful-*/harmless-* files) the file's objective at its top level. Pairwise
-accuracy counts a tie as half a win (and reports the ties); every figure has a bootstrap 95 % interval.
+each side is scored through the mapping, as at reward time, for a request (which levels of which objectives the
+chosen side should have), found per row in this order: the row's own `"request"` ({"helpful": 1}), else
+`--moslim.request`, else, for a file named helpful*/harmless* (HH-RLHF's), that objective at its top level. Every
+row's request is checked against the model's spec before the model is loaded. Pairwise accuracy counts a tie as half
+a win (and reports the ties); every figure has a bootstrap 95 % interval.
 Writes report.md, report.json and report.png into `--output_dir`.
 
     moslim-openrlhf evaluate-rm --model ./rm --data.dataset held_out.jsonl --output_dir ./rm-eval
@@ -20,7 +22,7 @@ import random
 
 import torch
 
-from moslim_plugin import UserError, positive_int
+from moslim_plugin import UserError, add_threads_flag, positive_int, set_threads
 from moslim_plugin.data.ratings import hh_subset, read_records, split_hh_dialogue
 from moslim_plugin.data.rm_metrics import IGNORE, head_metrics
 
@@ -57,11 +59,9 @@ def parse_request(text: str | None) -> dict | None:
         raise UserError(f"--moslim.request {text!r}: expected 'objective=level,...' or a JSON object") from None
 
 
-def evaluate_ratings(scorer, rows, source: str) -> dict:
-    from moslim_plugin.data.rm_rows import load_rows
-
+def evaluate_ratings(scorer, rows) -> dict:
+    """Per-head metrics of rows already checked by `load_rows`."""
     spec = scorer.model.spec
-    rows = load_rows(rows, spec, source)
     probs = scorer.classify([r["question"] for r in rows], [r["response"] for r in rows])
     labels = torch.tensor(
         [[IGNORE if r["labels"].get(n) is None else r["labels"][n] for n in spec.names] for r in rows]
@@ -75,14 +75,21 @@ def evaluate_ratings(scorer, rows, source: str) -> dict:
     return {"kind": "ratings", "rows": len(rows), "heads": metrics}
 
 
-def evaluate_pairs(scorer, rows, source: str, request: dict | None) -> dict:
-    questions, chosen, rejected, requests = [], [], [], []
-    default = request
-    if default is None and "question" not in rows[0]:
+def read_pairs(rows, source: str, request: dict | None, spec) -> dict:
+    """Questions, both sides and each pair's request (see the module doc for where it is found), every request
+    checked against `spec`: all of it before any model is loaded."""
+    from moslim_plugin.core.directives import validate_request
+
+    default, origin = request, "--moslim.request"
+    if default is None:
         try:
-            default = {hh_subset(source): 1}
-        except ValueError:
-            pass
+            subset = hh_subset(source)
+        except UserError:
+            subset = None
+        if subset is not None:
+            levels = dict(zip(spec.names, spec.levels))
+            default, origin = {subset: levels.get(subset, 2) - 1}, f"the file name ({subset}*)"
+    pairs = dict(questions=[], chosen=[], rejected=[], requests=[], default=default)
     for i, row in enumerate(rows):
         where = f"{source}: row {i}"
         if not isinstance(row.get("chosen"), str) or not isinstance(row.get("rejected"), str):
@@ -98,16 +105,26 @@ def evaluate_pairs(scorer, rows, source: str, request: dict | None) -> dict:
                 raise UserError(f"{where}: 'chosen' and 'rejected' dialogues differ before their last assistant turn")
         wanted = row.get("request", default)
         if wanted is None:
-            raise UserError(f"{where}: no 'request' in the row and no --moslim.request (e.g. 'helpful=1')")
-        questions.append(q)
-        chosen.append(c)
-        rejected.append(r)
-        requests.append(wanted)
+            raise UserError(
+                f"{where}: no request to score the pair for: no 'request' in the row, no --moslim.request (e.g. "
+                f"'{spec.names[0]}=1'), and the file name does not start with helpful/harmless (HH-RLHF's)"
+            )
+        try:
+            wanted = validate_request(spec, wanted)
+        except UserError as e:
+            from_where = "its 'request'" if "request" in row else origin
+            raise UserError(f"{where}: the request from {from_where}: {e}") from None
+        for key, value in zip(("questions", "chosen", "rejected", "requests"), (q, c, r, wanted)):
+            pairs[key].append(value)
+    return pairs
+
+
+def evaluate_pairs(scorer, pairs: dict) -> dict:
     scores = {}
-    for side, texts in (("chosen", chosen), ("rejected", rejected)):
-        scores[side] = scorer.score(questions, texts, requests).rewards.tolist()
+    for side in ("chosen", "rejected"):
+        scores[side] = scorer.score(pairs["questions"], pairs[side], pairs["requests"]).rewards.tolist()
     result = pairwise_accuracy(scores["chosen"], scores["rejected"])
-    return {"kind": "pairs", "pairs": result, "request": default}
+    return {"kind": "pairs", "pairs": result, "request": pairs["default"]}
 
 
 def markdown(report: dict) -> str:
@@ -171,26 +188,26 @@ def draw(report: dict, path) -> None:
 
 def evaluate(model, data: str, output_dir=None, request=None, max_length: int = 512, batch_size: int = 16) -> dict:
     """Report dict for `model` (a checkpoint folder or a Scorer) on `data`; written to `output_dir` when given."""
-    from moslim_plugin.core.rm import is_moslim_checkpoint
+    from moslim_plugin.core.rm import saved_spec
     from moslim_plugin.core.scorer import Scorer
+    from moslim_plugin.data.rm_rows import load_rows
 
-    if not isinstance(model, Scorer) and not is_moslim_checkpoint(model):
-        raise UserError(f"--model {model}: not a reward-model checkpoint (no config.json with a 'moslim' entry)")
-    # The file and the output folder before the model: their errors then come at once, not after loading it.
+    is_scorer = isinstance(model, Scorer)
+    spec = model.model.spec if is_scorer else saved_spec(model)
+    # The file, its requests and the output folder before the model: their errors then come at once, not after
+    # loading it.
     rows = read_records(data)
     if not rows:
         raise UserError(f"{data}: the file holds no rows")
+    pairs = read_pairs(rows, data, request, spec) if "chosen" in rows[0] else None
+    rows = rows if pairs else load_rows(rows, spec, data)
     try:
         if output_dir:
             os.makedirs(output_dir, exist_ok=True)
     except OSError as e:
         raise UserError(f"--output_dir {output_dir!r}: cannot be made an output folder ({e.strerror})") from None
-    is_scorer = isinstance(model, Scorer)
     scorer = model if is_scorer else Scorer.from_pretrained(model, max_length=max_length, batch_size=batch_size)
-    if "chosen" in rows[0]:
-        report = evaluate_pairs(scorer, rows, data, request)
-    else:
-        report = evaluate_ratings(scorer, rows, data)
+    report = evaluate_pairs(scorer, pairs) if pairs else evaluate_ratings(scorer, rows)
     report = {"model": "<scorer>" if is_scorer else str(model), "data": str(data), **report}
     if output_dir:
         with open(os.path.join(output_dir, "report.json"), "w") as f:
@@ -204,15 +221,31 @@ def evaluate(model, data: str, output_dir=None, request=None, max_length: int = 
     return report
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="moslim-openrlhf evaluate-rm", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    first, rest = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(
+        prog="moslim-openrlhf evaluate-rm",
+        description=first,
+        epilog=rest,  # what is measured and how a pair's request is found
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="reward-model checkpoint folder (written by train-rm)")
     p.add_argument("--data.dataset", required=True, help="rated rows (.jsonl from prepare-ratings) or pairs")
     p.add_argument("--output_dir", default=None, help="folder for report.md, report.json, report.png")
-    p.add_argument("--moslim.request", default=None, help="pairs: 'objective=level,...' used to score each side")
+    p.add_argument(
+        "--moslim.request", default=None,
+        help="pairs: 'objective=level,...' (or a JSON object) each pair is scored for, where a row has no 'request' "
+        "of its own; default for HH-RLHF's helpful*/harmless* files: that objective at its top level",
+    )  # fmt: skip
     p.add_argument("--data.max_len", type=positive_int, default=512)
     p.add_argument("--micro_batch_size", type=positive_int, default=16)
-    args = vars(p.parse_args(argv))
+    add_threads_flag(p)
+    return p
+
+
+def main(argv=None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    set_threads(args["threads"])
     report = evaluate(
         args["model"],
         args["data.dataset"],

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from moslim_plugin import UserError, nonnegative_int, positive_int
+from moslim_plugin import UserError, add_threads_flag, nonnegative_int, positive_int, set_threads
 from moslim_plugin.core.directives import DEFAULT_PLACEMENT, DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.demo.oracle import demo_spec, judge
 
@@ -338,6 +338,7 @@ def build_parser():
                    help="where the directive goes: use the placement the policy was trained with")  # fmt: skip
     p.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES,
                    help="directive style: use the one the policy was trained with")  # fmt: skip
+    add_threads_flag(p)
     return p
 
 
@@ -376,6 +377,7 @@ def main(argv=None) -> int:
 
     compat.install()  # the reward model path may import openrlhf.models, which needs flash-attn's helpers
     args = hierarchize(build_parser().parse_args(argv))
+    set_threads(args.threads)
     torch_device(args.device)  # `--device cuda` without a GPU: a one-line error before the reward model loads
     if args.eval.n_samples_per_prompt and not args.rollout.temperature > 0:
         raise UserError(f"--rollout.temperature {args.rollout.temperature}: the sampled evaluation needs > 0 "

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from moslim_plugin import nonnegative_int, positive_int
+from moslim_plugin import add_threads_flag, nonnegative_int, positive_int, set_threads
 from moslim_plugin.core.directives import DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.core.mappings import parse_mapping_kwargs, resolve_mapping
 from moslim_plugin.demo.evaluate import (
@@ -93,7 +93,7 @@ def build_parser():
         # Counts of 0 would fail far from the flag or give an empty report; only the sampled evaluation may be off.
         kind = nonnegative_int if key == "eval_samples" else positive_int
         p.add_argument(f"--demo.{key}", type=kind, default=None, help=f"override the size preset's {key}")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
+    add_threads_flag(p)
     add_rl_args(p)
     # The demo's RL defaults, sized for 2 CPU cores (any flag can still be given on the command line).
     p.set_defaults(
@@ -429,8 +429,7 @@ def main(argv=None) -> int:
     if vars(parser.parse_args(argv))["demo.size"] == "gpu":
         parser.set_defaults(**GPU_FLAGS)
     args = hierarchize(parser.parse_args(argv))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     demo = Demo(args)
     size, out = demo.size, demo.out
 

@@ -21,9 +21,7 @@ import argparse
 import json
 import time
 
-import torch
-
-from moslim_plugin import positive_int
+from moslim_plugin import add_threads_flag, positive_int, set_threads
 from moslim_plugin.core.directives import PLACEMENTS, STYLES
 from moslim_plugin.demo.evaluate import (
     builtin_prompts,
@@ -56,7 +54,7 @@ def build_parser():
     p.add_argument("--screen.min_gap", type=float, default=0.2)
     p.add_argument("--screen.min_share", type=float, default=0.15)
     p.add_argument("--screen.output_dir", default="runs/screen")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_threads_flag(p)
     return p
 
 
@@ -140,8 +138,7 @@ def main(argv=None) -> int:
 
     compat.install()
     args = hierarchize(build_parser().parse_args(argv))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = make_output_dir(args.screen.output_dir, "--screen.output_dir")
     if args.moslim.spec is None and args.reward.model_name_or_path is None:
         args.moslim.spec = oracle_spec(args.screen.oracle_objectives).to_dict()  # the oracle's candidate objectives

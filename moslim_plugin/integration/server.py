@@ -23,7 +23,7 @@ import logging
 import socket
 from types import SimpleNamespace
 
-from moslim_plugin import UserError, option_values, positive_int
+from moslim_plugin import UserError, add_threads_flag, option_values, positive_int, set_threads
 from moslim_plugin.integration import reward_config
 from moslim_plugin.integration.reward_config import RewardConfig
 from moslim_plugin.integration.reward_engine import (
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--server.max_queued_samples", type=positive_int, default=4096, help="queue bound (else 503)")
     g.add_argument("--server.deadline_s", type=float, default=120.0, help="per-request deadline (else 503)")
     g.add_argument("--server.log_level", default="info")
+    add_threads_flag(p)
     return p
 
 
@@ -124,6 +125,7 @@ def main(argv=None) -> int:
     server = SimpleNamespace(**{k.split(".", 1)[1]: v for k, v in args.items() if k.startswith("server.")})
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = RewardConfig(rm_path=args["reward.model_name_or_path"], **option_values(RewardConfig, args, "moslim"))
+    set_threads(args["threads"])
     # uvicorn would find a taken port only after the model has loaded, and report it as a log line.
     try:
         with socket.socket(socket.getaddrinfo(server.host, server.port)[0][0]) as probe:
