@@ -84,6 +84,8 @@ def test_moslim_flags_are_parsed_into_what_every_worker_needs(rm):
         (["--moslim.spec", "hh", "--moslim.fixed", "helpful=1"], dict(), "only apply with"),
         (["--moslim.spec", "hh", "--moslim.sampling", "fixed", "--moslim.fixed", "helpful=yes"], dict(),
          "levels must be integers"),
+        (["--moslim.spec", "hh", "--moslim.sampling", "fixed", "--moslim.fixed", "helpful=1,harmless=0,helpful=0"],
+         dict(), "--moslim.fixed 'helpful=1,harmless=0,helpful=0': 'helpful' is named twice"),
         (["--moslim.mapping_kwargs", '{"norm": "dataset "}'], dict(), "'norm' must be one of .* got 'dataset '"),
         (["--moslim.mapping_kwargs", '{"eps": -1}'], dict(), "'eps' must be a number in .* got -1"),
         (["--moslim.spec", "helpsteer"], dict(), "objective spec mismatch"),  # the RM was trained for hh

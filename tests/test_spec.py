@@ -99,7 +99,9 @@ def _objective(**fields):
     [
         (_objective(name="helpful ness"), r"objectives\[0\].*field 'name'.*'helpful ness'"),
         (_objective(name=3), r"field 'name'.*got 3"),
-        (_objective(levels=1), r"field 'levels': expected an integer >= 2, got 1"),
+        (_objective(levels=1), r"field 'levels': expected an integer in \[2, 32\], got 1"),
+        (_objective(levels=33), r"field 'levels': expected an integer in \[2, 32\], got 33"),
+        (_objective(levels=10**9), r"field 'levels': expected an integer in \[2, 32\], got 1000000000"),
         (_objective(levels=True), r"field 'levels'.*got True"),
         (_objective(levels="5"), r"field 'levels'.*got '5'"),
         (_objective(level_names=["a", "b"]), r"field 'level_names': expected 3 names.*\('a', 'b'\)"),
@@ -117,7 +119,11 @@ def _objective(**fields):
         (_objective(rating={"path": "a", "bins": [1, 5], "range": [0, 4]}), r"thresholds \[1, 5\] must lie inside"),
         (_objective(rating={"path": "a", "bins": [1, 2], "scale": 2}), r"'rating': unknown key\(s\) \['scale'\]"),
         ({"objectives": [{"levels": 3}]}, r"objectives\[0\]: missing field 'name'"),
-        ({"objectives": []}, r"field 'objectives': expected a non-empty list"),
+        ({"objectives": []}, r"field 'objectives': expected a list of 1 to 32, got \[\]"),
+        (
+            {"objectives": [{"name": f"o{i}", "levels": 2} for i in range(33)]},
+            r"field 'objectives': expected a list of 1 to 32, got 33 objectives",
+        ),
         ({"objectives": [{"name": "a", "levels": 2}], "extra": 1}, r"unknown top-level key\(s\) \['extra'\]"),
         ({}, r"missing field 'objectives'"),
         ({"objectives": [{"name": "a", "levels": 2}, {"name": "a", "levels": 3}]}, r"duplicate name\(s\) \['a'\]"),
@@ -150,6 +156,30 @@ def test_file_errors_name_the_file(tmp_path):
         SpecError, match=r"nope\.yaml: no such spec file \(bundled spec names: \['helpsteer', 'helpsteer2', 'hh'"
     ):
         load_spec(tmp_path / "nope.yaml")
+
+
+@pytest.mark.unit
+def test_a_spec_file_too_large_not_utf8_or_with_yaml_aliases_is_refused_naming_the_file(tmp_path):
+    from moslim_plugin.core.spec import MAX_SPEC_BYTES
+
+    big = tmp_path / "big.yaml"
+    big.write_text("objectives:\n  - name: a\n    levels: 2\n    description: " + "x" * MAX_SPEC_BYTES + "\n")
+    size = big.stat().st_size
+    with pytest.raises(
+        SpecError, match=rf"big\.yaml: {size} bytes, more than a spec may hold \({MAX_SPEC_BYTES} bytes\)"
+    ):
+        load_spec(big)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("objectives:\n  - name: a\n    levels: 2\n    description: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SpecError, match=r"latin\.yaml: not UTF-8 text \(line 4: invalid continuation byte\)"):
+        load_spec(latin)
+    # nested aliases would expand a few hundred bytes into gigabytes
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text('a: &a ["x", "x"]\nb: &b [*a, *a]\nc: [*b, *b]\nobjectives: [{name: a, levels: 2}]\n')
+    with pytest.raises(
+        SpecError, match=r"(?s)bomb\.yaml: not valid YAML: YAML aliases \(\*name\) are not allowed.*line 2"
+    ):
+        load_spec(bomb)
 
 
 @pytest.mark.unit

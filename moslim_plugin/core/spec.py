@@ -4,7 +4,7 @@ A spec is a YAML or JSON file (or the same dict) of the form::
 
     objectives:
       - name: helpfulness            # identifier-like, unique; also the head's name
-        levels: 5                    # number of classes, >= 2 (levels 0 .. levels-1)
+        levels: 5                    # number of classes, 2 to 32 (levels 0 .. levels-1)
         level_names: [unhelpful, slightly helpful, helpful, very helpful, extremely helpful]  # optional
         description: How well the answer helps the user.   # optional, documentation only
         phrasing: "{level}"          # optional: natural-language part of the tagged directive
@@ -46,6 +46,12 @@ _OBJECTIVE_KEYS = {"name", "levels", "level_names", "description", "phrasing", "
 # The natural directive for an empty request: also a reserved sentence, so no objective may use or contain it.
 NO_PREFERENCE_SENTENCE = "Answer in whatever way suits the question."
 _RATING_KEYS = {"path", "bins", "range"}
+# Bounds on what a spec may declare (docs/CONTRACT.md): a head per objective and a logit per level are built from
+# these numbers, and the directive lists every requested objective, so a typo such as `levels: 1000000` must stop
+# here, not as an out-of-memory error or an unreadable prompt. The largest real scales seen are 10-point ratings.
+MAX_LEVELS = 32
+MAX_OBJECTIVES = 32
+MAX_SPEC_BYTES = 1 << 20  # 1 MiB: far above any spec with instructions for 32 x 32 levels
 
 
 class SpecError(UserError):
@@ -53,7 +59,14 @@ class SpecError(UserError):
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """safe_load, except that a key written twice is an error (PyYAML silently keeps the last one)."""
+    """safe_load, except that a key written twice is an error (PyYAML silently keeps the last one), and so is an
+    alias (`*name`): a spec needs none, and nested aliases expand a small file into gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in a spec", mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
@@ -93,8 +106,8 @@ class Objective:
         # The one place objectives are validated; ObjectiveSpec.from_dict adds the file and index to the message.
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise ValueError(f"field 'name': expected an identifier like 'helpfulness', got {self.name!r}")
-        if not _is_int(self.levels) or self.levels < 2:
-            raise ValueError(f"field 'levels': expected an integer >= 2, got {self.levels!r}")
+        if not _is_int(self.levels) or not 2 <= self.levels <= MAX_LEVELS:
+            raise ValueError(f"field 'levels': expected an integer in [2, {MAX_LEVELS}], got {self.levels!r}")
         if not isinstance(self.level_names, tuple) or len(self.level_names) != self.levels:
             raise ValueError(f"field 'level_names': expected {self.levels} names, got {self.level_names!r}")
         for i, level_name in enumerate(self.level_names):
@@ -241,8 +254,9 @@ class ObjectiveSpec:
                 f"{source}: unknown top-level key(s) {extra}" if extra else f"{source}: missing field 'objectives'"
             )
         raw = d["objectives"]
-        if not isinstance(raw, list) or not raw:
-            raise SpecError(f"{source}: field 'objectives': expected a non-empty list, got {raw!r:.80}")
+        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_OBJECTIVES:
+            got = f"{len(raw)} objectives" if isinstance(raw, list) and raw else f"{raw!r:.80}"
+            raise SpecError(f"{source}: field 'objectives': expected a list of 1 to {MAX_OBJECTIVES}, got {got}")
         objectives = []
         for i, o in enumerate(raw):
             where = f"{source}: objectives[{i}]"
@@ -257,7 +271,7 @@ class ObjectiveSpec:
                     raise SpecError(f"{where}: missing field {key!r}")
             levels = o["levels"]
             names = o.get("level_names")
-            if names is None and _is_int(levels):
+            if names is None and _is_int(levels) and levels <= MAX_LEVELS:  # else Objective names the bad count
                 names = [str(i) for i in range(levels)]
             try:
                 objectives.append(
@@ -314,7 +328,15 @@ def load_spec(path_or_dict) -> ObjectiveSpec:
     if not path.is_file():
         bundled = sorted(p.stem for p in SPECS_DIR.glob("*.yaml"))
         raise SpecError(f"{path_or_dict}: no such spec file (bundled spec names: {bundled})")
-    text = path.read_text(encoding="utf-8")
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: {size} bytes, more than a spec may hold ({MAX_SPEC_BYTES} bytes)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SpecError(f"{path}: not UTF-8 text (line {line}: {e.reason}); save the spec as UTF-8") from None
     try:
         if path.suffix == ".json":
             data = json.loads(text)

@@ -55,6 +55,8 @@ def parse_assignments(text: str, flag: str) -> dict[str, str]:
     pairs = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
+        if key.strip() in pairs:  # a dict would keep the later value without a word
+            raise UserError(f"{flag} {text!r}: {key.strip()!r} is named twice; name each objective once")
         pairs[key.strip()] = value.strip() or key.strip()
     if not pairs:
         raise UserError(f"{flag} {text!r}: expected comma-separated name=value pairs")

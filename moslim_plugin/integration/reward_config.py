@@ -172,8 +172,10 @@ def read_checkpoint_meta(rm_path) -> dict:
         raise UserError(f"MOSLIM reward model checkpoint not found: {rm_path!r} (a folder with config.json)")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{config_file}: not JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
     meta = config.get("moslim")
     if not isinstance(meta, dict) or "spec" not in meta:
         raise UserError(f"{rm_path} is not a MOSLIM reward model (its config.json has no 'moslim' entry)")
