@@ -1,4 +1,4 @@
-"""Benchmarks. `make bench` (= `python -m bench.run_all`) runs every script here and writes docs/benchmarks.md.
+"""Benchmarks. `make bench` (= `python -m bench.run_all`) runs every script here, then renders the docs' numbers.
 
 Convention for a bench script `bench/<name>.py`: a `main(argv) -> int` whose defaults are sized for a 2-core CPU,
 runnable as `python -m bench.<name>`, that calls `write_result(name, ...)` once. `bench/results/<name>.json` then
@@ -28,6 +28,8 @@ def machine_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
+        # A CPU timing means little without the load it ran under (other jobs on a shared machine).
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     try:
         # The CPU model name is what makes CPU timings comparable across machines.

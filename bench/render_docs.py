@@ -1,0 +1,315 @@
+"""Every number in docs/benchmarks.md and in the README's results comes from a results JSON, through this script.
+
+A doc holds marked regions; the text between the markers is rendered from the JSON files and never edited by hand:
+
+    <!-- results: hh_rlhf_check -->
+    (rendered text)
+    <!-- /results -->
+
+`python -m bench.render_docs` rewrites every region of the docs below from `bench/results/*.json` (and the demo
+reports in `docs/demo/`); `--check` writes nothing and exits 1 naming each region whose text differs from what the
+JSON renders. `make bench` renders after the benchmarks; `tests/test_docs_numbers.py` runs the check, and refuses a
+number in docs/benchmarks.md or the README's results written outside a region (a command's own values, in code
+spans, excepted), so a published number cannot silently go stale.
+"""
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+from bench import RESULTS_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ("README.md", "docs/benchmarks.md", "docs/results.md")
+REGION = re.compile(r"(<!-- results: ([\w.-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
+RENDERERS = {}
+
+
+def renderer(fn):
+    RENDERERS[fn.__name__] = fn
+    return fn
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS_DIR / f"{name}.json").read_text())
+
+
+def bench_scripts() -> list[str]:
+    """The bench scripts with a results file in write_result's format (bench/<name>.py beside <name>.json)."""
+    names = []
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        if (ROOT / "bench" / f"{path.stem}.py").is_file() and "headline" in json.loads(path.read_text()):
+            names.append(path.stem)
+    return names
+
+
+def run_failures() -> dict:
+    """Scripts the last `make bench` saw fail, unless their results file was written since (bench/run_all.py)."""
+    path = RESULTS_DIR / "run_all.json"
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    failed = {}
+    for run in record["runs"]:
+        result = RESULTS_DIR / f"{run['name']}.json"
+        if run["error"] and not (result.is_file() and result.stat().st_mtime > path.stat().st_mtime):
+            failed[run["name"]] = f"{run['error']} ({record['date_utc']})"
+    return failed
+
+
+def fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def machine_line(machine: dict) -> str:
+    threads = machine.get("torch_threads")
+    load = machine.get("load_average")
+    return (
+        f"{machine['cpu']}, {machine['cpu_count']} CPUs, GPU: {machine['gpu'] or 'none'}, {threads} torch "
+        f"thread{'s' * (threads != 1)}"
+        + (f", load average {load[0]:.1f} at the end" if load else "")
+        + f"; torch {machine['torch']}, transformers {machine['transformers']}, OpenRLHF {machine['openrlhf']}"
+    )
+
+
+@renderer
+def headline_table() -> str:
+    lines = ["| script | metric | value | target | met | measured |", "|---|---|---|---|---|---|"]
+    failed = run_failures()
+    for name in bench_scripts():
+        result = load(name)
+        if name in failed:
+            lines.append(f"| {name} | **FAILED in the last `make bench`: {failed[name]}** | | | | |")
+        for item in result["headline"]:
+            met = {True: "yes", False: "**NO**", None: "n/a"}[item["met"]]
+            date = result["machine"]["date_utc"][:10]
+            lines.append(f"| {name} | {item['metric']} | {fmt(item['value'])} | {item['target']} | {met} | {date} |")
+    return "\n".join(lines)
+
+
+@renderer
+def summaries() -> str:
+    lines = []
+    for name in bench_scripts():
+        result = load(name)
+        lines.append(f"- `{name}` ({result['machine']['date_utc']}; {machine_line(result['machine'])}): "
+                     f"{result['summary']}")  # fmt: skip
+        lines += [f"  ![{png.stem}](../bench/results/{png.name})" for png in sorted(RESULTS_DIR.glob(f"{name}.png"))]
+    return "\n".join(lines)
+
+
+def ci(acc: dict) -> str:
+    return f"{acc['accuracy']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]"
+
+
+BACKBONE_NAMES = {
+    "minilm": "all-MiniLM-L6-v2",
+    "smollm2": "SmolLM2-135M-Instruct (decoder, last-token pooling)",
+}
+
+
+def hh_findings(name: str, b: dict) -> str:
+    m, o = b["moslim"]["pairwise_accuracy"]["all"], b["openrlhf"]["pairwise_accuracy"]["all"]
+    overlap = m["ci95"][0] <= o["ci95"][1] and o["ci95"][0] <= m["ci95"][1]
+    if m["accuracy"] == o["accuracy"]:
+        which = f"both RMs score {m['accuracy']:.3f}"
+    else:
+        better = "MOSLIM's classification RM" if m["accuracy"] > o["accuracy"] else "OpenRLHF's pairwise RM"
+        which = f"{better} scores higher ({max(m['accuracy'], o['accuracy']):.3f} vs "
+        which += f"{min(m['accuracy'], o['accuracy']):.3f})"
+    return f"{name}: {which}; the intervals {'overlap' if overlap else 'do not overlap'}"
+
+
+@renderer
+def hh_rlhf_check() -> str:
+    result = load("hh_rlhf_check")
+    r, config, machine = result["results"], result["config"], result["machine"]
+    backbones = r["backbones"]
+    fitting, dropped = r["pairs_fitting_max_len"], r["pairs_dropped"]
+    lines = [
+        f"Measured {machine['date_utc']} ({machine_line(machine)}), `--max_len {r['max_len']}`: "
+        f"{fitting} of the {fitting + dropped} pairs of both test files ({100 * fitting / (fitting + dropped):.0f} %)"
+        f" fit whole under every backbone's tokenizer; the other {dropped} are dropped. Held-out pairs are drawn half "
+        f"from helpful-base and half from harmless-base, split by prompt (`--eval_ratio {config['eval_ratio']}` of "
+        f"the prompts held out, seed {config['seed']}).",
+        "",
+        "| backbone | train pairs (steps x pairs), lr | MOSLIM classification RM | OpenRLHF pairwise RM |",
+        "|---|---|---|---|",
+    ]
+    for name, b in backbones.items():
+        m, o = b["moslim"]["pairwise_accuracy"]["all"], b["openrlhf"]["pairwise_accuracy"]["all"]
+        lines.append(
+            f"| {BACKBONE_NAMES.get(name, name)}, {r['max_len']} tokens | {b['train_pairs']} ({b['steps']} x "
+            f"{config['batch_pairs']}), lr {b['lr']:g} | {ci(m)} | {ci(o)} |"
+        )
+    ties = sum(b[k]["pairwise_accuracy"]["all"]["ties"] for b in backbones.values() for k in ("moslim", "openrlhf"))
+    per_subset = [
+        f"{name} {s} {b['moslim']['pairwise_accuracy'][s]['accuracy']:.2f} vs "
+        f"{b['openrlhf']['pairwise_accuracy'][s]['accuracy']:.2f}"
+        for name, b in backbones.items()
+        for s in ("helpful", "harmless")
+    ]
+    e = r["eval_pairs"]
+    lines += [
+        "",
+        f"{e['all']} held-out pairs ({e['helpful']} helpful, {e['harmless']} harmless; the same pairs for every "
+        f"backbone and both RMs), 95 % bootstrap intervals, {ties} ties in all. Per subset, MOSLIM vs OpenRLHF: "
+        + ", ".join(per_subset)
+        + ".",
+        "",
+        "- " + ". ".join(hh_findings(name, b) for name, b in backbones.items()) + ".",
+        "- Cost (training loop only): "
+        + "; ".join(
+            f"{name} MOSLIM {b['moslim']['train_seconds']:.0f} s, OpenRLHF {b['openrlhf']['train_seconds']:.0f} s"
+            for name, b in backbones.items()
+        )
+        + f"; {r['wall_seconds'] / 60:.0f} min wall for the whole run.",
+    ]
+    for path, scored in r.get("eval_files", {}).items():
+        lines.append(
+            f"- `--eval_file {Path(path).name}` ({scored['pairs']} pairs): "
+            + "; ".join(
+                f"{n} MOSLIM {ci(s['moslim'])} vs OpenRLHF {ci(s['openrlhf'])}"
+                for n, s in scored.items()
+                if n != "pairs"
+            )  # fmt: skip
+        )
+    return "\n".join(lines)
+
+
+def median_and_range(values) -> str:
+    return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
+
+
+ROLLOUT_VARIANTS = {
+    "loop_b32 / hf_b16": "KV-cached loop, fp32 policy (SDPA), 32 rows",
+    "copy_fp32_b32 / hf_b16": "rollout copy, fp32, eager attention",
+    "copy_bf16_b32 / hf_b16": "rollout copy, bf16, eager attention (the driver's default)",
+}
+
+
+@renderer
+def bench_rollout() -> str:
+    result = load("bench_rollout")
+    shapes, config = result["results"]["shapes"], result["config"]
+    lines = [
+        f"`python -m bench.bench_rollout --repeats {config['repeats']} --threads {config['threads']}` "
+        f"({result['machine']['date_utc']}; {machine_line(result['machine'])}): interleaved runs, the median of the "
+        f"paired ratios and their range over the {config['repeats']} repeats. {config['model']}, "
+        f"{config['max_new_tokens']} new tokens, T={config['temperature']}. Samples/s relative to HF `generate` in "
+        "batches of 16 on the fp32 policy:",
+        "",
+        "| variant | demo RL step (8 prompts x 4 samples) | 32 distinct prompts |",
+        "|---|---|---|",
+    ]
+    for key, label in ROLLOUT_VARIANTS.items():
+        cells = [median_and_range(shapes[s]["paired_ratio"][key]) for s in ("demo_8x4", "distinct_32")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    differing = result["results"]["greedy_rows_differing_from_hf"]
+    lines += ["", f"Greedy rows differing from HF `generate`: {differing} of {config['greedy_prompts']}."]
+    return "\n".join(lines)
+
+
+@renderer
+def rollout_prefix() -> str:
+    before, after = (load(f"rollout_prefix/{n}")["results"]["shapes"] for n in ("before", "after"))
+    key = "copy_bf16_b32 / hf_b16"
+
+    def pair(shape):
+        b, a = before[shape]["paired_ratio"][key], after[shape]["paired_ratio"][key]
+        return (f"{statistics.median(b):.2f}x ({', '.join(f'{x:.2f}' for x in b)}) -> "
+                f"{statistics.median(a):.2f}x ({', '.join(f'{x:.2f}' for x in a)})")  # fmt: skip
+
+    return f"Before -> after, bf16 copy: 32 distinct prompts {pair('distinct_32')}; demo step {pair('demo_8x4')}."
+
+
+TRAINABLE_LABELS = {
+    "all_layers": "all layers",
+    "top4": "top 4 layers (the demo's default)",
+    "lora_r16_all": "LoRA r16 in all layers",
+}
+
+
+@renderer
+def bench_trainable() -> str:
+    result = load("bench_trainable")
+    config, runs = result["config"], result["results"]["runs"]
+    lines = [
+        f"`python -m bench.bench_trainable --budget_s {config['budget_s']:g} --seeds "
+        f"{' '.join(map(str, config['seeds']))} --threads {config['threads']}` ({result['machine']['date_utc']}; "
+        f"{machine_line(result['machine'])}). Seconds until a rollout first reaches a reward >= 0.9, and the mean of "
+        "the last five rollouts, per seed:",
+        "",
+        "| configuration | trainable parameters | rollouts in the budget | first >= 0.9 (s) | last five |",
+        "|---|---|---|---|---|",
+    ]
+    for name, label in TRAINABLE_LABELS.items():
+        mine = sorted((r for r in runs if r["config"] == name), key=lambda r: r["seed"])
+        first = [next((f"{p['seconds']:.0f}" for p in r["curve"] if p["reward"] >= 0.9), "never") for r in mine]
+        cells = [
+            f"{mine[0]['trainable_params'] / 1e6:.1f} M",
+            " / ".join(str(len(r["curve"])) for r in mine),
+            " / ".join(first),
+            " / ".join(f"{statistics.mean(p['reward'] for p in r['curve'][-5:]):.2f}" for r in mine),
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@renderer
+def all_layers_ablation() -> str:
+    ablation = load("demo_ablation_all_layers")["summary"]["settings"]["moslim_best"]
+    top4 = json.loads((ROOT / "docs/demo/run_b5d2ad1/report.json").read_text())["summary"]
+    seeds = " / ".join(f"{ablation['per_seed'][str(s)]['accuracy']:.3f}" for s in ablation["seeds"])
+    return (
+        f"All layers, the default's two PPO epochs, on the conditional demo reward "
+        f"(`bench/results/demo_ablation_all_layers.json`): {seeds} over {len(ablation['seeds'])} seeds (mean "
+        f"{ablation['accuracy_mean']:.3f}) against the top 4 layers' "
+        f"{' / '.join(f'{a:.3f}' for a in top4['moslim_accuracy_per_seed'])} in the same run's demo "
+        "(`docs/demo/run_b5d2ad1/report.json`)."
+    )
+
+
+def render_text(text: str, where: str = "") -> str:
+    def render(m):
+        name = m.group(2)
+        if name not in RENDERERS:
+            raise SystemExit(f"{where}: unknown results region {name!r}; known: {sorted(RENDERERS)}")
+        return m.group(1) + RENDERERS[name]().rstrip("\n") + "\n" + m.group(4)
+
+    return REGION.sub(render, text)
+
+
+def stale_regions(path: Path) -> list[str]:
+    text = path.read_text()
+    return [
+        m.group(2)
+        for m, r in zip(REGION.finditer(text), REGION.finditer(render_text(text, str(path))))
+        if m.group(3) != r.group(3)
+    ]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.render_docs", description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a region differs from its JSON")
+    args = p.parse_args(argv)
+    stale = {}
+    for doc in (ROOT / d for d in DOCS):
+        if not doc.is_file():
+            continue
+        if args.check:
+            stale[doc.relative_to(ROOT)] = stale_regions(doc)
+        else:
+            doc.write_text(render_text(doc.read_text(), str(doc)))
+    stale = {str(k): v for k, v in stale.items() if v}
+    if stale:
+        print(f"stale results regions (run `python -m bench.render_docs`): {stale}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
