@@ -103,7 +103,7 @@ CASES = [
     ("prepare-prompts", ["--data.dataset", "{d}/one.txt", *PROMPTS[:2], "--moslim.output", "{d}/bad.jsonl/x.jsonl"],
      ["--moslim.output '{d}/bad.jsonl/x.jsonl': cannot be written"]),
     ("prepare-ratings", ["--data.dataset", "{d}/rated.jsonl", *RATINGS[:4], "--moslim.output", "{d}/no-data"],
-     ["--moslim.output '{d}/no-data': cannot be written"]),
+     ["--moslim.output '{d}/no-data': a folder, not a file"]),
     ("prepare-ratings", ["--data.dataset", "{d}/no-data", *RATINGS], ["{d}/no-data: cannot be read as a dataset"]),
     ("train-rm", ["--model.model_name_or_path", "{d}/no-model", *TRAIN_RM],
      ["--model.model_name_or_path '{d}/no-model': no tokenizer"]),

@@ -3,8 +3,9 @@ import json
 
 import pytest
 
+from moslim_plugin import UserError
 from moslim_plugin.core.spec import load_spec
-from moslim_plugin.data.ratings import convert, main, read_records
+from moslim_plugin.data.ratings import convert, main, read_records, write_records
 
 HH_FILE = "hh-rlhf/harmless-base-test.jsonl.gz"  # in ../shared/data (the shared_data fixture)
 
@@ -268,3 +269,17 @@ def test_keep_fields_copies_a_source_column_into_every_row_for_the_split(tmp_pat
         convert(spec, "generic", "r.jsonl", rows, keep=("meta.id",))
     with pytest.raises(ValueError, match=r"keep_fields \['labels'\]: these names are the output's own fields"):
         convert(spec, "generic", "r.jsonl", rows, keep=("labels",))
+
+
+@pytest.mark.unit
+def test_rows_are_written_whole_or_not_at_all_and_a_value_json_cannot_hold_names_its_row(tmp_path):
+    import datetime
+
+    out = tmp_path / "ratings.jsonl"
+    write_records([{"a": 1}, {"b": 2}], str(out))
+    assert out.read_text() == '{"a": 1}\n{"b": 2}\n'
+    rows = [{"a": 1}, {"when": datetime.date(2024, 5, 1)}]  # as a parquet file's date column reads back
+    with pytest.raises(UserError, match=f"--moslim.output '{out}': row 1 holds a value JSON cannot write"):
+        write_records(rows, str(out))
+    assert out.read_text() == '{"a": 1}\n{"b": 2}\n'  # the earlier file is untouched, no half-written one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ratings.jsonl"]

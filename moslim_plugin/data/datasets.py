@@ -15,12 +15,11 @@ truth for every reward.
 import argparse
 import collections
 import gzip
-import json
 import os
 import random
 from types import SimpleNamespace
 
-from moslim_plugin import UserError
+from moslim_plugin import UserError, integer, positive_int, writable
 from moslim_plugin.core.directives import (
     DEFAULT_PLACEMENT,
     DEFAULT_STYLE,
@@ -79,7 +78,7 @@ def add_sampling_flags(group, sampling_default) -> None:
                        help="how each prompt's targets are drawn")  # fmt: skip
     group.add_argument("--moslim.fixed", default=None, help="targets for --moslim.sampling fixed: helpfulness=3,...")
     group.add_argument("--moslim.columns", default=None, help="for --moslim.sampling column: objective=column,...")
-    group.add_argument("--moslim.seed", type=int, default=42, help="target sampling seed")
+    group.add_argument("--moslim.seed", type=integer, default=42, help="target sampling seed")
     group.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS)
     group.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES, help="how the directive reads")
 
@@ -280,17 +279,16 @@ def read_local_prompts(path: str, input_key: str) -> list[dict]:
 
 
 def write_rows(rows, output: str) -> None:
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        if output.endswith((".jsonl", ".json")):
-            with open(output, "w") as f:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        else:
-            from datasets import Dataset
+    """A .jsonl / .json file (written whole or not at all), else a datasets save_to_disk folder."""
+    from moslim_plugin.data.ratings import write_records
 
-            Dataset.from_list(rows).save_to_disk(output)
-    except OSError as e:  # a folder given as the file, a parent that is a file, no permission
+    if output.endswith((".jsonl", ".json")):
+        return write_records(rows, output)
+    try:
+        from datasets import Dataset
+
+        Dataset.from_list(rows).save_to_disk(output)
+    except OSError as e:  # a parent that is a file, no permission, no space
         raise UserError(f"--moslim.output {output!r}: cannot be written ({e})") from None
 
 
@@ -298,7 +296,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="moslim-openrlhf prepare-prompts", description=__doc__.split("\n\n")[0])
     p.add_argument("--data.dataset", required=True, help="comma-separated paths, as OpenRLHF's --data.dataset")
     p.add_argument("--data.dataset_split", default="train")
-    p.add_argument("--data.max_samples", type=int, default=int(1e8))
+    p.add_argument("--data.max_samples", type=positive_int, default=int(1e8), help="the first N rows")
     p.add_argument("--data.input_key", default="input")
     p.add_argument("--data.label_key", default="label")
     p.add_argument("--moslim.spec", required=True, help="objective spec (YAML or JSON)")
@@ -306,6 +304,8 @@ def main(argv=None) -> int:
     add_sampling_flags(p, "uniform")
     p.add_argument("--moslim.question_key", default="raw_question", help="column that keeps the raw question")
     args = vars(p.parse_args(argv))
+    output = args["moslim.output"]
+    writable(output, "--moslim.output", folder=not output.endswith((".jsonl", ".json")))  # before the work
 
     spec = load_spec(args["moslim.spec"])
     fixed = args["moslim.fixed"] and parse_fixed(args["moslim.fixed"])

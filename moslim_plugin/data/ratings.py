@@ -45,7 +45,7 @@ import json
 import os
 import re
 
-from moslim_plugin import UserError
+from moslim_plugin import UserError, writable
 from moslim_plugin.core.spec import load_spec
 
 MISSING = object()
@@ -75,6 +75,8 @@ def read_records(path: str) -> list:
                 rows = json.loads(text)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}: line {e.lineno} is not valid JSON ({e.msg})") from None
+            except RecursionError:  # Python's reader gives up near 1,000 levels: no row is nested like that
+                raise UserError(f"{path}: nested too deeply to be rows of data") from None
             where = [f"item {i}" for i in range(len(rows))]
         else:
             rows, where = [], []
@@ -84,6 +86,8 @@ def read_records(path: str) -> list:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as e:
                         raise UserError(f"{path}: line {line_no} is not valid JSON ({e})") from None
+                    except RecursionError:
+                        raise UserError(f"{path}: line {line_no} is nested too deeply to be a row of data") from None
                     where.append(f"line {line_no}")
         for row, at in zip(rows, where):
             if not isinstance(row, dict):
@@ -102,6 +106,26 @@ def read_records(path: str) -> list:
     except (FileNotFoundError, datasets.exceptions.DatasetsError, ArrowException) as e:  # no dataset, a bad file
         raise UserError(f"{path}: cannot be read as a dataset ({type(e).__name__}: {e})") from None
     raise UserError(f"{path}: unknown file type; expected .json, .jsonl(.gz), .parquet, .arrow, .csv or a folder")
+
+
+def write_records(rows, output: str, flag: str = "--moslim.output") -> None:
+    """Rows as JSON lines, written whole or not at all: into `<output>.part`, renamed when complete, so a failed
+    write (a full disk) leaves no file that looks like a finished one."""
+    part = f"{output}.part"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with open(part, "w", encoding="utf-8") as f:
+            for index, row in enumerate(rows):
+                try:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                except (TypeError, ValueError) as e:  # e.g. a date read from parquet: named, not written as text
+                    raise UserError(f"{flag} {output!r}: row {index} holds a value JSON cannot write ({e})") from None
+        os.replace(part, output)
+    except OSError as e:  # a folder given as the file, a parent that is a file, no permission, no space
+        raise UserError(f"{flag} {output!r}: cannot be written ({e})") from None
+    finally:
+        if os.path.isfile(part):
+            os.remove(part)
 
 
 def get_path(record, path: str):
@@ -338,6 +362,7 @@ def main(argv=None) -> int:
     )  # fmt: skip
     p.add_argument("--moslim.hh_subset", default=None, choices=("helpful", "harmless"), help="default: file name")
     args = vars(p.parse_args(argv))
+    writable(args["moslim.output"], "--moslim.output", folder=False)  # before reading: not after the work
 
     spec = load_spec(args["moslim.spec"])
     placeholders = tuple(text.strip() for text in args["moslim.placeholder"])
@@ -350,13 +375,7 @@ def main(argv=None) -> int:
     labelled = [row for row in out if any(level is not None for level in row["labels"].values())]
     if not labelled:
         raise UserError(f"{args['data.dataset']}: no row has a rating for any objective of {list(spec.names)}")
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(args["moslim.output"])), exist_ok=True)
-        with open(args["moslim.output"], "w") as f:
-            for row in labelled:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    except OSError as e:  # a folder given as the file, a parent that is a file, no permission
-        raise UserError(f"--moslim.output {args['moslim.output']!r}: cannot be written ({e})") from None
+    write_records(labelled, args["moslim.output"])
     print(level_summary(spec, labelled))
     print(f"wrote {len(labelled)} rows to {args['moslim.output']} ({len(out) - len(labelled)} without any rating)")
     return 0
