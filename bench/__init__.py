@@ -54,14 +54,14 @@ def machine_info() -> dict:
     return info
 
 
-def write_result(name: str, config: dict, results: dict, summary: str, headline: list) -> Path:
-    """Write bench/results/<name>.json and print the one-line summary."""
+def write_result(name: str, config: dict, results: dict, summary: str, headline: list, path=None) -> Path:
+    """Write bench/results/<name>.json (or `path`) and print the one-line summary."""
     for item in headline:
         missing = {"metric", "value", "target", "met"} - set(item)
         if missing:
             raise ValueError(f"headline entry {item!r} of {name} lacks {sorted(missing)}")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    path = Path(path) if path else RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"name": name, "machine": machine_info(), "config": config, "results": results}
     payload.update(summary=summary, headline=headline)
     path.write_text(json.dumps(payload, indent=2) + "\n")

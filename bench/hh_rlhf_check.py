@@ -20,8 +20,18 @@ sequences each), learning rate and scheduler:
 Held-out pairwise accuracy is `evaluate-rm`'s (`evaluate_rm.pairwise_accuracy`: ties count half, bootstrap 95 %
 interval). Results are written after each backbone, so a run stopped during the second keeps the first.
 
+Reusing it on other data: `--eval_file FILE` also scores any chosen/rejected file with both trained RMs (HH-RLHF
+dialogues, or `{"question", "chosen", "rejected"}` rows, which the pairwise RM reads as one Human/Assistant turn);
+the MOSLIM side scores through `evaluate-rm` with its request rules (the row's "request", else `--eval_request`,
+else an HH file name), checked before any training. `--keep_models DIR` keeps both RMs (DIR/<backbone>/moslim, a
+MOSLIM checkpoint for evaluate-rm and the reward paths; DIR/<backbone>/openrlhf, OpenRLHF's reward model as HF
+folder), `--out FILE` writes the JSON (and the PNG beside it) elsewhere than bench/results/, `--threads` sets
+torch's CPU threads.
+
     nice -n 10 .venv/bin/python -m bench.hh_rlhf_check                       # both backbones
     nice -n 10 .venv/bin/python -m bench.hh_rlhf_check --backbones smollm2 --steps 6 --lr 3e-5
+    .venv/bin/python -m bench.hh_rlhf_check --backbones minilm --eval_file pairs.jsonl --eval_request helpful=1 \
+        --keep_models ./hh-models --out ./hh-check.json --threads 2
 
 The defaults are sized for a shared 2-core CPU and are SMALL (MiniLM 16 steps x 8 pairs); see docs/benchmarks.md
 for what they measured and what they cannot show.
@@ -34,13 +44,15 @@ import os
 import random
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from bench import RESULTS_DIR, write_result
+from moslim_plugin import add_threads_flag, set_threads
 from moslim_plugin.data.cpu_strategy import TorchStrategy
-from moslim_plugin.data.evaluate_rm import pairwise_accuracy
+from moslim_plugin.data.evaluate_rm import evaluate, pairwise_accuracy, parse_request, read_pairs
 from moslim_plugin.data.ratings import read_records, split_hh_dialogue
 from moslim_plugin.data.rm_rows import split_by_question
 from moslim_plugin.data.train_rm import parse_args, train_reward_model
@@ -174,7 +186,7 @@ def summarize(results):
 
 def kept_results(a, names, to_train, results) -> dict:
     """Results of the backbones not trained now, from the existing results file measured on the same pairs."""
-    path = RESULTS_DIR / "hh_rlhf_check.json"
+    path = a.out
     old = json.loads(path.read_text()) if path.is_file() else {"config": {}, "results": {}}
     keys = ["data_dir", "backbones", "batch_pairs", "eval_pairs", "max_len", "eval_ratio", "seed"]
     differ = {k: (old["config"].get(k), vars(a)[k]) for k in keys if old["config"].get(k) != vars(a)[k]}
@@ -231,8 +243,29 @@ def openrlhf_args(backbone, a, workdir):
     return args
 
 
-def train_openrlhf(train_pairs, eval_pairs, backbone, a, workdir):
-    """RewardModelTrainer.fit; returns (held-out pairwise accuracy or None when eval_pairs is empty, fit seconds)."""
+def read_eval_file(a) -> tuple[list, dict | None]:
+    """--eval_file's pairs as the pairwise RM reads them (whole dialogues), checked with evaluate-rm's own rules
+    (each pair's MOSLIM request included) before anything is trained; ([], None) without the flag."""
+    from moslim_plugin.core.spec import load_spec
+
+    if not a.eval_file:
+        return [], None
+    request = parse_request(a.eval_request)
+    rows = read_records(a.eval_file)
+    if not rows:
+        raise SystemExit(f"--eval_file {a.eval_file}: the file holds no rows")
+    read_pairs(rows, a.eval_file, request, load_spec("hh"))  # the MOSLIM RM's objectives: helpful, harmless
+    texts = [
+        {side: f"\n\nHuman: {r['question']}\n\nAssistant: {r[side]}" if "question" in r else r[side]
+         for side in ("chosen", "rejected")}
+        for r in rows
+    ]  # fmt: skip
+    return [{"chosen_text": t["chosen"], "rejected_text": t["rejected"]} for t in texts], request
+
+
+def train_openrlhf(train_pairs, eval_pairs, backbone, a, workdir, file_pairs=()):
+    """RewardModelTrainer.fit; returns (held-out pairwise accuracy or None when eval_pairs is empty, fit seconds,
+    pairwise accuracy on `file_pairs` or None). With --keep_models the model is saved in workdir/openrlhf."""
     from datasets import Dataset
     from openrlhf.datasets import RewardDataset
     from openrlhf.models import get_llm_for_sequence_regression
@@ -257,6 +290,7 @@ def train_openrlhf(train_pairs, eval_pairs, backbone, a, workdir):
     # Both datasets before prepare(): RewardDataset pickles the strategy for datasets' map workers, and a prepared
     # TorchStrategy holds an optimizer and scheduler that do not pickle.
     train_set, eval_set = dataset(train_pairs), eval_pairs and dataset(eval_pairs)
+    file_set = file_pairs and dataset(file_pairs)
     loader = strategy.setup_dataloader(train_set, a.micro_batch_pairs, True, True, train_set.collate_fn)
     cfg = dict(
         optim="adam",
@@ -275,19 +309,25 @@ def train_openrlhf(train_pairs, eval_pairs, backbone, a, workdir):
     start = time.perf_counter()
     trainer.fit(args, 0, a.steps)
     seconds = time.perf_counter() - start
-    if not eval_pairs:
-        return None, seconds
+    if a.keep_models:
+        strategy._unwrap_model(model).save_pretrained(os.path.join(workdir, "openrlhf"))
+        tokenizer.save_pretrained(os.path.join(workdir, "openrlhf"))
 
-    eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=8, shuffle=False, collate_fn=eval_set.collate_fn)
-    chosen, rejected = [], []
-    model.eval()
-    with torch.no_grad():
-        for chosen_ids, c_mask, reject_ids, r_mask, _ in tqdm(eval_loader, desc="openrlhf eval"):
-            ids = (chosen_ids.squeeze(1), c_mask.squeeze(1), reject_ids.squeeze(1), r_mask.squeeze(1))
-            c, r, _ = trainer.concatenated_forward(model, *ids)
-            chosen += c.tolist()
-            rejected += r.tolist()
-    return accuracy(eval_pairs, chosen, rejected), seconds
+    def scores(data, desc):
+        loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=False, collate_fn=data.collate_fn)
+        chosen, rejected = [], []
+        model.eval()
+        with torch.no_grad():
+            for chosen_ids, c_mask, reject_ids, r_mask, _ in tqdm(loader, desc=desc):
+                ids = (chosen_ids.squeeze(1), c_mask.squeeze(1), reject_ids.squeeze(1), r_mask.squeeze(1))
+                c, r, _ = trainer.concatenated_forward(model, *ids)
+                chosen += c.tolist()
+                rejected += r.tolist()
+        return chosen, rejected
+
+    held_out = accuracy(eval_pairs, *scores(eval_set, "openrlhf eval")) if eval_pairs else None
+    on_file = pairwise_accuracy(*scores(file_set, "openrlhf eval_file")) if file_pairs else None
+    return held_out, seconds, on_file
 
 
 def draw(results, path):
@@ -337,8 +377,15 @@ def main(argv=None) -> int:
     # so the data is the same) and keeps the others' results from the existing results file, if it was measured on
     # the same pairs (same data settings); otherwise it refuses, naming the settings that differ.
     p.add_argument("--train", default=None, help="comma list: train only these of --backbones (default: all)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "hh_rlhf_check.json", help="results JSON (PNG beside)")
+    p.add_argument("--keep_models", type=Path, default=None, help="keep both trained RMs in DIR/<backbone>/")
+    p.add_argument("--eval_file", default=None, help="also score this chosen/rejected file with both RMs")
+    p.add_argument("--eval_request", default=None, help="--eval_file: the MOSLIM request, as evaluate-rm's")
+    add_threads_flag(p)
     a = p.parse_args(argv)
+    set_threads(a.threads)
     started = time.perf_counter()
+    file_pairs, request = read_eval_file(a)
     compat.install()
     from transformers import AutoTokenizer
 
@@ -375,9 +422,20 @@ def main(argv=None) -> int:
             continue
         b = argparse.Namespace(**{**vars(a), "steps": steps[name], "lr": lrs[name]})
         train_pairs = all_train[: b.steps * a.batch_pairs]
-        with tempfile.TemporaryDirectory(prefix="hh-check-") as workdir:
+        kept = a.keep_models / name if a.keep_models else None
+        if kept:
+            kept.mkdir(parents=True, exist_ok=True)
+        with contextlib.nullcontext(kept) if kept else tempfile.TemporaryDirectory(prefix="hh-check-") as workdir:
             moslim_acc, moslim_s = train_moslim(train_pairs, eval_pairs, backbone, b, workdir)
-            openrlhf_acc, openrlhf_s = train_openrlhf(train_pairs, eval_pairs, backbone, b, workdir)
+            if a.eval_file:  # evaluate-rm's own path, as a user would score the file
+                moslim_file = evaluate(os.path.join(workdir, "moslim"), a.eval_file, None, request, a.max_len, 8)
+                scored = results.setdefault("eval_files", {}).setdefault(a.eval_file, {"pairs": len(file_pairs)})
+                scored[name] = {"moslim": moslim_file["pairs"]}
+            openrlhf_acc, openrlhf_s, openrlhf_file = train_openrlhf(
+                train_pairs, eval_pairs, backbone, b, workdir, file_pairs
+            )
+            if a.eval_file:
+                scored[name]["openrlhf"] = openrlhf_file
         results["backbones"][name] = {
             "train_pairs": len(train_pairs),
             "steps": b.steps,
@@ -387,11 +445,12 @@ def main(argv=None) -> int:
         }
         # Written after every backbone: a long run that is stopped keeps what it measured.
         results["wall_seconds"] = time.perf_counter() - started
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        draw(results, RESULTS_DIR / "hh_rlhf_check.png")
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        draw(results, a.out.with_suffix(".png"))
         summary, headline = summarize(results)
         line = f"held-out pairwise accuracy, {len(eval_pairs)} pairs, {a.max_len} tokens: " + "; ".join(summary)
-        write_result("hh_rlhf_check", vars(a), results, line, headline)
+        config = {**vars(a), "out": str(a.out), "keep_models": a.keep_models and str(a.keep_models)}
+        write_result("hh_rlhf_check", config, results, line, headline, a.out)
     return 0
 
 
