@@ -188,6 +188,8 @@ def label_to_request(spec: ObjectiveSpec, label) -> dict[str, int]:
             label = json.loads(label)
         except json.JSONDecodeError as e:
             raise DirectiveError(f"label is not MOSLIM JSON ({e}): {label[:120]!r}") from None
+        except RecursionError:  # nested past Python's JSON reader: one bad sample, never the whole batch
+            raise DirectiveError(f"label is nested too deeply to be MOSLIM JSON: {label[:120]!r}") from None
     if not isinstance(label, dict) or set(label) != {"moslim"} or not isinstance(label["moslim"], dict):
         raise DirectiveError(f'expected a label {{"moslim": {{"targets": ..., "spec": ...}}}}, got {label!r:.120}')
     body = label["moslim"]

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -240,8 +241,8 @@ def reward_of(moslim, args, spec) -> tuple:
         return reward_config.RewardConfig.from_flags(moslim, path).validate(spec), False
     if path:
         fail(
-            f"--reward.model_name_or_path {path!r} would do nothing with the reward server(s) {remote}: a server "
-            "loads its own reward model; remove it"
+            f"--reward.model_name_or_path {path!r} would do nothing with the reward server(s) {redact(remote)}: a "
+            "server loads its own reward model; remove it"
         )
     config = reward_config.RewardConfig.from_flags(moslim, None)
     config = dataclasses.replace(config, spec_fingerprint=spec.fingerprint if spec else None)
@@ -249,23 +250,34 @@ def reward_of(moslim, args, spec) -> tuple:
     if not any(isinstance(h, dict) and "reward_config" in h for h in healths):
         return None, False
     for url, health in zip(urls, healths):
-        config.check_server(url, health)
+        config.check_server(redact(url), health)
     return config, False
 
 
 def server_health(url: str) -> dict:
-    """GET /health next to a reward server's /get_reward URL."""
+    """GET /health next to a reward server's /get_reward URL, with the same query (an `api_key`)."""
     import urllib.error
+    import urllib.parse
     import urllib.request
 
-    health_url = url.rsplit("/", 1)[0] + "/health"
+    parts = urllib.parse.urlsplit(url)
+    health_url = urllib.parse.urlunsplit(parts._replace(path=parts.path.rsplit("/", 1)[0] + "/health"))
     try:
         with urllib.request.urlopen(health_url, timeout=10) as response:
             return json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError) as e:
         if isinstance(e, urllib.error.HTTPError) and e.code == 404:
             return {}  # a server without /health (e.g. OpenRLHF's serve_rm): not a MOSLIM one
-        fail(f"--reward.remote_url {url}: cannot read {health_url} to check its configuration ({e}); start it first")
+        hint = "; the server wants its API key: add ?api_key=<key> to the URL" if getattr(e, "code", 0) == 401 else ""
+        fail(
+            f"--reward.remote_url {redact(url)}: cannot read {redact(health_url)} to check its configuration ({e})"
+            + (hint or "; start it first")
+        )
+
+
+def redact(url: str) -> str:
+    """The URL as messages show it: an API key in its query stays out of logs."""
+    return re.sub(r"(api_key=)[^&#]*", r"\1<key>", url)
 
 
 def given_flags(moslim) -> list[str]:
@@ -278,7 +290,7 @@ def why_not_moslim(args) -> str:
         agent = args.train.agent_func_path
         return f"--train.agent_func_path {agent} computes its own rewards (OpenRLHF bypasses the reward model)"
     if args.reward.remote_url:
-        return f"--reward.remote_url {args.reward.remote_url} is not a MOSLIM reward function or server"
+        return f"--reward.remote_url {redact(args.reward.remote_url)} is not a MOSLIM reward function or server"
     return f"--reward.model_name_or_path {args.reward.model_name_or_path!r} is not a MOSLIM reward model"
 
 

@@ -69,7 +69,9 @@ class RewardEngine:
         self, scorer, config, max_batch_size=64, max_wait_ms=5.0, max_queued_samples=4096, chunk_size=16,
         deadline_s=120.0,
     ):  # fmt: skip
-        if max_batch_size < 1 or max_wait_ms < 0 or chunk_size < 1 or max_queued_samples < 1 or deadline_s <= 0:
+        # Written so that NaN fails each comparison (serve-reward's flags are checked by ServerConfig already).
+        if not (max_batch_size >= 1 and max_wait_ms >= 0 and chunk_size >= 1 and max_queued_samples >= 1
+                and 0 < deadline_s < float("inf")):  # fmt: skip
             raise UserError(
                 f"need max_batch_size, chunk_size, max_queued_samples >= 1, max_wait_ms >= 0 and deadline_s > 0, got "
                 f"{max_batch_size}, {chunk_size}, {max_queued_samples}, {max_wait_ms}, {deadline_s}"
