@@ -31,12 +31,15 @@ class UserError(ValueError):
 class Range:
     """What a number flag accepts: an integer (`kind=int`: counts, limits, ports) or a finite float, between
     optional bounds (`*_open`: the bound itself is excluded). NaN and infinities are never accepted, nor a bool.
+    `special=(value, meaning)`: one value outside the range that the flag gives a meaning, such as -1 for "every
+    epoch" (OpenRLHF's convention).
 
     An instance is the argparse `type` of its flag (text -> number, else an ArgumentTypeError that the CLI prints as
     one line after the flag's name) and `check(value, flag)` refuses a value given in Python the same way."""
 
-    def __init__(self, kind=float, low=None, high=None, low_open=False, high_open=False):
+    def __init__(self, kind=float, low=None, high=None, low_open=False, high_open=False, special=None):
         self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
+        self.special = special
         what = "an integer" if kind is int else "a finite number"
         if low is not None and high is not None:
             what = "an integer" if kind is int else "a number"  # both bounds: "finite" goes without saying
@@ -46,10 +49,14 @@ class Range:
             self.expected = f"{what} {sign} {low if low is not None else high}"
         else:
             self.expected = what
+        if special is not None:
+            self.expected = f"{special[0]} ({special[1]}) or {self.expected}"
 
     def accepts(self, value) -> bool:
         if isinstance(value, bool) or not isinstance(value, int if self.kind is int else (int, float)):
             return False
+        if self.special is not None and value == self.special[0]:
+            return True
         if not math.isfinite(value):
             return False
         low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)

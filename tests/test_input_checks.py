@@ -28,6 +28,8 @@ from moslim_plugin.integration.reward_config import RewardConfig, add_flags
         (port, "0", r"expected an integer in \[1, 65535\], got 0"),
         (port, "65536", r"expected an integer in \[1, 65535\], got 65536"),
         (Range(float, 0, 1, high_open=True), "1", r"expected a number in \[0, 1\), got 1"),
+        (Range(int, 1, special=(-1, "every epoch")), "0", r"expected -1 \(every epoch\) or an integer >= 1, got 0"),
+        (Range(int, 1, special=(-1, "every epoch")), "-2", r"expected -1 \(every epoch\) or an integer >= 1, got -2"),
     ],
 )
 def test_a_number_flag_refuses_what_its_range_excludes_naming_the_range_and_the_value(kind, text, expected):
@@ -40,6 +42,7 @@ def test_a_range_accepts_its_bounds_and_checks_python_values_as_the_flag_does():
     assert positive_int("1") == 1 and port("65535") == 65535 and probability("0") == 0.0 and probability("1") == 1.0
     assert positive("1e-9") == 1e-9 and isinstance(positive_int(" 7 "), int)
     assert positive_int.check(3, "--x") == 3
+    assert Range(int, 1, special=(-1, "every epoch"))("-1") == -1  # the one value outside the range it names
     for value in (0, True, 2.0, "3", None, float("nan")):  # a bool is not a count, nor a float an integer
         with pytest.raises(UserError, match=f"--train.batch_size {value!r}: expected an integer >= 1"):
             positive_int.check(value, "--train.batch_size")
