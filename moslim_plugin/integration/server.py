@@ -264,6 +264,7 @@ def main(argv=None) -> int:
     api_key = server.key()
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = RewardConfig(rm_path=args["reward.model_name_or_path"], **option_values(RewardConfig, args, "moslim"))
+    config = config.validate()  # every flag, before the port and before the model
     set_threads(args["threads"])
     # uvicorn would find a taken port only after the model has loaded, and report it as a log line.
     try:
