@@ -32,7 +32,15 @@ from pathlib import Path
 
 import torch
 
-from moslim_plugin import UserError, add_threads_flag, nonnegative_int, positive_int, set_threads
+from moslim_plugin import (
+    UserError,
+    add_threads_flag,
+    nonnegative,
+    nonnegative_int,
+    positive_int,
+    set_threads,
+    writable,
+)
 from moslim_plugin.core.directives import DEFAULT_PLACEMENT, DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.demo.oracle import demo_spec, judge
 
@@ -53,12 +61,10 @@ def read_prompts(path, input_key="input") -> list[str]:
 
 
 def make_output_dir(path, flag: str) -> Path:
-    """The output folder, created before the run's work rather than after it: a path that cannot be a folder (a
-    file, no permission) is the user's to fix, and learning it after the work would lose the work."""
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{flag} {str(path)!r}: cannot be made an output folder ({e.strerror})") from None
+    """The output folder, made when there is something to write; `writable` has refused, before the work, a path
+    that cannot be one (a file, no permission), so the work is not lost to it and a failed run leaves no folder."""
+    writable(path, flag)
+    Path(path).mkdir(parents=True, exist_ok=True)
     return Path(path)
 
 
@@ -331,7 +337,7 @@ def build_parser():
     )
     p.add_argument("--eval.output_dir", type=str, default="runs/evaluate")
     p.add_argument("--rollout.max_new_tokens", type=positive_int, default=48)
-    p.add_argument("--rollout.temperature", type=float, default=0.7, help="for the sampled evaluation")
+    p.add_argument("--rollout.temperature", type=nonnegative, default=0.7, help="for the sampled evaluation")
     p.add_argument("--rollout.micro_batch_size", type=positive_int, default=16)
     p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"], help="cuda: policy and RM on the GPU")
     p.add_argument("--moslim.placement", default=DEFAULT_PLACEMENT, choices=PLACEMENTS,
@@ -347,12 +353,12 @@ def load_judge(args):
     the demo's; the judge is the oracle when it can judge every objective (unless --eval.judge rm), else the RM."""
     from moslim_plugin.core.spec import load_spec
 
-    scorer = None
+    scorer, spec = None, load_spec(args.moslim.spec) if args.moslim.spec else None  # the file before the model
     if args.reward.model_name_or_path:
         from moslim_plugin.core.scorer import Scorer
 
         scorer = Scorer.from_pretrained(args.reward.model_name_or_path, device=args.device)
-    spec = load_spec(args.moslim.spec) if args.moslim.spec else (scorer.model.spec if scorer else demo_spec())
+    spec = spec or (scorer.model.spec if scorer else demo_spec())
     if scorer is not None:
         spec.check_same(scorer.model.spec, f"reward model {args.reward.model_name_or_path}")
     choice = args.eval.judge
@@ -382,10 +388,10 @@ def main(argv=None) -> int:
     if args.eval.n_samples_per_prompt and not args.rollout.temperature > 0:
         raise UserError(f"--rollout.temperature {args.rollout.temperature}: the sampled evaluation needs > 0 "
                         "(or --eval.n_samples_per_prompt 0)")  # fmt: skip
-    out = make_output_dir(args.eval.output_dir, "--eval.output_dir")
-    spec, judge_fn, judge_name, scorer = load_judge(args)
+    writable(args.eval.output_dir, "--eval.output_dir")
     prompts = read_prompts(args.eval.dataset) if args.eval.dataset else builtin_prompts("heldout")
     prompts = prompts[: args.eval.max_samples]
+    spec, judge_fn, judge_name, scorer = load_judge(args)
     model, tokenizer = load_policy(args.actor.model_name_or_path, device=args.device)
     result = evaluate_policy(
         model, tokenizer, prompts, spec, args.rollout.max_new_tokens, scorer if judge_name == "oracle" else None,
@@ -405,6 +411,7 @@ def main(argv=None) -> int:
         "n_samples_per_prompt": args.eval.n_samples_per_prompt,
         "temperature": args.rollout.temperature,
     }
+    out = make_output_dir(args.eval.output_dir, "--eval.output_dir")
     (out / "eval.json").write_text(json.dumps({**settings, **result}, indent=1))
     plot = plot_requested_vs_achieved(spec, evals, out / "requested_vs_achieved.png")
     md = [f"# Controllability of `{args.actor.model_name_or_path}`", "",

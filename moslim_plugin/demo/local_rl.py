@@ -37,6 +37,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from moslim_plugin import (
+    Range,
+    finite,
+    integer,
+    nonnegative,
+    nonnegative_int,
+    positive,
+    positive_int,
+    probability,
+)
+
 ESTIMATORS = ("reinforce", "reinforce_baseline", "rloo", "group_norm", "dr_grpo")
 RELABEL_MODES = ("none", "levels", "all")
 ROLLOUT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -67,58 +78,65 @@ def import_experience_maker():
 def add_rl_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     # Same names, meanings and (unless noted) defaults as openrlhf/cli/train_ppo_ray.py.
     p.add_argument("--actor.model_name_or_path", type=str, default=None, help="default: SmolLM2-135M-Instruct")
-    p.add_argument("--actor.adam.lr", type=float, default=1e-6)
-    p.add_argument("--actor.adam.betas", type=float, nargs=2, default=(0.9, 0.95))
-    p.add_argument("--actor.adam.eps", type=float, default=1e-8)
-    p.add_argument("--actor.adam.weight_decay", type=float, default=0.0)
-    p.add_argument("--actor.max_norm", type=float, default=1.0)
-    p.add_argument("--actor.eps_clip", type=float, default=0.2)
+    p.add_argument("--actor.adam.lr", type=positive, default=1e-6)
+    p.add_argument("--actor.adam.betas", type=Range(float, 0, 1, high_open=True), nargs=2, default=(0.9, 0.95))
+    p.add_argument("--actor.adam.eps", type=positive, default=1e-8)
+    p.add_argument("--actor.adam.weight_decay", type=nonnegative, default=0.0)
+    p.add_argument("--actor.max_norm", type=nonnegative, default=1.0, help="gradient clipping (0: none)")
+    p.add_argument("--actor.eps_clip", type=positive, default=0.2)
     p.add_argument("--actor.policy_loss_type", type=str, default="ppo", choices=["ppo", "gspo"])
-    p.add_argument("--actor.entropy_coef", type=float, default=None)
+    p.add_argument("--actor.entropy_coef", type=finite, default=None)
     p.add_argument("--algo.advantage.estimator", type=str, default="reinforce_baseline", choices=ESTIMATORS)
-    p.add_argument("--algo.advantage.gamma", type=float, default=1.0)
-    p.add_argument("--algo.advantage.lambd", type=float, default=1.0)
+    p.add_argument("--algo.advantage.gamma", type=probability, default=1.0)
+    p.add_argument("--algo.advantage.lambd", type=probability, default=1.0)
     p.add_argument("--algo.advantage.no_std_norm", action="store_true", default=False)
-    p.add_argument("--algo.kl.init_coef", type=float, default=0.01)
+    p.add_argument("--algo.kl.init_coef", type=nonnegative, default=0.01)
     p.add_argument("--algo.kl.estimator", type=str, default="k1", choices=["k1", "k2", "k3"])
     p.add_argument("--algo.kl.use_loss", action="store_true", default=False)
     p.add_argument("--algo.kl.unbiased_gradient", action="store_true", default=False)
-    p.add_argument("--rollout.batch_size", type=int, default=8, help="prompts per rollout (OpenRLHF: 1024)")
-    p.add_argument("--rollout.n_samples_per_prompt", type=int, default=4, help="(OpenRLHF: 1)")
-    p.add_argument("--rollout.max_new_tokens", type=int, default=48, help="(OpenRLHF: 1024)")
-    p.add_argument("--rollout.temperature", type=float, default=1.0)
-    p.add_argument("--rollout.top_p", type=float, default=1.0)
-    p.add_argument("--rollout.micro_batch_size", type=int, default=16, help="samples per forward (OpenRLHF: 1)")
-    p.add_argument("--reward.clip_range", type=float, nargs=2, default=(-10, 10))
-    p.add_argument("--reward.overlong_buffer_len", type=float, default=None)
-    p.add_argument("--reward.overlong_penalty_factor", type=float, default=1)
-    p.add_argument("--reward.stop_properly_penalty_coef", type=float, default=None)
-    p.add_argument("--train.num_episodes", type=int, default=1)
-    p.add_argument("--train.max_epochs", type=int, default=1, help="PPO epochs over each rollout batch")
+    p.add_argument("--rollout.batch_size", type=positive_int, default=8, help="prompts per rollout (OpenRLHF: 1024)")
+    p.add_argument("--rollout.n_samples_per_prompt", type=positive_int, default=4, help="(OpenRLHF: 1)")
+    p.add_argument("--rollout.max_new_tokens", type=positive_int, default=48, help="(OpenRLHF: 1024)")
+    # Sampled rollouts: at 0 (greedy) every sample of a prompt is the same answer and every advantage is 0.
+    p.add_argument("--rollout.temperature", type=positive, default=1.0)
+    p.add_argument("--rollout.top_p", type=Range(float, 0, 1, low_open=True), default=1.0)
     p.add_argument(
-        "--train.batch_size", type=int, default=None,
+        "--rollout.micro_batch_size", type=positive_int, default=16, help="samples per forward (OpenRLHF: 1)"
+    )
+    p.add_argument("--reward.clip_range", type=finite, nargs=2, default=(-10, 10))
+    p.add_argument("--reward.overlong_buffer_len", type=nonnegative, default=None)
+    p.add_argument("--reward.overlong_penalty_factor", type=nonnegative, default=1)
+    p.add_argument("--reward.stop_properly_penalty_coef", type=finite, default=None)
+    p.add_argument("--train.num_episodes", type=positive_int, default=1)
+    p.add_argument("--train.max_epochs", type=positive_int, default=1, help="PPO epochs over each rollout batch")
+    p.add_argument(
+        "--train.batch_size", type=positive_int, default=None,
         help="samples (copies included) per optimizer step (OpenRLHF: 128; default: the whole rollout batch)",
     )  # fmt: skip
     p.add_argument(
-        "--train.micro_batch_size", type=int, default=None,
+        "--train.micro_batch_size", type=positive_int, default=None,
         help="samples per training forward (OpenRLHF: 1; default: --rollout.micro_batch_size)",
     )  # fmt: skip
-    p.add_argument("--train.seed", type=int, default=42)
-    p.add_argument("--data.max_samples", type=int, default=int(1e8), help="prompts used (steps = this / batch)")
+    p.add_argument("--train.seed", type=integer, default=42)
+    p.add_argument(
+        "--data.max_samples", type=positive_int, default=int(1e8), help="prompts used (steps = this / batch)"
+    )
     p.add_argument("--ckpt.output_dir", type=str, default="./ckpt")
     p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"], help="cuda: TF32 matmuls")
     # Ours: CPU budget knob. The bottom layers (and the tied embeddings) stay frozen so backward stops early.
-    p.add_argument("--moslim.trainable_layers", type=int, default=4, help="top decoder layers trained (-1: all)")
+    p.add_argument("--moslim.trainable_layers", type=Range(int, 1, special=(-1, "all")), default=4,
+                   help="top decoder layers trained")  # fmt: skip
     # LoRA, OpenRLHF's flags (train_ppo_ray.py calls them --ds.lora.*; --actor.lora.* is accepted as an alias).
     # With LoRA on, adapters go into the --moslim.trainable_layers top layers and only they train.
-    p.add_argument("--ds.lora.rank", "--actor.lora.rank", dest="ds.lora.rank", type=int, default=0)
-    p.add_argument("--ds.lora.alpha", "--actor.lora.alpha", dest="ds.lora.alpha", type=int, default=16)
+    p.add_argument("--ds.lora.rank", "--actor.lora.rank", dest="ds.lora.rank", type=nonnegative_int, default=0)
+    p.add_argument("--ds.lora.alpha", "--actor.lora.alpha", dest="ds.lora.alpha", type=positive_int, default=16)
     p.add_argument("--ds.lora.target_modules", "--actor.lora.target_modules", dest="ds.lora.target_modules", type=str,
                    nargs="*", default="all-linear")  # fmt: skip
-    p.add_argument("--ds.lora.dropout", "--actor.lora.dropout", dest="ds.lora.dropout", type=float, default=0)
+    p.add_argument("--ds.lora.dropout", "--actor.lora.dropout", dest="ds.lora.dropout",
+                   type=Range(float, 0, 1, high_open=True), default=0)  # fmt: skip
     # Ours: sequences decoded together in a rollout (OpenRLHF's vLLM batches a whole rollout; here memory and the
     # 2-core CPU bound it).
-    p.add_argument("--moslim.generate_batch_size", type=int, default=32, help="sequences per decode forward")
+    p.add_argument("--moslim.generate_batch_size", type=positive_int, default=32, help="sequences per decode forward")
     p.add_argument(
         "--moslim.rollout_dtype", type=str, default="bf16", choices=list(ROLLOUT_DTYPES),
         help="dtype of the rollout copy that samples (OpenRLHF's vLLM: bf16; bench/bench_rollout.py)",
@@ -615,7 +633,8 @@ def update_step(run, experiences, graphs) -> dict:
                     logs["kl_loss"] += float(kl_loss.detach())
                     loss = loss + kl_loss * args.algo.kl.init_coef
                 loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(run.params, args.actor.max_norm)
+            # 0 turns clipping off, as in OpenRLHF (DeepSpeed's gradient_clipping 0), rather than zeroing gradients.
+            grad_norm = torch.nn.utils.clip_grad_norm_(run.params, args.actor.max_norm or float("inf"))
             run.optim.step()
             updates += 1
     with torch.no_grad():  # the new weights to the rollout copy, as OpenRLHF broadcasts them to vLLM

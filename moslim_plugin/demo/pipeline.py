@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from moslim_plugin import add_threads_flag, nonnegative_int, positive_int, set_threads
+from moslim_plugin import UserError, add_threads_flag, integer, nonnegative_int, positive, positive_int, set_threads
 from moslim_plugin.core.directives import DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.core.mappings import parse_mapping_kwargs, resolve_mapping
 from moslim_plugin.demo.evaluate import (
@@ -54,6 +54,7 @@ from moslim_plugin.demo.local_rl import (
     train_policy,
 )
 from moslim_plugin.demo.oracle import demo_spec, judge, request_hits
+from moslim_plugin.integration.reward_config import check_mapping
 
 # Initial samples, RM epochs, RiC epochs, held-out prompts (of 64) and sampled answers per eval request, RL steps
 # per seed, max_new_tokens, prompts per RL step. Any of them can be overridden with --demo.<key>.
@@ -78,12 +79,12 @@ def build_parser():
     p.add_argument("--demo.size", default="full", choices=list(SIZES), help="size preset (gpu: with --device cuda)")
     p.add_argument("--quick", dest="demo.size", action="store_const", const="quick", help="= --demo.size quick")
     p.add_argument("--out", type=str, default="runs/demo", help="output folder")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one MOSLIM RL run per seed")
+    p.add_argument("--seeds", type=integer, nargs="+", default=[1, 2, 3], help="one MOSLIM RL run per seed")
     p.add_argument("--moslim.mapping", type=str, default="moslim")
     p.add_argument("--moslim.mapping_kwargs", type=str, default=None)
     # 1e-4, with balanced class weights and the word cuts (`augment`): the length head's held-out macro-F1 was 0.80
     # at the previous 3e-4, unweighted, without word cuts (docs/demo/run_d779f6d), 0.88 with them (run_9359b94).
-    p.add_argument("--moslim.rm_lr", type=float, default=1e-4, help="reward-model learning rate")
+    p.add_argument("--moslim.rm_lr", type=positive, default=1e-4, help="reward-model learning rate")
     # Measured on 24 held-out prompts (greedy, 40 tokens, address + formality requests): the starting policy hits
     # the requested level in 0.48 of answers with the directive in the system message and 0.56 with it at the end of
     # the user message, right before the answer, where a 135M model attends most.
@@ -231,8 +232,14 @@ class Demo:
         args.rollout.batch_size = self.size["batch"]
         args.data.max_samples = self.size["rl_steps"] * self.size["batch"]
         self.args = check_rl_args(args)
-        # A bad mapping would otherwise stop the run only at the RM stage, minutes in.
-        parse_mapping_kwargs(resolve_mapping(args.moslim.mapping), args.moslim.mapping_kwargs)
+        if len(set(args.seeds)) < len(args.seeds):  # a second run of a seed would overwrite the first's policy
+            raise UserError(f"--seeds {' '.join(map(str, args.seeds))}: each seed once")
+        # A bad mapping would otherwise stop the run only at the RM stage, minutes in. The RM's statistics come with
+        # that stage: until then the per-sample normalisation stands in for a mapping pinned to them.
+        kwargs = parse_mapping_kwargs(resolve_mapping(args.moslim.mapping), args.moslim.mapping_kwargs)
+        if kwargs.get("norm") in ("dataset", "running"):
+            kwargs = {**kwargs, "norm": "sample"}
+        check_mapping(args.moslim.mapping, kwargs, demo_spec(), None)
         self.out = make_output_dir(args.out, "--out")
         self.spec = demo_spec()
         self.policy_path = Path(args.actor.model_name_or_path or smollm2_path())

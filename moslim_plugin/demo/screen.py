@@ -21,7 +21,7 @@ import argparse
 import json
 import time
 
-from moslim_plugin import add_threads_flag, positive_int, set_threads
+from moslim_plugin import Range, add_threads_flag, positive, positive_int, probability, set_threads, writable
 from moslim_plugin.core.directives import PLACEMENTS, STYLES
 from moslim_plugin.demo.evaluate import (
     builtin_prompts,
@@ -46,13 +46,15 @@ def build_parser():
     p.add_argument("--eval.dataset", default=None, help="prompts: .txt (one per line) or .jsonl with 'input'")
     p.add_argument("--eval.max_samples", type=positive_int, default=16, help="prompts")
     p.add_argument("--eval.n_samples_per_prompt", type=positive_int, default=3, help="sampled answers per request")
-    p.add_argument("--rollout.temperature", type=float, default=0.7)
+    p.add_argument("--rollout.temperature", type=positive, default=0.7)
     p.add_argument("--rollout.max_new_tokens", type=positive_int, default=48)
     p.add_argument("--rollout.micro_batch_size", type=positive_int, default=48)
     p.add_argument("--screen.styles", nargs="+", default=list(STYLES), choices=STYLES)
     p.add_argument("--screen.placements", nargs="+", default=["system", "user_suffix"], choices=PLACEMENTS)
-    p.add_argument("--screen.min_gap", type=float, default=0.2)
-    p.add_argument("--screen.min_share", type=float, default=0.15)
+    p.add_argument(
+        "--screen.min_gap", type=Range(float, -1, 1), default=0.2, help="P(L | asked L) - P(L | asked other)"
+    )
+    p.add_argument("--screen.min_share", type=probability, default=0.15, help="of the sampled answers")
     p.add_argument("--screen.output_dir", default="runs/screen")
     add_threads_flag(p)
     return p
@@ -139,12 +141,12 @@ def main(argv=None) -> int:
     compat.install()
     args = hierarchize(build_parser().parse_args(argv))
     set_threads(args.threads)
-    out = make_output_dir(args.screen.output_dir, "--screen.output_dir")
+    writable(args.screen.output_dir, "--screen.output_dir")
     if args.moslim.spec is None and args.reward.model_name_or_path is None:
         args.moslim.spec = oracle_spec(args.screen.oracle_objectives).to_dict()  # the oracle's candidate objectives
-    spec, judge_fn, judge_name, _ = load_judge(args)
     prompts = read_prompts(args.eval.dataset) if args.eval.dataset else builtin_prompts("train")
     prompts = prompts[: args.eval.max_samples]
+    spec, judge_fn, judge_name, _ = load_judge(args)
     policy = args.actor.model_name_or_path or smollm2_path()
     model, tokenizer = load_policy(policy)
     results, t0 = {}, time.time()
@@ -167,9 +169,10 @@ def main(argv=None) -> int:
         "seconds": round(time.time() - t0, 1),
     }
     samples = {f"{s}/{p}": r.pop("samples") for (s, p), r in results.items()}
-    (out / "screening_samples.json").write_text(json.dumps(samples, indent=1))
     report = {"settings": settings, "conditions": {f"{s}/{p}": r for (s, p), r in results.items()}}
     check_finite(report)
+    out = make_output_dir(args.screen.output_dir, "--screen.output_dir")
+    (out / "screening_samples.json").write_text(json.dumps(samples, indent=1))
     (out / "screening.json").write_text(json.dumps(report, indent=1))
     (out / "screening.md").write_text(screening_markdown(spec, results, settings))
     labels = [f"{s}\n{p}" for s, p in results]
