@@ -22,7 +22,7 @@ import random
 
 import torch
 
-from moslim_plugin import UserError, add_threads_flag, positive_int, set_threads
+from moslim_plugin import UserError, add_threads_flag, positive_int, set_threads, writable
 from moslim_plugin.data.ratings import hh_subset, read_records, split_hh_dialogue
 from moslim_plugin.data.rm_metrics import IGNORE, head_metrics
 
@@ -201,15 +201,13 @@ def evaluate(model, data: str, output_dir=None, request=None, max_length: int = 
         raise UserError(f"{data}: the file holds no rows")
     pairs = read_pairs(rows, data, request, spec) if "chosen" in rows[0] else None
     rows = rows if pairs else load_rows(rows, spec, data)
-    try:
-        if output_dir:
-            os.makedirs(output_dir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--output_dir {output_dir!r}: cannot be made an output folder ({e.strerror})") from None
+    if output_dir:
+        writable(output_dir, "--output_dir")  # made when the report is written: a failed run leaves no folder
     scorer = model if is_scorer else Scorer.from_pretrained(model, max_length=max_length, batch_size=batch_size)
     report = evaluate_pairs(scorer, pairs) if pairs else evaluate_ratings(scorer, rows)
     report = {"model": "<scorer>" if is_scorer else str(model), "data": str(data), **report}
     if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, "report.json"), "w") as f:
             json.dump(report, f, indent=2)
         with open(os.path.join(output_dir, "report.md"), "w") as f:
