@@ -133,6 +133,7 @@ train-rm | {base} --train.batch_size 3 --train.micro_batch_size 2 | --train.batc
 train-rm | {base} --lr_scheduler cosine_typo | argument --lr_scheduler: invalid choice: 'cosine_typo'
 train-rm | {base} --moslim.select accuracy | argument --moslim.select: invalid choice: 'accuracy'
 evaluate-rm | {base} --data.max_len 0 | argument --data.max_len: expected an integer >= 1, got 0
+evaluate-rm | {base} --data.max_len 4096 | --data.max_len 4096 exceeds what the reward model {d}/rm can read
 evaluate-rm | {base} --micro_batch_size -1 | argument --micro_batch_size: expected an integer >= 1, got -1
 evaluate-rm | {base} --threads 0 | argument --threads: expected an integer >= 1, got 0
 evaluate-rm | {base} --moslim.request {bad | --moslim.request '{bad': expected 'objective=level,...' or a JSON object

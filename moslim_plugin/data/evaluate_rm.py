@@ -186,14 +186,22 @@ def draw(report: dict, path) -> None:
     plt.close(fig)
 
 
-def evaluate(model, data: str, output_dir=None, request=None, max_length: int = 512, batch_size: int = 16) -> dict:
-    """Report dict for `model` (a checkpoint folder or a Scorer) on `data`; written to `output_dir` when given."""
-    from moslim_plugin.core.rm import saved_spec
+def evaluate(model, data: str, output_dir=None, request=None, max_length=None, batch_size: int = 16) -> dict:
+    """Report dict for `model` (a checkpoint folder or a Scorer) on `data`; written to `output_dir` when given.
+    `max_length`: tokens per pair (None: 512, or the backbone's position limit when smaller)."""
+    from moslim_plugin.core.rm import max_positions, saved_spec
     from moslim_plugin.core.scorer import Scorer
     from moslim_plugin.data.rm_rows import load_rows
 
     is_scorer = isinstance(model, Scorer)
     spec = model.model.spec if is_scorer else saved_spec(model)
+    positions = None if is_scorer else max_positions(model)
+    max_length = max_length or min(512, positions or 512)
+    if positions and max_length > positions:
+        raise UserError(
+            f"--data.max_len {max_length} exceeds what the reward model {model} can read (its backbone's "
+            f"max_position_embeddings {positions}): pass at most {positions}"
+        )
     # The file, its requests and the output folder before the model: their errors then come at once, not after
     # loading it.
     rows = read_records(data)
@@ -235,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="pairs: 'objective=level,...' (or a JSON object) each pair is scored for, where a row has no 'request' "
         "of its own; default for HH-RLHF's helpful*/harmless* files: that objective at its top level",
     )  # fmt: skip
-    p.add_argument("--data.max_len", type=positive_int, default=512)
+    p.add_argument("--data.max_len", type=positive_int, default=None,
+                   help="tokens per pair (default: 512, or the reward model's limit when smaller)")  # fmt: skip
     p.add_argument("--micro_batch_size", type=positive_int, default=16)
     add_threads_flag(p)
     return p
