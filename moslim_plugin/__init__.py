@@ -120,12 +120,13 @@ def add_options(parser, cls, prefix: str) -> None:
         if isinstance(default, bool):
             parser.add_argument(f"--{prefix}.{f.name}", action="store_true", help=meta["help"])
             continue
+        # A dict goes in as JSON text, parsed by the config class (OpenRLHF's hierarchize would make it a namespace).
+        default = json.dumps(default) if isinstance(default, dict) else default
         notes = [meta["kind"].expected] if isinstance(meta["kind"], Range) else []
-        if default is not None:
-            notes.append(f"default: {json.dumps(default) if isinstance(default, dict) else default}")
+        notes += [] if default is None else [f"default: {default}"]
         parser.add_argument(
             f"--{prefix}.{f.name}", type=meta["kind"], default=default, choices=meta["choices"],
-            help=meta["help"] + (f" ({'; '.join(notes)})" if notes else ""),
+            help=(meta["help"] + (f" ({'; '.join(notes)})" if notes else "")).replace("%", "%%"),
         )  # fmt: skip
 
 

@@ -3,6 +3,7 @@ generated from a config dataclass's field metadata, and output locations checked
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 
@@ -58,12 +59,15 @@ def test_reward_flags_their_help_defaults_and_the_servers_comparison_come_from_r
     defaults = RewardConfig()
     for f in fields:
         action = flags[f"--moslim.{f.name}"]
-        assert action.default == getattr(defaults, f.name) and action.help.startswith(f.metadata["help"])
-        assert action.choices == f.metadata["choices"]
+        default = getattr(defaults, f.name)
+        # A dict travels as JSON text (OpenRLHF's hierarchize would turn it into a namespace); from_flags parses it.
+        assert action.default == (json.dumps(default) if isinstance(default, dict) else default)
+        assert action.help.startswith(f.metadata["help"]) and action.choices == f.metadata["choices"]
     assert "an integer >= 8; default: 512" in flags["--moslim.max_length"].help
-    assert vars(parser.parse_args(["--moslim.mapping_kwargs", '{"eps": 0.01}']))["moslim.mapping_kwargs"] == {
-        "eps": 0.01
-    }
+    parsed = parser.parse_args(["--moslim.mapping_kwargs", '{"eps": 0.01}', "--moslim.max_length", "256"])
+    flags_namespace = argparse.Namespace(**{k.split(".", 1)[1]: v for k, v in vars(parsed).items()})
+    config = RewardConfig.from_flags(flags_namespace, "rm")
+    assert config.mapping_kwargs == {"eps": 0.01} and config.max_length == 256 and config.template == "auto"
 
     # The server check compares exactly the fields marked `compared`: a server differing in any one is refused.
     compared = {f.name for f in dataclasses.fields(RewardConfig) if f.metadata.get("compared")}

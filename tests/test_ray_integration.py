@@ -496,4 +496,5 @@ def test_with_the_upstream_diff_the_plugins_parser_hook_gives_train_the_args_mos
         "env_vars": runtime["runtime_env"]["env_vars"] | {patches.RUNTIME_ENV: "0"}
     }
     bad = ["{bad" if arg == "{}" else arg for arg in argv]
-    run_driver(tmp_path, ray_cluster, bad, extra_env=off, refused="--moslim.mapping_kwargs '{bad' is not JSON")
+    refused = "argument --moslim.mapping_kwargs: expected a JSON object, got '{bad'"
+    run_driver(tmp_path, ray_cluster, bad, extra_env=off, refused=refused)

@@ -33,15 +33,17 @@ RETIRED_ENV_VARS = (
 DTYPES = ("fp32", "bf16", "fp16")
 
 
-def json_object(text: str) -> dict:
-    """argparse `type` of a JSON-object flag (--moslim.mapping_kwargs)."""
+def json_object(text: str) -> str:
+    """argparse `type` of a JSON-object flag (--moslim.mapping_kwargs): the text, checked. Kept as text until
+    `from_flags`: on the upstream diff's path OpenRLHF's `hierarchize` turns every dict of the args into a
+    namespace."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e})") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
+    return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +89,9 @@ class RewardConfig:
 
     @classmethod
     def from_flags(cls, flags, rm_path) -> "RewardConfig":
-        """From the parsed `add_flags` flags (attributes without the `moslim.` prefix)."""
-        return cls(rm_path=rm_path, **{f.name: getattr(flags, f.name) for f in option_fields(cls)})
+        """From the parsed `add_flags` flags (attributes without the `moslim.` prefix; the JSON text parsed here)."""
+        values = {f.name: getattr(flags, f.name) for f in option_fields(cls)}
+        return cls(rm_path=rm_path, **{**values, "mapping_kwargs": json.loads(values["mapping_kwargs"])})
 
     @classmethod
     def from_dict(cls, d: dict) -> "RewardConfig":

@@ -35,6 +35,7 @@ import json
 import logging
 import socket
 import urllib.parse
+from types import SimpleNamespace
 
 from moslim_plugin import (
     Range,
@@ -263,7 +264,8 @@ def main(argv=None) -> int:
     server = ServerConfig(**option_values(ServerConfig, args, "server"))
     api_key = server.key()
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = RewardConfig(rm_path=args["reward.model_name_or_path"], **option_values(RewardConfig, args, "moslim"))
+    flags = SimpleNamespace(**option_values(RewardConfig, args, "moslim"))
+    config = RewardConfig.from_flags(flags, args["reward.model_name_or_path"])
     config = config.validate()  # every flag, before the port and before the model
     set_threads(args["threads"])
     # uvicorn would find a taken port only after the model has loaded, and report it as a log line.
