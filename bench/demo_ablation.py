@@ -1,4 +1,4 @@
-"""A fair ablation of the demo (issue 16, criterion 6): six settings x seeds on one finished demo run.
+"""A fair ablation of the demo (issue 16, criterion 6): five settings x seeds on one finished demo run.
 
     python -m moslim_plugin demo --out runs/demo --seeds 1 2 3
     python -m bench.demo_ablation --demo_dir runs/demo --seeds 1 2 3
@@ -14,7 +14,7 @@ prompts, by the same oracle, with the same budget:
   picked by a grid: each trial trains on the samples whose question is not held back and is scored (oracle,
   greedy, the evaluation's requests) on `--ric.val_prompts` held-back train prompts; the chosen one is retrained
   on all samples once per seed (the seed orders the samples);
-- moslim: MOSLIM RL with the demo's flags and one PPO epoch (on-policy); moslim_relabel: plus `--relabel_flags`;
+- moslim: MOSLIM RL with the demo's flags and one PPO epoch (on-policy);
   moslim_best: the demo's flags plus `--best_flags` (issue 16 point 4's best setting), e.g.
   `--best_flags="--moslim.trainable_layers -1"` (with `=`: a lone flag without a value would otherwise read as one
   of this script's options).
@@ -49,7 +49,6 @@ SETTINGS = {
     "base_natural": "starting policy, natural directive",
     "ric": "RiC SFT (epochs, lr tuned on held-back train prompts)",
     "moslim": "MOSLIM RL, on-policy",
-    "moslim_relabel": "MOSLIM RL, cross-directive relabelling",
     "moslim_best": "MOSLIM RL, best setting of issue 16 point 4",
 }
 SEEDLESS = "all"  # the cell key of a setting evaluated once (the starting policy)
@@ -62,7 +61,6 @@ def build_parser():
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--out", default=str(RESULTS_DIR / "demo_ablation.json"))
-    p.add_argument("--relabel_flags", default="--moslim.relabel all --moslim.relabel_copies 2")
     p.add_argument("--best_flags", default="--train.max_epochs 2")
     p.add_argument("--ric.epochs", dest="ric_epochs", type=int, nargs="+", default=[1, 2], help="RiC grid: epochs")
     p.add_argument("--ric.lrs", dest="ric_lrs", type=float, nargs="+", default=[5e-5, 2e-4], help="RiC grid: lr")
@@ -352,6 +350,10 @@ def load_demo_run(demo_dir):
     report["settings"].setdefault("device", "cpu")
     # Before --moslim.rollout_dtype, the policy itself (fp32) sampled the rollouts.
     report["settings"]["rl_flags"].setdefault("moslim.rollout_dtype", "fp32")
+    # Cross-directive relabelling is retired (docs/relabelling.md); earlier reports record it, off.
+    if report["settings"]["rl_flags"].pop("moslim.relabel", "none") != "none":
+        raise UserError(f"--demo_dir {demo_dir}: the demo ran with the retired --moslim.relabel (docs/relabelling.md)")
+    report["settings"]["rl_flags"].pop("moslim.relabel_copies", None)
     samples = [json.loads(line) for line in (demo_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
     return report, samples
 
@@ -374,8 +376,7 @@ def build_demos(a, report, samples) -> dict:
     # On-policy is one pass over each rollout batch, whatever the demo's own default (the demo now makes two).
     on_policy = ["--train.max_epochs", "1"]
     extra = {"base_tagged": ["--moslim.style", "tagged"], "base_natural": ["--moslim.style", "natural"],
-             "moslim": on_policy, "moslim_relabel": on_policy + shlex.split(a.relabel_flags),
-             "moslim_best": shlex.split(a.best_flags)}  # fmt: skip
+             "moslim": on_policy, "moslim_best": shlex.split(a.best_flags)}  # fmt: skip
     # Policies go beside the demo run (runs/ is not committed), one folder per setting.
     demos = {name: Demo(demo_args(report, demo_dir / "ablation" / name, extra.get(name, []))) for name in a.settings}
     for name in [n for n in a.settings if n.startswith("moslim")]:
@@ -396,8 +397,8 @@ def build_demos(a, report, samples) -> dict:
 
 
 def print_plan(ctx, results, todo) -> None:
-    """A rough duration from the demo's own stage timings (relabelled copies and more PPO epochs cost more), for the
-    cells neither finished nor taken from the demo's report."""
+    """A rough duration from the demo's own stage timings (more PPO epochs cost more), for the cells neither
+    finished nor taken from the demo's report."""
     a, t = ctx.a, ctx.report["timings_s"]
     per = {"base": t.get("evaluate base", 0), "ric": t.get("RiC SFT", 0),
            "moslim": statistics.mean([v for k, v in t.items() if k.startswith("MOSLIM RL seed")] or [0])}  # fmt: skip
@@ -419,8 +420,7 @@ def write_outputs(a, report, results, save) -> None:
     results["commands"] = [
         demo_command(report, demo_dir),
         f"python -m bench.demo_ablation --demo_dir {demo_dir} --seeds {' '.join(map(str, all_seeds))} --settings "
-        f"{' '.join(all_settings)} --relabel_flags={shlex.quote(a.relabel_flags)} "
-        f"--best_flags={shlex.quote(a.best_flags)} {grid_flags} --out {out}",
+        f"{' '.join(all_settings)} --best_flags={shlex.quote(a.best_flags)} {grid_flags} --out {out}",
     ]
     save()
     png, md_path = out.with_suffix(".png"), out.with_suffix(".md")
@@ -446,9 +446,8 @@ def main_run(argv=None) -> int:
     demo_dir, out, style = Path(a.demo_dir), Path(a.out), report["settings"]["style"]
     demos = build_demos(a, report, samples)
     inputs = {"demo_dir": str(demo_dir.resolve()), "demo_report_sha256": sha256(demo_dir / "report.json"),
-              "demo_samples_sha256": sha256(demo_dir / "samples.jsonl"), "relabel_flags": a.relabel_flags,
-              "best_flags": a.best_flags, "ric_epochs": a.ric_epochs, "ric_lrs": a.ric_lrs,
-              "ric_val_prompts": a.ric_val_prompts}  # fmt: skip
+              "demo_samples_sha256": sha256(demo_dir / "samples.jsonl"), "best_flags": a.best_flags,
+              "ric_epochs": a.ric_epochs, "ric_lrs": a.ric_lrs, "ric_val_prompts": a.ric_val_prompts}  # fmt: skip
     results = json.loads(out.read_text()) if out.is_file() else {"inputs": inputs, "cells": {}}
     check_resumable(out, results, inputs)
     # The first run's machine stays `machine`; a resumed run (finished cells kept) adds its own to `resumed_on`, so

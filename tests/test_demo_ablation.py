@@ -6,7 +6,7 @@ import pytest
 
 from moslim_plugin import UserError
 
-SETTINGS = ["base_tagged", "base_natural", "ric", "moslim", "moslim_relabel", "moslim_best"]
+SETTINGS = ["base_tagged", "base_natural", "ric", "moslim", "moslim_best"]
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +52,14 @@ def test_ablation_measures_every_setting_and_seed_and_writes_table_and_plot(abla
             assert c["sampled_metrics"]["mean"]["accuracy"] >= 0 and c["wall_s"] >= 0
     summary = result["summary"]
     assert set(summary["settings"]) == set(SETTINGS)
-    assert set(summary["criterion7"]) == {"moslim", "moslim_relabel", "moslim_best"}
+    assert set(summary["criterion7"]) == {"moslim", "moslim_best"}
     assert all(v["met"] in (True, False) for v in summary["criterion7"].values())
     # Each setting ran with its own directive style and RL flags, the rest being the demo's.
     assert cells["base_tagged"]["all"]["style"] == "tagged"
     assert all(c["style"] == "natural" for name in SETTINGS[1:] for c in cells[name].values())
-    flags = {name: cells[name]["2"]["rl_flags"] for name in ("moslim", "moslim_relabel", "moslim_best")}
-    assert (flags["moslim"]["moslim.relabel"], flags["moslim"]["train.max_epochs"]) == ("none", 1)
-    assert (flags["moslim_relabel"]["moslim.relabel"], flags["moslim_relabel"]["moslim.relabel_copies"]) == ("all", 2)
-    assert (flags["moslim_best"]["moslim.relabel"], flags["moslim_best"]["train.max_epochs"]) == ("none", 2)
-    assert cells["moslim_relabel"]["2"]["source"] == cells["moslim_best"]["2"]["source"] == "run"
+    flags = {name: cells[name]["2"]["rl_flags"] for name in ("moslim", "moslim_best")}
+    assert (flags["moslim"]["train.max_epochs"], flags["moslim_best"]["train.max_epochs"]) == (1, 2)
+    assert cells["moslim_best"]["2"]["source"] == "run"
     md = out.with_suffix(".md").read_text()
     for name in SETTINGS:
         assert f"| {name} |" in md
@@ -141,9 +139,9 @@ def test_rerun_skips_finished_cells_keeps_their_machine_and_refuses_other_inputs
     assert rerun["cells"] == before  # nothing re-measured (wall seconds included)
     # The cells keep the machine (date, threads) they were measured on; the rerun is recorded beside it.
     assert rerun["machine"] == first["machine"] and len(rerun["resumed_on"]) == 1 + len(first.get("resumed_on", []))
-    assert printed.count("skip ") == 2 + 4 * 2  # two base cells, four trained settings x two seeds
-    with pytest.raises(UserError, match="relabel_flags: '--moslim.relabel all --moslim.relabel_copies 2' there"):
-        main_run([*argv, "--relabel_flags", "--moslim.relabel levels"])
+    assert printed.count("skip ") == 2 + 3 * 2  # two base cells, three trained settings x two seeds
+    with pytest.raises(UserError, match="best_flags: '--train.max_epochs 2' there, '--train.max_epochs 3' now"):
+        main_run([*argv, "--best_flags", "--train.max_epochs 3"])
     assert json.loads(out.read_text())["cells"] == before
 
 

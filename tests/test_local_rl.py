@@ -11,20 +11,17 @@ import pytest
 import torch
 
 from moslim_plugin import UserError
-from moslim_plugin.core.directives import apply_directive
 from moslim_plugin.demo.local_rl import (
     ESTIMATORS,
     load_policy,
     make_experience,
     parse_rl_args,
-    relabel_advantages,
-    relabel_requests,
     rollout_step,
     setup_run,
     train_policy,
     update_step,
 )
-from moslim_plugin.demo.oracle import demo_spec, judge, request_hits
+from moslim_plugin.demo.oracle import judge, request_hits
 
 
 def logprob_of(policy, tokenizer, chat, text) -> float:
@@ -108,7 +105,7 @@ def test_rollouts_come_from_a_bf16_copy_that_takes_the_trained_weights_after_eac
     def reward_fn(questions, responses, requests):
         return torch.arange(len(responses), dtype=torch.float32) % 2, {}
 
-    run = setup_run(args, model, tokenizer, reward_fn, None, None)
+    run = setup_run(args, model, tokenizer, reward_fn)
     assert {p.dtype for p in run.rollout_model.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # the trained policy stays fp32
     batch = [row for row in rows(2) for _ in range(2)]
@@ -191,140 +188,28 @@ def test_an_rl_step_makes_rewarded_responses_more_likely_and_the_others_less(tin
 
 
 @pytest.mark.unit
-def test_relabel_levels_gives_the_other_levels_of_the_requested_objectives_only():
-    import random
-
-    spec, rng = demo_spec(), random.Random(0)
-    assert relabel_requests(spec, {"length": 1}, "levels", -1, rng) == [{"length": 0}, {"length": 2}]
-    both = relabel_requests(spec, {"formality": 0, "format": 1}, "levels", -1, rng)
-    as_set = lambda requests: {frozenset(r.items()) for r in requests}  # noqa: E731
-    assert len(both) == 3 and as_set(both) == as_set(
-        [{"formality": 0, "format": 0}, {"formality": 1, "format": 0}, {"formality": 1, "format": 1}]
-    )
-    assert relabel_requests(spec, {}, "levels", -1, rng) == []  # "no preference" names no objective
-    assert relabel_requests(spec, {"length": 1}, "none", -1, rng) == []
-    every = relabel_requests(spec, {"formality": 1}, "all", -1, rng)
-    assert len(every) == 3 + 2 + 2 - 1 and {"formality": 1} not in every
-    capped = relabel_requests(spec, {"formality": 1}, "all", 2, rng)
-    assert len(capped) == 2 and all(c in every for c in capped)
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_relabel_advantages_sum_to_zero_over_the_copies_of_one_response(estimator):
-    groups = [torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5, 0.5]), torch.tensor([2.0, -1.0, 0.0]), torch.ones(1)]
-    terms = relabel_advantages(groups, estimator)
-    for group, term in zip(groups, terms):
-        assert term.shape == group.shape
-        assert abs(float(term.sum())) < 1e-6  # the request-independent part cancels
-    assert terms[0][0] > 0 > terms[0][1]  # the request the response satisfies gets the positive term
-    assert torch.equal(terms[1], torch.zeros(3)) and torch.equal(terms[3], torch.zeros(1))
-    scale = {"rloo": 2.0, "group_norm": 1 / float(torch.tensor([1.0, 0.0]).std())}.get(estimator, 1.0)
-    assert float(terms[0][0]) == pytest.approx(0.5 * scale)
-
-
-@pytest.mark.unit
-def test_bad_relabel_and_batch_flags_are_refused_with_the_value_named():
-    with pytest.raises(UserError, match="relabel_copies 0"):
-        parse_rl_args(["--moslim.relabel", "levels", "--moslim.relabel_copies", "0"])
+def test_bad_batch_flags_are_refused_with_the_value_named():
     with pytest.raises(UserError, match="--train.batch_size 10 must be a multiple of --train.micro_batch_size 4"):
         parse_rl_args(["--train.batch_size", "10", "--train.micro_batch_size", "4"])
-    with pytest.raises(SystemExit):
-        parse_rl_args(["--moslim.relabel", "everything"])
-
-
-def relabel_rows(spec, questions, levels):
-    return [
-        {
-            "question": q,
-            "request": {"formality": lv},
-            "messages": apply_directive(spec, {"formality": lv}, q, "user_suffix"),
-        }
-        for q in questions
-        for lv in levels
-    ]
-
-
-@pytest.mark.integration
-def test_relabelling_without_a_prompt_builder_is_refused(tiny_policy, tmp_path):
-    args = parse_rl_args(
-        ["--moslim.relabel", "levels", "--algo.kl.init_coef", "0", "--ckpt.output_dir", str(tmp_path)]
-    )
-    model, tokenizer = load_policy(tiny_policy, 1)
-    with pytest.raises(UserError, match="needs train_policy"):
-        train_policy(args, rows(2), oracle_reward, model=model, tokenizer=tokenizer, progress=False)
+    with pytest.raises(UserError, match="--train.max_epochs 0"):
+        parse_rl_args(["--train.max_epochs", "0"])
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_relabelled_ppo_epochs_run_with_every_estimator_and_log_copies_apart(tiny_policy, tmp_path, estimator):
-    spec = demo_spec()
+def test_ppo_epochs_over_minibatches_run_with_every_estimator_and_the_kl_loss(tiny_policy, tmp_path, estimator):
     args = parse_rl_args([
         "--algo.advantage.estimator", estimator, "--rollout.batch_size", "2", "--rollout.n_samples_per_prompt", "2",
-        "--rollout.max_new_tokens", "4", "--moslim.relabel", "all", "--moslim.relabel_copies", "2",
-        "--train.max_epochs", "2", "--train.batch_size", "6", "--train.micro_batch_size", "3",
-        "--algo.kl.init_coef", "0.05", "--algo.kl.use_loss", "--ckpt.output_dir", str(tmp_path),
+        "--rollout.max_new_tokens", "4", "--train.max_epochs", "2", "--train.batch_size", "2",
+        "--train.micro_batch_size", "1", "--algo.kl.init_coef", "0.05", "--algo.kl.use_loss",
+        "--ckpt.output_dir", str(tmp_path),
     ])  # fmt: skip
     model, tokenizer = load_policy(tiny_policy, 1)
-    calls = []
-
-    def reward_fn(questions, responses, requests):
-        calls.append(len(requests))
-        hits = [request_hits(judge(t, spec), rq) for t, rq in zip(responses, requests)]
-        return torch.tensor(hits), {"hit": torch.tensor(hits), "is_copy": torch.arange(len(requests)) >= 4}
-
-    rows_ = relabel_rows(spec, ["Say hi.", "Name a fruit."], [0])
-    result = train_policy(args, rows_, reward_fn, model=model, tokenizer=tokenizer, progress=False, spec=spec,
-                          prompt_fn=lambda q, r: apply_directive(spec, r, q, "user_suffix"))  # fmt: skip
+    result = train_policy(args, rows(2), oracle_reward, model=model, tokenizer=tokenizer, progress=False)
     log = result["history"][0]
-    assert calls == [4 + 4 * 2]  # one reward call: 4 rollouts, then 2 copies each
-    assert log["is_copy"] == 0.0 and log["relabel/is_copy"] == 1.0  # rollouts and copies logged apart
-    assert log["relabel/copies_per_rollout"] == 2.0 and "reward/formality" in log
-    assert any(k.startswith("relabel/reward/") for k in log)
-    assert log["optimizer_steps"] == 2 * 2  # 12 samples / 6 per step, 2 epochs
+    assert log["optimizer_steps"] == 2 * 2  # 4 samples / 2 per step, 2 epochs
     assert all(math.isfinite(v) for v in log.values() if isinstance(v, float))
-
-
-@pytest.mark.integration
-def test_a_relabelled_step_moves_the_same_response_up_under_the_request_it_satisfies_and_down_under_the_other(
-    tiny_policy, tmp_path
-):
-    # Planted oracle: every answer to the first question is judged formal, every answer to the second casual. Each
-    # prompt group then has equal rewards, so the on-policy advantages are zero and only the relabel term moves the
-    # policy. For the SAME y, log p(y | the request y satisfies) must rise and log p(y | the other) must fall. Adam's
-    # eps is set far above the gradients so the step is plain gradient descent (Adam's first step is sign(g)).
-    spec = demo_spec()
-    args = parse_rl_args(["--rollout.batch_size", "4", "--rollout.n_samples_per_prompt", "4",
-                          "--rollout.max_new_tokens", "4", "--algo.kl.init_coef", "0", "--actor.adam.lr", "0.5",
-                          "--actor.adam.eps", "1", "--moslim.trainable_layers", "-1", "--moslim.relabel", "levels",
-                          "--ckpt.output_dir", str(tmp_path)])  # fmt: skip
-    model, tokenizer = load_policy(tiny_policy, -1)
-    planted = {"Name a fruit.": 0, "Say hi.": 1}
-    prompt_fn = lambda q, r: apply_directive(spec, r, q, "user_suffix")  # noqa: E731
-    seen = []
-
-    def planted_reward(qs, texts, requests):
-        seen.extend(zip(qs[: len(qs) // 2], texts[: len(qs) // 2]))  # the rollouts (their copies come after them)
-        return torch.tensor([request_hits({"formality": planted[q]}, rq) for q, rq in zip(qs, requests)]), {}
-
-    def logprobs(policy, satisfied):
-        level = lambda q: planted[q] if satisfied else 1 - planted[q]  # noqa: E731
-        chats = [prompt_fn(q, {"formality": level(q)}) for q, _ in seen]
-        return torch.tensor([logprob_of(policy, tokenizer, chat, text) for chat, (_, text) in zip(chats, seen)])
-
-    initial, _ = load_policy(tiny_policy, -1)
-    train_policy(args, relabel_rows(spec, list(planted), [0, 1]), planted_reward, model=model, tokenizer=tokenizer,
-                 progress=False, spec=spec, prompt_fn=prompt_fn)  # fmt: skip
-    assert len(seen) == 16
-    satisfied = logprobs(model, True) - logprobs(initial, True)
-    violated = logprobs(model, False) - logprobs(initial, False)
-    # To first order the step widens log p(y | satisfied) - log p(y | violated) by lr * c * |g_sat - g_vio|^2 >= 0
-    # for every y. Whether log p(y | violated) itself falls also depends on the gradient the two prompts share
-    # (they differ by one sentence), which can lift both; so the falling side is checked as the gap, per y.
-    assert satisfied.mean() > 0, satisfied
-    assert (satisfied - violated).mean() > 0, (satisfied, violated)
-    assert (satisfied > violated).float().mean() >= 0.75, (satisfied, violated)  # and for nearly every single y
 
 
 @pytest.mark.gpu

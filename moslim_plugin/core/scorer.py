@@ -168,7 +168,7 @@ class Scorer:
 
     def _forward(self, questions: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(probs [B, K, Lmax], truncated [B] bool): one batched pass of the reward model, pairs too long cut.
-        A pair that repeats (a rollout scored under several requests, as relabelling does) is classified once."""
+        A pair that repeats (one response scored under several requests) is classified once."""
         if len(questions) != len(responses):
             raise ValueError(
                 f"questions and responses must have the same length, got {len(questions)}, {len(responses)}"

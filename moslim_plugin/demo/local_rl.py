@@ -17,16 +17,11 @@ trained, so backward stops there. With one epoch and one optimizer step per roll
 `--train.max_epochs 1`, no `--train.batch_size`), the old log-probs are taken from the training forward itself
 (detached): the weights are the same in both passes, so the numbers are identical and one forward pass per step is
 saved.
-
-`--moslim.relabel levels|all` trains every rollout under other requests too (docs/relabelling.md): the reward of the
-SAME response under another request comes from the same classification, so copies cost forward/backward passes but
-no generation and no extra reward-model forward.
 """
 
 import argparse
 import copy
 import importlib.util
-import itertools
 import json
 import math
 import random
@@ -49,7 +44,6 @@ from moslim_plugin import (
 )
 
 ESTIMATORS = ("reinforce", "reinforce_baseline", "rloo", "group_norm", "dr_grpo")
-RELABEL_MODES = ("none", "levels", "all")
 ROLLOUT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -111,7 +105,7 @@ def add_rl_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--train.max_epochs", type=positive_int, default=1, help="PPO epochs over each rollout batch")
     p.add_argument(
         "--train.batch_size", type=positive_int, default=None,
-        help="samples (copies included) per optimizer step (OpenRLHF: 128; default: the whole rollout batch)",
+        help="samples per optimizer step (OpenRLHF: 128; default: the whole rollout batch)",
     )  # fmt: skip
     p.add_argument(
         "--train.micro_batch_size", type=positive_int, default=None,
@@ -141,12 +135,6 @@ def add_rl_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--moslim.rollout_dtype", type=str, default="bf16", choices=list(ROLLOUT_DTYPES),
         help="dtype of the rollout copy that samples (OpenRLHF's vLLM: bf16; bench/bench_rollout.py)",
     )  # fmt: skip
-    p.add_argument(
-        "--moslim.relabel", type=str, default="none", choices=RELABEL_MODES,
-        help="also train each rollout under other requests: the other levels of its objectives, or every "
-        "single-objective request (docs/relabelling.md)",
-    )  # fmt: skip
-    p.add_argument("--moslim.relabel_copies", type=int, default=1, help="most copies per rollout (-1: all)")
     return p
 
 
@@ -175,8 +163,6 @@ def check_rl_args(args):
             f"--train.batch_size {train.batch_size} must be a multiple of --train.micro_batch_size "
             f"{train.micro_batch_size}"
         )
-    if args.moslim.relabel_copies == 0 or args.moslim.relabel_copies < -1:
-        raise UserError(f"--moslim.relabel_copies {args.moslim.relabel_copies}: expected an integer >= 1, or -1 (all)")
     if args.actor.entropy_coef is not None:
         raise UserError("--actor.entropy_coef: not supported locally (OpenRLHF's entropy is torch.compile'd)")
     if args.reward.clip_range[0] >= args.reward.clip_range[1]:
@@ -346,55 +332,13 @@ def make_experience(prompt_ids, response_ids, pad_id, eos_id):
     )
 
 
-def relabel_requests(spec, request: dict, mode: str, copies: int, rng: random.Random) -> list[dict]:
-    """The other requests a rollout is also trained under (its own excluded), at most `copies` of them (-1: all).
-
-    `levels`: every other combination of levels of the objectives the request names (one objective: its other
-    levels); a request that names nothing has no copies. `all`: every single-objective request of the spec."""
-    if mode == "none":
-        return []
-    if mode == "levels":
-        names = list(request)
-        levels = [range(spec.levels[spec.index(name)]) for name in names]
-        options = [dict(zip(names, combo)) for combo in itertools.product(*levels)]
-    else:
-        options = [{name: level} for name, n in zip(spec.names, spec.levels) for level in range(n)]
-    options = [o for o in options if o != request]
-    if copies != -1 and len(options) > copies:
-        options = rng.sample(options, copies)
-    return options
-
-
-def relabel_advantages(groups: list[torch.Tensor], estimator: str) -> list[torch.Tensor]:
-    """Relabel term per rollout from its rewards under [own request, copies' requests]: centred over that group, so
-    it sums to zero and whatever in the update does not depend on the request cancels. The estimator's group rule is
-    applied over the copies of ONE response instead of the samples of one prompt (rloo: leave-one-out mean;
-    group_norm: divided by the group's std; the others, `reinforce` included: minus the mean)."""
-    terms = []
-    for r in groups:
-        if len(r) < 2:
-            terms.append(torch.zeros_like(r))
-            continue
-        d = r - r.mean()
-        if estimator == "rloo":
-            d = d * len(r) / (len(r) - 1)
-        elif estimator == "group_norm":
-            d = d / (r.std() + 1e-9)
-        terms.append(d)
-    return terms
-
-
-def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=True, spec=None, prompt_fn=None) -> dict:
+def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=True) -> dict:
     """RL on `rows` ({"messages": chat with directive, "question": str, "request": dict}). Saves the policy to
     --ckpt.output_dir and returns {"history": per-step logs, "output_dir", "seconds"}.
 
     `reward_fn(questions, responses, requests) -> (rewards [N] fp32, info dict of [N] tensors)`, one reward per
-    (question, response, request) triple. With --moslim.relabel the rollouts come first, then their copies: the same
-    question and response under another request, so one classification per distinct response serves them all (the
-    Scorer classifies each distinct (question, response) once). Relabelling also needs the objective `spec` and
-    `prompt_fn(question, request) -> messages`, the function that built the rows' messages (same template, placement
-    and directive style)."""
-    run = setup_run(args, model, tokenizer, reward_fn, spec, prompt_fn)
+    (question, response, request) triple."""
+    run = setup_run(args, model, tokenizer, reward_fn)
     rows = list(rows)[: args.data.max_samples]
     order = []
     for episode in range(args.train.num_episodes):
@@ -427,9 +371,8 @@ def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=Tru
     return {"history": history, "output_dir": str(out), "seconds": time.time() - start}
 
 
-def setup_run(args, model, tokenizer, reward_fn, spec, prompt_fn) -> argparse.Namespace:
+def setup_run(args, model, tokenizer, reward_fn) -> argparse.Namespace:
     """Everything one training run holds: policy, reference, optimizer, OpenRLHF's loss and experience maker."""
-    from moslim_plugin import UserError
     from moslim_plugin.integration import compat
 
     compat.install()  # before openrlhf.models: it imports flash-attn's padding helpers at module level
@@ -438,8 +381,6 @@ def setup_run(args, model, tokenizer, reward_fn, spec, prompt_fn) -> argparse.Na
 
     from moslim_plugin.demo.real_models import smollm2_path
 
-    if args.moslim.relabel != "none" and (spec is None or prompt_fn is None):
-        raise UserError(f"--moslim.relabel {args.moslim.relabel} needs train_policy(..., spec=, prompt_fn=)")
     device = torch_device(args.device)
     random.seed(args.train.seed)
     torch.manual_seed(args.train.seed)
@@ -470,13 +411,13 @@ def setup_run(args, model, tokenizer, reward_fn, spec, prompt_fn) -> argparse.Na
                                       tokenizer)  # fmt: skip
     return argparse.Namespace(
         args=args, model=model, rollout_model=rollout_model, tokenizer=tokenizer, actor=actor, ref=ref,
-        params=params, optim=optim, loss_fn=loss_fn, maker=maker, reward_fn=reward_fn, spec=spec, prompt_fn=prompt_fn,
-        device=device, rng=random.Random(args.train.seed),
+        params=params, optim=optim, loss_fn=loss_fn, maker=maker, reward_fn=reward_fn, device=device,
+        rng=random.Random(args.train.seed),
     )  # fmt: skip
 
 
 def rollout_step(run, batch, step):
-    """Generate, score the rollouts and their relabelled copies, and turn both into Experiences with advantages.
+    """Generate, score the rollouts and turn them into Experiences with advantages.
     Returns (experiences, graphs, logs); `graphs` holds the training forwards when one update step reuses them."""
     args, tok = run.args, run.tokenizer
     t0 = time.time()
@@ -485,14 +426,8 @@ def rollout_step(run, batch, step):
         args.rollout.temperature, args.rollout.top_p, batch_size=args.moslim.generate_batch_size, desc=False,
     )  # fmt: skip
     t_gen = time.time() - t0
-    copies = [relabel_requests(run.spec, r["request"], args.moslim.relabel, args.moslim.relabel_copies, run.rng)
-              for r in batch]  # fmt: skip
-    owner = [i for i, c in enumerate(copies) for _ in c]  # the rollout each copy comes from, rollout order
-    requests = [r["request"] for r in batch] + [c for cs in copies for c in cs]
-    questions = [r["question"] for r in batch]
-    rewards, info = run.reward_fn(
-        questions + [questions[i] for i in owner], texts + [texts[i] for i in owner], requests
-    )
+    requests = [r["request"] for r in batch]
+    rewards, info = run.reward_fn([r["question"] for r in batch], texts, requests)
     rewards = torch.as_tensor(rewards, dtype=torch.float32).cpu()
     if rewards.shape != (len(requests),) or not torch.isfinite(rewards).all():
         raise ValueError(f"step {step}: reward_fn must return {len(requests)} finite rewards, got {rewards!r:.200}")
@@ -500,69 +435,28 @@ def rollout_step(run, batch, step):
     for key, value in info.items():
         if len(value) != len(requests):
             raise ValueError(f"step {step}: reward_fn info {key!r} has {len(value)} values, expected {len(requests)}")
-    b = len(batch)
     keep_graph = args.train.max_epochs == 1 and args.train.batch_size is None
-    own_info = {k: v[:b] for k, v in info.items()}
-    experiences, graphs = build_experiences(run, prompt_ids, response_ids, rewards[:b], own_info, keep_graph, True)
+    experiences, graphs = build_experiences(run, prompt_ids, response_ids, rewards, info, keep_graph)
     experiences = run.maker.compute_advantages_and_returns(experiences)
     logs = {k: float(torch.cat([e.info[k].float().reshape(-1).cpu() for e in experiences]).mean())
             for k in experiences[0].info}  # fmt: skip
-    logs.update(objective_means("reward/", rewards[:b], requests[:b]))
+    logs.update(objective_means("reward/", rewards, requests))
     logs.update(
         response_length=float(torch.cat([e.response_length for e in experiences]).mean()),
         truncated=float(torch.cat([e.truncated.float() for e in experiences]).mean()),
         seconds_generate=t_gen,
     )
-    if not owner:
-        return experiences, graphs, logs
-
-    # Relabelled copies: rewards clipped as OpenRLHF clips the rollouts'. For the estimators whose advantages
-    # OpenRLHF whitens over the batch, the relabel terms are divided by their own token-weighted RMS (no mean
-    # shift: it would break the zero sum). The rollout's own term is added to its on-policy advantage.
-    clipped = rewards.clamp(*args.reward.clip_range)
-    members = [[i] for i in range(b)]
-    for k, i in enumerate(owner):
-        members[i].append(b + k)
-    terms = relabel_advantages([clipped[m] for m in members], args.algo.advantage.estimator)
-    own_term, copy_term = torch.stack([t[0] for t in terms]), torch.cat([t[1:] for t in terms])
-    if args.algo.advantage.estimator in ("reinforce", "reinforce_baseline") and not args.algo.advantage.no_std_norm:
-        lengths = torch.tensor([float(len(response_ids[i])) for i in list(range(b)) + owner])
-        all_terms = torch.cat([own_term, copy_term])
-        rstd = float(((lengths * all_terms**2).sum() / lengths.sum()).clamp(min=1e-8).rsqrt())
-        own_term, copy_term = own_term * rstd, copy_term * rstd
-    for exp in experiences:
-        exp.advantages = exp.advantages + own_term[exp.index].to(exp.advantages)[:, None] * exp.action_mask
-    copy_prompts = [
-        tok.apply_chat_template(run.prompt_fn(questions[i], rq), tokenize=False, add_generation_prompt=True)
-        for i, rq in zip(owner, requests[b:])
-    ]
-    copy_ids = [tok(p, add_special_tokens=False).input_ids for p in copy_prompts]
-    copy_info = {k: v[b:] for k, v in info.items()}
-    copy_responses = [response_ids[i] for i in owner]
-    copy_exps, copy_graphs = build_experiences(
-        run, copy_ids, copy_responses, rewards[b:], copy_info, keep_graph, False
-    )
-    for exp in copy_exps:
-        exp.advantages = copy_term[exp.index].to(exp.action_log_probs)[:, None] * exp.action_mask
-        exp.returns = exp.advantages
-    logs.update({f"relabel/{k}": float(v[b:].mean()) for k, v in info.items()})
-    logs.update(objective_means("relabel/reward/", rewards[b:], requests[b:]))
-    logs.update({
-        "relabel/reward": float(rewards[b:].mean()), "relabel/copies_per_rollout": len(owner) / b,
-        "relabel/abs_advantage": float(copy_term.abs().mean()),
-    })  # fmt: skip
-    return experiences + copy_exps, graphs + copy_graphs, logs
+    return experiences, graphs, logs
 
 
 def objective_means(prefix: str, rewards: torch.Tensor, requests: list[dict]) -> dict[str, float]:
-    """Mean reward of the samples whose request names each objective (rollouts and copies are logged apart)."""
+    """Mean reward of the samples whose request names each objective."""
     names = sorted({name for request in requests for name in request})
     return {prefix + n: float(rewards[[i for i, r in enumerate(requests) if n in r]].mean()) for n in names}
 
 
-def build_experiences(run, prompt_ids, response_ids, rewards, info, keep_graph, reference):
-    """One Experience per training micro-batch with its old log-probs, under its own prompt; with `reference`, the
-    KL to the initial policy as well (rollouts only: copies carry only their relabel term)."""
+def build_experiences(run, prompt_ids, response_ids, rewards, info, keep_graph):
+    """One Experience per training micro-batch with its old log-probs and the KL to the initial policy."""
     from openrlhf.models.utils import compute_approx_kl, masked_mean
 
     args, mbs = run.args, run.args.train.micro_batch_size
@@ -570,7 +464,7 @@ def build_experiences(run, prompt_ids, response_ids, rewards, info, keep_graph, 
     for i in range(0, len(prompt_ids), mbs):
         exp = make_experience(prompt_ids[i : i + mbs], response_ids[i : i + mbs], run.tokenizer.pad_token_id,
                               run.tokenizer.eos_token_id).to_device(run.device)  # fmt: skip
-        exp.index = list(range(i, i + len(exp.sequences)))
+        exp.index = list(range(i, i + len(exp.sequences)))  # sample order: the experience maker groups by it
         exp.rewards = rewards[i : i + mbs].to(run.device)
         exp.info = {"reward": exp.rewards, **{k: v[i : i + mbs].to(run.device) for k, v in info.items()}}
         run.actor.train()
@@ -578,7 +472,7 @@ def build_experiences(run, prompt_ids, response_ids, rewards, info, keep_graph, 
             log_probs = run.actor(exp.sequences, exp.action_mask, attention_mask=exp.attention_mask)
         exp.action_log_probs = log_probs.detach()
         kl = torch.zeros_like(exp.action_log_probs)
-        if reference and run.ref is not None:
+        if run.ref is not None:
             with torch.no_grad():
                 base = run.ref(exp.sequences, exp.action_mask, attention_mask=exp.attention_mask)
             kl = compute_approx_kl(exp.action_log_probs, base, kl_estimator=args.algo.kl.estimator)

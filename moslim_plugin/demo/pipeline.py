@@ -374,9 +374,8 @@ def rl_stage(demo, scorer, seed):
 
     demo.args.train.seed = seed
     demo.args.ckpt.output_dir = str(demo.out / f"policy_seed{seed}")
-    # spec and prompt_fn let --moslim.relabel build the copies' chats exactly as request_rows built the rollouts'.
     rows = request_rows(demo, demo.size["rl_steps"] * demo.size["batch"], seed)
-    rl = train_policy(demo.args, rows, reward_fn, spec=demo.spec, prompt_fn=demo.chat)
+    rl = train_policy(demo.args, rows, reward_fn)
     model, tokenizer = load_policy(rl["output_dir"], device=demo.args.device)
     return rl["history"], demo.evaluate(model, tokenizer, scorer, f"evaluate seed {seed}")
 
@@ -522,8 +521,8 @@ def flags_of(args) -> dict:
     keys = ["actor.adam.lr", "algo.advantage.estimator", "algo.kl.init_coef", "rollout.n_samples_per_prompt",
             "rollout.batch_size", "rollout.max_new_tokens", "rollout.temperature", "reward.clip_range",
             "moslim.trainable_layers", "data.max_samples", "moslim.generate_batch_size", "rollout.micro_batch_size",
-            "moslim.mapping_kwargs", "train.max_epochs", "train.batch_size", "moslim.relabel", "moslim.relabel_copies",
-            "ds.lora.rank", "moslim.rollout_dtype"]  # fmt: skip
+            "moslim.mapping_kwargs", "train.max_epochs", "train.batch_size", "ds.lora.rank",
+            "moslim.rollout_dtype"]  # fmt: skip
     out = {}
     for key in keys:
         value = args
