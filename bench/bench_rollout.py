@@ -3,9 +3,9 @@
 SmolLM2-135M-Instruct, the demo's training prompts through the chat template, 48 new tokens, T=0.7, top-p 1. Two
 shapes: the demo's RL step (8 prompts x 4 samples per prompt) and 32 distinct prompts. Four variants:
 `hf_b16` is the old `generate` body verbatim (HF generate, 16 sequences per call, the fp32 policy); `loop_b32` is
-`local_rl.generate` (rollout.decode, KV-cached, inverse-CDF sampling) on the fp32 policy, 32 rows per forward (what
+`policy.generate` (rollout.decode, KV-cached, inverse-CDF sampling) on the fp32 policy, 32 rows per forward (what
 the evaluation decodes with); `copy_fp32_b32` / `copy_bf16_b32` run it on the driver's rollout copy
-(`local_rl.rollout_copy`: eager attention, fp32 / bf16; `--moslim.rollout_dtype`, bf16 the default). The machine's
+(`policy.rollout_copy`: eager attention, fp32 / bf16; `--moslim.rollout_dtype`, bf16 the default). The machine's
 cores are shared, so the variants run interleaved (A, B, C, D, A, B, ...) and the headline is the median over
 repeats of the paired ratio of samples/s, not absolute seconds. Also checks that greedy output of the loop on the
 fp32 policy equals HF's greedy token for token on SmolLM2 (16 prompts, 48 tokens).
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from moslim_plugin.demo.local_rl import generate, load_policy, rollout_copy
+    from moslim_plugin.demo.policy import generate, load_policy, rollout_copy
     from moslim_plugin.demo.real_models import smollm2_path
 
     model, tok = load_policy(smollm2_path(), 4)

@@ -31,8 +31,9 @@ class OutOfTime(Exception):
 
 
 def run(config: str, seed: int, budget_s: float, out_dir: Path, rows) -> dict:
-    from moslim_plugin.demo.local_rl import load_policy, parse_rl_args, train_policy
+    from moslim_plugin.demo.local_rl import parse_rl_args, train_policy
     from moslim_plugin.demo.oracle import formality_level
+    from moslim_plugin.demo.policy import load_policy
     from moslim_plugin.demo.real_models import smollm2_path
 
     args = parse_rl_args([

@@ -96,9 +96,10 @@ def demo_command(report, demo_dir) -> str:
     """The command that made the demo run: its non-default sizes and flags, as report.json records them."""
     from openrlhf.utils.config import hierarchize
 
-    from moslim_plugin.demo.pipeline import SIZES, flags_of
+    from moslim_plugin.demo.pipeline import SIZES
     from moslim_plugin.demo.pipeline import build_parser as demo_parser
     from moslim_plugin.demo.real_models import smollm2_path
+    from moslim_plugin.demo.report import flags_of
 
     s = report["settings"]
     default = hierarchize(demo_parser().parse_args([]))
@@ -129,8 +130,8 @@ def ric_grid(ctx, results, save) -> dict:
     (oracle, greedy, the evaluation's requests); pick the best validation accuracy (the first in grid order on a
     tie)."""
     from moslim_plugin.demo.evaluate import evaluate_policy
-    from moslim_plugin.demo.local_rl import load_policy
-    from moslim_plugin.demo.pipeline import ric_sft
+    from moslim_plugin.demo.policy import load_policy
+    from moslim_plugin.demo.ric import ric_sft
 
     demo, samples, a = ctx.demos["ric"], ctx.samples, ctx.a
     questions = sorted({s["question"] for s in samples})  # more than --ric.val_prompts: checked in main_run
@@ -164,8 +165,9 @@ def ric_grid(ctx, results, save) -> dict:
 
 def run_cell(ctx, name, seed) -> dict:
     """Train (if the setting trains) and evaluate one (setting, seed) cell on the held-out prompts."""
-    from moslim_plugin.demo.local_rl import load_policy
-    from moslim_plugin.demo.pipeline import ric_sft, rl_stage
+    from moslim_plugin.demo.pipeline import rl_stage
+    from moslim_plugin.demo.policy import load_policy
+    from moslim_plugin.demo.ric import ric_sft
 
     demo, t0 = ctx.demos[name], time.time()
     if name.startswith("base_"):
@@ -185,7 +187,7 @@ def run_cell(ctx, name, seed) -> dict:
 
 def reused_cell(ctx, name, seed):
     """The demo report's measurement of this cell when the demo ran it with identical settings, else None."""
-    from moslim_plugin.demo.pipeline import flags_of
+    from moslim_plugin.demo.report import flags_of
 
     report, style = ctx.report, ctx.report["settings"]["style"]
     if name == f"base_{style}":
@@ -436,8 +438,7 @@ def main_run(argv=None) -> int:
 
     compat.install()  # before openrlhf.models (RiC SFT and RL use its Actor)
     from moslim_plugin.core.scorer import Scorer
-    from moslim_plugin.demo.evaluate import check_finite
-    from moslim_plugin.demo.pipeline import flags_of
+    from moslim_plugin.demo.report import check_finite, flags_of
 
     a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if a.threads:

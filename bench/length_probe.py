@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/demo/length_probe.json")
     a = p.parse_args(argv)
     from moslim_plugin.demo.evaluate import builtin_prompts
-    from moslim_plugin.demo.local_rl import generate, load_policy
+    from moslim_plugin.demo.policy import generate, load_policy
     from moslim_plugin.demo.real_models import smollm2_path
     from moslim_plugin.integration import compat
 

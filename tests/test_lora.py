@@ -9,7 +9,8 @@ import argparse
 import pytest
 import torch
 
-from moslim_plugin.demo.local_rl import load_policy, parse_rl_args, train_policy
+from moslim_plugin.demo.local_rl import parse_rl_args, train_policy
+from moslim_plugin.demo.policy import load_policy
 
 
 def lora(rank=4, target_modules="all-linear"):

@@ -1,4 +1,4 @@
-"""The KV-cached rollout loop (`moslim_plugin.demo.rollout.decode`, used by `local_rl.generate`) against HF generate.
+"""The KV-cached rollout loop (`moslim_plugin.demo.rollout.decode`, used by `policy.generate`) against HF generate.
 
 A tiny random-init Llama with SmolLM2's tokenizer keeps these fast; what is checked is that the loop computes what HF
 `generate` computes (greedy token for token, sampling from the same temperature / top-p distribution), not what the
@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers_models import tiny_policy_config
 
-from moslim_plugin.demo.local_rl import generate, load_policy
+from moslim_plugin.demo.policy import generate, load_policy
 from moslim_plugin.demo.rollout import decode
 
 QUESTIONS = ["Name a fruit.", "Say hi, please, in a long and friendly way.", "Count to three.", "Name a color."]

@@ -26,7 +26,6 @@ likely class against the oracle's level. Writes eval.json, eval.md and a request
 
 import argparse
 import json
-import math
 import random
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from moslim_plugin import (
 )
 from moslim_plugin.core.directives import DEFAULT_PLACEMENT, DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.demo.oracle import demo_spec, judge
+from moslim_plugin.demo.report import check_finite, metrics_table, plot_requested_vs_achieved
 
 DATA_DIR = Path(__file__).parent / "prompts"
 
@@ -207,7 +207,7 @@ def evaluate_policy(
 ):  # fmt: skip
     """Greedy answers to every eval request (metrics, samples) and, with n_samples > 0, n sampled answers to every
     single-objective request (sampled_metrics). The judge defaults to the oracle; a scorer adds rm_agreement."""
-    from moslim_plugin.demo.local_rl import generate
+    from moslim_plugin.demo.policy import generate
 
     spec = spec or demo_spec()
     judge_fn = judge_fn or make_judge(spec)[0]
@@ -233,84 +233,6 @@ def evaluate_policy(
     if scorer is not None:
         result["metrics"]["rm_agreement"] = rm_agreement(spec, scorer, samples)
     return result
-
-
-def check_finite(obj, where="result"):
-    """Every number in a nested result must be finite: the report must never show NaN."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            check_finite(v, f"{where}.{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            check_finite(v, f"{where}[{i}]")
-    elif isinstance(obj, float) and not math.isfinite(obj):
-        raise FloatingPointError(f"{where} is {obj}")
-
-
-def plot_panels(panels, path, ncols=None) -> str:
-    """One PNG of line panels; each panel is {"title", "xlabel", "ylabel", "series": {label: (xs, ys)}, optional
-    "xticks": labels for x = 0, 1, ..., "diagonal": draw y = x up to this value}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ncols = ncols or len(panels)
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels):
-        if panel.get("diagonal") is not None:
-            top = panel["diagonal"]
-            ax.plot([0, top], [0, top], color="grey", linestyle=":", label="perfect control")
-        for label, (xs, ys) in panel["series"].items():
-            ax.plot(xs, ys, marker="o", label=label)
-        ax.set_title(panel["title"])
-        ax.set_xlabel(panel.get("xlabel", ""))
-        ax.set_ylabel(panel.get("ylabel", ""))
-        if panel.get("xticks"):
-            ax.set_xticks(range(len(panel["xticks"])), panel["xticks"], rotation=20, fontsize=7)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
-
-
-def plot_requested_vs_achieved(spec, evals: dict, path) -> str:
-    """One panel per objective: mean achieved level for each requested level, one line per policy."""
-    panels = []
-    for name, levels in zip(spec.names, spec.levels):
-        series = {}
-        for policy, result in evals.items():
-            by_level = result["metrics"]["objectives"][name]["by_level"]
-            means = [sum(k * c for k, c in enumerate(by_level[str(lv)])) / max(sum(by_level[str(lv)]), 1)
-                     for lv in range(levels)]  # fmt: skip
-            series[policy] = (list(range(levels)), means)
-        panels.append({"title": name, "xlabel": "requested level", "ylabel": "achieved level (mean)",
-                       "series": series, "diagonal": levels - 1})  # fmt: skip
-    return plot_panels(panels, path)
-
-
-def metrics_table(spec, evals: dict) -> str:
-    """Markdown table: one row per policy (and per sampled evaluation), accuracy and gap per objective, then the
-    mean accuracy with its bootstrap 95 % interval, the mean gap and (greedy) how often unrequested ones stayed."""
-    head = ["policy", *(f"acc {n}" for n in spec.names), *(f"gap {n}" for n in spec.names), "mean acc [95 % CI]",
-            "mean gap", "mean MAE", "unrequested kept"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for policy, result in evals.items():
-        rows = [(policy, result["metrics"])]
-        if "sampled_metrics" in result:
-            rows.append((f"{policy} (sampled)", result["sampled_metrics"]))
-        for label, m in rows:
-            lo, hi = m["mean"]["accuracy_ci95"]
-            cells = [f"{m['objectives'][n][key]:.3f}" for key in ("accuracy", "gap") for n in spec.names]
-            kept = m["mean"].get("unrequested_kept")
-            cells += [f"{m['mean']['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]", f"{m['mean']['gap']:.3f}",
-                      f"{m['mean']['mae']:.3f}", "-" if kept is None else f"{kept:.3f}"]  # fmt: skip
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def build_parser():
@@ -378,7 +300,7 @@ def load_judge(args):
 def main(argv=None) -> int:
     from openrlhf.utils.config import hierarchize
 
-    from moslim_plugin.demo.local_rl import load_policy, torch_device
+    from moslim_plugin.demo.policy import load_policy, torch_device
     from moslim_plugin.integration import compat
 
     compat.install()  # the reward model path may import openrlhf.models, which needs flash-attn's helpers

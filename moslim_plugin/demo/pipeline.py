@@ -24,36 +24,20 @@ import hashlib
 import json
 import random
 import re
-import statistics
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from moslim_plugin import UserError, add_threads_flag, integer, nonnegative_int, positive, positive_int, set_threads
 from moslim_plugin.core.directives import DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.core.mappings import parse_mapping_kwargs, resolve_mapping
-from moslim_plugin.demo.evaluate import (
-    builtin_prompts,
-    check_finite,
-    evaluate_policy,
-    make_output_dir,
-    metrics_table,
-    plot_panels,
-    plot_requested_vs_achieved,
-    rm_agreement,
-)
-from moslim_plugin.demo.local_rl import (
-    add_rl_args,
-    check_rl_args,
-    generate,
-    load_policy,
-    make_experience,
-    torch_device,
-    train_policy,
-)
+from moslim_plugin.demo.evaluate import builtin_prompts, evaluate_policy, make_output_dir, rm_agreement
+from moslim_plugin.demo.local_rl import add_rl_args, check_rl_args, train_policy
 from moslim_plugin.demo.oracle import demo_spec, judge, request_hits
+from moslim_plugin.demo.policy import generate, load_policy, torch_device
+from moslim_plugin.demo.report import level_shares, summarize, write_report
+from moslim_plugin.demo.ric import ric_sft
 from moslim_plugin.integration.reward_config import check_mapping
 
 # Initial samples, RM epochs, RiC epochs, held-out prompts (of 64) and sampled answers per eval request, RL steps
@@ -176,44 +160,6 @@ _FORMAL_REWRITES = [
     (r"\byourself\b", "oneself"), (r"\byourselves\b", "themselves"), (r"\byours\b", "one's own"),
     (r"\byour\b", "one's"), (r"\byou\b", "one"), (r"!", "."),
 ]  # fmt: skip
-
-
-def ric_sft(model, tokenizer, demo, samples, epochs, seed, lr=None):
-    """Rewards-in-context: maximise log p(response | directive requesting the levels it actually has). `seed` orders
-    the samples; `lr` defaults to the RL learning rate (bench/demo_ablation.py tunes it)."""
-    from openrlhf.models import Actor
-
-    micro_batch_size = demo.args.rollout.micro_batch_size
-    actor = Actor(model)
-    actor.packing_samples = False
-    params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=demo.args.actor.adam.lr if lr is None else lr)
-    rng = random.Random(seed)
-    losses = []
-    for epoch in range(epochs):
-        order = rng.sample(range(len(samples)), len(samples))
-        for start in tqdm(range(0, len(order), micro_batch_size), desc=f"RiC SFT epoch {epoch + 1}", leave=False):
-            batch = [samples[i] for i in order[start : start + micro_batch_size]]
-            chats = [demo.chat(s["question"], s["labels"]) for s in batch]
-            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
-            prompt_ids = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-            response_ids = [tokenizer(s["response"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-                            for s in batch]  # fmt: skip
-            exp = make_experience(prompt_ids, response_ids, tokenizer.pad_token_id, tokenizer.eos_token_id)
-            exp = exp.to_device(next(model.parameters()).device)
-            actor.train()
-            log_probs = actor(exp.sequences, exp.action_mask, attention_mask=exp.attention_mask)
-            loss = -(log_probs * exp.action_mask).sum() / exp.action_mask.sum()
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optim.step()
-            losses.append(float(loss.detach()))
-    return losses
-
-
-def mean_std(values):
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 class Demo:
@@ -380,51 +326,6 @@ def rl_stage(demo, scorer, seed):
     return rl["history"], demo.evaluate(model, tokenizer, scorer, f"evaluate seed {seed}")
 
 
-def level_shares(spec, samples, histories) -> dict:
-    """Each (objective, level)'s share of the initial samples and of all RL rollouts (every seed and step)."""
-    shares = {"samples": {}, "rl_rollouts": {}}
-    for name, levels in zip(spec.names, spec.levels):
-        for level in range(levels):
-            key = f"{name}={level}"
-            shares["samples"][key] = sum(s["labels"][name] == level for s in samples) / len(samples)
-            steps = [h[f"level/{key}"] for hist in histories.values() for h in hist if f"level/{key}" in h]
-            if steps:
-                shares["rl_rollouts"][key] = sum(steps) / len(steps)
-    return shares
-
-
-def summarize(evals, seeds, rm_result, ric_losses) -> dict:
-    """report.json's summary: mean exact-level accuracy (greedy) per policy with bootstrap 95 % intervals, the
-    sampled accuracy and the mean conditional gap; the verdict compares MOSLIM with the starting policy."""
-    greedy = {name: e["metrics"]["mean"] for name, e in evals.items()}
-    sampled = {name: e["sampled_metrics"]["mean"] for name, e in evals.items() if "sampled_metrics" in e}
-    moslim = [f"MOSLIM seed {s}" for s in seeds]
-    moslim_acc = [greedy[name]["accuracy"] for name in moslim]
-    acc_mean, acc_std = mean_std(moslim_acc)
-    spread = max(moslim_acc) - min(moslim_acc)
-    base_acc = greedy["base"]["accuracy"]
-    return {
-        "moslim_accuracy_per_seed": moslim_acc,
-        "moslim_accuracy_mean": acc_mean,
-        "moslim_accuracy_std": acc_std,
-        "moslim_accuracy_spread": spread,
-        "base_accuracy": base_acc,
-        "ric_accuracy": greedy["RiC SFT"]["accuracy"],
-        "moslim_accuracy_ci95": [greedy[name]["accuracy_ci95"] for name in moslim],
-        "base_accuracy_ci95": greedy["base"]["accuracy_ci95"],
-        "ric_accuracy_ci95": greedy["RiC SFT"]["accuracy_ci95"],
-        "sampled_accuracy": {name: m["accuracy"] for name, m in sampled.items()},
-        "sampled_accuracy_ci95": {name: m["accuracy_ci95"] for name, m in sampled.items()},
-        "gap": {name: m["gap"] for name, m in greedy.items()},
-        "sampled_gap": {name: m["gap"] for name, m in sampled.items()},
-        "moslim_beats_base_by_more_than_spread": acc_mean - base_acc > max(spread, acc_std),
-        "rm_eval": rm_result["metrics"],
-        # The RM on the starting policy's answers to the held-out prompts: real outputs, prompts it never trained on.
-        "rm_on_base_answers": evals["base"]["metrics"]["rm_agreement"],
-        "ric_sft_loss_first_last": [ric_losses[0], ric_losses[-1]],
-    }
-
-
 def main(argv=None) -> int:
     from openrlhf.utils.config import hierarchize
 
@@ -471,127 +372,3 @@ def main(argv=None) -> int:
     summary["level_shares"] = level_shares(demo.spec, samples, histories)
     write_report(demo, evals, histories, summary)
     return 0
-
-
-def write_report(demo, evals, histories, summary) -> None:
-    """report.json / report.md / eval_samples.json and the two plots; prints the headline."""
-    spec, args, out, timings = demo.spec, demo.args, demo.out, demo.timings
-    curves = plot_panels(
-        [{"title": title, "xlabel": "RL step",
-          "series": {name: ([h["step"] for h in hist], [h[key] for h in hist]) for name, hist in histories.items()}}
-         for key, title in [("reward", "MOSLIM reward (RM + mapping)"), ("oracle_hit", "oracle: requested levels hit"),
-                            ("response_length", "response tokens")]],
-        out / "training_curves.png",
-    )  # fmt: skip
-    plot = plot_requested_vs_achieved(spec, evals, out / "requested_vs_achieved.png")
-    demo.done("report")
-    timings["total"] = round(time.time() - demo.t_start, 1)
-    report = {
-        "settings": {"size": demo.size, "preset": demo.preset, "device": args.device, "seeds": args.seeds,
-                     "mapping": args.moslim.mapping, "rl_flags": flags_of(args), "policy": str(demo.policy_path),
-                     "heldout_prompts": len(demo.heldout), "placement": demo.placement, "style": demo.style,
-                     "judge": "oracle"},
-        "summary": summary,
-        "timings_s": timings,
-        "policies": {name: e["metrics"] for name, e in evals.items()},
-        "policies_sampled": {name: e["sampled_metrics"] for name, e in evals.items() if "sampled_metrics" in e},
-        "training": histories,
-    }  # fmt: skip
-    check_finite(report)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "eval_samples.json").write_text(json.dumps({k: e["samples"] for k, e in evals.items()}, indent=1))
-    (out / "report.md").write_text(report_markdown(demo, evals, summary, plot, curves))
-    s = summary
-    print("\n" + metrics_table(spec, evals))
-    print(
-        f"\nMOSLIM mean exact-level accuracy {s['moslim_accuracy_mean']:.3f} +- {s['moslim_accuracy_std']:.3f} "
-        f"(seeds {args.seeds}, spread {s['moslim_accuracy_spread']:.3f}) vs starting policy {s['base_accuracy']:.3f}, "
-        f"RiC SFT {s['ric_accuracy']:.3f}: "
-        + ("beats the starting policy by more than the spread" if s["moslim_beats_base_by_more_than_spread"]
-           else "does NOT beat the starting policy by more than the seed spread")
-    )  # fmt: skip
-    print(f"total {timings['total']:.0f} s; stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
-    print(f"report: {out / 'report.md'}\njson:   {out / 'report.json'}\nplots:  {plot}\n        {curves}")
-    print(f"evaluate a policy again: moslim-openrlhf evaluate --actor.model_name_or_path {args.ckpt.output_dir} "
-          f"--reward.model_name_or_path {out / 'rm'} --moslim.placement {demo.placement} "
-          f"--moslim.style {demo.style} --device {args.device}")  # fmt: skip
-
-
-def flags_of(args) -> dict:
-    keys = ["actor.adam.lr", "algo.advantage.estimator", "algo.kl.init_coef", "rollout.n_samples_per_prompt",
-            "rollout.batch_size", "rollout.max_new_tokens", "rollout.temperature", "reward.clip_range",
-            "moslim.trainable_layers", "data.max_samples", "moslim.generate_batch_size", "rollout.micro_batch_size",
-            "moslim.mapping_kwargs", "train.max_epochs", "train.batch_size", "ds.lora.rank",
-            "moslim.rollout_dtype"]  # fmt: skip
-    out = {}
-    for key in keys:
-        value = args
-        for part in key.split("."):
-            value = getattr(value, part)
-        out[key] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
-def report_markdown(demo, evals, summary, plot, curves) -> str:
-    spec, args, size, timings = demo.spec, demo.args, demo.size, demo.timings
-    ci = summary["base_accuracy_ci95"], summary["ric_accuracy_ci95"]
-    rm = summary["rm_eval"]
-    rm_keys = sorted(k for k, v in next(iter(rm.values())).items() if isinstance(v, (int, float)))  # not confusion
-    agreement = {name: e["metrics"].get("rm_agreement", {}) for name, e in evals.items()}
-    lines = [
-        "# MOSLIM demo report",
-        "",
-        f"Policy SmolLM2-135M-Instruct; reward model all-MiniLM-L6-v2 with {len(spec.names)} heads "
-        f"({', '.join(f'{n}: {lv} levels' for n, lv in zip(spec.names, spec.levels))}); mapping "
-        f"`{args.moslim.mapping}`; estimator `{args.algo.advantage.estimator}`; {size['rl_steps']} RL steps x "
-        f"{size['batch']} prompts x {args.rollout.n_samples_per_prompt} samples per seed at temperature "
-        f"{args.rollout.temperature}; seeds {args.seeds}; directive placement `{demo.placement}`, style "
-        f"`{demo.style}`; size preset `{demo.preset}` on `{args.device}`.",
-        f"Held-out prompts: {len(demo.heldout)}, each answered greedily once per single-objective request and once "
-        f"with no preference, then {size['eval_samples']} sampled answer(s) per request at temperature "
-        f"{args.rollout.temperature} (rows `(sampled)`); all levels judged by the oracle "
-        "(`moslim_plugin/demo/oracle.py`), never by the reward model. Accuracy intervals: bootstrap 95 % over "
-        "prompts. Gap: P(level L | asked L) - P(level L | asked another level), mean over L.",
-        "",
-        metrics_table(spec, evals),
-        "",
-        f"**MOSLIM mean exact-level accuracy: {summary['moslim_accuracy_mean']:.3f} +- "
-        f"{summary['moslim_accuracy_std']:.3f}** (per seed "
-        f"{[round(a, 3) for a in summary['moslim_accuracy_per_seed']]}, spread "
-        f"{summary['moslim_accuracy_spread']:.3f}; 95 % intervals "
-        f"{[[round(x, 3) for x in c] for c in summary['moslim_accuracy_ci95']]}); starting policy "
-        f"{summary['base_accuracy']:.3f} [{ci[0][0]:.3f}, {ci[0][1]:.3f}]; RiC SFT {summary['ric_accuracy']:.3f} "
-        f"[{ci[1][0]:.3f}, {ci[1][1]:.3f}]. Beats the starting policy by more than the seed spread: "
-        f"**{'yes' if summary['moslim_beats_base_by_more_than_spread'] else 'no'}**.",
-        "",
-        "Baseline: RiC-style rewards-in-context SFT (the initial samples, each directive relabelled to the levels the "
-        "response actually has). It uses the same samples, prompts and directive format as MOSLIM and no reward "
-        "model, so it isolates what RL with the MOSLIM reward adds over supervised conditioning.",
-        "",
-        "## Reward model (held-out split of the initial samples and their edits)",
-        "",
-        "| head | " + " | ".join(rm_keys) + " |",
-        "|" + " --- |" * (1 + len(rm_keys)),
-        *[f"| {n} | " + " | ".join(f"{m[k]:.3g}" for k in rm_keys) + " |" for n, m in rm.items()],
-        "",
-        "Level shares (RL can only reinforce a level it samples): "
-        + "; ".join(f"{where}: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
-                    for where, shares in summary["level_shares"].items() if shares),
-        "",
-        "RM against the oracle on each policy's greedy answers to the held-out prompts (argmax class vs oracle "
-        "level; accuracy / macro-F1). The starting policy's row is the RM's held-out score on real outputs: "
-        "prompts it never saw, no edited text.",
-        "",
-        "| policy | " + " | ".join(spec.names) + " |",
-        "|" + " --- |" * (1 + len(spec.names)),
-        *[f"| {p} | " + " | ".join(f"{a[n]['accuracy']:.3f} / {a[n]['macro_f1']:.3f}" for n in spec.names) + " |"
-          for p, a in agreement.items() if a],
-        "",
-        f"![requested vs achieved]({Path(plot).name})",
-        "",
-        f"![training curves]({Path(curves).name})",
-        "",
-        "Stage timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()),
-        "",
-    ]  # fmt: skip
-    return "\n".join(lines)

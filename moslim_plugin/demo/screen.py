@@ -23,15 +23,8 @@ import time
 
 from moslim_plugin import Range, add_threads_flag, positive, positive_int, probability, set_threads, writable
 from moslim_plugin.core.directives import PLACEMENTS, STYLES
-from moslim_plugin.demo.evaluate import (
-    builtin_prompts,
-    check_finite,
-    evaluate_policy,
-    load_judge,
-    make_output_dir,
-    plot_panels,
-    read_prompts,
-)
+from moslim_plugin.demo.evaluate import builtin_prompts, evaluate_policy, load_judge, make_output_dir, read_prompts
+from moslim_plugin.demo.report import check_finite, plot_panels
 
 
 def build_parser():
@@ -133,8 +126,8 @@ def screening_markdown(spec, results, settings) -> str:
 def main(argv=None) -> int:
     from openrlhf.utils.config import hierarchize
 
-    from moslim_plugin.demo.local_rl import load_policy
     from moslim_plugin.demo.oracle import oracle_spec
+    from moslim_plugin.demo.policy import load_policy
     from moslim_plugin.demo.real_models import smollm2_path
     from moslim_plugin.integration import compat
 
