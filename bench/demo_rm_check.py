@@ -35,7 +35,7 @@ import torch
 from bench import RESULTS_DIR, machine_info
 from moslim_plugin.core.scorer import Scorer
 from moslim_plugin.data.rm_rows import split_by_question
-from moslim_plugin.data.train_rm import train_reward_model
+from moslim_plugin.data.train_rm import TrainRMConfig, train_reward_model
 from moslim_plugin.demo.evaluate import rm_agreement
 from moslim_plugin.demo.oracle import demo_spec, length_level
 from moslim_plugin.demo.pipeline import RM_SETTINGS, augment, judge
@@ -85,11 +85,12 @@ def main_run(argv=None) -> int:
         named = {"minilm": minilm_path, "smollm2": smollm2_path}
         backbone = named[args.train_backbone]() if args.train_backbone in named else args.train_backbone
         extra = length_pairs(samples, spec) if args.train_length_pairs else []
-        trained = train_reward_model(
-            rows + edits + extra, spec, backbone, args.train, micro_batch_size=16,
-            batch_size=16, max_epochs=args.train_epochs, lr=args.train_lr, pooling=args.train_pooling,
+        config = TrainRMConfig(
+            model_name_or_path=str(backbone), spec=spec, output_dir=args.train, micro_batch_size=16, batch_size=16,
+            max_epochs=args.train_epochs, lr=args.train_lr, pooling=args.train_pooling,
             **{**RM_SETTINGS, "number_words": args.train_words == "numbered"}, overwrite=True, device="cpu",
         )  # fmt: skip
+        trained = train_reward_model(config, rows + edits + extra)
         args.rms = [*args.rms, args.train]
     # In rm_agreement's form (prompt, response, the oracle's levels), as the demo's evaluation answers already are;
     # a sample has no "edit" key, an edit names its kind.

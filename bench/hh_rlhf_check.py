@@ -55,7 +55,7 @@ from moslim_plugin.data.cpu_strategy import TorchStrategy
 from moslim_plugin.data.evaluate_rm import evaluate, pairwise_accuracy, parse_request, read_pairs
 from moslim_plugin.data.ratings import read_records, split_hh_dialogue
 from moslim_plugin.data.rm_rows import split_by_question
-from moslim_plugin.data.train_rm import parse_args, train_reward_model
+from moslim_plugin.data.train_rm import TrainRMConfig, train_reward_model
 from moslim_plugin.integration import compat
 
 SUBSETS = ("helpful", "harmless")
@@ -129,12 +129,10 @@ def train_moslim(train_pairs, eval_pairs, backbone, a, workdir):
     out = os.path.join(workdir, "moslim")
     # Same budget in sequences: a pairwise micro-batch of m pairs forwards 2m sequences. The trainer's own held-out
     # pass (per-head metrics, calibration stats) gets 64 pairs, or a few training pairs when there is no eval set.
-    train_seconds = train_reward_model(
-        rows(train_pairs),
-        "hh",
-        backbone,
-        out,
-        eval_data=rows(eval_pairs[:16] or train_pairs[:4]),
+    config = TrainRMConfig(
+        model_name_or_path=str(backbone),
+        spec="hh",
+        output_dir=out,
         max_steps=a.steps,
         micro_batch_size=2 * a.micro_batch_pairs,
         batch_size=2 * a.batch_pairs,
@@ -142,7 +140,9 @@ def train_moslim(train_pairs, eval_pairs, backbone, a, workdir):
         max_len=a.max_len,
         seed=a.seed,
         lr_warmup_ratio=0.1,
-    )["train_seconds"]
+    )
+    eval_rows = rows(eval_pairs[:16] or train_pairs[:4])
+    train_seconds = train_reward_model(config, rows(train_pairs), eval_rows)["train_seconds"]
     if not eval_pairs:
         return None, train_seconds
     # Scored through the product's own path (evaluate-rm's): Scorer.from_pretrained + score(), i.e. the reward the
@@ -214,7 +214,7 @@ def fp32_openrlhf_models():
 
 def openrlhf_args(backbone, a, workdir):
     """train_rm's flags plus the attributes RewardModelTrainer and RewardDataset read from openrlhf/cli/train_rm.py."""
-    args = parse_args(
+    args = TrainRMConfig.from_argv(
         [
             "--model.model_name_or_path",
             str(backbone),
@@ -235,7 +235,7 @@ def openrlhf_args(backbone, a, workdir):
             "--ckpt.output_dir",
             os.path.join(workdir, "openrlhf"),
         ]
-    )
+    ).strategy_args()
     args.model.aux_loss_coef, args.model.margin_loss_enable, args.model.compute_fp32_loss_enable = 0, False, False
     args.ds.packing_samples = False
     args.data.prompt_key, args.data.chosen_key, args.data.rejected_key = None, "chosen", "rejected"

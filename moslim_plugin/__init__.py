@@ -94,7 +94,8 @@ port = Range(int, 1, 65535)
 def option(default=None, help: str = "", kind=None, choices=None, **metadata):
     """A dataclass field that is also the flag `--<prefix>.<name>` (`add_options`): its help, default and accepted
     values (`kind`: a Range or any argparse type; `choices`) are written once, here. `metadata`: what else a
-    config class wants to know of its fields. A dict or list default is copied for each instance."""
+    config class wants to know of its fields; `flag="--train.batch_size"` names a flag outside the class's prefix,
+    `nargs` and `required` are argparse's. A dict or list default is copied for each instance."""
     metadata = {"help": help, "kind": kind, "choices": choices, **metadata}
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=functools.partial(copy.deepcopy, default), metadata=metadata)
@@ -110,6 +111,10 @@ def default_of(field):
     return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
+def flag_of(field, prefix: str) -> str:
+    return field.metadata.get("flag") or f"--{prefix}.{field.name}"
+
+
 def add_options(parser, cls, prefix: str) -> None:
     """The flags `--<prefix>.<name>` of the dataclass `cls`'s `option` fields; a bool field is a switch. The help
     says what the flag accepts and its default, from the field."""
@@ -118,35 +123,42 @@ def add_options(parser, cls, prefix: str) -> None:
     for f in option_fields(cls):
         default, meta = default_of(f), f.metadata
         if isinstance(default, bool):
-            parser.add_argument(f"--{prefix}.{f.name}", action="store_true", help=meta["help"])
+            parser.add_argument(flag_of(f, prefix), action="store_true", help=meta["help"])
             continue
         # A dict goes in as JSON text, parsed by the config class (OpenRLHF's hierarchize would make it a namespace).
         default = json.dumps(default) if isinstance(default, dict) else default
         notes = [meta["kind"].expected] if isinstance(meta["kind"], Range) else []
         notes += [] if default is None else [f"default: {default}"]
         parser.add_argument(
-            f"--{prefix}.{f.name}", type=meta["kind"], default=default, choices=meta["choices"],
+            flag_of(f, prefix), type=meta["kind"], default=default, choices=meta["choices"],
             help=(meta["help"] + (f" ({'; '.join(notes)})" if notes else "")).replace("%", "%%"),
+            **{key: meta[key] for key in ("nargs", "required") if meta.get(key)},
         )  # fmt: skip
 
 
 def option_values(cls, args, prefix: str) -> dict:
     """{name: value} of `cls`'s option flags in parsed args (a Namespace or a dict with dotted keys)."""
     values = args if isinstance(args, dict) else vars(args)
-    return {f.name: values[f"{prefix}.{f.name}"] for f in option_fields(cls)}
+    return {f.name: values[flag_of(f, prefix)[2:]] for f in option_fields(cls)}
 
 
 def check_options(obj, prefix: str) -> None:
     """Each `option` field of a dataclass instance checked as its flag is: a value given in Python (an API call, a
     configuration read back from JSON) gets the same one-line error as the flag would."""
     for f in option_fields(obj):
-        value, default, meta, flag = getattr(obj, f.name), default_of(f), f.metadata, f"--{prefix}.{f.name}"
+        value, default, meta, flag = getattr(obj, f.name), default_of(f), f.metadata, flag_of(f, prefix)
+        if value is None and meta.get("required"):
+            raise UserError(f"{flag} is required")
         if value is None and default is None:
             continue
-        if isinstance(meta["kind"], Range):
-            meta["kind"].check(value, flag)
-        elif default is not None and not isinstance(value, type(default)):
-            raise UserError(f"{flag} {value!r}: expected a {type(default).__name__}")
+        # A flag of several values (`nargs`) is checked value by value; an integer is a valid float.
+        values = value if meta.get("nargs") and isinstance(value, (list, tuple)) else [value]
+        expected = (int, float) if type(default) is float else type(default)
+        for one in values:
+            if isinstance(meta["kind"], Range):
+                meta["kind"].check(one, flag)
+            elif default is not None and not meta.get("nargs") and not isinstance(one, expected):
+                raise UserError(f"{flag} {one!r}: expected a {type(default).__name__}")
         if meta["choices"] is not None and value not in meta["choices"]:
             raise UserError(f"{flag} {value!r}: expected one of {list(meta['choices'])}")
 

@@ -138,7 +138,7 @@ evaluate-rm | {base} --micro_batch_size -1 | argument --micro_batch_size: expect
 evaluate-rm | {base} --threads 0 | argument --threads: expected an integer >= 1, got 0
 evaluate-rm | {base} --moslim.request {bad | --moslim.request '{bad': expected 'objective=level,...' or a JSON object
 evaluate-rm | {base} --model {d}/corrupt-rm | {d}/corrupt-rm: the weights cannot be read
-evaluate-rm | {base} --data.dataset {d}/data/rows_badlevel.jsonl | rows_badlevel.jsonl: row 0: label helpful=7 is not a level of 'helpful'
+evaluate-rm | {base} --data.dataset {d}/data/rows_badlevel.jsonl | rows_badlevel.jsonl: row 0: labels: level 7 for 'helpful' is out of range
 evaluate-rm | {base} --data.dataset {d}/data/empty.jsonl | empty.jsonl
 evaluate | {base} --eval.max_samples 0 | argument --eval.max_samples: expected an integer >= 1, got 0
 evaluate | {base} --eval.n_samples_per_prompt -1 | argument --eval.n_samples_per_prompt: expected an integer >= 0, got -1

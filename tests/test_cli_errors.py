@@ -41,7 +41,7 @@ def test_bad_files_and_rows_are_one_line_naming_the_file_and_line(capsys, tmp_pa
     one_line_error(capsys, argv + [str(cut)], f"{cut}: cannot be read", "EOFError")
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"question": "q", "response": "r", "labels": {"helpful": 7}}) + "\n")
-    one_line_error(capsys, argv + [str(rows)], "rows.jsonl: row 0: label helpful=7 is not a level of 'helpful'")
+    one_line_error(capsys, argv + [str(rows)], "rows.jsonl: row 0: labels: level 7 for 'helpful' is out of range")
     spec = ["--moslim.spec", "hh", "--moslim.output", str(tmp_path / "out.jsonl")]
     one_line_error(
         capsys, ["evaluate-rm", "--model", str(tmp_path), "--data.dataset", str(rows)], "not a reward-model"

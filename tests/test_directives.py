@@ -233,6 +233,18 @@ def test_bad_request_gives_precise_error(request_, pattern):
 
 
 @pytest.mark.unit
+def test_a_masked_head_is_none_only_where_allowed_and_its_name_is_still_checked():
+    labels = {"verbosity": None, "helpfulness": 3}
+    assert validate_request(HELPSTEER, labels, masked_ok=True) == {"helpfulness": 3, "verbosity": None}
+    with pytest.raises(DirectiveError, match="level None for 'verbosity' is out of range"):
+        validate_request(HELPSTEER, labels)  # a request never masks a head
+    with pytest.raises(DirectiveError, match="unknown objective 'tone'"):
+        validate_request(HELPSTEER, {"tone": None}, masked_ok=True)
+    with pytest.raises(DirectiveError, match="level 9 for 'helpfulness' is out of range"):
+        validate_request(HELPSTEER, {"helpfulness": 9, "verbosity": None}, masked_ok=True)
+
+
+@pytest.mark.unit
 def test_validate_request_accepts_numpy_ints_and_orders_by_spec():
     np = pytest.importorskip("numpy")
     out = validate_request(HELPSTEER, {"verbosity": np.int64(2), "helpfulness": 1})

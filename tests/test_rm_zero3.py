@@ -24,7 +24,7 @@ from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 from openrlhf.utils.deepspeed.deepspeed_utils import get_train_ds_config
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.data.rm_rows import load_tokenizer
-from moslim_plugin.data.train_rm import build_model, parse_args
+from moslim_plugin.data.train_rm import TrainRMConfig, build_model
 
 if not torch.cuda.is_available():
     # CPU: skip DeepSpeed's JIT-built shared-memory all-reduce (a C++ build of minutes here, and one rank has nothing
@@ -33,11 +33,11 @@ if not torch.cuda.is_available():
 
     deepspeed.comm.torch.build_shm_op = lambda: None
 deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-args = parse_args(sys.argv[2:])
+config = TrainRMConfig.from_argv(sys.argv[2:])
 ds_config = get_train_ds_config(offload=False, adam_offload=False, stage=3, param_dtype="bf16", zpg=1)
-tokenizer = load_tokenizer(args.model.model_name_or_path)  # MiniLM's: it gains a line-break token
+tokenizer = load_tokenizer(config.model_name_or_path)  # MiniLM's: it gains a line-break token
 ds_config = {**ds_config, "train_micro_batch_size_per_gpu": 4, "train_batch_size": 8}
-model = build_model(args, load_spec("hh"), tokenizer, ds_config)
+model = build_model(config, load_spec("hh"), tokenizer, ds_config)
 params = dict(model.named_parameters())
 partitioned = [n for n, p in params.items() if getattr(p, "ds_status", None) == ZeroParamStatus.NOT_AVAILABLE]
 with deepspeed.zero.GatheredParameters(list(params.values())):

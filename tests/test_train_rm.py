@@ -7,7 +7,7 @@ import torch
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.data.rm_metrics import IGNORE, head_losses, head_metrics
 from moslim_plugin.data.rm_rows import load_rows
-from moslim_plugin.data.train_rm import main, train_reward_model
+from moslim_plugin.data.train_rm import TrainRMConfig, main, train_reward_model
 
 SPEC = load_spec("hh")  # helpful (2 levels), harmless (2 levels)
 
@@ -23,6 +23,12 @@ def synthetic_rows(n):
             labels["harmless"] = None
         rows.append({"question": f"question {i}", "response": response, "labels": labels})
     return rows
+
+
+def train(rows, spec, backbone, out, **fields):
+    """train_reward_model on rows in memory: the config's required fields, then the test's own."""
+    config = TrainRMConfig(model_name_or_path=str(backbone), spec=spec, output_dir=str(out), **fields)
+    return train_reward_model(config, rows)
 
 
 def write_jsonl(path, rows):
@@ -71,10 +77,10 @@ def test_bad_label_fails_naming_file_row_and_value_before_any_model_is_built(tmp
     rows[4]["labels"]["helpful"] = 2
     data = write_jsonl(tmp_path / "ratings.jsonl", rows)
     argv = ["--model.model_name_or_path", str(tmp_path / "no-such-model"), "--moslim.spec", "hh"]
-    with pytest.raises(ValueError, match=r"ratings\.jsonl: row 4: label helpful=2 is not a level of 'helpful'"):
+    with pytest.raises(ValueError, match=r"ratings\.jsonl: row 4: labels: level 2 for 'helpful' is out of range"):
         main(argv + ["--data.dataset", data])
     rows[4]["labels"] = {"helpfulness": 1}
-    with pytest.raises(ValueError, match=r"row 4: unknown objective 'helpfulness'"):
+    with pytest.raises(ValueError, match=r"row 4: labels: unknown objective 'helpfulness'"):
         load_rows(rows, SPEC, "x.jsonl")
     with pytest.raises(ValueError, match=r"empty\.jsonl: the dataset is empty"):
         main(argv + ["--data.dataset", write_jsonl(tmp_path / "empty.jsonl", [])])
@@ -119,7 +125,7 @@ def test_a_head_can_tell_a_list_from_the_same_words_on_one_line_through_a_newlin
         rows.append({"question": f"q {i}", "response": ("\n" if helpful else " ").join(items),
                      "labels": {"helpful": helpful, "harmless": 1}})  # fmt: skip
     common = dict(micro_batch_size=8, batch_size=8, max_epochs=4, lr=3e-3, max_len=32, eval_ratio=0.25)
-    result = train_reward_model(rows, SPEC, tiny_bert, tmp_path / "rm", **common)
+    result = train(rows, SPEC, tiny_bert, tmp_path / "rm", **common)
     assert result["metrics"]["helpful"]["accuracy"] > 0.9  # folded, both kinds are one input: 0.5 at best
 
     scorer = Scorer.from_pretrained(tmp_path / "rm")
@@ -147,7 +153,7 @@ def test_a_number_words_rm_is_scored_on_the_numbered_words_it_was_trained_on(tmp
         rows.append({"question": f"q {i}", "response": " ".join(words), "labels": {"helpful": int(len(words) > 6),
                      "harmless": 1}})  # fmt: skip
     flags = dict(micro_batch_size=8, batch_size=8, max_epochs=2, lr=3e-3, max_len=48, eval_ratio=0.25, seed=0)
-    result = train_reward_model(rows, SPEC, tiny_bert, tmp_path / "rm", number_words=True, **flags)
+    result = train(rows, SPEC, tiny_bert, tmp_path / "rm", number_words=True, **flags)
     assert json.loads((tmp_path / "rm" / "config.json").read_text())["moslim"]["number_words"] == "spelled_digits"
 
     _, heldout = split_by_question(rows, 0.25, 0)
@@ -167,7 +173,7 @@ def test_device_flag_trains_in_this_process_on_that_device_and_saves_a_loadable_
     from moslim_plugin.core.rm import MultiHeadRewardModel
 
     common = dict(micro_batch_size=8, batch_size=8, max_steps=6, lr=1e-3, max_len=32, eval_ratio=0.25)
-    result = train_reward_model(synthetic_rows(64), SPEC, tiny_bert, tmp_path / "rm", device=device, **common)
+    result = train(synthetic_rows(64), SPEC, tiny_bert, tmp_path / "rm", device=device, **common)
     model = MultiHeadRewardModel.from_pretrained(tmp_path / "rm")
     assert model.stats is not None and model.stats.count[0, 0].item() == result["eval_rows"] > 0
     assert all(math.isfinite(m["nll"]) for m in result["metrics"].values())
@@ -180,10 +186,10 @@ def test_resumed_training_reaches_the_same_weights_as_uninterrupted_training(tmp
     rows = synthetic_rows(64)
     common = dict(micro_batch_size=4, batch_size=8, max_steps=6, lr=1e-3, max_len=32, eval_ratio=0.2)
     full = tmp_path / "full"
-    train_reward_model(rows, SPEC, tiny_bert, full, save_steps=3, path=str(tmp_path / "ckpt_full"), **common)
+    train(rows, SPEC, tiny_bert, full, save_steps=3, ckpt_path=str(tmp_path / "ckpt_full"), **common)
     # Same run, but started from the step-3 checkpoint of the first one (a fresh process would see the same).
     resumed = tmp_path / "resumed"
-    train_reward_model(rows, SPEC, tiny_bert, resumed, load_enable=True, path=str(tmp_path / "ckpt_full"), **common)
+    train(rows, SPEC, tiny_bert, resumed, load_enable=True, ckpt_path=str(tmp_path / "ckpt_full"), **common)
     from safetensors.torch import load_file
 
     a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
@@ -192,7 +198,7 @@ def test_resumed_training_reaches_the_same_weights_as_uninterrupted_training(tmp
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     # And resuming is not a no-op: three steps on from step 3 differ from step 3 itself.
     fresh = tmp_path / "three"
-    train_reward_model(rows, SPEC, tiny_bert, fresh, **{**common, "max_steps": 3})
+    train(rows, SPEC, tiny_bert, fresh, **{**common, "max_steps": 3})
     assert not torch.equal(load_file(fresh / "model.safetensors")["heads.0.weight"], a["heads.0.weight"])
 
 
@@ -202,13 +208,13 @@ def test_lora_training_saves_merged_weights_that_change_only_the_adapted_layers(
 
     out = tmp_path / "lora"
     flags = dict(micro_batch_size=8, batch_size=8, max_steps=2, lr=1e-2, max_len=32, eval_ratio=0.2)
-    train_reward_model(
+    train(
         synthetic_rows(40),
         SPEC,
         tiny_bert,
         out,
-        rank=4,
-        target_modules=["query"],
+        lora_rank=4,
+        lora_target_modules=["query"],
         gradient_checkpointing_enable=True,
         **flags,
     )
@@ -239,7 +245,7 @@ def noise_rows(n, seed=0):
 def test_kept_model_on_labels_independent_of_the_text_is_no_worse_than_the_class_prior(tmp_path, tiny_bert):
     # A high learning rate and many epochs memorise the training noise; selection by held-out NLL must not keep that.
     flags = dict(micro_batch_size=8, batch_size=8, max_epochs=12, lr=5e-3, max_len=32, eval_ratio=0.3, patience=3)
-    result = train_reward_model(noise_rows(240), SPEC, tiny_bert, tmp_path / "rm", **flags)
+    result = train(noise_rows(240), SPEC, tiny_bert, tmp_path / "rm", **flags)
     m = result["metrics"]["helpful"]
     assert m["nll"] <= m["prior_nll"] + 0.03, m
     assert m["accuracy"] >= m["majority_accuracy"] - 0.03, m
@@ -253,11 +259,12 @@ def test_kept_model_on_labels_independent_of_the_text_is_no_worse_than_the_class
 @pytest.mark.unit
 def test_batch_size_not_a_multiple_of_the_micro_batch_is_refused_naming_both():
     from moslim_plugin import UserError
-    from moslim_plugin.data.train_rm import parse_args
 
     argv = ["--model.model_name_or_path", "m", "--moslim.spec", "hh", "--data.dataset", "d.jsonl"]
     with pytest.raises(UserError, match=r"--train.batch_size 8 is not a multiple of --train.micro_batch_size 3"):
-        parse_args(argv + ["--train.batch_size", "8", "--train.micro_batch_size", "3"])
+        TrainRMConfig.from_argv(argv + ["--train.batch_size", "8", "--train.micro_batch_size", "3"])
+    with pytest.raises(UserError, match=r"--train.batch_size 8 is not a multiple of --train.micro_batch_size 3"):
+        TrainRMConfig(model_name_or_path="m", spec="hh", batch_size=8, micro_batch_size=3)
 
 
 @pytest.mark.integration
@@ -265,10 +272,10 @@ def test_output_dir_holding_a_model_is_refused_unless_overwrite(tmp_path, tiny_b
     from moslim_plugin import UserError
 
     flags = dict(micro_batch_size=8, batch_size=8, max_steps=1, lr=1e-3, max_len=32, eval_ratio=0.2)
-    train_reward_model(synthetic_rows(40), SPEC, tiny_bert, tmp_path / "rm", **flags)
+    train(synthetic_rows(40), SPEC, tiny_bert, tmp_path / "rm", **flags)
     with pytest.raises(UserError, match=r"rm already holds a model .*--ckpt.overwrite"):
-        train_reward_model(synthetic_rows(40), SPEC, tiny_bert, tmp_path / "rm", **flags)
-    train_reward_model(synthetic_rows(40), SPEC, tiny_bert, tmp_path / "rm", overwrite=True, **flags)
+        train(synthetic_rows(40), SPEC, tiny_bert, tmp_path / "rm", **flags)
+    train(synthetic_rows(40), SPEC, tiny_bert, tmp_path / "rm", overwrite=True, **flags)
 
 
 @pytest.mark.integration
@@ -278,29 +285,29 @@ def test_resume_refuses_other_objectives_head_shapes_batching_or_word_numbering_
     from moslim_plugin import UserError
 
     rows, ckpt = synthetic_rows(48), str(tmp_path / "ckpt")
-    common = dict(micro_batch_size=4, batch_size=8, max_steps=2, lr=1e-3, max_len=32, eval_ratio=0.2, path=ckpt)
-    train_reward_model(rows, SPEC, tiny_bert, tmp_path / "a", save_steps=2, **common)
+    common = dict(micro_batch_size=4, batch_size=8, max_steps=2, lr=1e-3, max_len=32, eval_ratio=0.2, ckpt_path=ckpt)
+    train(rows, SPEC, tiny_bert, tmp_path / "a", save_steps=2, **common)
     swapped = {"objectives": [{"name": "harmless", "levels": 2}, {"name": "helpful", "levels": 2}]}
     with pytest.raises(
         UserError, match=r"objectives=\['helpful', 'harmless'\], this run has \['harmless', 'helpful'\]"
     ):
-        train_reward_model(rows, swapped, tiny_bert, tmp_path / "b", load_enable=True, **common)
+        train(rows, swapped, tiny_bert, tmp_path / "b", load_enable=True, **common)
     wider = {"objectives": [{"name": "helpful", "levels": 3}, {"name": "harmless", "levels": 2}]}
     with pytest.raises(UserError, match=r"head_levels=\[2, 2\], this run has \[3, 2\]"):
-        train_reward_model(rows, wider, tiny_bert, tmp_path / "c", load_enable=True, **common)
+        train(rows, wider, tiny_bert, tmp_path / "c", load_enable=True, **common)
     with pytest.raises(UserError, match=r"train.batch_size=8, this run has 16"):
-        train_reward_model(rows, SPEC, tiny_bert, tmp_path / "d", load_enable=True, **{**common, "batch_size": 16})
+        train(rows, SPEC, tiny_bert, tmp_path / "d", load_enable=True, **{**common, "batch_size": 16})
     # The saved best value is an NLL: resuming with macro-F1 selection would compare it with 1 - F1.
     with pytest.raises(UserError, match=r"moslim.select='nll', this run has 'macro_f1'"):
-        train_reward_model(rows, SPEC, tiny_bert, tmp_path / "e", load_enable=True, select="macro_f1", **common)
+        train(rows, SPEC, tiny_bert, tmp_path / "e", load_enable=True, select="macro_f1", **common)
     with pytest.raises(UserError, match=r"moslim.number_words=False, this run has 'spelled_digits'"):
-        train_reward_model(rows, SPEC, tiny_bert, tmp_path / "f", load_enable=True, number_words=True, **common)
+        train(rows, SPEC, tiny_bert, tmp_path / "f", load_enable=True, number_words=True, **common)
 
 
 @pytest.mark.integration
 def test_selection_by_macro_f1_keeps_the_evaluation_with_the_best_mean_macro_f1(tmp_path, tiny_bert):
     flags = dict(micro_batch_size=8, batch_size=8, max_epochs=4, lr=3e-3, max_len=32, eval_ratio=0.25, patience=0)
-    result = train_reward_model(synthetic_rows(96), SPEC, tiny_bert, tmp_path / "rm", select="macro_f1", **flags)
+    result = train(synthetic_rows(96), SPEC, tiny_bert, tmp_path / "rm", select="macro_f1", **flags)
     assert result["selection"]["criterion"].startswith("mean per-head macro-F1")
     history = result["selection"]["history"]
     assert len(history) == 4  # patience 0: every epoch evaluated
@@ -318,11 +325,13 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one_and_stays_ex
     from moslim_plugin import UserError
 
     rows, ckpt = synthetic_rows(64), tmp_path / "ckpt"
-    common = dict(micro_batch_size=4, batch_size=8, max_steps=6, lr=1e-3, max_len=32, eval_ratio=0.2, path=str(ckpt))
-    train_reward_model(rows, SPEC, tiny_bert, tmp_path / "full", save_steps=2, **common)
+    common = dict(
+        micro_batch_size=4, batch_size=8, max_steps=6, lr=1e-3, max_len=32, eval_ratio=0.2, ckpt_path=str(ckpt)
+    )
+    train(rows, SPEC, tiny_bert, tmp_path / "full", save_steps=2, **common)
     latest = ckpt / "global_step6" / "state.pt"
     latest.write_bytes(latest.read_bytes()[:1000])  # a save cut short
-    train_reward_model(rows, SPEC, tiny_bert, tmp_path / "resumed", load_enable=True, **common)
+    train(rows, SPEC, tiny_bert, tmp_path / "resumed", load_enable=True, **common)
     out = capsys.readouterr().out
     assert f"checkpoint file {latest} is unreadable" in out and "global_step4" in out
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
@@ -331,4 +340,41 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one_and_stays_ex
     for tag in ("global_step2", "global_step4"):
         (ckpt / tag / "state.pt").write_bytes(b"")
     with pytest.raises(UserError, match=r"no readable checkpoint to resume from; bad: .*global_step6"):
-        train_reward_model(rows, SPEC, tiny_bert, tmp_path / "none", load_enable=True, **common)
+        train(rows, SPEC, tiny_bert, tmp_path / "none", load_enable=True, **common)
+
+
+@pytest.mark.unit
+def test_the_command_line_is_the_configs_fields_with_their_defaults():
+    import dataclasses
+
+    from moslim_plugin import flag_of
+    from moslim_plugin.data.rm_config import PREFIX, build_parser
+
+    required = ["--model.model_name_or_path", "m", "--moslim.spec", "hh"]
+    assert TrainRMConfig.from_argv(required) == TrainRMConfig(model_name_or_path="m", spec="hh")  # same defaults
+    flags = {action.option_strings[0] for action in build_parser()._actions if action.dest != "help"}
+    assert flags == {flag_of(f, PREFIX) for f in dataclasses.fields(TrainRMConfig)}
+    assert "--train.batch_size" in flags and "--moslim.number_words" in flags and "--lr_scheduler" in flags
+    # A flag sets its own field, in OpenRLHF's names, and OpenRLHF's strategy reads the nested layout.
+    config = TrainRMConfig.from_argv(
+        [*required, "--ds.lora.rank", "4", "--ckpt.path", "c", "--adam.betas", "0.8", "0.9"]
+    )
+    assert (config.lora_rank, config.ckpt_path, config.adam_betas) == (4, "c", [0.8, 0.9])
+    nested = config.strategy_args()
+    assert (nested.ds.lora.rank, nested.ckpt.path, nested.train.batch_size) == (4, "c", config.batch_size)
+
+
+@pytest.mark.unit
+def test_a_config_built_in_python_is_refused_where_the_command_line_would_be():
+    from moslim_plugin import UserError
+
+    with pytest.raises(UserError, match=r"--train.micro_batch_size 0: expected an integer >= 1"):
+        TrainRMConfig(model_name_or_path="m", spec="hh", micro_batch_size=0)
+    with pytest.raises(UserError, match=r"--moslim.pooling 'max': expected one of \['auto', 'last', 'cls', 'mean'\]"):
+        TrainRMConfig(model_name_or_path="m", spec="hh", pooling="max")
+    with pytest.raises(UserError, match=r"--moslim.spec is required"):
+        TrainRMConfig(model_name_or_path="m")
+    with pytest.raises(UserError, match=r"rows in memory and --data.dataset d.jsonl: give one of them"):
+        train_reward_model(TrainRMConfig(model_name_or_path="m", spec="hh", dataset="d.jsonl"), synthetic_rows(4))
+    with pytest.raises(UserError, match=r"--data.dataset is required"):
+        train_reward_model(TrainRMConfig(model_name_or_path="m", spec="hh"))

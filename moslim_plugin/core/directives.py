@@ -45,17 +45,20 @@ class DirectiveError(UserError):
     """Missing or malformed directive, unknown objective, out-of-range level, or a label for another spec."""
 
 
-def validate_request(spec: ObjectiveSpec, request) -> dict[str, int]:
-    """Check a request against the spec; returns it as plain ints in spec order."""
+def validate_request(spec: ObjectiveSpec, request, masked_ok: bool = False) -> dict[str, int | None]:
+    """Check a request against the spec; returns it as plain ints in spec order. With `masked_ok`, a level may be None:
+    a rating row's labels, where None masks that head (no rating for that objective)."""
     if not isinstance(request, dict):
         raise DirectiveError(f"a request must be a dict objective -> level, got {type(request).__name__}: {request!r}")
     for name, level in request.items():
         if name not in spec.names:
             raise DirectiveError(f"unknown objective {name!r} in request {request!r}; the spec has {list(spec.names)}")
         levels = spec.levels[spec.index(name)]
+        if level is None and masked_ok:
+            continue
         if not isinstance(level, Integral) or isinstance(level, bool) or not 0 <= level < levels:
             raise DirectiveError(f"level {level!r} for {name!r} is out of range: expected an integer 0..{levels - 1}")
-    return {name: int(request[name]) for name in spec.names if name in request}
+    return {name: None if request[name] is None else int(request[name]) for name in spec.names if name in request}
 
 
 def render_directive(spec: ObjectiveSpec, request, style: str = DEFAULT_STYLE) -> str:

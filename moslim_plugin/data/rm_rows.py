@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from moslim_plugin import UserError
+from moslim_plugin.core.directives import DirectiveError, validate_request
 from moslim_plugin.data.ratings import read_records
 from moslim_plugin.data.rm_metrics import IGNORE
 
@@ -28,16 +29,10 @@ def load_rows(data, spec, source: str) -> list[dict]:
         labels = row.get("labels")
         if not isinstance(labels, dict):
             raise UserError(f"{where}: expected 'labels' {{objective: level or null}}, got {labels!r:.80}")
-        for name, level in labels.items():
-            if name not in spec.names:
-                raise UserError(f"{where}: unknown objective {name!r} in labels; the spec has {list(spec.names)}")
-            levels = spec.levels[spec.index(name)]
-            if level is not None and (
-                not isinstance(level, int) or isinstance(level, bool) or not 0 <= level < levels
-            ):
-                raise UserError(
-                    f"{where}: label {name}={level!r} is not a level of {name!r} (0..{levels - 1} or null)"
-                )
+        try:
+            validate_request(spec, labels, masked_ok=True)
+        except DirectiveError as e:
+            raise UserError(f"{where}: labels: {e}") from None
     counts = {name: sum(row["labels"].get(name) is not None for row in rows) for name in spec.names}
     if not any(counts.values()):
         raise UserError(f"{source}: no row has a label for any objective of {list(spec.names)}")

@@ -228,19 +228,20 @@ RM_SETTINGS = dict(
 def rm_stage(demo, samples):
     """Train the multi-head RM on the oracle-labelled samples plus their cheap edits; returns (scorer, result)."""
     from moslim_plugin.core.scorer import Scorer
-    from moslim_plugin.data.train_rm import train_reward_model
+    from moslim_plugin.data.train_rm import TrainRMConfig, train_reward_model
     from moslim_plugin.demo.real_models import minilm_path
 
     rows = [{"question": s["question"], "response": s["response"], "labels": s["labels"]} for s in samples]
     rows += augment(samples, demo.spec, seed=0)
     rm_dir = demo.out / "rm"
     rm_batch = 8 if demo.args.quick else 16
-    result = train_reward_model(
-        rows, demo.spec, minilm_path(), rm_dir, micro_batch_size=rm_batch, batch_size=rm_batch,
-        max_epochs=demo.size["rm_epochs"], lr=demo.args.moslim.rm_lr, **RM_SETTINGS,
+    config = TrainRMConfig(
+        model_name_or_path=str(minilm_path()), spec=demo.spec, output_dir=str(rm_dir), micro_batch_size=rm_batch,
+        batch_size=rm_batch, max_epochs=demo.size["rm_epochs"], lr=demo.args.moslim.rm_lr, **RM_SETTINGS,
         overwrite=True,  # the RM is retrained on every run into the same folder
         device=demo.args.device,
     )  # fmt: skip
+    result = train_reward_model(config, rows)
     m = demo.args.moslim
     device = demo.args.device
     return Scorer.from_pretrained(rm_dir, mapping=m.mapping, mapping_kwargs=m.mapping_kwargs, device=device), result

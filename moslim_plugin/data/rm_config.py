@@ -1,0 +1,139 @@
+"""`TrainRMConfig`: every setting of `train-rm`, as its Python API and, field by field, as its command line.
+
+In the manner of TRL's trainer configs: a dataclass whose fields carry their meaning. Each field is one flag,
+declared once with `option(default, help, kind=..., choices=..., flag=...)` (moslim_plugin's one mechanism for flags):
+its dotted name (OpenRLHF's, as in openrlhf/cli/train_rm.py where the flag exists there; `--moslim.<field>`
+otherwise), default, help and accepted values. `build_parser` makes the argparse parser from the fields,
+`TrainRMConfig.from_argv` the config from a command line, and `__post_init__` checks every field as its flag is
+checked, so a config built in Python is refused exactly where the command line would be. Adding a flag is adding a
+field.
+
+    config = TrainRMConfig(model_name_or_path="all-MiniLM-L6-v2", spec="hh", output_dir="rm", max_epochs=2)
+    train_reward_model(config, rows)   # moslim_plugin.data.train_rm
+"""
+
+import argparse
+import dataclasses
+from types import SimpleNamespace
+
+from transformers import SchedulerType
+
+from moslim_plugin import UserError, add_options, check_options, flag_of, option, option_values, positive_int
+from moslim_plugin.core.spec import ObjectiveSpec
+
+# --moslim.select: what the kept weights are best at. NLL by default: the mapping reads probabilities, so calibration
+# counts. macro-F1 when the heads' levels are what is judged: NLL can turn upward an epoch or two before the rarer
+# classes are learnt (the demo's RM kept epoch 1-2 of 8 by NLL in three of five probes, at lower F1).
+SELECTIONS = {
+    "nll": "mean per-head negative log-likelihood on the held-out rows (lower is better)",
+    "macro_f1": "mean per-head macro-F1 on the held-out rows (higher is better)",
+}
+PREFIX = "moslim"  # the flags of fields that name no other: --moslim.<field>
+
+
+@dataclasses.dataclass
+class TrainRMConfig:
+    """train-rm's settings. `dataset` / `eval_dataset` are prepare-ratings files; `train_reward_model(config, rows)`
+    takes rows in memory instead. `spec` is a spec file, a bundled spec name or an ObjectiveSpec."""
+
+    model_name_or_path: str = option(
+        None, "the backbone (HF folder)", flag="--model.model_name_or_path", required=True
+    )
+    gradient_checkpointing_enable: bool = option(False, flag="--model.gradient_checkpointing_enable")
+    gradient_checkpointing_reentrant: bool = option(False, flag="--model.gradient_checkpointing_reentrant")
+    dataset: str | None = option(None, "rows from prepare-ratings (.jsonl)", flag="--data.dataset")
+    max_samples: int = option(1000000, kind=int, flag="--data.max_samples")
+    max_len: int = option(512, kind=positive_int, flag="--data.max_len")
+    eval_dataset: str | None = option(None, "held-out rows (default: split by question)", flag="--eval.dataset")
+    eval_steps: int = option(-1, "evaluate every N steps (default: every epoch)", kind=int, flag="--eval.steps")
+    patience: int = option(3, "stop after N evaluations without gain (0: never)", kind=int, flag="--eval.patience")
+    micro_batch_size: int = option(1, kind=positive_int, flag="--train.micro_batch_size")
+    batch_size: int = option(128, kind=positive_int, flag="--train.batch_size")
+    max_epochs: int = option(1, kind=int, flag="--train.max_epochs")
+    max_steps: int = option(-1, "optimizer steps; overrides max_epochs when > 0", kind=int, flag="--train.max_steps")
+    seed: int = option(42, kind=int, flag="--train.seed")
+    full_determinism_enable: bool = option(False, flag="--train.full_determinism_enable")
+    lr: float = option(9e-6, kind=float, flag="--adam.lr")
+    adam_betas: list = option([0.9, 0.95], kind=float, nargs=2, flag="--adam.betas")
+    adam_eps: float = option(1e-8, kind=float, flag="--adam.eps")
+    weight_decay: float = option(0.0, kind=float, flag="--adam.weight_decay")
+    # The choices are checked here: a typo would otherwise fail only after the model is built.
+    lr_scheduler: str = option("cosine_with_min_lr", choices=[s.value for s in SchedulerType], flag="--lr_scheduler")
+    lr_warmup_ratio: float = option(0.03, kind=float, flag="--lr_warmup_ratio")
+    min_lr_ratio: float = option(0.1, kind=float, flag="--min_lr_ratio")
+    max_norm: float = option(1.0, kind=float, flag="--max_norm")
+    output_dir: str = option("./ckpt", flag="--ckpt.output_dir")
+    ckpt_path: str = option("./ckpt/checkpoints_rm", flag="--ckpt.path")
+    save_steps: int = option(-1, kind=int, flag="--ckpt.save_steps")
+    max_num: int = option(3, kind=int, flag="--ckpt.max_num")
+    max_mem: int = option(int(1e8), kind=int, flag="--ckpt.max_mem")
+    load_enable: bool = option(False, flag="--ckpt.load_enable")
+    overwrite: bool = option(False, "replace a model in output_dir", flag="--ckpt.overwrite")
+    local_rank: int = option(-1, kind=int, flag="--local_rank")
+    # Ours. auto is OpenRLHF's behaviour; cpu / cuda run in this process without a launcher (e.g. inside the demo).
+    device: str = option(
+        "auto", "auto: DeepSpeed on CUDA if there is a GPU, else plain torch on CPU; cpu / cuda: plain fp32 torch",
+        choices=["auto", "cpu", "cuda"], flag="--device",
+    )  # fmt: skip
+    zero_stage: int = option(2, kind=int, flag="--ds.zero_stage")
+    param_dtype: str = option("bf16", "GPU only; CPU: fp32", choices=["bf16", "fp16"], flag="--ds.param_dtype")
+    attn_implementation: str = option("sdpa", flag="--ds.attn_implementation")
+    adam_offload: bool = option(False, flag="--ds.adam_offload")
+    zpg: int = option(1, kind=int, flag="--ds.zpg")
+    grad_accum_dtype: str | None = option(None, flag="--ds.grad_accum_dtype")
+    overlap_comm: bool = option(False, flag="--ds.overlap_comm")
+    lora_rank: int = option(0, kind=int, flag="--ds.lora.rank")
+    lora_alpha: int = option(16, kind=int, flag="--ds.lora.alpha")
+    lora_dropout: float = option(0.0, kind=float, flag="--ds.lora.dropout")
+    lora_target_modules: str | list = option("all-linear", kind=str, nargs="*", flag="--ds.lora.target_modules")
+    logging_steps: int = option(1, kind=int, flag="--logger.logging_steps")
+    tensorboard_dir: str | None = option(None, flag="--logger.tensorboard_dir")
+    wandb_key: str | None = option(None, flag="--logger.wandb.key")
+    wandb_project: str = option("moslim_train_rm", flag="--logger.wandb.project")
+    wandb_run_name: str | None = option(
+        None, "default: rm_<month><day>T<hour>:<minute>", flag="--logger.wandb.run_name"
+    )
+    # Ours: --moslim.<field>.
+    spec: str | ObjectiveSpec = option(None, "objective spec (YAML/JSON or a bundled name)", required=True)
+    pooling: str = option("auto", choices=["auto", "last", "cls", "mean"])
+    number_words: bool = option(
+        False,
+        "the RM reads each response word after its index (1 Sure, 2 here): lets a head count words; saved in the "
+        "checkpoint, so every scorer of it reads the same",
+    )
+    eval_ratio: float = option(0.1, "held-out share of questions", kind=float)
+    label_smoothing: float = option(0.0, kind=float)
+    class_weights: str = option("none", choices=["none", "balanced"])
+    select: str = option("nll", "model selection", choices=list(SELECTIONS))
+
+    def __post_init__(self):
+        check_options(self, PREFIX)  # a value given in Python is refused as its flag would be
+        if self.batch_size % self.micro_batch_size:
+            raise UserError(
+                f"--train.batch_size {self.batch_size} is not a multiple of --train.micro_batch_size "
+                f"{self.micro_batch_size}: each optimizer step accumulates whole micro-batches (e.g. 8 and 4, or 8 "
+                "and 8)"
+            )
+
+    @classmethod
+    def from_argv(cls, argv) -> "TrainRMConfig":
+        return cls(**option_values(cls, build_parser().parse_args(argv), PREFIX))
+
+    def strategy_args(self) -> SimpleNamespace:
+        """The settings in OpenRLHF's nested layout (`args.train.batch_size`, `args.ds.zero_stage`): what its
+        DeepspeedStrategy, and `TorchStrategy` in its place, read."""
+        from openrlhf.utils.config import hierarchize
+
+        flat = {flag_of(field, PREFIX)[2:]: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return hierarchize(argparse.Namespace(**flat))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """train-rm's command line, one flag per TrainRMConfig field, in field order."""
+    p = argparse.ArgumentParser(
+        prog="moslim-openrlhf train-rm",
+        description="Train the multi-head classification reward model: per-head cross-entropy on (question, "
+        "response, labels) rows (`moslim-openrlhf prepare-ratings` writes them).",
+    )
+    add_options(p, TrainRMConfig, PREFIX)
+    return p
