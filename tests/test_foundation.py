@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+from moslim_plugin import UserError
 from moslim_plugin.integration import compat
 
 
@@ -34,7 +35,7 @@ def test_shim_has_no_flash_attn_ops_so_openrlhf_uses_torch_cross_entropy():
 
 
 @pytest.mark.unit
-def test_packing_and_ring_attention_without_flash_attn_are_refused_by_name():
+def test_packing_ring_attention_and_flash_attention_2_without_flash_attn_are_refused_by_name():
     from types import SimpleNamespace as NS
 
     if compat.real_flash_attn_available():
@@ -47,7 +48,29 @@ def test_packing_and_ring_attention_without_flash_attn_are_refused_by_name():
         from flash_attn.utils.distributed import all_gather
 
         all_gather(torch.zeros(1))
+    with pytest.raises(UserError, match="flash_attention_2 .*: pass --ds.attn_implementation sdpa"):
+        compat.check_args(NS(ds=NS(packing_samples=False, ring_attn_size=1, attn_implementation="flash_attention_2")))
     compat.check_args(NS(ds=NS(packing_samples=False, ring_attn_size=1, attn_implementation="sdpa")))
+
+
+@pytest.mark.integration
+def test_openrlhfs_default_attention_without_flash_attn_stops_train_ppo_ray_in_one_line_with_exit_2(tmp_path):
+    # A subprocess: the launcher patches OpenRLHF for the rest of its process. vLLM cannot be installed here; its
+    # stub (three names OpenRLHF imports) stands in, as in test_bad_inputs.
+    import os
+
+    from moslim_plugin.integration.vllm_stub import PATH as VLLM_STUB
+
+    if compat.real_flash_attn_available():
+        pytest.skip("real flash-attn installed: flash_attention_2 is valid here")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(VLLM_STUB), os.environ.get("PYTHONPATH", "")]))
+    argv = ["train_ppo_ray", "--ds.attn_implementation", "flash_attention_2"]
+    code = "import sys; from moslim_plugin.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("moslim-openrlhf train_ppo_ray: error: --ds.attn_implementation flash_attention_2 "), line
+    assert "pass --ds.attn_implementation sdpa" in line
 
 
 @pytest.mark.integration

@@ -85,23 +85,24 @@ def install() -> bool:
 
 
 def check_args(args) -> None:
-    """Fail before any model is built when the run asks for what only real flash-attn provides."""
+    """Fail before any model is built when the run asks for what only real flash-attn provides: a UserError, which
+    `moslim-openrlhf train_ppo_ray` prints as one line (exit 2)."""
+    from moslim_plugin import UserError
+
     if real_flash_attn_available():
         return
     ds = getattr(args, "ds", None)
     if ds is None:
         return
     if getattr(ds, "packing_samples", False):
-        raise ValueError(
+        raise UserError(
             "--ds.packing_samples needs the real flash-attn (varlen attention keeps packed samples apart); "
             "it is not installed here: drop the flag or install 'moslim-plugin[gpu]'"
         )
     if getattr(ds, "ring_attn_size", 1) != 1:
-        raise ValueError(
-            f"--ds.ring_attn_size {ds.ring_attn_size} needs the real flash-attn; it is not installed here"
-        )
+        raise UserError(f"--ds.ring_attn_size {ds.ring_attn_size} needs the real flash-attn; it is not installed here")
     if getattr(ds, "attn_implementation", None) == "flash_attention_2":
-        raise ValueError(
+        raise UserError(
             "--ds.attn_implementation flash_attention_2 (OpenRLHF's default) needs flash-attn, which is not installed "
             "here: pass --ds.attn_implementation sdpa (or eager)"
         )
