@@ -154,9 +154,9 @@ def test_the_reward_func_path_gets_the_same_configuration_through_the_runtime_en
     assert m.in_process is False and m.reward.mapping == "expected_level" and m.reward.strict
     env = launcher.driver_runtime_env({}, reward=m.reward)
     assert reward_config.from_env(env["env_vars"]) == m.reward  # what the .py file will read in the workers
-    # A job that still sets the per-setting env vars would silently lose them: refused.
-    job = {"runtime_env": {"env_vars": {"MOSLIM_MAPPING": "moslim"}}}
-    with pytest.raises(UserError, match=r"sets \['MOSLIM_MAPPING'\]: the reward configuration comes only from"):
+    # A job that sets the configuration itself would override this command line's: refused.
+    job = {"runtime_env": {"env_vars": {reward_config.ENV_VAR: "{}"}}}
+    with pytest.raises(UserError, match=r"sets \['MOSLIM_REWARD_CONFIG'\]: the reward configuration comes only"):
         launcher.driver_runtime_env({launcher.RAY_JOB_CONFIG_JSON_ENV_VAR: json.dumps(job)}, reward=m.reward)
 
 

@@ -93,7 +93,7 @@ def test_split_query_accepts_a_custom_template_as_json():
 
 @pytest.mark.unit
 def test_split_query_names_what_is_missing():
-    with pytest.raises(ValueError, match="no known assistant marker"):
+    with pytest.raises(ValueError, match="no known assistant marker .*; set --moslim.template for this policy"):
         split_query("Human: hi\nAssistant: yo", "Human: hi\nAssistant: ")
     with pytest.raises(ValueError, match="does not contain the end of its prompt"):
         split_query("<|im_start|>user\nother<|im_end|>", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
@@ -194,11 +194,9 @@ def test_strict_reward_file_failure_escapes_openrlhfs_exception_swallowing(
 
 
 @pytest.mark.unit
-def test_reward_file_refuses_to_load_without_the_launchers_configuration_or_with_retired_env_vars():
+def test_reward_file_refuses_to_load_without_the_launchers_configuration():
     with pytest.raises(UserError, match="MOSLIM_REWARD_CONFIG is not set: start training with `moslim-openrlhf"):
         reward_config.from_env({})
-    with pytest.raises(UserError, match=r"\['MOSLIM_MAPPING'\] are no longer read"):
-        reward_config.from_env({"MOSLIM_MAPPING": "expected_level", reward_config.ENV_VAR: "{}"})
 
 
 @pytest.mark.integration

@@ -300,11 +300,10 @@ def driver_runtime_env(environ=os.environ, reward=None) -> dict:
     (`ray job submit --runtime-env-json`) already sets."""
     job = json.loads(environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}")).get("runtime_env") or {}
     job_env = job.get("env_vars") or {}
-    stale = [name for name in (reward_config.ENV_VAR, *reward_config.RETIRED_ENV_VARS) if name in job_env]
-    if stale:
+    if reward_config.ENV_VAR in job_env:
         fail(
-            f"the job's runtime env sets {stale}: the reward configuration comes only from this command line "
-            "(--reward.model_name_or_path, --moslim.*), and the launcher passes it on itself; remove them"
+            f"the job's runtime env sets {[reward_config.ENV_VAR]}: the reward configuration comes only from this "
+            "command line (--reward.model_name_or_path, --moslim.*), and the launcher passes it on itself; remove it"
         )
     runtime_env = {}
     job_hook = job.get("worker_process_setup_hook") or job_env.get(RAY_SETUP_HOOK_ENV_VAR)

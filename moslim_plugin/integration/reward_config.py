@@ -24,12 +24,6 @@ from moslim_plugin import Range, UserError, add_options, check_options, finite, 
 from moslim_plugin.integration.templates import resolve_template
 
 ENV_VAR = "MOSLIM_REWARD_CONFIG"
-# The per-setting env vars earlier releases read; a job that still sets them would silently get other values.
-RETIRED_ENV_VARS = (
-    "MOSLIM_RM_PATH", "MOSLIM_MAPPING", "MOSLIM_MAPPING_KWARGS", "MOSLIM_STRICT", "MOSLIM_FALLBACK_REWARD",
-    "MOSLIM_TEMPLATE", "MOSLIM_RM_DEVICE", "MOSLIM_RM_DTYPE", "MOSLIM_MAX_LENGTH", "MOSLIM_MAX_BATCH",
-    "MOSLIM_MAX_WAIT_MS", "MOSLIM_RM_BATCH",
-)  # fmt: skip
 DTYPES = ("fp32", "bf16", "fp16")
 
 
@@ -260,12 +254,6 @@ def synthetic_gaps(fn, kwargs, spec, stats, where) -> list[float]:
 
 def from_env(environ=os.environ) -> RewardConfig:
     """The `.py` reward function's configuration: the JSON the launcher put into the job's runtime env."""
-    stale = [name for name in RETIRED_ENV_VARS if name in environ]
-    if stale:
-        raise UserError(
-            f"{stale} are no longer read: the reward configuration comes only from the train_ppo_ray command line "
-            f"(--reward.model_name_or_path, --moslim.*), which the launcher passes on as {ENV_VAR}; remove them"
-        )
     if ENV_VAR not in environ:
         raise UserError(
             f"{ENV_VAR} is not set: start training with `moslim-openrlhf train_ppo_ray ... --reward.remote_url "

@@ -53,8 +53,8 @@ def split_query(query: str, prompt: str, template="auto") -> tuple[str, str]:
         template = next((t for t in TEMPLATES.values() if t["assistant"] in prompt), None)
         if template is None:
             raise ValueError(
-                f"no known assistant marker in the prompt (templates: {', '.join(TEMPLATES)}); set the template "
-                f"(MOSLIM_TEMPLATE / --moslim.template) for this policy. Prompt end: {prompt[-120:]!r}"
+                f"no known assistant marker in the prompt (templates: {', '.join(TEMPLATES)}); set --moslim.template "
+                f"for this policy (a name or a JSON object with its markers). Prompt end: {prompt[-120:]!r}"
             )
     marker = template["assistant"]
     gen_start = prompt.rfind(marker)
