@@ -1,4 +1,4 @@
-"""Reward scoring cost of the multi-head RM (issue 3 item 6; issue 7 items 1a and 1b).
+"""Reward scoring cost of the multi-head RM against OpenRLHF's scalar RM and against K scalar RMs.
 
 (a) MOSLIM multi-head RM (backbone + K heads + softmax + the `moslim` mapping) vs OpenRLHF's stock scalar
     `RewardModel` (`openrlhf.models.get_llm_for_sequence_regression(path, "reward")`) and vs the bare backbone
@@ -22,6 +22,7 @@ for fp32 on CPU its `convert_to_torch_dtype` is replaced to return fp32 (bf16 on
 
 import argparse
 import ctypes
+import functools
 import gzip
 import itertools
 import json
@@ -29,13 +30,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from bench import RESULTS_DIR, write_result
+from bench import RESULTS_DIR, figure, interleaved, seconds_per_call, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 HH_FILE = REPO.parent / "shared" / "data" / "hh-rlhf" / "helpful-base-test.jsonl.gz"
@@ -167,35 +166,14 @@ def head_overhead_seconds(path, batch: dict, device: str, dtype, calls: int = 50
 
     model.backbone = Cached()
     with torch.inference_mode():
-        run(batch)
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(calls):
-            run(batch)
-        sync(device)
-    return (time.perf_counter() - start) / calls
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        run(batch)  # warm-up
+        return seconds_per_call(lambda: run(batch), calls, device)
 
 
 def time_variants(runs: dict, batch: dict, repeats: int, device: str, desc: str) -> dict:
-    """Seconds per call of each variant, `repeats` times, the order rotating each repeat; one warm-up each."""
-    times = {name: [] for name in runs}
-    names = list(runs)
+    """Seconds per call of each variant on `batch`, `repeats` times (`bench.interleaved`)."""
     with torch.inference_mode():
-        for name in names:
-            runs[name](batch)
-        for repeat in tqdm(range(repeats), desc=desc, unit="repeat", leave=False):
-            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
-                sync(device)
-                start = time.perf_counter()
-                runs[name](batch)
-                sync(device)
-                times[name].append(time.perf_counter() - start)
-    return times
+        return interleaved({name: functools.partial(run, batch) for name, run in runs.items()}, repeats, device, desc)
 
 
 def ratios(times: dict, num: str, den: str) -> dict:
@@ -248,32 +226,24 @@ def run_probe(spec: dict) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(results)
-    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4))
-    a_labels = ["moslim / stock", "moslim / bare"]
-    for i, label in enumerate(a_labels):
-        key = "moslim_over_stock" if i == 0 else "moslim_over_bare"
-        ax_a.bar([j + 0.4 * i for j in range(len(names))], [results[n]["a"][key] for n in names], 0.4, label=label)
-    ax_a.axhline(1.03, color="red", ls="--", lw=1, label="target 1.03")
-    ax_a.set_xticks([j + 0.2 for j in range(len(names))], names)
-    ax_a.set_ylabel("time ratio")
-    ax_a.set_title("(a) scoring time vs OpenRLHF's scalar RM")
-    ax_a.legend(fontsize=8)
-    bars = [(n, k, metric) for n in names for k in results[n]["b"] for metric in ("time_ratio", "memory_ratio")]
-    ax_b.bar(range(len(bars)), [results[n]["b"][k][m] for n, k, m in bars], color=["C0", "C1"] * (len(bars) // 2))
-    for i, (_, k, _) in enumerate(bars):
-        ax_b.hlines(1 / int(k), i - 0.4, i + 0.4, color="red", ls="--", lw=1)
-    ax_b.set_xticks(range(len(bars)), [f"{n}\nK={k}\n{m.split('_')[0]}" for n, k, m in bars], fontsize=7)
-    ax_b.set_ylabel("K-head RM / K scalar RMs")
-    ax_b.set_title("(b) one K-head RM vs K scalar RMs (red: 1/K)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(11, 4)) as (fig, (ax_a, ax_b)):
+        a_labels = ["moslim / stock", "moslim / bare"]
+        for i, label in enumerate(a_labels):
+            key = "moslim_over_stock" if i == 0 else "moslim_over_bare"
+            ax_a.bar([j + 0.4 * i for j in range(len(names))], [results[n]["a"][key] for n in names], 0.4, label=label)
+        ax_a.axhline(1.03, color="red", ls="--", lw=1, label="target 1.03")
+        ax_a.set_xticks([j + 0.2 for j in range(len(names))], names)
+        ax_a.set_ylabel("time ratio")
+        ax_a.set_title("(a) scoring time vs OpenRLHF's scalar RM")
+        ax_a.legend(fontsize=8)
+        bars = [(n, k, metric) for n in names for k in results[n]["b"] for metric in ("time_ratio", "memory_ratio")]
+        ax_b.bar(range(len(bars)), [results[n]["b"][k][m] for n, k, m in bars], color=["C0", "C1"] * (len(bars) // 2))
+        for i, (_, k, _) in enumerate(bars):
+            ax_b.hlines(1 / int(k), i - 0.4, i + 0.4, color="red", ls="--", lw=1)
+        ax_b.set_xticks(range(len(bars)), [f"{n}\nK={k}\n{m.split('_')[0]}" for n, k, m in bars], fontsize=7)
+        ax_b.set_ylabel("K-head RM / K scalar RMs")
+        ax_b.set_title("(b) one K-head RM vs K scalar RMs (red: 1/K)")
 
 
 def main(argv=None) -> int:

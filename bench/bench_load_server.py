@@ -14,10 +14,8 @@ reward: the server is still correct. Model: all-MiniLM-L6-v2 + helpsteer heads (
 import argparse
 import asyncio
 import json
-import math
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -26,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench import RESULTS_DIR, write_result
+from bench import RESULTS_DIR, figure, latency_ms, write_result
 from bench.bench_server import free_port, make_checkpoint, make_samples, start_server
 
 KINDS = ("valid", "valid_large", "malformed", "oversized_body", "too_many_samples")
@@ -87,7 +85,6 @@ async def run_level(url: str, samples, baseline: list[float], concurrency: int, 
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
     wall = time.perf_counter() - start
-    latencies.sort()
     valid_errors = sum(n for kind in ("valid", "valid_large") for s, n in statuses[kind].items() if s != "200")
     return {
         "requests": n_requests,
@@ -95,8 +92,7 @@ async def run_level(url: str, samples, baseline: list[float], concurrency: int, 
         "statuses": statuses,
         "valid_errors": valid_errors + len(wrong),
         "valid_wrong_rewards": len(wrong),
-        "valid_p50_ms": 1000 * statistics.median(latencies),
-        "valid_p99_ms": 1000 * latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)],
+        **{f"valid_{key}": value for key, value in latency_ms(latencies).items()},
     }
 
 
@@ -120,24 +116,16 @@ def memory_mib(pid: int) -> dict:
 
 
 def plot(levels: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     concurrency = [int(c) for c in levels]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(concurrency, [levels[str(c)]["valid_p50_ms"] for c in concurrency], marker="o", label="p50")
-    ax.plot(concurrency, [levels[str(c)]["valid_p99_ms"] for c in concurrency], marker="x", label="p99")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(concurrency, [str(c) for c in concurrency])
-    ax.set_xlabel("concurrent clients (mixed valid / malformed / oversized)")
-    ax.set_ylabel("latency of single valid requests (ms)")
-    ax.set_title("serve-reward under mixed load, MiniLM, loopback")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, figsize=(6, 4), dpi=100) as (fig, ax):
+        ax.plot(concurrency, [levels[str(c)]["valid_p50_ms"] for c in concurrency], marker="o", label="p50")
+        ax.plot(concurrency, [levels[str(c)]["valid_p99_ms"] for c in concurrency], marker="x", label="p99")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(concurrency, [str(c) for c in concurrency])
+        ax.set_xlabel("concurrent clients (mixed valid / malformed / oversized)")
+        ax.set_ylabel("latency of single valid requests (ms)")
+        ax.set_title("serve-reward under mixed load, MiniLM, loopback")
+        ax.legend()
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""The mapping functions alone: microseconds per 1,000 samples for each built-in (issue 7, item 1c).
+"""The mapping functions alone: microseconds per 1,000 samples for each built-in, against an RM forward.
 
 Inputs have the helpsteer spec's shape (3 heads: 5, 5 and 2 levels), random probabilities, ~70% of objectives
 requested. Each configuration is timed at batch 32 (a scorer batch) and batch 1,000, as the median of `--repeats`
@@ -14,12 +14,11 @@ backbone at batch 32 x 128 tokens on the same machine, target under 1%.
 import argparse
 import functools
 import statistics
-import time
 
 import torch
 from tqdm import tqdm
 
-from bench import write_result
+from bench import seconds_per_call, write_result
 from moslim_plugin.core.mappings import MappingStats, resolve_mapping
 
 LEVELS = (5, 5, 2)
@@ -43,18 +42,6 @@ def inputs(batch: int, device: str, seed: int = 0):
     return probs.to(device), targets.to(device), levels.to(device)
 
 
-def time_calls(fn, calls: int, device: str) -> float:
-    """Seconds per call over `calls` back-to-back calls."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / calls
-
-
 def backbone_forward_seconds(device: str, repeats: int) -> float:
     from transformers import AutoModel
 
@@ -64,7 +51,9 @@ def backbone_forward_seconds(device: str, repeats: int) -> float:
     ids = torch.randint(1000, 2000, (32, 128), device=device)
     with torch.no_grad():
         model(input_ids=ids)  # warm-up
-        return statistics.median(time_calls(lambda: model(input_ids=ids), 1, device) for _ in range(max(3, repeats)))
+        return statistics.median(
+            seconds_per_call(lambda: model(input_ids=ids), 1, device) for _ in range(max(3, repeats))
+        )
 
 
 def main(argv=None) -> int:
@@ -89,7 +78,7 @@ def main(argv=None) -> int:
             stats = MappingStats.from_probs(probs.cpu(), LEVELS) if kwargs.get("norm") == "running" else calibration
             call = functools.partial(fn, probs, targets, levels, stats, **kwargs)
             call()  # warm-up
-            per_call = [time_calls(call, args.calls, args.device) for _ in range(args.repeats)]
+            per_call = [seconds_per_call(call, args.calls, args.device) for _ in range(args.repeats)]
             results[label][f"batch_{batch}"] = {
                 "us_per_1000_samples": [s * 1e6 * 1000 / batch for s in per_call],
                 "median_us_per_1000_samples": statistics.median(per_call) * 1e6 * 1000 / batch,

@@ -1,4 +1,4 @@
-"""Rollout samples/s of the local RL driver: HF `model.generate` (the driver before issue 16) vs what it uses now.
+"""Rollout samples/s of the local RL driver: HF `model.generate` (what the driver first used) vs what it uses now.
 
 SmolLM2-135M-Instruct, the demo's training prompts through the chat template, 48 new tokens, T=0.7, top-p 1. Two
 shapes: the demo's RL step (8 prompts x 4 samples per prompt) and 32 distinct prompts. Four variants:
@@ -10,7 +10,7 @@ cores are shared, so the variants run interleaved (A, B, C, D, A, B, ...) and th
 repeats of the paired ratio of samples/s, not absolute seconds. Also checks that greedy output of the loop on the
 fp32 policy equals HF's greedy token for token on SmolLM2 (16 prompts, 48 tokens).
 
-Profiles (8 prompts x 4 samples, one thread, 24 decode steps, torch.profiler). HF generate before issue 16: 91 % in
+Profiles (8 prompts x 4 samples, one thread, 24 decode steps, torch.profiler). HF generate (the old driver): 91 % in
 the model's forwards, 9 % bookkeeping. The KV-cached loop on the fp32 policy: matmuls 54 %, copies 12 %,
 `torch.multinomial` 45 ms a step (one exponential draw per vocabulary entry: 32 x 49k), SDPA 40 ms a step (its CPU
 kernel costs 1.3 ms per layer for one query token). Hence inverse-CDF sampling (one uniform per row), eager attention
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bench import RESULTS_DIR, write_result
+from bench import RESULTS_DIR, figure, write_result
 
 PROMPTS = Path(__file__).resolve().parent.parent / "moslim_plugin" / "demo" / "prompts" / "prompts_train.txt"
 
@@ -56,27 +56,19 @@ def hf_generate(model, tokenizer, messages_list, max_new_tokens, temperature=1.0
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, res in enumerate(results["shapes"].values()):
-        for j, variant in enumerate(res["paired_ratio"]):
-            ratios = res["paired_ratio"][variant]
-            x = i * 4 + j
-            ax.bar(x, statistics.median(ratios), color=f"C{j}", label=variant if i == 0 else None)
-            ax.plot([x] * len(ratios), ratios, "k.", ms=4)
-    ax.axhline(2.0, color="red", ls="--", lw=1, label="target 2x")
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xticks([i * 4 + 1 for i in range(len(results["shapes"]))], list(results["shapes"]))
-    ax.set_ylabel("samples/s ratio (variant / HF generate)")
-    ax.set_title("Rollout speed-up, median of interleaved pairs (dots: repeats)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(7, 4)) as (fig, ax):
+        for i, res in enumerate(results["shapes"].values()):
+            for j, variant in enumerate(res["paired_ratio"]):
+                ratios = res["paired_ratio"][variant]
+                x = i * 4 + j
+                ax.bar(x, statistics.median(ratios), color=f"C{j}", label=variant if i == 0 else None)
+                ax.plot([x] * len(ratios), ratios, "k.", ms=4)
+        ax.axhline(2.0, color="red", ls="--", lw=1, label="target 2x")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xticks([i * 4 + 1 for i in range(len(results["shapes"]))], list(results["shapes"]))
+        ax.set_ylabel("samples/s ratio (variant / HF generate)")
+        ax.set_title("Rollout speed-up, median of interleaved pairs (dots: repeats)")
+        ax.legend(fontsize=8)
 
 
 def main(argv=None) -> int:
@@ -143,7 +135,7 @@ def main(argv=None) -> int:
     for shape, res in results["shapes"].items():
         for v, ratios in res["paired_ratio"].items():
             value = statistics.median(ratios)
-            driver = v.startswith("copy_bf16")  # what the RL driver samples with by default: issue 16's 2x
+            driver = v.startswith("copy_bf16")  # what the RL driver samples with by default: the 2x target
             headline.append({"metric": f"{shape} {v} samples/s", "value": round(value, 2),
                              "target": ">= 2" if driver else "-", "met": value >= 2 if driver else None})  # fmt: skip
     if greedy:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench import RESULTS_DIR, write_result
+from bench import RESULTS_DIR, figure, latency_ms, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 HH_FILE = REPO.parent / "shared" / "data" / "hh-rlhf" / "helpful-base-test.jsonl.gz"
@@ -156,14 +156,7 @@ async def load_level(url: str, samples, concurrency: int, n_requests: int) -> di
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     wall = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "requests": n_requests,
-        "wall_s": wall,
-        "throughput_rps": n_requests / wall,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)],
-    }
+    return {"requests": n_requests, "wall_s": wall, "throughput_rps": n_requests / wall, **latency_ms(latencies)}
 
 
 def stats_of(base_url: str) -> dict | None:
@@ -193,30 +186,22 @@ def profile_shares(path: Path) -> dict | None:
 
 
 def plot(results: dict, concurrency: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
-    for server, levels in results.items():
-        best = [max(r["throughput_rps"] for r in levels[str(c)]) for c in concurrency]
-        p50 = [statistics.median(r["p50_ms"] for r in levels[str(c)]) for c in concurrency]
-        p99 = [statistics.median(r["p99_ms"] for r in levels[str(c)]) for c in concurrency]
-        ax_t.plot(concurrency, best, marker="o", label=server)
-        ax_l.plot(concurrency, p50, marker="o", label=f"{server} p50")
-        ax_l.plot(concurrency, p99, marker="x", linestyle="--", label=f"{server} p99")
-    for ax, ylabel in ((ax_t, "requests / s (1 sample each)"), (ax_l, "latency (ms)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel(ylabel)
-        ax.set_xticks(concurrency, [str(c) for c in concurrency])
-        ax.legend()
-    fig.suptitle("MOSLIM serve-reward vs OpenRLHF serve_rm, same MiniLM model, loopback")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(10, 4), dpi=100) as (fig, (ax_t, ax_l)):
+        for server, levels in results.items():
+            best = [max(r["throughput_rps"] for r in levels[str(c)]) for c in concurrency]
+            p50 = [statistics.median(r["p50_ms"] for r in levels[str(c)]) for c in concurrency]
+            p99 = [statistics.median(r["p99_ms"] for r in levels[str(c)]) for c in concurrency]
+            ax_t.plot(concurrency, best, marker="o", label=server)
+            ax_l.plot(concurrency, p50, marker="o", label=f"{server} p50")
+            ax_l.plot(concurrency, p99, marker="x", linestyle="--", label=f"{server} p99")
+        for ax, ylabel in ((ax_t, "requests / s (1 sample each)"), (ax_l, "latency (ms)")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("concurrent clients")
+            ax.set_ylabel(ylabel)
+            ax.set_xticks(concurrency, [str(c) for c in concurrency])
+            ax.legend()
+        fig.suptitle("MOSLIM serve-reward vs OpenRLHF serve_rm, same MiniLM model, loopback")
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench import RESULTS_DIR, write_result
+from bench import RESULTS_DIR, figure, write_result
 
 PROMPTS = Path(__file__).resolve().parent.parent / "moslim_plugin" / "demo" / "prompts" / "prompts_train.txt"
 CONFIGS = {
@@ -61,23 +61,15 @@ def run(config: str, seed: int, budget_s: float, out_dir: Path, rows) -> dict:
 
 
 def plot(runs: list, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in runs:
-        color = f"C{list(CONFIGS).index(r['config'])}"
-        xs, ys = [p["seconds"] for p in r["curve"]], [p["reward"] for p in r["curve"]]
-        ax.plot(xs, ys, "o-", color=color, ms=3, label=f"{r['config']} (seed {r['seed']})", alpha=0.8)
-    ax.set_xlabel("wall seconds (shared 2-core CPU)")
-    ax.set_ylabel("rollout reward (share with a contraction)")
-    ax.set_title("All layers vs top-4 vs LoRA at equal wall time")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(7, 4)) as (fig, ax):
+        for r in runs:
+            color = f"C{list(CONFIGS).index(r['config'])}"
+            xs, ys = [p["seconds"] for p in r["curve"]], [p["reward"] for p in r["curve"]]
+            ax.plot(xs, ys, "o-", color=color, ms=3, label=f"{r['config']} (seed {r['seed']})", alpha=0.8)
+        ax.set_xlabel("wall seconds (shared 2-core CPU)")
+        ax.set_ylabel("rollout reward (share with a contraction)")
+        ax.set_title("All layers vs top-4 vs LoRA at equal wall time")
+        ax.legend(fontsize=7)
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""A fair ablation of the demo (issue 16, criterion 6): five settings x seeds on one finished demo run.
+"""A fair ablation of the demo: five settings x seeds on one finished demo run.
 
     python -m moslim_plugin demo --out runs/demo --seeds 1 2 3
     python -m bench.demo_ablation --demo_dir runs/demo --seeds 1 2 3
@@ -15,7 +15,7 @@ prompts, by the same oracle, with the same budget:
   greedy, the evaluation's requests) on `--ric.val_prompts` held-back train prompts; the chosen one is retrained
   on all samples once per seed (the seed orders the samples);
 - moslim: MOSLIM RL with the demo's flags and one PPO epoch (on-policy);
-  moslim_best: the demo's flags plus `--best_flags` (issue 16 point 4's best setting), e.g.
+  moslim_best: the demo's flags plus `--best_flags` (the best RL setting found so far), e.g.
   `--best_flags="--moslim.trainable_layers -1"` (with `=`: a lone flag without a value would otherwise read as one
   of this script's options).
 
@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bench import RESULTS_DIR, machine_info
+from bench import RESULTS_DIR, figure, machine_info
 from moslim_plugin import UserError
 
 SETTINGS = {
@@ -49,10 +49,12 @@ SETTINGS = {
     "base_natural": "starting policy, natural directive",
     "ric": "RiC SFT (epochs, lr tuned on held-back train prompts)",
     "moslim": "MOSLIM RL, on-policy",
-    "moslim_best": "MOSLIM RL, best setting of issue 16 point 4",
+    "moslim_best": "MOSLIM RL, the best setting found (--best_flags)",
 }
 SEEDLESS = "all"  # the cell key of a setting evaluated once (the starting policy)
-MARGIN, TARGET = 0.05, 0.85  # issue 16 criterion 7
+# The bar a MOSLIM setting is held to (`target_verdicts`): mean accuracy >= TARGET, worst seed >= MARGIN above the
+# starting policy and RiC with the intervals apart.
+MARGIN, TARGET = 0.05, 0.85
 
 
 def build_parser():
@@ -211,7 +213,7 @@ def reused_cell(ctx, name, seed):
 
 def summarize(cells: dict, style: str) -> dict:
     """Per setting: per seed the greedy accuracy with its 95 % interval, sampled accuracy and per-objective
-    conditional gap; over seeds the mean, std and worst seed; then issue 16 criterion 7 for every MOSLIM setting."""
+    conditional gap; over seeds the mean, std and worst seed; then the target's verdict for every MOSLIM setting."""
     out = {}
     for name, by_seed in cells.items():
         per_seed = {seed: {
@@ -232,10 +234,10 @@ def summarize(cells: dict, style: str) -> dict:
             "sampled_gap": {n: statistics.mean(p["sampled_gap"][n] for p in sampled)
                             for n in (sampled[0]["sampled_gap"] if sampled else [])},
         }  # fmt: skip
-    return {"settings": out, "criterion7": criterion7(cells, out, style)}
+    return {"settings": out, "target": target_verdicts(cells, out, style)}
 
 
-def criterion7(cells, summary, style) -> dict:
+def target_verdicts(cells, summary, style) -> dict:
     """Met when the MOSLIM setting's mean accuracy >= 0.85 AND its worst seed beats the starting policy (same
     style) and the best RiC seed by >= 0.05 with the 95 % intervals apart (worst seed's low end above their high)."""
     base, verdicts = f"base_{style}", {}
@@ -259,41 +261,33 @@ def criterion7(cells, summary, style) -> dict:
 
 def plot(cells, path) -> None:
     """Greedy and sampled accuracy per setting: one point per seed with its 95 % interval, a bar at the mean."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(cells)
     seeds = sorted({s for c in cells.values() for s in c if s != SEEDLESS}, key=int)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, key in zip(axes, ("metrics", "sampled_metrics")):
-        labelled = set()
-        for i, name in enumerate(names):
-            points = [(seed, c[key]["mean"]) for seed, c in cells[name].items() if c[key]]
-            for j, (seed, m) in enumerate(points):
-                x = i + (j - (len(points) - 1) / 2) * 0.12
-                lo, hi = m["accuracy_ci95"]
-                label = "evaluated once" if seed == SEEDLESS else f"seed {seed}"
-                color = "grey" if seed == SEEDLESS else f"C{seeds.index(seed)}"
-                ax.errorbar([x], [m["accuracy"]], yerr=[[m["accuracy"] - lo], [hi - m["accuracy"]]], fmt="o",
-                            capsize=3, color=color, label=None if label in labelled else label)  # fmt: skip
-                labelled.add(label)
-            if points:
-                ax.hlines(statistics.mean(m["accuracy"] for _, m in points), i - 0.3, i + 0.3, color="black")
-        if not labelled:  # e.g. a demo run with --demo.eval_samples 0: say so rather than leave a blank panel
-            ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", color="grey")
-        ax.axhline(TARGET, color="grey", linestyle=":", linewidth=1)
-        ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
-        ax.set_title(("greedy" if key == "metrics" else "sampled") + " exact-level accuracy (95 % CI; bar: mean)")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(11, 4), sharey=True) as (fig, axes):
+        for ax, key in zip(axes, ("metrics", "sampled_metrics")):
+            labelled = set()
+            for i, name in enumerate(names):
+                points = [(seed, c[key]["mean"]) for seed, c in cells[name].items() if c[key]]
+                for j, (seed, m) in enumerate(points):
+                    x = i + (j - (len(points) - 1) / 2) * 0.12
+                    lo, hi = m["accuracy_ci95"]
+                    label = "evaluated once" if seed == SEEDLESS else f"seed {seed}"
+                    color = "grey" if seed == SEEDLESS else f"C{seeds.index(seed)}"
+                    ax.errorbar([x], [m["accuracy"]], yerr=[[m["accuracy"] - lo], [hi - m["accuracy"]]], fmt="o",
+                                capsize=3, color=color, label=None if label in labelled else label)  # fmt: skip
+                    labelled.add(label)
+                if points:
+                    ax.hlines(statistics.mean(m["accuracy"] for _, m in points), i - 0.3, i + 0.3, color="black")
+            if not labelled:  # e.g. a demo run with --demo.eval_samples 0: say so rather than leave a blank panel
+                ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", color="grey")
+            ax.axhline(TARGET, color="grey", linestyle=":", linewidth=1)
+            ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
+            ax.set_title(("greedy" if key == "metrics" else "sampled") + " exact-level accuracy (95 % CI; bar: mean)")
+        axes[0].legend(fontsize=7)
 
 
 def markdown(results, summary, png) -> str:
-    """The table for the README: one row per setting, the RiC grid, criterion 7's verdict and the commands."""
+    """The table for docs/results.md: one row per setting, the RiC grid, the target's verdict and the commands."""
     rows = summary["settings"]
     objectives = list(next(iter(rows.values()))["gap"]) if rows else []
     head = ["setting", "what", "seeds", "greedy acc mean", "worst seed [95 % CI]", "sampled acc mean",
@@ -325,9 +319,9 @@ def markdown(results, summary, png) -> str:
             lo, hi = t["val_accuracy_ci95"]
             lines.append(f"| {t['epochs']} | {t['lr']:g} | {t['val_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | "
                          f"{t['val_gap']:.3f} | {'yes' if key == grid['chosen'] else ''} |")  # fmt: skip
-    lines += ["", f"Issue 16 criterion 7 (mean accuracy >= {TARGET} AND the worst seed beats the starting policy "
+    lines += ["", f"The target (mean accuracy >= {TARGET} AND the worst seed beats the starting policy "
               f"(same style) and the best RiC seed by >= {MARGIN}, its 95 % interval above theirs):", ""]  # fmt: skip
-    for name, v in summary["criterion7"].items():
+    for name, v in summary["target"].items():
         if v["met"] is None:
             lines.append(f"- {name}: not evaluated ({v['why']})")
             continue

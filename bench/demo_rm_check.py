@@ -1,4 +1,4 @@
-"""The demo's reward models side by side on the same held-out data (issue 16, point 3).
+"""The demo's reward models side by side on the same held-out data.
 
 Every demo run trains its RM on the run's samples; runs whose sample stage is identical (same seed and policy: the
 samples.jsonl files are byte-equal) hold out the same 20 % of the questions (train-rm's split by question, seed 0),

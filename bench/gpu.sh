@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU variant of the benchmarks (issue 7 items a, b, d) plus the in-process reward-actor check, as ONE script for
-# a single GPU with no network: random-init SmolLM2-135M / Qwen2-0.5B shapes in bf16 for the reward-model ratios, the
+# The GPU variant of the benchmarks (bench_heads, bench_server) plus the in-process reward-actor check, as ONE script
+# for a single GPU with no network: random-init SmolLM2-135M / Qwen2-0.5B shapes in bf16 for the reward-model ratios, the
 # MiniLM RM behind both HTTP servers. Each step is bounded by `timeout` so the whole stays under ~8 minutes; results
 # go to bench/results/*.json as on CPU, then the table in docs/benchmarks.md is rebuilt.
 # Usage (repository root, after `make setup` or on a cluster image with the plugin installed): bash bench/gpu.sh

@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bench import RESULTS_DIR, write_result
+from bench import RESULTS_DIR, figure, write_result
 from moslim_plugin import add_threads_flag, set_threads
 from moslim_plugin.data.cpu_strategy import TorchStrategy
 from moslim_plugin.data.evaluate_rm import evaluate, pairwise_accuracy, parse_request, read_pairs
@@ -331,34 +331,29 @@ def train_openrlhf(train_pairs, eval_pairs, backbone, a, workdir, file_pairs=())
 
 
 def draw(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     backbones = list(results["backbones"])
-    fig, axes = plt.subplots(1, len(backbones), figsize=(5.5 * len(backbones), 3.6), squeeze=False)
-    groups, width = ("all", *SUBSETS), 0.38
-    for ax, backbone in zip(axes[0], backbones):
-        for j, (name, label) in enumerate((("moslim", "MOSLIM classification RM"), ("openrlhf", "OpenRLHF pairwise"))):
-            accs = [results["backbones"][backbone][name]["pairwise_accuracy"][g] for g in groups]
-            values = [acc["accuracy"] for acc in accs]
-            errors = [
-                [v - acc["ci95"][0] for v, acc in zip(values, accs)],
-                [acc["ci95"][1] - v for v, acc in zip(values, accs)],
-            ]
-            xs = [i + (j - 0.5) * width for i in range(len(groups))]
-            bars = ax.bar(xs, values, width, yerr=errors, capsize=3, label=label)
-            ax.bar_label(bars, fmt="%.2f", fontsize=7, label_type="center")
-        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(range(len(groups)), [f"{g} (n={results['eval_pairs'][g]})" for g in groups], fontsize=8)
-        ax.set_ylabel("held-out pairwise accuracy (95 % CI)")
-        ax.set_ylim(0.2, 1.0)
-        b = results["backbones"][backbone]
-        ax.set_title(f"{backbone}, {b['train_pairs']} train pairs, max_len {results['max_len']}", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with figure(path, 1, len(backbones), figsize=(5.5 * len(backbones), 3.6), squeeze=False) as (fig, axes):
+        groups, width = ("all", *SUBSETS), 0.38
+        for ax, backbone in zip(axes[0], backbones):
+            for j, (name, label) in enumerate(
+                (("moslim", "MOSLIM classification RM"), ("openrlhf", "OpenRLHF pairwise"))
+            ):
+                accs = [results["backbones"][backbone][name]["pairwise_accuracy"][g] for g in groups]
+                values = [acc["accuracy"] for acc in accs]
+                errors = [
+                    [v - acc["ci95"][0] for v, acc in zip(values, accs)],
+                    [acc["ci95"][1] - v for v, acc in zip(values, accs)],
+                ]
+                xs = [i + (j - 0.5) * width for i in range(len(groups))]
+                bars = ax.bar(xs, values, width, yerr=errors, capsize=3, label=label)
+                ax.bar_label(bars, fmt="%.2f", fontsize=7, label_type="center")
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+            ax.set_xticks(range(len(groups)), [f"{g} (n={results['eval_pairs'][g]})" for g in groups], fontsize=8)
+            ax.set_ylabel("held-out pairwise accuracy (95 % CI)")
+            ax.set_ylim(0.2, 1.0)
+            b = results["backbones"][backbone]
+            ax.set_title(f"{backbone}, {b['train_pairs']} train pairs, max_len {results['max_len']}", fontsize=9)
+            ax.legend(fontsize=7, loc="upper left")
 
 
 def main(argv=None) -> int:
