@@ -54,12 +54,11 @@ def encode_truncated(
     (`truncation=True` cuts the end). Never an error: a long response is a normal event in RL, counted by callers.
 
     `number_words`: each whitespace-separated word of the response is preceded by its index ("1 Sure, 2 here"),
-    whitespace kept. A 6-layer encoder does not learn to count words from a few thousand rows (the demo's 3-band
-    length head stopped at macro-F1 0.85 on band-edge rows); with indices, "is there a word 21" is a token lookup.
-    The heads key on the index tokens themselves, so the response's own digits are spelled out first ("21" ->
-    "twoone", after NFKC so that no other digit form reads as one): every digit the RM reads in a response is an
-    index: a numeral the policy writes is one more word, never a word's index (before this, "21" in a short answer
-    passed for a 21st word). Set at training, saved in the checkpoint (`rm.NUMBERED_WORDS`), applied by every
+    whitespace kept. A 6-layer encoder does not learn to count words from a few thousand rows; with indices, "is
+    there a word 21" is a token lookup (docs/results.md, "The demo's reward model"). The heads key on the index tokens
+    themselves, so the response's own digits are spelled out first ("21" -> "twoone", after NFKC so that no other
+    digit form reads as one): every digit the RM reads in a response is an index: a numeral the policy writes is one
+    more word, never a word's index. Set at training, saved in the checkpoint (`rm.NUMBERED_WORDS`), applied by every
     scorer of it.
     """
     if max_length < 1:

@@ -23,7 +23,7 @@ from moslim_plugin.core.spec import ObjectiveSpec
 
 # --moslim.select: what the kept weights are best at. NLL by default: the mapping reads probabilities, so calibration
 # counts. macro-F1 when the heads' levels are what is judged: NLL can turn upward an epoch or two before the rarer
-# classes are learnt (the demo's RM kept epoch 1-2 of 8 by NLL in three of five probes, at lower F1).
+# classes are learnt.
 SELECTIONS = {
     "nll": "mean per-head negative log-likelihood on the held-out rows (lower is better)",
     "macro_f1": "mean per-head macro-F1 on the held-out rows (higher is better)",

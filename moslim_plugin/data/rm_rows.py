@@ -83,7 +83,7 @@ def load_tokenizer(path):
     except (OSError, ValueError) as e:  # transformers' "no such model / no tokenizer files / bad config"
         raise UserError(f"--model.model_name_or_path {path!r}: no tokenizer ({type(e).__name__}: {e})") from None
     # BERT-style tokenizers (all-MiniLM-L6-v2's) fold "\n" into a space: "- a\n- b" (a list) and "- a - b" (a
-    # paragraph) read the same, which capped the demo's format head at macro-F1 0.887. A "\n" token, saved with the
+    # paragraph) read the same, which capped the demo's format head (docs/results.md). A "\n" token, saved with the
     # checkpoint's tokenizer, makes every scorer of this RM read line breaks as training did (build_model sizes the
     # embedding for it). Tokenizers that already keep line breaks are left as they are.
     if tokenizer("a\nb")["input_ids"] == tokenizer("a b")["input_ids"]:

@@ -66,12 +66,11 @@ def build_parser():
     p.add_argument("--seeds", type=integer, nargs="+", default=[1, 2, 3], help="one MOSLIM RL run per seed")
     p.add_argument("--moslim.mapping", type=str, default="moslim")
     p.add_argument("--moslim.mapping_kwargs", type=str, default=None)
-    # 1e-4, with balanced class weights and the word cuts (`augment`): the length head's held-out macro-F1 was 0.80
-    # at the previous 3e-4, unweighted, without word cuts (docs/demo/run_d779f6d), 0.88 with them (run_9359b94).
+    # 1e-4, with balanced class weights and the word cuts (`augment`): the length head learns better than at 3e-4
+    # unweighted without them (docs/results.md, "Why the demo's defaults").
     p.add_argument("--moslim.rm_lr", type=positive, default=1e-4, help="reward-model learning rate")
-    # Measured on 24 held-out prompts (greedy, 40 tokens, address + formality requests): the starting policy hits
-    # the requested level in 0.48 of answers with the directive in the system message and 0.56 with it at the end of
-    # the user message, right before the answer, where a 135M model attends most.
+    # At the end of the user message, right before the answer, where a 135M model attends most: the starting policy
+    # follows the directive more often there than in the system message (docs/results.md, "Why the demo's defaults").
     p.add_argument("--moslim.placement", default="user_suffix", choices=PLACEMENTS, help="where the directive goes")
     p.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES, help="how the directive reads")
     for key in SIZES["full"]:
@@ -90,8 +89,8 @@ def build_parser():
             # At temperature 1 (full vocabulary) the 135M policy mostly writes word salad; the evaluation decodes
             # greedily, so rollouts at 0.7 sample the coherent answers whose style the evaluation measures.
             "rollout.temperature": 0.7,
-            # Two passes over each rollout batch: the best of the ablation's RL settings (3 seeds, mean held-out
-            # accuracy 0.747 vs 0.714 for one pass; README "Ablation"), at about twice the RL compute per seed.
+            # Two passes over each rollout batch: the best of the ablations' RL settings, at about twice the RL
+            # compute per seed (docs/results.md, "Why the demo's defaults").
             "train.max_epochs": 2,
         }
     )
@@ -100,8 +99,8 @@ def build_parser():
 
 def sample_stage(model, tokenizer, demo, n, seed):
     """n responses to training prompts, each under a one-objective request as the RL asks (`turn_rows`),
-    labelled by the oracle. Asking for every objective at once made the 135M policy write far fewer lists (4.4 % of
-    384 samples: a list plus a length plus a tone is a request it mostly half-follows)."""
+    labelled by the oracle. Asking for every objective at once made the 135M policy write far fewer lists (a list plus
+    a length plus a tone is a request it mostly half-follows; docs/results.md)."""
     rollout, rows = demo.args.rollout, request_rows(demo, n, seed)
     torch.manual_seed(seed)
     _, _, texts = generate(
@@ -217,9 +216,9 @@ class Demo:
 
 # train-rm settings of the RM stage besides backbone, batch, epochs and lr (bench/demo_rm_check.py --train varies
 # those). Balanced class weights: lists and the middle length band are the rare classes. Kept by held-out NLL
-# (train-rm's default): selecting by macro-F1 raised the length head's F1 0.881 -> 0.912 on the same rows, but the RL
-# under that RM scored 0.706 +- 0.035 against 0.747 +- 0.041 (README). Numbered words: the length head read plain
-# text at macro-F1 0.85 on the band-edge rows whatever the pooling, backbone or extra pairs; numbered, 1.00 (README).
+# (train-rm's default): an RM kept by macro-F1 scored its length head higher but trained a worse policy. Numbered
+# words: read plain, the length head could not count words at the band edges; numbered, it can (docs/results.md,
+# "Why the demo's defaults").
 RM_SETTINGS = dict(
     eval_ratio=0.2, seed=0, max_len=192, lr_warmup_ratio=0.1, class_weights="balanced", number_words=True
 )
@@ -267,9 +266,9 @@ def base_eval_stage(demo, model, tokenizer, scorer):
 
 
 # How often each level of an objective is asked for, relative to its other levels (1 each unless listed). Lists are
-# the level the 135M policy writes least: with both formats asked equally, 12.2 % of samples and RL rollouts were
-# lists (README, the previous run), under the 15 % a level needs for RL to reinforce it; asking for a list in 2 of
-# every 3 format requests gave 15.9 % in a probe of the sample stage.
+# the level the 135M policy writes least: asked as often as paragraphs, they stayed under the share a level needs for
+# RL to reinforce it; asked in 2 of every 3 format requests, they reached it (docs/results.md, "Why the demo's
+# defaults").
 REQUEST_WEIGHTS = {"format": (1, 2)}
 
 

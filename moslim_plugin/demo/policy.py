@@ -20,7 +20,7 @@ def torch_device(name: str) -> torch.device:
     """--device as a torch device: `cuda` on a machine whose torch sees no GPU is a one-line user error.
 
     On cuda the weights stay fp32 and matmuls run in TF32. Pure bf16 weights would drop most AdamW steps: at the
-    demo's lr 2e-4, 73 % of SmolLM2's top-layer weights round back to themselves after a +lr step in bf16
+    demo's lr most of SmolLM2's top-layer weights round back to themselves after a step in bf16
     (bench/device/README.md). A 135M model on a GPU is bound by kernel launches, so fp32 costs no time."""
     from moslim_plugin import UserError
 

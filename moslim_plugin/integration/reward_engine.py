@@ -302,8 +302,8 @@ def build_engine(config, **engine_kwargs) -> RewardEngine:
     """Validate `config` (a RewardConfig), load its MOSLIM RM checkpoint into a `Scorer`, wrap it in a `RewardEngine`.
 
     `config.batch_size`: rows per model call inside one micro-batch. The scorer sorts a micro-batch by length, so
-    smaller chunks pad less: on CPU, 16 is ~1.6x faster than one padded batch of 64 (HH-RLHF lengths, MiniLM); on
-    GPU, bigger calls keep the device busy. Default: 16 on CPU, the micro-batch size on GPU.
+    smaller chunks pad less, which pays on CPU (docs/results.md); on GPU, bigger calls keep the device busy. Default:
+    16 on CPU, the micro-batch size on GPU.
     """
     import torch
 
