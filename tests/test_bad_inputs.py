@@ -110,6 +110,10 @@ screen | {base} --screen.output_dir {d}/afile/x | ({d}/afile is a file, not a fo
 screen | {base} --screen.output_dir /sys/screen | --screen.output_dir '/sys/screen': cannot be written in /sys
 demo | {base} --out {d}/afile | --out '{d}/afile': a file, not a folder
 demo | {base} --out /sys/demo | --out '/sys/demo': cannot be written in /sys
+train-rm | {base} --ckpt.output_dir {d}/afile | --ckpt.output_dir '{d}/afile': a file, not a folder
+train-rm | {base} --ckpt.output_dir /sys/rm | --ckpt.output_dir '/sys/rm': cannot be written in /sys
+train-rm | {base} --ckpt.path /sys/ckpt --ckpt.save_steps 1 | --ckpt.path '/sys/ckpt': cannot be written in /sys
+train-rm | {base} --ckpt.max_num 0 | argument --ckpt.max_num: expected an integer >= 1, got 0
 train-rm | {base} --ckpt.output_dir {d}/rm | --ckpt.output_dir {d}/rm already holds a model (config.json)
 
 # --- counts, limits and rates: finite, in range, integers where a count is meant -------------------------------------
@@ -126,6 +130,32 @@ prepare-prompts | {base} --moslim.sampling column --moslim.columns helpful=a,hel
 prepare-prompts | {base} --moslim.sampling sometimes | argument --moslim.sampling: invalid choice: 'sometimes'
 prepare-prompts | {base} --moslim.style prose | argument --moslim.style: invalid choice: 'prose'
 train-rm | {base} --data.max_len 0 | argument --data.max_len: expected an integer >= 1, got 0
+train-rm | {base} --data.max_samples -1 | argument --data.max_samples: expected an integer >= 1, got -1
+train-rm | {base} --data.max_len 100000 | --data.max_len 100000 exceeds what the backbone {bert} can read
+train-rm | {base} --train.max_epochs 0 | argument --train.max_epochs: expected an integer >= 1, got 0
+train-rm | {base} --train.max_epochs -2 | argument --train.max_epochs: expected an integer >= 1, got -2
+train-rm | {base} --train.max_steps 0 | argument --train.max_steps: expected -1 (use --train.max_epochs) or an integer >= 1
+train-rm | {base} --adam.lr=-1e-4 | argument --adam.lr: expected a finite number > 0, got -1e-4
+train-rm | {base} --adam.lr nan | argument --adam.lr: expected a finite number > 0, got nan
+train-rm | {base} --adam.lr 0 | argument --adam.lr: expected a finite number > 0, got 0
+train-rm | {base} --adam.betas 0.9 1.5 | argument --adam.betas: expected a number in [0, 1), got 1.5
+train-rm | {base} --adam.eps 0 | argument --adam.eps: expected a finite number > 0, got 0
+train-rm | {base} --adam.weight_decay -0.1 | argument --adam.weight_decay: expected a finite number >= 0, got -0.1
+train-rm | {base} --lr_warmup_ratio 1.5 | argument --lr_warmup_ratio: expected a number in [0, 1], got 1.5
+train-rm | {base} --min_lr_ratio -0.1 | argument --min_lr_ratio: expected a number in [0, 1], got -0.1
+train-rm | {base} --max_norm nan | argument --max_norm: expected a finite number >= 0, got nan
+train-rm | {base} --moslim.eval_ratio 1.5 | argument --moslim.eval_ratio: expected a number in (0, 1), got 1.5
+train-rm | {base} --moslim.eval_ratio 0 | argument --moslim.eval_ratio: expected a number in (0, 1), got 0
+train-rm | {base} --moslim.label_smoothing 1 | argument --moslim.label_smoothing: expected a number in [0, 1), got 1
+train-rm | {base} --moslim.label_smoothing -0.5 | argument --moslim.label_smoothing: expected a number in [0, 1), got -0.5
+train-rm | {base} --eval.patience -1 | argument --eval.patience: expected an integer >= 0, got -1
+train-rm | {base} --eval.steps 0 | argument --eval.steps: expected -1 (every epoch) or an integer >= 1
+train-rm | {base} --ds.lora.rank -1 | argument --ds.lora.rank: expected an integer >= 0, got -1
+train-rm | {base} --ds.lora.dropout 1 | argument --ds.lora.dropout: expected a number in [0, 1), got 1
+train-rm | {base} --ds.zero_stage 4 | argument --ds.zero_stage: expected an integer in [0, 3], got 4
+train-rm | {base} --logger.logging_steps 0 | argument --logger.logging_steps: expected an integer >= 1, got 0
+train-rm | {base} --model.model_name_or_path {d}/no-model | --model.model_name_or_path '{d}/no-model': no tokenizer
+train-rm | {base} --model.model_name_or_path {d}/rm | backbone '{d}/rm' is a MOSLIM reward-model checkpoint
 train-rm | {base} --train.batch_size 0 | argument --train.batch_size: expected an integer >= 1, got 0
 train-rm | {base} --train.batch_size eight | argument --train.batch_size: expected an integer >= 1, got 'eight'
 train-rm | {base} --train.micro_batch_size 0 | argument --train.micro_batch_size: expected an integer >= 1, got 0

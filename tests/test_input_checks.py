@@ -124,3 +124,24 @@ def test_an_output_location_that_cannot_be_written_is_refused_before_any_work_an
     if sys.platform.startswith("linux"):  # sysfs takes no new file, not even from root
         with pytest.raises(UserError, match="--out '/sys/moslim-out': cannot be written in /sys"):
             writable("/sys/moslim-out", "--out")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("max_epochs", 0, "--train.max_epochs 0: expected an integer >= 1"),
+        ("lr", float("nan"), "--adam.lr nan: expected a finite number > 0"),
+        ("adam_betas", [0.9, 1.0], r"--adam.betas 1.0: expected a number in \[0, 1\)"),
+        ("eval_ratio", 1.0, r"--moslim.eval_ratio 1.0: expected a number in \(0, 1\)"),
+        ("eval_steps", 0, r"--eval.steps 0: expected -1 \(every epoch\) or an integer >= 1"),
+        ("max_samples", -1, "--data.max_samples -1: expected an integer >= 1"),
+        ("label_smoothing", 1, r"--moslim.label_smoothing 1: expected a number in \[0, 1\)"),
+    ],
+)
+def test_a_train_rm_config_made_in_python_is_refused_as_its_flag_would_be(field, value, message):
+    from moslim_plugin.data.rm_config import TrainRMConfig
+
+    with pytest.raises(UserError, match=message):
+        TrainRMConfig(model_name_or_path="backbone", spec="hh", **{field: value})
+    assert TrainRMConfig(model_name_or_path="backbone", spec="hh", eval_steps=-1, max_steps=-1).max_epochs == 1

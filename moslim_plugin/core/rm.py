@@ -53,6 +53,16 @@ def is_moslim_checkpoint(path) -> bool:
         return False
 
 
+def check_plain_backbone(path) -> None:
+    """A MOSLIM checkpoint given where a plain backbone folder is wanted is refused (transformers would fail deep
+    inside, on a missing backbone config field); train-rm asks before it reads any row."""
+    if is_moslim_checkpoint(path):
+        raise UserError(
+            f"backbone {str(path)!r} is a MOSLIM reward-model checkpoint: start from a plain backbone folder (its "
+            "config.json has no 'moslim' entry), or load the reward model with from_pretrained"
+        )
+
+
 def max_positions(path) -> int | None:
     """The most tokens the backbone in `path` can read, from its config.json without loading weights: a MOSLIM
     checkpoint keeps the backbone's config under `backbone_config` (format 2), a format 1 checkpoint or a plain
@@ -197,11 +207,7 @@ class MultiHeadRewardModel(PreTrainedModel):
         active ZeRO-3 `HfDeepSpeedConfig` the backbone loads partitioned and the heads are created partitioned."""
         from transformers.integrations import is_deepspeed_zero3_enabled
 
-        if is_moslim_checkpoint(path):  # transformers would fail deep inside, on a missing backbone config field
-            raise UserError(
-                f"backbone {str(path)!r} is a MOSLIM reward-model checkpoint: start from a plain backbone folder (its "
-                "config.json has no 'moslim' entry), or load the reward model with from_pretrained"
-            )
+        check_plain_backbone(path)
         try:
             backbone = AutoModel.from_pretrained(
                 path, dtype=dtype, trust_remote_code=False, use_safetensors=True, **model_kwargs

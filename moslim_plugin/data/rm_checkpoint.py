@@ -4,7 +4,7 @@ import json
 import os
 import pickle
 
-from moslim_plugin import UserError
+from moslim_plugin import UserError, writable
 from moslim_plugin.data.cpu_strategy import TorchStrategy
 
 META_FILE = "moslim_resume.json"
@@ -74,9 +74,13 @@ def resume(config, spec, strategy, model) -> dict | None:
 
 
 def check_output_dir(config):
+    """Every folder the run will write, checked before the training rather than found unwritable after it."""
     out = config.output_dir
-    if os.path.exists(out) and not os.path.isdir(out):  # found now, not when saving after the training
-        raise UserError(f"--ckpt.output_dir {out}: a file, not a folder")
+    writable(out, "--ckpt.output_dir")
+    if config.save_steps > 0 or config.load_enable:
+        writable(config.ckpt_path, "--ckpt.path")
+    if config.tensorboard_dir:
+        writable(config.tensorboard_dir, "--logger.tensorboard_dir")
     if os.path.isfile(os.path.join(out, "config.json")) and not config.overwrite:
         raise UserError(
             f"--ckpt.output_dir {out} already holds a model (config.json): choose another folder or pass "

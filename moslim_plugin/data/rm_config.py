@@ -18,7 +18,21 @@ from types import SimpleNamespace
 
 from transformers import SchedulerType
 
-from moslim_plugin import UserError, add_options, check_options, flag_of, option, option_values, positive_int
+from moslim_plugin import (
+    Range,
+    UserError,
+    add_options,
+    check_options,
+    flag_of,
+    integer,
+    nonnegative,
+    nonnegative_int,
+    option,
+    option_values,
+    positive,
+    positive_int,
+    probability,
+)
 from moslim_plugin.core.spec import ObjectiveSpec
 
 # --moslim.select: what the kept weights are best at. NLL by default: the mapping reads probabilities, so calibration
@@ -42,51 +56,60 @@ class TrainRMConfig:
     gradient_checkpointing_enable: bool = option(False, flag="--model.gradient_checkpointing_enable")
     gradient_checkpointing_reentrant: bool = option(False, flag="--model.gradient_checkpointing_reentrant")
     dataset: str | None = option(None, "rows from prepare-ratings (.jsonl)", flag="--data.dataset")
-    max_samples: int = option(1000000, kind=int, flag="--data.max_samples")
-    max_len: int = option(512, kind=positive_int, flag="--data.max_len")
+    max_samples: int = option(1000000, "the first N rows", kind=positive_int, flag="--data.max_samples")
+    max_len: int = option(
+        512, "tokens per row, at most the backbone's position limit", kind=positive_int, flag="--data.max_len"
+    )
     eval_dataset: str | None = option(None, "held-out rows (default: split by question)", flag="--eval.dataset")
-    eval_steps: int = option(-1, "evaluate every N steps (default: every epoch)", kind=int, flag="--eval.steps")
-    patience: int = option(3, "stop after N evaluations without gain (0: never)", kind=int, flag="--eval.patience")
+    eval_steps: int = option(-1, "evaluate every N steps", kind=Range(int, 1, special=(-1, "every epoch")),
+                             flag="--eval.steps")  # fmt: skip
+    patience: int = option(3, "stop after N evaluations without gain (0: never)", kind=nonnegative_int,
+                           flag="--eval.patience")  # fmt: skip
     micro_batch_size: int = option(1, kind=positive_int, flag="--train.micro_batch_size")
     batch_size: int = option(128, kind=positive_int, flag="--train.batch_size")
-    max_epochs: int = option(1, kind=int, flag="--train.max_epochs")
-    max_steps: int = option(-1, "optimizer steps; overrides max_epochs when > 0", kind=int, flag="--train.max_steps")
-    seed: int = option(42, kind=int, flag="--train.seed")
+    max_epochs: int = option(1, kind=positive_int, flag="--train.max_epochs")
+    max_steps: int = option(
+        -1,
+        "optimizer steps; overrides --train.max_epochs",
+        kind=Range(int, 1, special=(-1, "use --train.max_epochs")),
+        flag="--train.max_steps",
+    )
+    seed: int = option(42, kind=integer, flag="--train.seed")
     full_determinism_enable: bool = option(False, flag="--train.full_determinism_enable")
-    lr: float = option(9e-6, kind=float, flag="--adam.lr")
-    adam_betas: list = option([0.9, 0.95], kind=float, nargs=2, flag="--adam.betas")
-    adam_eps: float = option(1e-8, kind=float, flag="--adam.eps")
-    weight_decay: float = option(0.0, kind=float, flag="--adam.weight_decay")
+    lr: float = option(9e-6, kind=positive, flag="--adam.lr")
+    adam_betas: list = option([0.9, 0.95], kind=Range(float, 0, 1, high_open=True), nargs=2, flag="--adam.betas")
+    adam_eps: float = option(1e-8, kind=positive, flag="--adam.eps")
+    weight_decay: float = option(0.0, kind=nonnegative, flag="--adam.weight_decay")
     # The choices are checked here: a typo would otherwise fail only after the model is built.
     lr_scheduler: str = option("cosine_with_min_lr", choices=[s.value for s in SchedulerType], flag="--lr_scheduler")
-    lr_warmup_ratio: float = option(0.03, kind=float, flag="--lr_warmup_ratio")
-    min_lr_ratio: float = option(0.1, kind=float, flag="--min_lr_ratio")
-    max_norm: float = option(1.0, kind=float, flag="--max_norm")
+    lr_warmup_ratio: float = option(0.03, kind=probability, flag="--lr_warmup_ratio")
+    min_lr_ratio: float = option(0.1, kind=probability, flag="--min_lr_ratio")
+    max_norm: float = option(1.0, "gradient clipping (0: none)", kind=nonnegative, flag="--max_norm")
     output_dir: str = option("./ckpt", flag="--ckpt.output_dir")
     ckpt_path: str = option("./ckpt/checkpoints_rm", flag="--ckpt.path")
-    save_steps: int = option(-1, kind=int, flag="--ckpt.save_steps")
-    max_num: int = option(3, kind=int, flag="--ckpt.max_num")
-    max_mem: int = option(int(1e8), kind=int, flag="--ckpt.max_mem")
+    save_steps: int = option(-1, kind=Range(int, 1, special=(-1, "never")), flag="--ckpt.save_steps")
+    max_num: int = option(3, kind=positive_int, flag="--ckpt.max_num")
+    max_mem: int = option(int(1e8), kind=positive_int, flag="--ckpt.max_mem")
     load_enable: bool = option(False, flag="--ckpt.load_enable")
     overwrite: bool = option(False, "replace a model in output_dir", flag="--ckpt.overwrite")
-    local_rank: int = option(-1, kind=int, flag="--local_rank")
+    local_rank: int = option(-1, kind=Range(int, 0, special=(-1, "no launcher")), flag="--local_rank")
     # Ours. auto is OpenRLHF's behaviour; cpu / cuda run in this process without a launcher (e.g. inside the demo).
     device: str = option(
         "auto", "auto: DeepSpeed on CUDA if there is a GPU, else plain torch on CPU; cpu / cuda: plain fp32 torch",
         choices=["auto", "cpu", "cuda"], flag="--device",
     )  # fmt: skip
-    zero_stage: int = option(2, kind=int, flag="--ds.zero_stage")
+    zero_stage: int = option(2, kind=Range(int, 0, 3), flag="--ds.zero_stage")
     param_dtype: str = option("bf16", "GPU only; CPU: fp32", choices=["bf16", "fp16"], flag="--ds.param_dtype")
     attn_implementation: str = option("sdpa", flag="--ds.attn_implementation")
     adam_offload: bool = option(False, flag="--ds.adam_offload")
-    zpg: int = option(1, kind=int, flag="--ds.zpg")
+    zpg: int = option(1, kind=positive_int, flag="--ds.zpg")
     grad_accum_dtype: str | None = option(None, flag="--ds.grad_accum_dtype")
     overlap_comm: bool = option(False, flag="--ds.overlap_comm")
-    lora_rank: int = option(0, kind=int, flag="--ds.lora.rank")
-    lora_alpha: int = option(16, kind=int, flag="--ds.lora.alpha")
-    lora_dropout: float = option(0.0, kind=float, flag="--ds.lora.dropout")
+    lora_rank: int = option(0, kind=nonnegative_int, flag="--ds.lora.rank")
+    lora_alpha: int = option(16, kind=positive_int, flag="--ds.lora.alpha")
+    lora_dropout: float = option(0.0, kind=Range(float, 0, 1, high_open=True), flag="--ds.lora.dropout")
     lora_target_modules: str | list = option("all-linear", kind=str, nargs="*", flag="--ds.lora.target_modules")
-    logging_steps: int = option(1, kind=int, flag="--logger.logging_steps")
+    logging_steps: int = option(1, kind=positive_int, flag="--logger.logging_steps")
     tensorboard_dir: str | None = option(None, flag="--logger.tensorboard_dir")
     wandb_key: str | None = option(None, flag="--logger.wandb.key")
     wandb_project: str = option("moslim_train_rm", flag="--logger.wandb.project")
@@ -101,8 +124,10 @@ class TrainRMConfig:
         "the RM reads each response word after its index (1 Sure, 2 here): lets a head count words; saved in the "
         "checkpoint, so every scorer of it reads the same",
     )
-    eval_ratio: float = option(0.1, "held-out share of questions", kind=float)
-    label_smoothing: float = option(0.0, kind=float)
+    eval_ratio: float = option(
+        0.1, "held-out share of questions", kind=Range(float, 0, 1, low_open=True, high_open=True)
+    )
+    label_smoothing: float = option(0.0, kind=Range(float, 0, 1, high_open=True))
     class_weights: str = option("none", choices=["none", "balanced"])
     select: str = option("nll", "model selection", choices=list(SELECTIONS))
 

@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from moslim_plugin import UserError
+from moslim_plugin.core.rm import check_plain_backbone, max_positions
 from moslim_plugin.core.spec import load_spec
 from moslim_plugin.data.cpu_strategy import TorchStrategy
 from moslim_plugin.data.rm_checkpoint import check_output_dir, resume, save_checkpoint, save_model
@@ -241,6 +242,13 @@ def train_reward_model(config: TrainRMConfig, rows=None, eval_rows=None) -> dict
     if config.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: this torch build sees no CUDA device; use --device cpu (or auto)")
     spec = load_spec(config.spec)
+    check_plain_backbone(config.model_name_or_path)
+    positions = max_positions(config.model_name_or_path)  # past it the backbone fails inside its first forward
+    if positions and config.max_len > positions:
+        raise UserError(
+            f"--data.max_len {config.max_len} exceeds what the backbone {config.model_name_or_path} can read "
+            f"(max_position_embeddings {positions}): pass at most {positions}"
+        )
     train_rows, eval_rows = split_rows(config, spec, rows, eval_rows)
     check_output_dir(config)
     tokenizer = load_tokenizer(config.model_name_or_path)
