@@ -362,3 +362,9 @@ def test_the_length_limit_is_checked_against_the_backbone_inside_a_train_rm_chec
     engine.scorer.max_length = 200
     with pytest.raises(IndexError):
         engine.scorer.score(*long_pair)
+    # The Scorer loaded on its own (evaluate, screen, the demo's judge) reads as far as the backbone can.
+    from moslim_plugin.core.scorer import Scorer
+
+    assert Scorer.from_pretrained(trained_rm).max_length == 128
+    with pytest.raises(UserError, match="max_length 200 exceeds what the reward model .* max_position_embeddings 128"):
+        Scorer.from_pretrained(trained_rm, max_length=200)

@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 from moslim_plugin import UserError
 from moslim_plugin.core.directives import validate_request
 from moslim_plugin.core.mappings import DEFAULT_MAPPING, MappingStats, parse_mapping_kwargs, resolve_mapping
-from moslim_plugin.core.rm import MultiHeadRewardModel, ensure_pad_token
+from moslim_plugin.core.rm import MultiHeadRewardModel, ensure_pad_token, max_positions
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -159,6 +159,14 @@ class Scorer:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         except (OSError, ValueError) as e:
             raise UserError(f"{path}: no tokenizer saved with the reward model ({e}); save it with the model") from e
+        # 512 tokens, or the backbone's positions when fewer: a longer pair would fail inside the forward pass.
+        limit = max_positions(path)
+        kw.setdefault("max_length", min(512, limit or 512))
+        if limit and kw["max_length"] > limit:
+            raise UserError(
+                f"max_length {kw['max_length']} exceeds what the reward model {path} can read (its backbone's "
+                f"max_position_embeddings {limit})"
+            )
         return cls(model, tokenizer, mapping=mapping, mapping_kwargs=mapping_kwargs, **kw)
 
     def classify(self, questions: list[str], responses: list[str]) -> torch.Tensor:
