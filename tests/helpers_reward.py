@@ -3,6 +3,7 @@ own executor driven over a batch of samples, and small MOSLIM checkpoints. Impor
 on sys.path (no tests/__init__.py on purpose, see conftest.py)."""
 
 import asyncio
+import contextlib
 import json
 import types
 
@@ -90,3 +91,32 @@ def inverted_mapping(probs, targets, levels, stats):
 def flat_mapping(probs, targets, levels, stats):
     """A mapping that returns the wrong shape: one reward per (sample, objective), not per sample."""
     return probs[..., 0].flatten(), probs[..., 0]
+
+
+@contextlib.contextmanager
+def serving(engine, **app_kwargs):
+    """A real uvicorn server for `engine` (serve-reward's app) on a free loopback port, in a thread; yields its URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from moslim_plugin.integration.server import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(engine, **app_kwargs)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start within 30 s"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -541,29 +541,14 @@ def test_a_bad_reward_function_configuration_stops_it_at_import_in_one_line(
 @pytest.fixture(scope="module")
 def server(bad):
     """serve-reward's app on the catalogue's checkpoint, small bounds (256 KiB, 4 samples), on a free loopback port."""
-    import threading
-    import time
-
-    import uvicorn
+    from helpers_reward import serving
 
     from moslim_plugin.integration.reward_config import RewardConfig
     from moslim_plugin.integration.reward_engine import build_engine
-    from moslim_plugin.integration.server import create_app
 
     engine = build_engine(RewardConfig(rm_path=str(bad / "rm"), max_length=128, device="cpu"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(engine, max_body_bytes=256 * 1024, max_samples=4)
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with serving(engine, max_body_bytes=256 * 1024, max_samples=4) as base:
+        yield base
 
 
 BODIES = {

@@ -5,7 +5,6 @@ the server, the batching engine and the scorer are the real ones. Also the serve
 request, queue, deadline), its fair scheduling of large requests, and the driver's check of its configuration.
 """
 
-import contextlib
 import json
 import logging
 import socket
@@ -16,7 +15,7 @@ import urllib.request
 from types import SimpleNamespace as NS
 
 import pytest
-from helpers_reward import chat_prompt, run_executor, save_minilm_rm
+from helpers_reward import chat_prompt, run_executor, save_minilm_rm, serving
 
 from moslim_plugin import UserError
 from moslim_plugin.core.directives import request_to_label
@@ -24,7 +23,7 @@ from moslim_plugin.core.spec import load_spec
 from moslim_plugin.integration import launcher
 from moslim_plugin.integration.reward_config import RewardConfig
 from moslim_plugin.integration.reward_engine import DeadlineExceeded, QueueFull, build_engine
-from moslim_plugin.integration.server import build_parser, create_app
+from moslim_plugin.integration.server import build_parser
 
 QUESTIONS = ["What is 2+2?", "Name a colour.", "How do magnets work?", "Say hello."] * 4
 RESPONSES = ["4.", "Blue, like the sky.", "Aligned electron spins make a field.", "Hello!"] * 4
@@ -51,29 +50,6 @@ def policy_tokenizer(smollm2_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_dir)
-
-
-@contextlib.contextmanager
-def serving(engine, **app_kwargs):
-    """A real uvicorn server for `engine` on a free loopback port, in a thread; yields its base URL."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(engine, **app_kwargs)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start within 30 s"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def get_json(url, headers=None):
