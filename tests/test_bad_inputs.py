@@ -7,8 +7,8 @@ backbone. For a command the test asserts exit code 2, one line on stderr beginni
 and holding the fragment, no traceback, and nothing new in the folder (no output left as if the run had succeeded).
 The commands run in this process through `moslim_plugin.cli.main` and fail before any model loads, except where a
 line names a model that is broken; `train_ppo_ray`'s lines run in one subprocess (the launcher patches OpenRLHF for
-the rest of its process), and `reward-func` and `http` lines have their own runners below. A new flag's cases are new
-lines here.
+the rest of its process), `reward-func` and `http` lines have their own runners below, and a few lines run again
+through the installed console script (CONSOLE_SCRIPT_LINES). A new flag's cases are new lines here.
 """
 
 import json
@@ -473,6 +473,29 @@ def test_a_bad_input_to_a_command_is_one_line_naming_it_exit_2_and_leaves_nothin
     assert snapshot(bad) == before, sorted(snapshot(bad) - before)
 
 
+# A handful of lines again through the installed console script, in a process of their own: what a user runs.
+CONSOLE_SCRIPT_LINES = ("prepare-prompts | {base} --moslim.spec {d}/specs/latin1.yaml",
+                        "train-rm | {base} --adam.lr nan", "serve-reward | {base} --server.port 70000",
+                        "demo | {base} --rollout.top_p 0")  # fmt: skip
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "command, args, fragment", [p for p in cases(lambda c: True) if " | ".join(p.values[:2]) in CONSOLE_SCRIPT_LINES]
+)
+def test_the_console_script_gives_the_same_one_line_error_and_exit_code_2(
+    command, args, fragment, bad, tiny_bert, taken_port
+):
+    from pathlib import Path
+
+    argv = shlex.split(fill(args, bad, tiny_bert, taken_port, fill(BASE[command], bad, tiny_bert, taken_port)))
+    script = Path(sys.executable).parent / "moslim-openrlhf"
+    proc = subprocess.run([str(script), command, *argv], capture_output=True, text=True, timeout=300, cwd=bad / "cwd")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"moslim-openrlhf {command}: error:")
+    assert fill(fragment, bad, tiny_bert, taken_port) in proc.stderr, proc.stderr
+
+
 LAUNCHER_DRIVER = """
 import contextlib, io, json, sys, traceback
 from moslim_plugin.cli import main
@@ -582,4 +605,6 @@ def test_a_bad_http_body_is_a_4xx_naming_what_is_wrong_and_counted(command, args
 def test_the_catalogue_holds_at_least_150_cases_across_every_kind_of_input():
     commands = [p.values[0] for p in cases(lambda c: True)]
     assert len(commands) >= 150, len(commands)
+    lines = {" | ".join(p.values[:2]) for p in cases(lambda c: True)}
+    assert set(CONSOLE_SCRIPT_LINES) <= lines  # each console-script case is a catalogue line
     assert set(commands) >= IN_PROCESS | {"train_ppo_ray", "reward-func", "http"}
