@@ -3,12 +3,13 @@ configuration and HTTP bodies, each refused in one line that names the offending
 
 One line per case: `command | arguments | fragment`. The arguments are shell-quoted; `{base}` is the command's valid
 arguments (BASE: the bad one given after it wins), `{d}` the catalogue's folder of inputs (`bad`), `{bert}` a tiny
-backbone. For a command the test asserts exit code 2, one line on stderr beginning `moslim-openrlhf <command>: error:`
-and holding the fragment, no traceback, and nothing new in the folder (no output left as if the run had succeeded).
-The commands run in this process through `moslim_plugin.cli.main` and fail before any model loads, except where a
-line names a model that is broken; `train_ppo_ray`'s lines run in one subprocess (the launcher patches OpenRLHF for
-the rest of its process), `reward-func` and `http` lines have their own runners below, and a few lines run again
-through the installed console script (CONSOLE_SCRIPT_LINES). A new flag's cases are new lines here.
+backbone, `{reward_func}` the `.py` reward function. For a command the test asserts exit code 2, one line on stderr
+beginning `moslim-openrlhf <command>: error:` and holding the fragment, no traceback, and nothing new in the folder
+(no output left as if the run had succeeded). The commands run in this process through `moslim_plugin.cli.main` and
+fail before any model loads, except where a line names a model that is broken; `train_ppo_ray`'s lines run in one
+subprocess (the launcher patches OpenRLHF for the rest of its process), `reward-func` and `http` lines have their own
+runners below, and a few lines run again through the installed console script (CONSOLE_SCRIPT_LINES). A new flag's
+cases are new lines here.
 """
 
 import json
@@ -285,6 +286,8 @@ train_ppo_ray | --moslim.spec hh --moslim.sampling fixed --moslim.fixed helpful=
 train_ppo_ray | --reward.model_name_or_path {d}/rm --moslim.max_length 200 | --moslim.max_length 200 exceeds what the reward model {d}/rm can read
 train_ppo_ray | --reward.model_name_or_path {d}/rm --moslim.max_length 128 --moslim.fallback_reward 1 | ['--moslim.fallback_reward'] would do nothing with the reward model in-process
 train_ppo_ray | --reward.model_name_or_path {d}/rm --moslim.max_length 128 --moslim.device gpu0 | --moslim.device 'gpu0': not a torch device
+train_ppo_ray | --reward.model_name_or_path {d}/rm --reward.remote_url {reward_func} --moslim.max_length 128 --moslim.device gpu0 | --moslim.device 'gpu0': not a torch device
+train_ppo_ray | --reward.model_name_or_path {d}/rm --reward.remote_url {reward_func} --moslim.max_length 200 | --moslim.max_length 200 exceeds what the reward model {d}/rm can read
 train_ppo_ray | --reward.model_name_or_path {d}/rm --moslim.max_length 128 --moslim.mapping_kwargs '{"eps": 1e9}' | the keyword(s) ['eps'] cause it
 
 # --- the .py reward function: its configuration as the job's env carries it (MOSLIM_REWARD_CONFIG) ----------------------
@@ -432,8 +435,10 @@ def fill(text, bad, tiny_bert, taken_port, base=""):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
+    from moslim_plugin.integration.remote import REWARD_FUNC_FILE
+
     for key, value in {"{base}": base, "{d}": str(bad), "{bert}": str(tiny_bert), "{taken_port}": str(taken_port),
-                       "{free_port}": str(free)}.items():  # fmt: skip
+                       "{free_port}": str(free), "{reward_func}": str(REWARD_FUNC_FILE)}.items():  # fmt: skip
         text = text.replace(key, value)
     return text
 
