@@ -34,7 +34,7 @@ import torch
 
 from bench import RESULTS_DIR, machine_info
 from moslim_plugin.core.scorer import Scorer
-from moslim_plugin.data.rm_rows import split_by_question
+from moslim_plugin.data.rm_rows import split_by_group
 from moslim_plugin.data.train_rm import TrainRMConfig, train_reward_model
 from moslim_plugin.demo.evaluate import rm_agreement
 from moslim_plugin.demo.oracle import demo_spec, length_level
@@ -79,7 +79,7 @@ def main_run(argv=None) -> int:
     rows = [{"question": s["question"], "response": s["response"], "labels": s["labels"]} for s in samples]
     # The demo's RM stage: samples + augment(seed 0), split by question with the stage's ratio and seed.
     edits = augment(samples, spec, seed=0)
-    _, heldout = split_by_question(rows + edits, RM_SETTINGS["eval_ratio"], RM_SETTINGS["seed"])
+    _, heldout, _ = split_by_group(rows + edits, RM_SETTINGS["eval_ratio"], RM_SETTINGS["seed"])
     trained = None
     if args.train:
         named = {"minilm": minilm_path, "smollm2": smollm2_path}

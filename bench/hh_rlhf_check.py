@@ -54,7 +54,7 @@ from moslim_plugin import add_threads_flag, set_threads
 from moslim_plugin.data.cpu_strategy import TorchStrategy
 from moslim_plugin.data.evaluate_rm import evaluate, pairwise_accuracy, parse_request, read_pairs
 from moslim_plugin.data.ratings import read_records, split_hh_dialogue
-from moslim_plugin.data.rm_rows import split_by_question
+from moslim_plugin.data.rm_rows import split_by_group
 from moslim_plugin.data.train_rm import TrainRMConfig, train_reward_model
 from moslim_plugin.integration import compat
 
@@ -140,6 +140,7 @@ def train_moslim(train_pairs, eval_pairs, backbone, a, workdir):
         max_len=a.max_len,
         seed=a.seed,
         lr_warmup_ratio=0.1,
+        max_num=0,  # no resumable checkpoints: OpenRLHF's trainer saves none here either
     )
     eval_rows = rows(eval_pairs[:16] or train_pairs[:4])
     train_seconds = train_reward_model(config, rows(train_pairs), eval_rows)["train_seconds"]
@@ -393,7 +394,7 @@ def main(argv=None) -> int:
     lrs = dict(zip(names, map(float, a.lr.split(","))))
     tokenizers = [AutoTokenizer.from_pretrained(path) for path in backbones.values()]
     pairs, dropped = load_pairs(a.data_dir, tokenizers, a.max_len)
-    train_part, held_part = split_by_question(pairs, a.eval_ratio, a.seed)
+    train_part, held_part, _ = split_by_group(pairs, a.eval_ratio, a.seed)
     assert not {p["question"] for p in train_part} & {p["question"] for p in held_part}
     rng = random.Random(a.seed)
     # One draw of training pairs; a backbone with fewer steps takes a prefix of it (same pairs, same order).

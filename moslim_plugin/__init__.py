@@ -189,8 +189,18 @@ def writable(path, flag: str, folder: bool = True) -> None:
 THREADS_HELP = "torch CPU threads of this process (default: torch's, one per core; 1 is often faster when busy)"
 
 
+def threads_option():
+    """The `--threads` field, declared once: TrainRMConfig has it, `add_threads_flag` gives it to argparse commands."""
+    return option(None, THREADS_HELP, kind=positive_int, flag="--threads")
+
+
+@dataclasses.dataclass
+class _Threads:
+    threads: int | None = threads_option()
+
+
 def add_threads_flag(parser) -> None:
-    parser.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
+    add_options(parser, _Threads, "")
 
 
 def set_threads(threads: int | None) -> None:

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -145,7 +146,7 @@ def test_a_number_words_rm_is_scored_on_the_numbered_words_it_was_trained_on(tmp
     measures on the same rows (so both read numbered words); read plain, the same weights measure otherwise."""
     from moslim_plugin.core.scorer import Scorer
     from moslim_plugin.data.evaluate_rm import evaluate_ratings
-    from moslim_plugin.data.rm_rows import split_by_question
+    from moslim_plugin.data.rm_rows import split_by_group
 
     rows = []
     for i in range(96):  # helpful = 1 iff the response has more than 6 words
@@ -156,7 +157,7 @@ def test_a_number_words_rm_is_scored_on_the_numbered_words_it_was_trained_on(tmp
     result = train(rows, SPEC, tiny_bert, tmp_path / "rm", number_words=True, **flags)
     assert json.loads((tmp_path / "rm" / "config.json").read_text())["moslim"]["number_words"] == "spelled_digits"
 
-    _, heldout = split_by_question(rows, 0.25, 0)
+    _, heldout, _ = split_by_group(rows, 0.25, 0)
     scorer = Scorer.from_pretrained(tmp_path / "rm", max_length=48)
     measured = evaluate_ratings(scorer, heldout)["heads"]["helpful"]
     assert measured["n"] == result["metrics"]["helpful"]["n"] == len(heldout)
@@ -337,7 +338,8 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one_and_stays_ex
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-    for tag in ("global_step2", "global_step4"):
+    # The resumed run saved a good global_step6 again at its evaluation; now every checkpoint is cut short.
+    for tag in ("global_step2", "global_step4", "global_step6"):
         (ckpt / tag / "state.pt").write_bytes(b"")
     with pytest.raises(UserError, match=r"no readable checkpoint to resume from; bad: .*global_step6"):
         train(rows, SPEC, tiny_bert, tmp_path / "none", load_enable=True, **common)
@@ -378,3 +380,174 @@ def test_a_config_built_in_python_is_refused_where_the_command_line_would_be():
         train_reward_model(TrainRMConfig(model_name_or_path="m", spec="hh", dataset="d.jsonl"), synthetic_rows(4))
     with pytest.raises(UserError, match=r"--data.dataset is required"):
         train_reward_model(TrainRMConfig(model_name_or_path="m", spec="hh"))
+
+
+@pytest.mark.integration
+def test_each_evaluation_is_printed_as_it_happens_with_both_baselines(tmp_path, tiny_bert, capsys):
+    flags = dict(micro_batch_size=8, batch_size=8, max_epochs=3, lr=3e-3, max_len=32, eval_ratio=0.25, patience=0)
+    result = train(synthetic_rows(64), SPEC, tiny_bert, tmp_path / "rm", **flags)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[eval] step")]
+    assert [line.split(":")[0] for line in lines] == [
+        f"[eval] step {step}/{result['global_step']} (epoch {epoch}.0)" for step, epoch in ((6, 1), (12, 2), (18, 3))
+    ]
+    for line, (_, nll) in zip(lines, result["selection"]["history"]):
+        assert f"NLL {nll:.4f}" in line  # the selection value the history recorded, at that step
+        for head in ("helpful", "harmless"):
+            assert re.search(rf"{head} acc [\d.]+ \(majority [\d.]+\) F1 [\d.]+ NLL [\d.]+ \(prior [\d.]+\)", line)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("rows", [30, 100, 210, 450, 1000, 2500])
+def test_the_small_data_warning_names_batch_size_and_epochs_that_give_enough_steps(rows):
+    from moslim_plugin.data.train_rm import MIN_STEPS, small_data_advice
+
+    config = TrainRMConfig(model_name_or_path="m", spec="hh", micro_batch_size=4)  # batch 128, 1 epoch: defaults
+    per_epoch = rows // config.batch_size
+    advice = small_data_advice(config, rows, per_epoch, per_epoch)
+    if per_epoch >= MIN_STEPS:
+        assert advice is None
+        return
+    assert f"{per_epoch} optimizer steps in all" in advice
+    suggested = advice.rsplit(" rows: ", 1)[1]
+    named = dict(re.findall(r"--train\.(batch_size|max_epochs) (\d+)", suggested))
+    batch, epochs = int(named.get("batch_size", config.batch_size)), int(named["max_epochs"])
+    # The values it names, given back as flags, give enough steps and a valid configuration.
+    followed = TrainRMConfig(
+        model_name_or_path="m", spec="hh", micro_batch_size=4, batch_size=batch, max_epochs=epochs
+    )
+    assert (rows // batch) * epochs >= MIN_STEPS
+    assert small_data_advice(followed, rows, rows // batch, (rows // batch) * epochs) is None
+    capped = TrainRMConfig(model_name_or_path="m", spec="hh", max_steps=5)
+    assert "--train.max_steps 5): set --train.max_steps 20 or more" in small_data_advice(capped, rows, 1, 5)
+
+
+@pytest.mark.unit
+def test_eval_ratio_holds_out_that_share_of_groups_within_one_group():
+    from moslim_plugin.data.rm_rows import split_by_group
+
+    # 60 contexts with 1 to 9 responses each: the hashed threshold held out 22 % of them for a ratio of 0.15.
+    rows = [
+        {"question": f"context {c}", "response": str(r), "labels": {}} for c in range(60) for r in range(1 + c % 9)
+    ]
+    for ratio in (0.05, 0.1, 0.15, 0.2, 0.3, 0.5):
+        for seed in range(5):
+            train_rows, held, record = split_by_group(rows, ratio, seed)
+            held_groups = {r["question"] for r in held}
+            assert not held_groups & {r["question"] for r in train_rows}
+            assert len(held_groups) == record["held_out_groups"] and abs(len(held_groups) - ratio * 60) <= 1
+            assert len(train_rows) + len(held) == len(rows)
+    assert split_by_group(rows, 0.15, 0)[2] == split_by_group(rows, 0.15, 0)[2]  # the same split every time
+
+
+@pytest.mark.unit
+def test_split_key_groups_rows_by_any_column_or_template_before_the_split():
+    from moslim_plugin import UserError
+    from moslim_plugin.data.rm_rows import split_by_group
+
+    # Several questions (turns) per conversation: by question a conversation would land in both parts.
+    rows = [
+        {"question": f"turn {t} of {c}", "response": "r", "labels": {}, "conv": c, "meta": {"topic": c % 3}}
+        for c in range(20)
+        for t in range(4)
+    ]
+    by_question = split_by_group(rows, 0.25, 1)
+    assert {r["conv"] for r in by_question[0]} & {r["conv"] for r in by_question[1]}
+    train_rows, held, record = split_by_group(rows, 0.25, 1, key="conv")
+    assert not {r["conv"] for r in train_rows} & {r["conv"] for r in held} and record["groups"] == 20
+    train_rows, held, record = split_by_group(rows, 0.34, 1, key="topic {meta.topic}")
+    assert record["groups"] == 3 and not {r["meta"]["topic"] for r in train_rows} & {r["meta"]["topic"] for r in held}
+    with pytest.raises(UserError, match=r"rows\.jsonl: row 0: no 'dialogue_id' to group by \(--moslim\.split_key\)"):
+        split_by_group(rows, 0.25, 1, key="dialogue_id", source="rows.jsonl")
+    with pytest.raises(UserError, match="one group, nothing to hold out"):
+        split_by_group(rows, 0.25, 1, key="response")
+
+
+@pytest.mark.integration
+def test_the_split_is_written_next_to_the_model_and_evaluate_rm_measures_those_rows(tmp_path, tiny_bert):
+    from moslim_plugin.cli import main as cli
+
+    rows = [dict(r, conv=i // 4) for i, r in enumerate(synthetic_rows(96))]
+    flags = dict(micro_batch_size=8, batch_size=8, max_epochs=2, lr=3e-3, max_len=32, eval_ratio=0.25)
+    result = train(rows, SPEC, tiny_bert, tmp_path / "rm", split_key="conv", **flags)
+    split = json.loads((tmp_path / "rm" / "split.json").read_text())
+    assert split == result["split"] and (split["split_key"], split["groups"], split["held_out_groups"]) == (
+        "conv",
+        24,
+        6,
+    )
+    held = [json.loads(line) for line in (tmp_path / "rm" / "held_out.jsonl").read_text().splitlines()]
+    assert len(held) == result["eval_rows"] == 24 and len({r["conv"] for r in held}) == 6
+    out = tmp_path / "eval"
+    assert cli(["evaluate-rm", "--model", str(tmp_path / "rm"), "--output_dir", str(out), "--data.max_len", "32"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"].endswith("held_out.jsonl") and report["rows"] == 24
+    assert report["heads"]["helpful"]["nll"] == pytest.approx(result["metrics"]["helpful"]["nll"], abs=1e-5)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_evaluation_with_no_flag_given_in_advance(tmp_path, tiny_bert):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "rows.jsonl", synthetic_rows(256))
+    argv = [sys.executable, "-m", "moslim_plugin", "train-rm", "--model.model_name_or_path", str(tiny_bert)]
+    argv += ["--moslim.spec", "hh", "--data.dataset", data, "--train.micro_batch_size", "8", "--train.batch_size"]
+    argv += ["8", "--train.max_epochs", "8", "--adam.lr", "1e-3", "--data.max_len", "48", "--eval.patience", "0"]
+    argv += ["--threads", "1"]
+    run = subprocess.Popen([*argv, "--ckpt.output_dir", str(tmp_path / "rm")], stdout=subprocess.DEVNULL)
+    checkpoints = tmp_path / "rm" / "checkpoints"
+    while not list(checkpoints.glob("global_step*/moslim_resume.json")) and run.poll() is None:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL and not (tmp_path / "rm" / "config.json").exists()
+    # The same command again: told how to resume; with --ckpt.load_enable it finishes where it left off.
+    again = subprocess.run([*argv, "--ckpt.output_dir", str(tmp_path / "rm")], capture_output=True, text=True)
+    assert again.returncode == 2 and "holds checkpoints of an earlier run" in again.stderr
+    assert "--ckpt.load_enable to resume it" in again.stderr
+    resumed = subprocess.run(
+        [*argv, "--ckpt.output_dir", str(tmp_path / "rm"), "--ckpt.load_enable"], capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Loaded the checkpoint" in resumed.stdout and "[eval] step 28/224 " not in resumed.stdout
+    whole = subprocess.run([*argv, "--ckpt.output_dir", str(tmp_path / "whole")], capture_output=True, text=True)
+    assert whole.returncode == 0
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "rm" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.integration
+def test_overwrite_starts_over_from_an_earlier_runs_checkpoints(tmp_path, tiny_bert):
+    from moslim_plugin import UserError
+
+    flags = dict(micro_batch_size=8, batch_size=8, max_steps=4, lr=1e-3, max_len=32, eval_ratio=0.25, eval_steps=2)
+    train(synthetic_rows(48), SPEC, tiny_bert, tmp_path / "rm", **flags)
+    assert sorted(p.name for p in (tmp_path / "rm" / "checkpoints").glob("global_step*")) == [
+        "global_step2",
+        "global_step4",
+    ]
+    (tmp_path / "rm" / "config.json").unlink()  # as if killed before the end
+    with pytest.raises(UserError, match="holds checkpoints of an earlier run \\(newest: global_step4\\)"):
+        train(synthetic_rows(48), SPEC, tiny_bert, tmp_path / "rm", **flags)
+    result = train(synthetic_rows(48), SPEC, tiny_bert, tmp_path / "rm", overwrite=True, **{**flags, "max_steps": 2})
+    assert result["global_step"] == 2
+    assert sorted(p.name for p in (tmp_path / "rm" / "checkpoints").glob("global_step*")) == ["global_step2"]
+    none = train(synthetic_rows(48), SPEC, tiny_bert, tmp_path / "none", max_num=0, **flags)
+    assert none["global_step"] == 4 and not (tmp_path / "none" / "checkpoints").exists()
+
+
+@pytest.mark.integration
+def test_train_rm_threads_sets_the_torch_threads_it_trains_with(tmp_path, tiny_bert):
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    try:
+        train(synthetic_rows(16), SPEC, tiny_bert, tmp_path / "rm", batch_size=8, max_steps=1, max_len=32,
+              eval_ratio=0.25, threads=wanted)  # fmt: skip
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)

@@ -236,7 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="reward-model checkpoint folder (written by train-rm)")
-    p.add_argument("--data.dataset", required=True, help="rated rows (.jsonl from prepare-ratings) or pairs")
+    p.add_argument(
+        "--data.dataset", default=None,
+        help="rated rows (.jsonl from prepare-ratings) or pairs (default: the rows train-rm held out, "
+        "<model>/held_out.jsonl)",
+    )  # fmt: skip
     p.add_argument("--output_dir", default=None, help="folder for report.md, report.json, report.png")
     p.add_argument(
         "--moslim.request", default=None,
@@ -251,11 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from moslim_plugin.data.rm_rows import HELD_OUT_FILE
+
     args = vars(build_parser().parse_args(argv))
     set_threads(args["threads"])
+    data = args["data.dataset"] or os.path.join(args["model"], HELD_OUT_FILE)
+    if not os.path.isfile(data) and args["data.dataset"] is None:
+        raise UserError(f"no --data.dataset, and {args['model']} has no {HELD_OUT_FILE} (train-rm writes one)")
     report = evaluate(
         args["model"],
-        args["data.dataset"],
+        data,
         args["output_dir"],
         parse_request(args["moslim.request"]),
         args["data.max_len"],

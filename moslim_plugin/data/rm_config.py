@@ -14,6 +14,7 @@ field.
 
 import argparse
 import dataclasses
+import os
 from types import SimpleNamespace
 
 from transformers import SchedulerType
@@ -32,6 +33,7 @@ from moslim_plugin import (
     positive,
     positive_int,
     probability,
+    threads_option,
 )
 from moslim_plugin.core.spec import ObjectiveSpec
 
@@ -60,7 +62,9 @@ class TrainRMConfig:
     max_len: int = option(
         512, "tokens per row, at most the backbone's position limit", kind=positive_int, flag="--data.max_len"
     )
-    eval_dataset: str | None = option(None, "held-out rows (default: split by question)", flag="--eval.dataset")
+    eval_dataset: str | None = option(
+        None, "held-out rows (default: --moslim.eval_ratio of the rows' groups)", flag="--eval.dataset"
+    )
     eval_steps: int = option(-1, "evaluate every N steps", kind=Range(int, 1, special=(-1, "every epoch")),
                              flag="--eval.steps")  # fmt: skip
     patience: int = option(3, "stop after N evaluations without gain (0: never)", kind=nonnegative_int,
@@ -86,18 +90,28 @@ class TrainRMConfig:
     min_lr_ratio: float = option(0.1, kind=probability, flag="--min_lr_ratio")
     max_norm: float = option(1.0, "gradient clipping (0: none)", kind=nonnegative, flag="--max_norm")
     output_dir: str = option("./ckpt", flag="--ckpt.output_dir")
-    ckpt_path: str = option("./ckpt/checkpoints_rm", flag="--ckpt.path")
-    save_steps: int = option(-1, kind=Range(int, 1, special=(-1, "never")), flag="--ckpt.save_steps")
-    max_num: int = option(3, kind=positive_int, flag="--ckpt.max_num")
+    # A resumable checkpoint is saved at every held-out evaluation: a killed run loses at most one evaluation's
+    # work, with nothing to set in advance. Rerunning the command then asks for --ckpt.load_enable or
+    # --ckpt.overwrite, so an interrupted run is never resumed, nor thrown away, without being told.
+    ckpt_path: str | None = option(None, "resumable checkpoints (default: <ckpt.output_dir>/checkpoints)",
+                                   flag="--ckpt.path")  # fmt: skip
+    save_steps: int = option(
+        -1, "also save a checkpoint every N optimizer steps (one is saved at every evaluation)",
+        kind=Range(int, 1, special=(-1, "only at evaluations")), flag="--ckpt.save_steps",
+    )  # fmt: skip
+    max_num: int = option(3, "checkpoints kept, newest first (0: none)", kind=nonnegative_int, flag="--ckpt.max_num")
     max_mem: int = option(int(1e8), kind=positive_int, flag="--ckpt.max_mem")
-    load_enable: bool = option(False, flag="--ckpt.load_enable")
-    overwrite: bool = option(False, "replace a model in output_dir", flag="--ckpt.overwrite")
+    load_enable: bool = option(False, "resume from the newest checkpoint in --ckpt.path", flag="--ckpt.load_enable")
+    overwrite: bool = option(
+        False, "replace a model in output_dir, and start over from earlier checkpoints", flag="--ckpt.overwrite"
+    )
     local_rank: int = option(-1, kind=Range(int, 0, special=(-1, "no launcher")), flag="--local_rank")
     # Ours. auto is OpenRLHF's behaviour; cpu / cuda run in this process without a launcher (e.g. inside the demo).
     device: str = option(
         "auto", "auto: DeepSpeed on CUDA if there is a GPU, else plain torch on CPU; cpu / cuda: plain fp32 torch",
         choices=["auto", "cpu", "cuda"], flag="--device",
     )  # fmt: skip
+    threads: int | None = threads_option()
     zero_stage: int = option(2, kind=Range(int, 0, 3), flag="--ds.zero_stage")
     param_dtype: str = option("bf16", "GPU only; CPU: fp32", choices=["bf16", "fp16"], flag="--ds.param_dtype")
     attn_implementation: str = option("sdpa", flag="--ds.attn_implementation")
@@ -125,14 +139,22 @@ class TrainRMConfig:
         "checkpoint, so every scorer of it reads the same",
     )
     eval_ratio: float = option(
-        0.1, "held-out share of questions", kind=Range(float, 0, 1, low_open=True, high_open=True)
-    )
+        0.1, "held-out share of the rows' groups (see --moslim.split_key), exact to within one group",
+        kind=Range(float, 0, 1, low_open=True, high_open=True),
+    )  # fmt: skip
+    split_key: str = option(
+        "question", "rows are grouped by this field, dotted path or template ('{context}') before the held-out "
+        "split, so that a group never lands in both parts: e.g. a conversation id kept by prepare-ratings "
+        "--moslim.keep_fields; the split is written to <ckpt.output_dir>/split.json and held_out.jsonl",
+    )  # fmt: skip
     label_smoothing: float = option(0.0, kind=Range(float, 0, 1, high_open=True))
     class_weights: str = option("none", choices=["none", "balanced"])
     select: str = option("nll", "model selection", choices=list(SELECTIONS))
 
     def __post_init__(self):
         check_options(self, PREFIX)  # a value given in Python is refused as its flag would be
+        if self.ckpt_path is None:
+            self.ckpt_path = os.path.join(self.output_dir, "checkpoints")
         if self.batch_size % self.micro_batch_size:
             raise UserError(
                 f"--train.batch_size {self.batch_size} is not a multiple of --train.micro_batch_size "
@@ -159,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="moslim-openrlhf train-rm",
         description="Train the multi-head classification reward model: per-head cross-entropy on (question, "
         "response, labels) rows (`moslim-openrlhf prepare-ratings` writes them).",
+        epilog="Every held-out evaluation is printed as it happens and saves a resumable checkpoint: after a kill, "
+        "run the same command with --ckpt.load_enable. The held-out split is written beside the model (split.json, "
+        "held_out.jsonl), where `evaluate-rm --model <ckpt.output_dir>` finds it.",
     )
     add_options(p, TrainRMConfig, PREFIX)
     return p

@@ -1,10 +1,11 @@
-"""Rating rows for the reward model: loaded and checked against the spec, split by question, encoded as the Scorer
-reads them, batched.
+"""Rating rows for the reward model: loaded and checked against the spec, split by group (question by default),
+encoded as the Scorer reads them, batched.
 
 Rows come from `moslim-openrlhf prepare-ratings`: `{"question", "response", "labels": {objective: level | null}}`.
 """
 
 import hashlib
+import json
 import os
 
 import torch
@@ -12,8 +13,10 @@ from tqdm import tqdm
 
 from moslim_plugin import UserError
 from moslim_plugin.core.directives import DirectiveError, validate_request
-from moslim_plugin.data.ratings import read_records
+from moslim_plugin.data.ratings import MISSING, get_field, read_records
 from moslim_plugin.data.rm_metrics import IGNORE
+
+HELD_OUT_FILE = "held_out.jsonl"  # train-rm writes the held-out rows beside the model; evaluate-rm reads them
 
 
 def load_rows(data, spec, source: str) -> list[dict]:
@@ -39,15 +42,30 @@ def load_rows(data, spec, source: str) -> list[dict]:
     return rows
 
 
-def split_by_question(rows, eval_ratio: float, seed: int):
-    """Held-out = rows whose question hashes below `eval_ratio`: a prompt never lands in both parts."""
-
-    def bucket(question):
-        digest = hashlib.sha256(f"{seed}/{question}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64
-
-    held = [bucket(row["question"]) < eval_ratio for row in rows]
-    return [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]
+def split_by_group(rows, eval_ratio: float, seed: int, key: str = "question", source: str = "<rows>"):
+    """(training rows, held-out rows, the split's record). Rows are grouped by `key`, a field, dotted path or
+    template of the row (`question`, `conversation_id`, "{context}"), and round(eval_ratio x groups) whole groups are
+    held out (at least one, never all), chosen by a seeded hash of the group: a group never lands in both parts, and
+    the held-out share of groups is within one group of `eval_ratio`."""
+    of_row = []
+    for i, row in enumerate(rows):
+        group = get_field(row, key)
+        if group is MISSING:
+            raise UserError(f"{source}: row {i}: no {key!r} to group by (--moslim.split_key); row keys: {list(row)}")
+        of_row.append(group if isinstance(group, str) else json.dumps(group, sort_keys=True))
+    groups = sorted(set(of_row), key=lambda g: hashlib.sha256(f"{seed}/{g}".encode()).digest())
+    if len(groups) < 2:
+        raise UserError(
+            f"{source}: every row has the same --moslim.split_key {key!r} ({groups[0]!r:.60}): one group, nothing "
+            "to hold out; pass --eval.dataset or another --moslim.split_key"
+        )
+    n_held = min(len(groups) - 1, max(1, round(eval_ratio * len(groups))))
+    held = set(groups[:n_held])
+    train_rows = [row for row, group in zip(rows, of_row) if group not in held]
+    eval_rows = [row for row, group in zip(rows, of_row) if group in held]
+    record = {"split_key": key, "eval_ratio": eval_ratio, "seed": seed, "groups": len(groups)}
+    record.update(held_out_groups=n_held, train_rows=len(train_rows), held_out_rows=len(eval_rows))
+    return train_rows, eval_rows, record
 
 
 def encode_rows(rows, tokenizer, spec, max_len, source, number_words=False):

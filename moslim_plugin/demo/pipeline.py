@@ -238,6 +238,7 @@ def rm_stage(demo, samples):
         model_name_or_path=str(minilm_path()), spec=demo.spec, output_dir=str(rm_dir), micro_batch_size=rm_batch,
         batch_size=rm_batch, max_epochs=demo.size["rm_epochs"], lr=demo.args.moslim.rm_lr, **RM_SETTINGS,
         overwrite=True,  # the RM is retrained on every run into the same folder
+        max_num=0,  # and the demo resumes by stage, not inside one: no checkpoints
         device=demo.args.device,
     )  # fmt: skip
     result = train_reward_model(config, rows)
