@@ -105,6 +105,7 @@ def ci(acc: dict) -> str:
     return f"{acc['accuracy']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]"
 
 
+SHORT_NAMES = {"minilm": "MiniLM", "smollm2": "SmolLM2-135M"}
 BACKBONE_NAMES = {
     "minilm": "all-MiniLM-L6-v2",
     "smollm2": "SmolLM2-135M-Instruct (decoder, last-token pooling)",
@@ -271,6 +272,116 @@ def all_layers_ablation() -> str:
         f"{' / '.join(f'{a:.3f}' for a in top4['moslim_accuracy_per_seed'])} in the same run's demo "
         "(`docs/demo/run_b5d2ad1/report.json`)."
     )
+
+
+def overlap(a: list, b: list) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+@renderer
+def hh_summary() -> str:
+    """The HH-RLHF check in two sentences (docs/results.md, the README's table takes its numbers too)."""
+    r = load("hh_rlhf_check")["results"]
+    parts = []
+    for name, b in r["backbones"].items():
+        m, o = b["moslim"]["pairwise_accuracy"]["all"], b["openrlhf"]["pairwise_accuracy"]["all"]
+        parts.append(
+            f"{BACKBONE_NAMES.get(name, name).split(' (')[0]} {ci(m)} (MOSLIM) vs {ci(o)} (OpenRLHF pairwise)"
+        )
+    overlapping = all(
+        overlap(b["moslim"]["pairwise_accuracy"]["all"]["ci95"], b["openrlhf"]["pairwise_accuracy"]["all"]["ci95"])
+        for b in r["backbones"].values()
+    )
+    pairs = sorted(b["train_pairs"] for b in r["backbones"].values())
+    return (
+        f"HH-RLHF, {r['max_len']} tokens, {r['eval_pairs']['all']} held-out pairs from both test files, same pairs "
+        f"and budget for both RMs ([benchmarks.md](benchmarks.md)): {'; '.join(parts)}. "
+        + ("The intervals overlap" if overlapping else "Not every pair of intervals overlaps")
+        + f"; at {pairs[0]}-{pairs[-1]} training pairs both are near chance."
+    )
+
+
+@renderer
+def small_data_recipe() -> str:
+    result = load("small_data_recipe")
+    r, machine = result["results"], result["machine"]
+    train, report = r["train_rm"], r["evaluate_rm"]
+    seconds = [run["seconds"] for run in r["runs"]]
+    heads = "; ".join(
+        f"{name}: accuracy {m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] vs {m['majority_accuracy']:.3f} for the majority "
+        f"class, macro-F1 {m['macro_f1']:.3f}, NLL {m['nll']:.3f} vs {m['prior_nll']:.3f} for the class prior"
+        for name, m in train["metrics"].items()
+        if m["n"]
+        for lo, hi in [report["heads"][name]["accuracy_ci95"]]
+    )
+    kept = train["selection"]
+    return (
+        f"Run as written on {r['rows']} rated rows from the HH-RLHF test splits (`python -m bench.small_data_recipe`,"
+        f" {machine['date_utc']}; {machine_line(machine)}): train-rm {seconds[0] / 60:.1f} min for "
+        f"{train['global_step']} optimizer steps on {train['train_rows']} rows (kept step {kept['best_step']}), "
+        f"evaluate-rm {seconds[-1]:.0f} s on the {train['eval_rows']} held-out rows. Held out: {heads}."
+    )
+
+
+DEMO_REPORT = ROOT / "docs/demo/report.json"
+
+
+def headline(name: str, metric: str) -> float:
+    return next(h["value"] for h in load(name)["headline"] if h["metric"] == metric)
+
+
+@renderer
+def readme_results() -> str:
+    """The README's results in brief: one row per result, every number from its JSON."""
+    demo = json.loads(DEMO_REPORT.read_text())["summary"]
+    v6, tagged = load("demo_ablation")["summary"]["settings"], load("demo_ablation_v7_base_tagged")["summary"]
+    seeds_overlap = any(
+        overlap(c, demo["base_accuracy_ci95"]) or overlap(c, demo["ric_accuracy_ci95"])
+        for c in demo["moslim_accuracy_ci95"]
+    )
+    rm = demo["rm_eval"]
+    hh = load("hh_rlhf_check")["results"]["backbones"]
+    hh_overlap = all(
+        overlap(b["moslim"]["pairwise_accuracy"]["all"]["ci95"], b["openrlhf"]["pairwise_accuracy"]["all"]["ci95"])
+        for b in hh.values()
+    )
+    hh_cells = " / ".join(
+        f"{b['moslim']['pairwise_accuracy']['all']['accuracy']:.2f} vs "
+        f"{b['openrlhf']['pairwise_accuracy']['all']['accuracy']:.2f}"
+        for b in hh.values()
+    )
+    recipe = load("small_data_recipe")["results"]
+    rows = [
+        ("demo, held-out exact-level accuracy, 3 seeds: MOSLIM vs starting policy vs RiC",
+         f"{demo['moslim_accuracy_mean']:.3f} vs {demo['base_accuracy']:.3f} vs {demo['ric_accuracy']:.3f}"
+         + ("; intervals overlap" if seeds_overlap else "") + "; the demo's target not reached",
+         "[results](docs/results.md#the-current-default-pipeline-demo_v7): `python -m moslim_plugin demo`"),
+        ("demo, the directive as a plain sentence vs a tagged record (starting policy)",
+         f"{tagged['settings']['base_natural']['accuracy_mean']:.3f} vs "
+         f"{tagged['settings']['base_tagged']['accuracy_mean']:.3f}",
+         "[results](docs/results.md#ablation-on-demo_v7): `python -m bench.demo_ablation`"),
+        ("demo reward model, held-out macro-F1 per head (" + " / ".join(rm) + ")",
+         " / ".join(f"{m['macro_f1']:.3f}" for m in rm.values()),
+         "[results](docs/results.md#the-demos-reward-model): `python -m bench.demo_rm_check`"),
+        (f"a first reward model on {recipe['rows']} rated rows on a CPU (the recipe above), wall time",
+         f"{sum(run['seconds'] for run in recipe['runs']) / 60:.0f} min",
+         "[benchmarks](docs/benchmarks.md): `python -m bench.small_data_recipe`"),
+        ("scoring time, multi-head RM / OpenRLHF's scalar RM (MiniLM)",
+         f"{headline('bench_heads', 'minilm: time moslim/stock RM'):.2f}",
+         "[benchmarks](docs/benchmarks.md): `python -m bench.bench_heads`"),
+        ("`serve-reward` / OpenRLHF's `serve_rm` throughput, 64 clients",
+         f"{headline('bench_server', 'throughput moslim/serve_rm, 64 clients'):.1f}x",
+         "[benchmarks](docs/benchmarks.md): `python -m bench.bench_server`"),
+        ("HH-RLHF held-out pairwise accuracy, MOSLIM vs OpenRLHF pairwise RM (" + " / ".join(
+            SHORT_NAMES.get(n, n) for n in hh) + ")",
+         hh_cells + ("; intervals overlap" if hh_overlap else ""),
+         "[results](docs/results.md#reward-models-on-real-preference-data): `python -m bench.hh_rlhf_check`"),
+        ("cross-directive relabelling vs the demo's RL setting",
+         f"{v6['moslim_relabel']['accuracy_mean']:.3f} vs {v6['moslim_best']['accuracy_mean']:.3f}: retired",
+         "[relabelling](docs/relabelling.md)"),
+    ]  # fmt: skip
+    lines = ["| result | number | doc and command |", "| --- | --- | --- |"]
+    return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in rows])
 
 
 def render_text(text: str, where: str = "") -> str:

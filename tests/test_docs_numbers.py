@@ -52,3 +52,26 @@ def test_a_changed_number_or_a_hand_written_one_is_caught(tmp_path):
 def test_an_unknown_region_name_is_an_error_naming_the_known_ones():
     with pytest.raises(SystemExit, match="unknown results region 'hh_typo'.*hh_rlhf_check"):
         render_docs.render_text("<!-- results: hh_typo -->\n<!-- /results -->\n", "doc.md")
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else len(text)]
+
+
+@pytest.mark.unit
+def test_the_readme_results_and_recipe_have_no_number_written_by_hand():
+    for title in ("Results in brief", "A first reward model on a laptop"):
+        section = readme_section(title)
+        assert render_docs.REGION.search(section), title
+        assert hand_written_numbers(section) == [], title
+
+
+@pytest.mark.unit
+def test_the_readme_recipe_is_the_one_that_was_run_and_timed():
+    from bench.small_data_recipe import recipe_commands
+
+    ran = [run["command"] for run in render_docs.load("small_data_recipe")["results"]["runs"]]
+    assert ran == recipe_commands(), "the README's recipe changed since it was run: python -m bench.small_data_recipe"

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from moslim_plugin.cli import COMMANDS
 from moslim_plugin.cli import main as cli
@@ -28,13 +29,20 @@ def readme_commands() -> list[list[str]]:
 
 
 def write_inputs(folder: Path):
-    """helpsteer2.jsonl (HelpSteer2's columns, 160 prompts) and prompts.jsonl, the files the README names."""
+    """helpsteer2.jsonl (HelpSteer2's columns, 160 prompts), prompts.jsonl and my_ratings.jsonl: the README's files."""
     rows = [
         {"prompt": f"question {i}?", "response": "yes " * (i % 5), **{a: (i + k) % 5 for k, a in enumerate(ATTRS)}}
         for i in range(160)
     ]
     (folder / "helpsteer2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "prompts.jsonl").write_text("".join(json.dumps({"input": f"Tell me about {t}."}) + "\n" for t in "abcd"))
+    # The small-data recipe's rows (spec hh): 60 questions, two rated responses each.
+    rated = [
+        {"question": f"question {i}?", "response": answer, "labels": {"helpful": level, "harmless": None}}
+        for i in range(60)
+        for answer, level in (("Sure, here is how.", 1), ("No.", 0))
+    ]
+    (folder / "my_ratings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rated))
 
 
 ATTRS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
@@ -54,15 +62,19 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, tiny_bert):
     assert any(c[0] == "train-rm" for c in commands), "the README shows no train-rm command"
     monkeypatch.chdir(tmp_path)
     write_inputs(tmp_path)
-    for argv in commands:
-        assert argv[0] in COMMANDS, f"README command {argv[0]!r} is not a moslim-openrlhf command"
-        if any(token.startswith("<") for token in argv):
-            text = help_text(argv[0])
-            for flag in (t for t in argv if t.startswith("--moslim.")):
-                assert flag in text, f"README flag {flag} of {argv[0]} is not in its --help"
-            continue
-        if argv[0] == "train-rm":
-            at = argv.index("--model.model_name_or_path") + 1
-            argv = [*argv[:at], str(tiny_bert), *argv[at + 1 :], "--data.max_len", "64"]
-        assert cli(argv) == 0, argv
+    threads = torch.get_num_threads()  # a command's --threads stays set in this process: put back after
+    try:
+        for argv in commands:
+            assert argv[0] in COMMANDS, f"README command {argv[0]!r} is not a moslim-openrlhf command"
+            if any(token.startswith("<") for token in argv):
+                text = help_text(argv[0])
+                for flag in (t for t in argv if t.startswith("--moslim.")):
+                    assert flag in text, f"README flag {flag} of {argv[0]} is not in its --help"
+                continue
+            if argv[0] == "train-rm":
+                at = argv.index("--model.model_name_or_path") + 1
+                argv = [*argv[:at], str(tiny_bert), *argv[at + 1 :], "--data.max_len", "64"]
+            assert cli(argv) == 0, argv
+    finally:
+        torch.set_num_threads(threads)
     assert (tmp_path / "moslim-rm-eval" / "report.json").is_file() or not any(c[0] == "evaluate-rm" for c in commands)
