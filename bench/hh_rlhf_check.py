@@ -39,6 +39,7 @@ for what they measured and what they cannot show.
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -191,7 +192,7 @@ def kept_results(a, names, to_train, results) -> dict:
     old = json.loads(path.read_text()) if path.is_file() else {"config": {}, "results": {}}
     keys = ["data_dir", "backbones", "batch_pairs", "eval_pairs", "max_len", "eval_ratio", "seed"]
     differ = {k: (old["config"].get(k), vars(a)[k]) for k in keys if old["config"].get(k) != vars(a)[k]}
-    for k in ("pairs_fitting_max_len", "eval_pairs"):
+    for k in ("pairs_fitting_max_len", "eval_pairs", "pairs_fingerprint"):
         if old["results"].get(k) != results[k]:
             differ[k] = (old["results"].get(k), results[k])
     keep = {n: old["results"].get("backbones", {}).get(n) for n in names if n not in to_train}
@@ -406,6 +407,10 @@ def main(argv=None) -> int:
         "pairs_fitting_max_len": len(pairs),
         "pairs_dropped": dropped,
         "eval_pairs": {"all": len(eval_pairs), **{s: sum(p["subset"] == s for p in eval_pairs) for s in SUBSETS}},
+        # Which pairs, in which order: counts alone would not tell another split of the same size apart.
+        "pairs_fingerprint": hashlib.sha256(
+            json.dumps([[p["question"], p["chosen"]] for p in all_train + eval_pairs]).encode()
+        ).hexdigest()[:16],
         "backbones": {},
     }
     to_train = names if a.train is None else a.train.split(",")
