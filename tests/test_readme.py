@@ -43,6 +43,15 @@ def write_inputs(folder: Path):
         for answer, level in (("Sure, here is how.", 1), ("No.", 0))
     ]
     (folder / "my_ratings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rated))
+    # "Your own ratings": the README's own spec, and rows rated by three raters (means), some without a fact.
+    (folder / "my_spec.yaml").write_text(re.search(r"```yaml\n(.*?)```", README.read_text(), re.S).group(1))
+    means = [1.0, 4 / 3, 5 / 3, 2.0, 7 / 3, 8 / 3, 3.0]
+    usr = [
+        {"conversation_id": i // 2, "context": f"A: chat {i}", "fact": "_nofact\n" if i % 3 else f"Bread rises {i}.",
+         "reply": f"reply {i}", "scores": {"engaging": means[i % 7]}}
+        for i in range(14)
+    ]  # fmt: skip
+    (folder / "rated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in usr))
 
 
 ATTRS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
@@ -78,3 +87,8 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, tiny_bert):
     finally:
         torch.set_num_threads(threads)
     assert (tmp_path / "moslim-rm-eval" / "report.json").is_file() or not any(c[0] == "evaluate-rm" for c in commands)
+    usr = [json.loads(line) for line in (tmp_path / "usr_ratings.jsonl").read_text().splitlines()]
+    assert [r["labels"]["engaging"] for r in usr[:7]] == [0, 0, 1, 1, 1, 2, 2]  # the README's bins on the means
+    assert usr[0]["question"] == "Fact: Bread rises 0.\n\nA: chat 0"
+    assert usr[1]["question"] == "A: chat 1"  # the placeholder fact is left out, label and all
+    assert usr[3]["conversation_id"] == 1
