@@ -350,7 +350,6 @@ def readme_results() -> str:
         f"{b['openrlhf']['pairwise_accuracy']['all']['accuracy']:.2f}"
         for b in hh.values()
     )
-    recipe = load("small_data_recipe")["results"]
     rows = [
         ("demo, held-out exact-level accuracy, 3 seeds: MOSLIM vs starting policy vs RiC",
          f"{demo['moslim_accuracy_mean']:.3f} vs {demo['base_accuracy']:.3f} vs {demo['ric_accuracy']:.3f}"
@@ -363,9 +362,6 @@ def readme_results() -> str:
         ("demo reward model, held-out macro-F1 per head (" + " / ".join(rm) + ")",
          " / ".join(f"{m['macro_f1']:.3f}" for m in rm.values()),
          "[results](docs/results.md#the-demos-reward-model): `python -m bench.demo_rm_check`"),
-        (f"a first reward model on {recipe['rows']} rated rows on a CPU (the recipe above), wall time",
-         f"{sum(run['seconds'] for run in recipe['runs']) / 60:.0f} min",
-         "[benchmarks](docs/benchmarks.md): `python -m bench.small_data_recipe`"),
         ("scoring time, multi-head RM / OpenRLHF's scalar RM (MiniLM)",
          f"{headline('bench_heads', 'minilm: time moslim/stock RM'):.2f}",
          "[benchmarks](docs/benchmarks.md): `python -m bench.bench_heads`"),
