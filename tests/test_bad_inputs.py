@@ -114,7 +114,7 @@ demo | {base} --out /sys/demo | --out '/sys/demo': cannot be written in /sys
 train-rm | {base} --ckpt.output_dir {d}/afile | --ckpt.output_dir '{d}/afile': a file, not a folder
 train-rm | {base} --ckpt.output_dir /sys/rm | --ckpt.output_dir '/sys/rm': cannot be written in /sys
 train-rm | {base} --ckpt.path /sys/ckpt --ckpt.save_steps 1 | --ckpt.path '/sys/ckpt': cannot be written in /sys
-train-rm | {base} --ckpt.max_num 0 | argument --ckpt.max_num: expected an integer >= 1, got 0
+train-rm | {base} --ckpt.max_num -1 | argument --ckpt.max_num: expected an integer >= 0, got -1
 train-rm | {base} --ckpt.output_dir {d}/rm | --ckpt.output_dir {d}/rm already holds a model (config.json)
 
 # --- counts, limits and rates: finite, in range, integers where a count is meant -------------------------------------
