@@ -532,11 +532,13 @@ def test_overwrite_starts_over_from_an_earlier_runs_checkpoints(tmp_path, tiny_b
         "global_step4",
     ]
     (tmp_path / "rm" / "config.json").unlink()  # as if killed before the end
+    (tmp_path / "rm" / "checkpoints" / "notes.txt").write_text("mine")  # the user's file in the folder stays
     with pytest.raises(UserError, match="holds checkpoints of an earlier run \\(newest: global_step4\\)"):
         train(synthetic_rows(48), SPEC, tiny_bert, tmp_path / "rm", **flags)
     result = train(synthetic_rows(48), SPEC, tiny_bert, tmp_path / "rm", overwrite=True, **{**flags, "max_steps": 2})
     assert result["global_step"] == 2
     assert sorted(p.name for p in (tmp_path / "rm" / "checkpoints").glob("global_step*")) == ["global_step2"]
+    assert (tmp_path / "rm" / "checkpoints" / "notes.txt").read_text() == "mine"
     none = train(synthetic_rows(48), SPEC, tiny_bert, tmp_path / "none", max_num=0, **flags)
     assert none["global_step"] == 4 and not (tmp_path / "none" / "checkpoints").exists()
 

@@ -109,7 +109,9 @@ def check_output_dir(config):
                 f"--ckpt.path {config.ckpt_path} holds checkpoints of an earlier run (newest: {tags[0]}): pass "
                 "--ckpt.load_enable to resume it, or --ckpt.overwrite to start over"
             )
-        shutil.rmtree(config.ckpt_path, ignore_errors=True)  # every rank may get here; a later save makes it anew
+        # The checkpoints only, not the folder (it may be the user's); every rank may get here, hence ignore_errors.
+        for tag in tags:
+            shutil.rmtree(os.path.join(config.ckpt_path, tag), ignore_errors=True)
 
 
 def save_model(model, tokenizer, config, strategy):
