@@ -340,6 +340,7 @@ def readme_results() -> str:
         for c in demo["moslim_accuracy_ci95"]
     )
     rm = demo["rm_eval"]
+    recipe = load("small_data_recipe")["results"]
     hh = load("hh_rlhf_check")["results"]["backbones"]
     hh_overlap = all(
         overlap(b["moslim"]["pairwise_accuracy"]["all"]["ci95"], b["openrlhf"]["pairwise_accuracy"]["all"]["ci95"])
@@ -362,6 +363,9 @@ def readme_results() -> str:
         ("demo reward model, held-out macro-F1 per head (" + " / ".join(rm) + ")",
          " / ".join(f"{m['macro_f1']:.3f}" for m in rm.values()),
          "[results](docs/results.md#the-demos-reward-model): `python -m bench.demo_rm_check`"),
+        (f"a first reward model on {recipe['rows']} rated rows, on a CPU: the recipe above, run as written",
+         f"{sum(run['seconds'] for run in recipe['runs']) / 60:.0f} min",
+         "[above](#a-first-reward-model-on-a-laptop-small-data-on-a-cpu): `python -m bench.small_data_recipe`"),
         ("scoring time, multi-head RM / OpenRLHF's scalar RM (MiniLM)",
          f"{headline('bench_heads', 'minilm: time moslim/stock RM'):.2f}",
          "[benchmarks](docs/benchmarks.md): `python -m bench.bench_heads`"),

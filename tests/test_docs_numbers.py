@@ -63,7 +63,15 @@ def readme_section(title: str) -> str:
 
 @pytest.mark.unit
 def test_the_readme_results_and_recipe_have_no_number_written_by_hand():
-    for title in ("Results in brief",):
+    for title in ("Results in brief", "A first reward model on a laptop"):
         section = readme_section(title)
         assert render_docs.REGION.search(section), title
         assert hand_written_numbers(section) == [], title
+
+
+@pytest.mark.unit
+def test_the_readme_recipe_is_the_one_that_was_run_and_timed():
+    from bench.small_data_recipe import recipe_commands
+
+    ran = [run["command"] for run in render_docs.load("small_data_recipe")["results"]["runs"]]
+    assert ran == recipe_commands(), "the README's recipe changed since it was run: python -m bench.small_data_recipe"
