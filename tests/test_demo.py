@@ -175,10 +175,11 @@ def request_demo(sampling="subset"):
     from types import SimpleNamespace
 
     from moslim_plugin.core.directives import apply_directive
+    from moslim_plugin.demo.pipeline import REQUEST_WEIGHTS, UNSEEN
 
     spec = demo_spec()
     return SimpleNamespace(
-        spec=spec, train_prompts=[f"question {i}?" for i in range(40)],
+        spec=spec, train_prompts=[f"question {i}?" for i in range(40)], request_weights=REQUEST_WEIGHTS, unseen=UNSEEN,
         args=SimpleNamespace(moslim=SimpleNamespace(sampling=sampling)),
         chat=lambda q, r: apply_directive(spec, r, q, "user_suffix", "natural"),
     )  # fmt: skip

@@ -318,9 +318,10 @@ UNSEEN = (
 def request_rows(demo, n, seed):
     """n training prompts with their requests and chats: the sample stage's and the RL's rows. The prompts come in a
     seeded order, repeating when n needs more; request i is `TargetSampler`'s draw i for `--moslim.sampling` and
-    `seed`, with `REQUEST_WEIGHTS`, never an `UNSEEN` combination."""
+    `seed`, with the run's level weights (`REQUEST_WEIGHTS`), never an unseen combination (`UNSEEN`)."""
     order = random.Random(seed).sample(range(len(demo.train_prompts)), len(demo.train_prompts))
-    sampler = TargetSampler(demo.spec, demo.args.moslim.sampling, seed, weights=REQUEST_WEIGHTS, exclude=UNSEEN)
+    sampler = TargetSampler(demo.spec, demo.args.moslim.sampling, seed, weights=demo.request_weights,
+                            exclude=demo.unseen)  # fmt: skip
     rows = []
     for i in range(n):
         question, request = demo.train_prompts[order[i % len(order)]], sampler.sample({}, i)
