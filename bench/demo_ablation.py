@@ -462,7 +462,8 @@ def print_plan(ctx, results, todo) -> None:
     pending = [n for n, seed in todo if seed not in results["cells"].get(n, {})
                and reused_cell(ctx, n, None if seed == SEEDLESS else int(seed)) is None]  # fmt: skip
     trials = len(a.ric_epochs) * len(a.ric_lrs) if "ric" in pending and "ric_grid" not in results else 0
-    minutes = (sum(per[n.split("_")[0]] for n in pending) + trials * per["ric"]) / 60
+    kind = {"base": "base", "ric": "ric"}  # every other setting trains a MOSLIM policy (long: more steps than this)
+    minutes = (sum(per[kind.get(n.split("_")[0], "moslim")] for n in pending) + trials * per["ric"]) / 60
     print(f"{len(pending)} cells to run (+ {trials} RiC trials): about {minutes:.0f} min at the demo's stage timings")
 
 
