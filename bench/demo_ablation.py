@@ -1,4 +1,4 @@
-"""A fair ablation of the demo: five settings x seeds on one finished demo run.
+"""A fair ablation of the demo: settings x seeds on one finished demo run.
 
     python -m moslim_plugin demo --out runs/demo --seeds 1 2 3
     python -m bench.demo_ablation --demo_dir runs/demo --seeds 1 2 3
@@ -17,7 +17,15 @@ prompts, by the same oracle, with the same budget:
 - moslim: MOSLIM RL with the demo's flags and one PPO epoch (on-policy);
   moslim_best: the demo's flags plus `--best_flags` (the best RL setting found so far), e.g.
   `--best_flags="--moslim.trainable_layers -1"` (with `=`: a lone flag without a value would otherwise read as one
-  of this script's options).
+  of this script's options);
+- mapping_expected_level / mapping_target_logprob: the demo's flags with another built-in mapping (the reward from
+  the same RM, the same requests and RL budget): which mapping trains control best;
+- long: the demo's flags plus `--long_flags` (default: 4x the RL steps, evaluated every 6 steps on the first 32
+  held-out prompts: the learning curve), run for the seeds given (one is enough).
+
+Every cell keeps its joint evaluation (the 12 full combinations, seen and unseen), its headline metrics with
+intervals, and its paired differences (bootstrap over prompts, same items) against the starting policy and, for a
+MOSLIM setting, against the demo's own MOSLIM run of the same seed.
 
 Cells the demo measured with identical settings (the starting policy in the demo's style; MOSLIM seed s of any
 MOSLIM setting whose flags are the demo's, e.g. `moslim_best` when the demo already runs the best flags) are taken
@@ -50,6 +58,9 @@ SETTINGS = {
     "ric": "RiC SFT (epochs, lr tuned on held-back train prompts)",
     "moslim": "MOSLIM RL, on-policy",
     "moslim_best": "MOSLIM RL, the best setting found (--best_flags)",
+    "mapping_expected_level": "MOSLIM RL, the demo's flags, `expected_level` mapping",
+    "mapping_target_logprob": "MOSLIM RL, the demo's flags, `target_logprob` mapping",
+    "long": "MOSLIM RL, the demo's flags plus --long_flags (more steps, a learning curve)",
 }
 SEEDLESS = "all"  # the cell key of a setting evaluated once (the starting policy)
 # The bar a MOSLIM setting is held to (`target_verdicts`): mean accuracy >= TARGET, worst seed >= MARGIN above the
@@ -61,9 +72,11 @@ def build_parser():
     p = argparse.ArgumentParser(prog="demo_ablation", description=__doc__.split("\n\n")[0])
     p.add_argument("--demo_dir", default="runs/demo", help="a finished demo run (samples.jsonl, rm/, report.json)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", default=[n for n in SETTINGS if n != "long"], choices=list(SETTINGS),
+                   help="default: all but long (ask for it, with one seed: 4x the RL steps)")  # fmt: skip
     p.add_argument("--out", default=str(RESULTS_DIR / "demo_ablation.json"))
     p.add_argument("--best_flags", default="--train.max_epochs 2")
+    p.add_argument("--long_flags", default="--demo.rl_steps 48 --demo.curve_every 6 --demo.curve_prompts 32")
     p.add_argument("--ric.epochs", dest="ric_epochs", type=int, nargs="+", default=[1, 2], help="RiC grid: epochs")
     p.add_argument("--ric.lrs", dest="ric_lrs", type=float, nargs="+", default=[5e-5, 2e-4], help="RiC grid: lr")
     p.add_argument("--ric.val_prompts", dest="ric_val_prompts", type=int, default=16,
@@ -122,9 +135,20 @@ def demo_command(report, demo_dir) -> str:
     return " ".join(words)
 
 
-def cell(result, wall_s, source, **extra) -> dict:
+def cell(ctx, name, seed, result, samples, wall_s, source, **extra) -> dict:
+    """One (setting, seed) measurement: the evaluation's metrics, its headline metrics with intervals, and its
+    paired differences (same prompts and requests) against the starting policy and, for a MOSLIM setting, the demo's
+    MOSLIM run of the same seed."""
+    from moslim_plugin.demo.evaluate import headline, paired_differences
+
+    demo, ref = ctx.demos[name], ctx.eval_samples
+    against = {"starting policy": ref["base"]}
+    if seed is not None and not name.startswith(("base_", "ric")) and f"MOSLIM seed {seed}" in ref:
+        against["demo MOSLIM, same seed"] = ref[f"MOSLIM seed {seed}"]
+    paired = {k: paired_differences(samples, other, demo.joint, demo.unseen) for k, other in against.items()}
     return {"source": source, "wall_s": round(wall_s, 1), "metrics": result["metrics"],
-            "sampled_metrics": result.get("sampled_metrics"), **extra}  # fmt: skip
+            "sampled_metrics": result.get("sampled_metrics"), "joint_metrics": result.get("joint_metrics"),
+            "headline": headline(samples, demo.joint, demo.unseen), "paired": paired, **extra}  # fmt: skip
 
 
 def ric_grid(ctx, results, save) -> dict:
@@ -174,17 +198,20 @@ def run_cell(ctx, name, seed) -> dict:
     demo, t0 = ctx.demos[name], time.time()
     if name.startswith("base_"):
         model, tokenizer = load_policy(demo.policy_path, device=demo.args.device)
-        return cell(demo.evaluate(model, tokenizer, ctx.scorer, f"evaluate {name}"), time.time() - t0, "run")
+        result = demo.evaluate(model, tokenizer, ctx.scorers[name], f"evaluate {name}")
+        return cell(ctx, name, seed, result, result["samples"], time.time() - t0, "run")
     if name == "ric":
         chosen = ctx.ric_chosen
         model, tokenizer = load_policy(demo.policy_path, demo.args.moslim.trainable_layers, device=demo.args.device)
-        losses = ric_sft(model, tokenizer, demo, ctx.samples, chosen["epochs"], seed=seed, lr=chosen["lr"])
-        result = demo.evaluate(model, tokenizer, ctx.scorer, f"evaluate ric seed {seed}")
-        return cell(result, time.time() - t0, "run", epochs=chosen["epochs"], lr=chosen["lr"],
-                    loss_first_last=[losses[0], losses[-1]])  # fmt: skip
-    history, result = rl_stage(demo, ctx.scorer, seed)
-    return cell(result, time.time() - t0, "run", reward_first_last=[history[0]["reward"], history[-1]["reward"]],
-                oracle_hit_first_last=[history[0]["oracle_hit"], history[-1]["oracle_hit"]])  # fmt: skip
+        losses = ric_sft(model, tokenizer, demo, demo.seen(ctx.samples), chosen["epochs"], seed=seed, lr=chosen["lr"])
+        result = demo.evaluate(model, tokenizer, ctx.scorers[name], f"evaluate ric seed {seed}")
+        return cell(ctx, name, seed, result, result["samples"], time.time() - t0, "run", epochs=chosen["epochs"],
+                    lr=chosen["lr"], loss_first_last=[losses[0], losses[-1]])  # fmt: skip
+    history, result = rl_stage(demo, ctx.scorers[name], seed, {"samples": ctx.eval_samples["base"]})
+    steps = [h for h in history if "reward" in h]
+    return cell(ctx, name, seed, result, result["samples"], time.time() - t0, "run", history=history,
+                reward_first_last=[steps[0]["reward"], steps[-1]["reward"]],
+                oracle_hit_first_last=[steps[0]["oracle_hit"], steps[-1]["oracle_hit"]])  # fmt: skip
 
 
 def reused_cell(ctx, name, seed):
@@ -194,21 +221,24 @@ def reused_cell(ctx, name, seed):
     report, style = ctx.report, ctx.report["settings"]["style"]
     if name == f"base_{style}":
         policy, timing = "base", "evaluate base"
-    elif name.startswith("moslim") and seed in report["settings"]["seeds"]:
-        flags, recorded = flags_of(ctx.demos[name].args), report["settings"]["rl_flags"]
-        if any(flags[key] != value for key, value in recorded.items()):
-            return None  # other flags: measured again
+    elif name.startswith(("moslim", "mapping", "long")) and seed in report["settings"]["seeds"]:
+        demo = ctx.demos[name]
+        flags, recorded = flags_of(demo.args), report["settings"]["rl_flags"]
+        if any(flags[key] != value for key, value in recorded.items()) or demo.args.moslim.mapping != report[
+                "settings"]["mapping"] or demo.size != report["settings"]["size"]:  # fmt: skip
+            return None  # other flags, mapping or sizes: measured again
         # A report written before a flag was recorded ran it at its default, which demo_args gives it here too; the
         # source column names such flags.
         assumed = sorted(set(flags) - set(recorded))
         policy, timing = f"MOSLIM seed {seed}", f"MOSLIM RL seed {seed}"
     else:
         return None
-    result = {"metrics": report["policies"][policy], "sampled_metrics": report["policies_sampled"].get(policy)}
+    result = {"metrics": report["policies"][policy], "sampled_metrics": report["policies_sampled"].get(policy),
+              "joint_metrics": report["policies_joint"][policy]}  # fmt: skip
     source = f"demo report ({policy!r})" + (
-        f", defaults assumed for {assumed}" if name.startswith("moslim") and assumed else ""
+        f", defaults assumed for {assumed}" if not name.startswith("base_") and assumed else ""
     )
-    return cell(result, report["timings_s"].get(timing, 0.0), source)
+    return cell(ctx, name, seed, result, ctx.eval_samples[policy], report["timings_s"].get(timing, 0.0), source)
 
 
 def summarize(cells: dict, style: str) -> dict:
@@ -233,6 +263,10 @@ def summarize(cells: dict, style: str) -> dict:
             "gap": {n: statistics.mean(p["gap"][n] for p in per_seed.values()) for n in per_seed[worst]["gap"]},
             "sampled_gap": {n: statistics.mean(p["sampled_gap"][n] for p in sampled)
                             for n in (sampled[0]["sampled_gap"] if sampled else [])},
+            # Joint control: the headline metrics' mean over seeds, and each seed's paired differences.
+            "headline_mean": {m: statistics.mean(c["headline"][m]["value"] for c in by_seed.values())
+                              for m in next(iter(by_seed.values()))["headline"]},
+            "paired": {seed: c["paired"] for seed, c in by_seed.items()},
         }  # fmt: skip
     return {"settings": out, "target": target_verdicts(cells, out, style)}
 
@@ -287,7 +321,10 @@ def plot(cells, path) -> None:
 
 
 def markdown(results, summary, png) -> str:
-    """The table for docs/results.md: one row per setting, the RiC grid, the target's verdict and the commands."""
+    """The table for docs/results.md: one row per setting, their joint control, the RiC grid, the target's verdict
+    and the commands."""
+    from moslim_plugin.demo.report import paired_text
+
     rows = summary["settings"]
     objectives = list(next(iter(rows.values()))["gap"]) if rows else []
     head = ["setting", "what", "seeds", "greedy acc mean", "worst seed [95 % CI]", "sampled acc mean",
@@ -305,6 +342,24 @@ def markdown(results, summary, png) -> str:
             + " | ".join(f"{s['gap'][n]:.3f}" for n in objectives)
             + f" | {statistics.mean(c['wall_s'] for c in cells.values()):.0f} | {' + '.join(sources)} |"
         )
+    lines += ["", "Joint control (greedy; paired differences: bootstrap 95 % over prompts, the same items):", "",
+              "| setting | single acc | joint acc | exact-all seen | exact-all unseen | per seed: unseen exact-all vs "
+              "starting policy | per seed: single acc vs demo MOSLIM | per seed: unseen exact-all vs demo MOSLIM |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, s in rows.items():
+        h = s["headline_mean"]
+
+        def per_seed(against, metric, s=s):
+            return "; ".join(f"{seed}: {paired_text(p[against][metric])}" for seed, p in s["paired"].items()
+                             if against in p and metric in p[against]) or "-"  # fmt: skip
+
+        lines.append(
+            f"| {name} | " + " | ".join(f"{h[m]:.3f}" if m in h else "-" for m in
+                                        ("single_accuracy", "joint_accuracy", "exact_all_seen", "exact_all_unseen"))
+            + f" | {per_seed('starting policy', 'exact_all_unseen')} | "
+            f"{per_seed('demo MOSLIM, same seed', 'single_accuracy')} | "
+            f"{per_seed('demo MOSLIM, same seed', 'exact_all_unseen')} |"
+        )  # fmt: skip
     lines += ["", "Seeds: `all` = evaluated once (greedy is deterministic; the sampled evaluation uses the demo's "
               "fixed sampling seed, as for every policy). Source `demo` = taken from the demo's report.json "
               "(same settings), not re-run. Gap: the conditional gap per objective (greedy), mean over "
@@ -336,11 +391,15 @@ def markdown(results, summary, png) -> str:
 
 def load_demo_run(demo_dir):
     demo_dir = Path(demo_dir)
-    missing = [n for n in ("samples.jsonl", "rm/config.json", "report.json") if not (demo_dir / n).is_file()]
+    needed = ("samples.jsonl", "rm/config.json", "report.json", "eval_samples.json")
+    missing = [n for n in needed if not (demo_dir / n).is_file()]
     if missing:
         raise UserError(f"--demo_dir {demo_dir}: not a finished demo run (missing {', '.join(missing)}); run "
                         f"`python -m moslim_plugin demo --out {demo_dir}` first")  # fmt: skip
     report = json.loads((demo_dir / "report.json").read_text())
+    if "policies_joint" not in report:
+        raise UserError(f"--demo_dir {demo_dir}: made before the joint evaluation (no policies_joint in its "
+                        "report.json); run the demo again")  # fmt: skip
     # A report from before the size presets and --device were recorded ran the full or quick preset on the CPU.
     report["settings"].setdefault("preset", "quick" if report["settings"].get("quick") else "full")
     report["settings"].setdefault("device", "cpu")
@@ -372,10 +431,12 @@ def build_demos(a, report, samples) -> dict:
     # On-policy is one pass over each rollout batch, whatever the demo's own default (the demo now makes two).
     on_policy = ["--train.max_epochs", "1"]
     extra = {"base_tagged": ["--moslim.style", "tagged"], "base_natural": ["--moslim.style", "natural"],
-             "moslim": on_policy, "moslim_best": shlex.split(a.best_flags)}  # fmt: skip
+             "moslim": on_policy, "moslim_best": shlex.split(a.best_flags), "long": shlex.split(a.long_flags),
+             "mapping_expected_level": ["--moslim.mapping", "expected_level"],
+             "mapping_target_logprob": ["--moslim.mapping", "target_logprob"]}  # fmt: skip
     # Policies go beside the demo run (runs/ is not committed), one folder per setting.
     demos = {name: Demo(demo_args(report, demo_dir / "ablation" / name, extra.get(name, []))) for name in a.settings}
-    for name in [n for n in a.settings if n.startswith("moslim")]:
+    for name in [n for n in a.settings if n.startswith(("moslim", "mapping"))]:  # long: more rollouts by design
         size, args = demos[name].size, demos[name].args
         n_rl = size["rl_steps"] * size["batch"] * args.rollout.n_samples_per_prompt
         if n_rl != len(samples):
@@ -401,8 +462,46 @@ def print_plan(ctx, results, todo) -> None:
     pending = [n for n, seed in todo if seed not in results["cells"].get(n, {})
                and reused_cell(ctx, n, None if seed == SEEDLESS else int(seed)) is None]  # fmt: skip
     trials = len(a.ric_epochs) * len(a.ric_lrs) if "ric" in pending and "ric_grid" not in results else 0
-    minutes = (sum(per[n.split("_")[0]] for n in pending) + trials * per["ric"]) / 60
+    kind = {"base": "base", "ric": "ric"}  # every other setting trains a MOSLIM policy (long: more steps than this)
+    minutes = (sum(per[kind.get(n.split("_")[0], "moslim")] for n in pending) + trials * per["ric"]) / 60
     print(f"{len(pending)} cells to run (+ {trials} RiC trials): about {minutes:.0f} min at the demo's stage timings")
+
+
+def rl_monitors(results, out) -> str:
+    """Markdown (and a PNG for the curve) of what the RL cells logged: the reward-hacking monitor (the RM against the
+    oracle on the rollouts, first vs last quarter of the steps) and, for cells with curve points, accuracy vs step."""
+    from moslim_plugin.demo.oracle import demo_spec
+    from moslim_plugin.demo.report import agreement_monitor, interval, plot_learning_curve
+
+    spec, settings = demo_spec(), results["demo_settings"]
+    rollouts = settings["size"]["batch"] * settings["rl_flags"]["rollout.n_samples_per_prompt"]
+    histories = {f"{name} seed {seed}": c["history"] for name, cells in results["cells"].items()
+                 for seed, c in cells.items() if c.get("history")}  # fmt: skip
+    if not histories:
+        return ""
+    monitor = agreement_monitor(spec, histories, rollouts)
+    results["agreement_monitor"] = monitor
+    lines = ["", "RM against the oracle on the RL rollouts (agreement, first -> last quarter of the steps; "
+             "**falling**: down by more than 0.02 and twice its standard error):", "",
+             "| run | " + " | ".join(spec.names) + " |", "|" + " --- |" * (1 + len(spec.names))]  # fmt: skip
+    for run, m in monitor.items():
+        cells = [f"{m[n]['first']:.3f} -> {m[n]['last']:.3f}" + (" **falling**" if m[n]["falling"] else "")
+                 for n in spec.names]  # fmt: skip
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    curve = plot_learning_curve(histories, out.with_name(out.stem + "_curve.png"))
+    if curve:
+        lines += ["", "Learning curve (greedy, the first held-out prompts; 95 % intervals over them):", "",
+                  "| run | step | single-objective acc | exact-all seen | exact-all unseen |",
+                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
+        for run, history in histories.items():
+            for h in history:
+                if "curve" in h:
+                    c = h["curve"]
+                    lines.append(f"| {run} | {h['step']} | " + " | ".join(
+                        f"{c[m]['value']:.3f} {interval(c[m]['ci95'])}" if m in c else "-"
+                        for m in ("single_accuracy", "exact_all_seen", "exact_all_unseen")) + " |")  # fmt: skip
+        lines += ["", f"![learning curve]({Path(curve).name})"]
+    return "\n".join(lines) + "\n"
 
 
 def write_outputs(a, report, results, save) -> None:
@@ -416,12 +515,13 @@ def write_outputs(a, report, results, save) -> None:
     results["commands"] = [
         demo_command(report, demo_dir),
         f"python -m bench.demo_ablation --demo_dir {demo_dir} --seeds {' '.join(map(str, all_seeds))} --settings "
-        f"{' '.join(all_settings)} --best_flags={shlex.quote(a.best_flags)} {grid_flags} --out {out}",
+        f"{' '.join(all_settings)} --best_flags={shlex.quote(a.best_flags)} --long_flags={shlex.quote(a.long_flags)} "
+        f"{grid_flags} --out {out}",
     ]
     save()
     png, md_path = out.with_suffix(".png"), out.with_suffix(".md")
     plot({n: results["cells"][n] for n in all_settings}, png)
-    md = markdown(results, results["summary"], png)
+    md = markdown(results, results["summary"], png) + rl_monitors(results, out)
     md_path.write_text(md)
     print("\n" + md)
     print(f"json: {out}\nmarkdown: {md_path}\nplot: {png}")
@@ -442,7 +542,8 @@ def main_run(argv=None) -> int:
     demos = build_demos(a, report, samples)
     inputs = {"demo_dir": str(demo_dir.resolve()), "demo_report_sha256": sha256(demo_dir / "report.json"),
               "demo_samples_sha256": sha256(demo_dir / "samples.jsonl"), "best_flags": a.best_flags,
-              "ric_epochs": a.ric_epochs, "ric_lrs": a.ric_lrs, "ric_val_prompts": a.ric_val_prompts}  # fmt: skip
+              "long_flags": a.long_flags, "ric_epochs": a.ric_epochs, "ric_lrs": a.ric_lrs,
+              "ric_val_prompts": a.ric_val_prompts}  # fmt: skip
     results = json.loads(out.read_text()) if out.is_file() else {"inputs": inputs, "cells": {}}
     check_resumable(out, results, inputs)
     # The first run's machine stays `machine`; a resumed run (finished cells kept) adds its own to `resumed_on`, so
@@ -460,10 +561,13 @@ def main_run(argv=None) -> int:
         check_finite(results)
         out.write_text(json.dumps(results, indent=1) + "\n")  # after every cell: an interruption loses one cell
 
-    m = report["settings"]
-    scorer = Scorer.from_pretrained(demo_dir / "rm", mapping=m["mapping"], device=m["device"],
-                                    mapping_kwargs=m["rl_flags"].get("moslim.mapping_kwargs"))  # fmt: skip
-    ctx = argparse.Namespace(a=a, out=out, report=report, samples=samples, demos=demos, scorer=scorer)
+    # The demo's RM under each setting's own mapping (the mapping ablation); the same checkpoint for all.
+    scorers = {name: Scorer.from_pretrained(demo_dir / "rm", mapping=d.args.moslim.mapping, device=d.args.device,
+                                            mapping_kwargs=d.args.moslim.mapping_kwargs)
+               for name, d in demos.items()}  # fmt: skip
+    eval_samples = json.loads((demo_dir / "eval_samples.json").read_text())  # the items paired differences use
+    ctx = argparse.Namespace(a=a, out=out, report=report, samples=samples, demos=demos, scorers=scorers,
+                             eval_samples=eval_samples)  # fmt: skip
     todo = [(n, SEEDLESS if n.startswith("base_") else str(s)) for n in a.settings for s in a.seeds]
     todo = list(dict.fromkeys(todo))  # a base setting once, not once per seed
     print_plan(ctx, results, todo)
@@ -477,8 +581,8 @@ def main_run(argv=None) -> int:
         number = None if seed == SEEDLESS else int(seed)
         c = reused_cell(ctx, name, number) or run_cell(ctx, name, number)
         c["style"] = demos[name].style  # what the cell was measured with, for the reader of the JSON
-        if name.startswith("moslim"):
-            c["rl_flags"] = flags_of(demos[name].args)
+        if not name.startswith(("base_", "ric")):
+            c["rl_flags"], c["mapping"] = flags_of(demos[name].args), demos[name].args.moslim.mapping
         cells[seed] = c
         print(f"{name} seed {seed}: accuracy {c['metrics']['mean']['accuracy']:.3f} ({c['source']}, "
               f"{c['wall_s']:.0f} s)", flush=True)  # fmt: skip

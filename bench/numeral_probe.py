@@ -1,45 +1,83 @@
-"""Can a numeral in the text fool a reward model's length head? (README, "Reward model": the numbered-words weakness.)
+"""Can a numeral in the text fool a reward model's length head? The fooling test of the numbered-words RM.
 
-Every sample of a demo run with <= 18 words (level 0 by the oracle, and still level 0 with one word more) gets one
-numeral appended; the share each RM still classifies as level 0 is printed, before and after, per numeral. Not a
-`make bench` script: it needs finished demo runs.
+Every sample of a finished demo run short enough to stay at the oracle's shortest length level with one word more
+(<= 19 words at bands 20 / 32) gets each numeral 1-100 appended ("... cat. 21") and prepended ("21 Sure, ..."): one
+word more, the same level by the oracle. Per reward model, the share of these edited answers whose predicted length
+level (the head's most likely class) differs from the one it predicts for the unedited answer is the fooling rate
+(target: <= 1 %), given per numeral where any is fooled. The length head's held-out macro-F1 comes from the run's
+report.json (`summary.rm_eval`, what train-rm measured on its held-out split; target: >= 0.98). Not a `make bench`
+script (no `main`): it needs a finished demo run.
 
-    python -m bench.numeral_probe --samples runs/demo_v7/samples.jsonl --rms runs/demo_v6/rm runs/demo_v7/rm
+    python -m bench.numeral_probe --demo_dir runs/demo
 """
 
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import torch
 
+from bench import RESULTS_DIR, write_result
 from moslim_plugin.core.scorer import Scorer
-from moslim_plugin.demo.oracle import demo_spec, length_level
+from moslim_plugin.demo.oracle import LENGTH_BANDS, length_level
+
+MAX_CHANGED, MIN_MACRO_F1 = 0.01, 0.98
 
 
 def main_run(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--samples", required=True, help="a demo run's samples.jsonl")
-    p.add_argument("--rms", nargs="+", required=True, help="reward-model folders (a demo run's rm/)")
-    p.add_argument("--numerals", nargs="+", default=["21", "25", "33", "40"])
+    p.add_argument("--demo_dir", required=True, help="a finished demo run (samples.jsonl, rm/, report.json)")
+    p.add_argument("--rms", nargs="*", default=None, help="reward-model folders to probe (default: the run's rm/)")
+    p.add_argument("--numerals", type=int, nargs=2, default=[1, 100], help="first and last numeral")
+    p.add_argument("--out", default=str(RESULTS_DIR / "numeral_probe.json"))
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    samples = [json.loads(line) for line in Path(args.samples).read_text().splitlines() if line.strip()]
-    short = [s for s in samples if len(re.findall(r"\S+", s["response"])) <= 18]
-    questions = [s["question"] for s in short]
-    k = demo_spec().names.index("length")
-    results = {}
-    for rm in args.rms:
+    run = Path(args.demo_dir)
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines() if line.strip()]
+    short = [s for s in samples if len(re.findall(r"\S+", s["response"])) < LENGTH_BANDS[0]]
+    numerals = range(args.numerals[0], args.numerals[1] + 1)
+    edits = [(s["question"], f"{s['response']} {n}", n, "append") for s in short for n in numerals]
+    edits += [(s["question"], f"{n} {s['response']}", n, "prepend") for s in short for n in numerals]
+    assert all(length_level(text) == 0 for _, text, _, _ in edits)  # one word more: still the shortest level
+    macro_f1 = json.loads((run / "report.json").read_text())["summary"]["rm_eval"]["length"]["macro_f1"]
+    results, headline = {}, []
+    for rm in args.rms or [str(run / "rm")]:
         scorer = Scorer.from_pretrained(rm)
-        before = (scorer.classify(questions, [s["response"] for s in short])[:, k].argmax(-1) == 0).float().mean()
-        for numeral in args.numerals:
-            edited = [f"{s['response']} {numeral}" for s in short]
-            assert all(length_level(e) == 0 for e in edited)  # one word more: still <= 20 words
-            after = (scorer.classify(questions, edited)[:, k].argmax(-1) == 0).float().mean()
-            results[f"{rm} +{numeral}"] = dict(n=len(short), level0_before=before.item(), level0_after=after.item())
-    print(json.dumps(results, indent=1))
+        k = scorer.model.spec.names.index("length")
+        before = scorer.classify([s["question"] for s in short], [s["response"] for s in short])[:, k].argmax(-1)
+        after = scorer.classify([q for q, _, _, _ in edits], [t for _, t, _, _ in edits])[:, k].argmax(-1)
+        changed = after != torch.cat([before.repeat_interleave(len(numerals))] * 2)
+        per_numeral = {}
+        for (_, _, n, where), c in zip(edits, changed.tolist()):
+            per_numeral.setdefault(f"{where} {n}", []).append(c)
+        fooled = {key: sum(v) for key, v in per_numeral.items() if sum(v)}
+        share = changed.float().mean().item()
+        results[rm] = {
+            "short_answers": len(short),
+            "edited_answers": len(edits),
+            "changed": int(changed.sum()),
+            "changed_share": share,
+            "predicted_level0_before": (before == 0).float().mean().item(),
+            "fooled_per_numeral": fooled,
+            "length_macro_f1_heldout": macro_f1 if args.rms is None else None,
+        }
+        print(rm, json.dumps({k: v for k, v in results[rm].items() if k != "fooled_per_numeral"}), flush=True)
+        headline.append({"metric": f"{Path(rm).parent.name}: edited answers whose predicted length level changes",
+                         "value": share, "target": f"<= {MAX_CHANGED}", "met": share <= MAX_CHANGED})  # fmt: skip
+    if args.rms is None:
+        headline.append({"metric": "length head macro-F1 on its held-out split", "value": macro_f1,
+                         "target": f">= {MIN_MACRO_F1}", "met": macro_f1 >= MIN_MACRO_F1})  # fmt: skip
+    first = next(iter(results.values()))
+    summary = (
+        f"numerals {args.numerals[0]}-{args.numerals[1]} appended and prepended to {len(short)} short answers "
+        f"({len(edits)} edits): the length level changed for {first['changed']} ({100 * first['changed_share']:.2f} "
+        f"%); held-out macro-F1 of the length head {macro_f1:.3f}"
+    )
+    config = {"demo_dir": str(run), "rms": args.rms, "numerals": args.numerals, "command": sys.argv[1:]}
+    write_result("numeral_probe", config, results, summary, headline, path=args.out)
     return 0
 
 

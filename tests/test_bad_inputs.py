@@ -199,6 +199,9 @@ screen | {base} --eval.dataset {d}/data/binary.txt | {d}/data/binary.txt: cannot
 demo | {base} --demo.rl_steps 0 | argument --demo.rl_steps: expected an integer >= 1, got 0
 demo | {base} --demo.samples -5 | argument --demo.samples: expected an integer >= 1, got -5
 demo | {base} --demo.eval_samples -1 | argument --demo.eval_samples: expected an integer >= 0, got -1
+demo | {base} --demo.curve_every -1 | argument --demo.curve_every: expected an integer >= 0, got -1
+demo | {base} --demo.curve_prompts 0 | argument --demo.curve_prompts: expected an integer >= 1, got 0
+demo | {base} --moslim.sampling pairs | argument --moslim.sampling: invalid choice: 'pairs'
 demo | {base} --seeds 1 x | argument --seeds: expected an integer, got 'x'
 demo | {base} --seeds 2 1 2 | --seeds 2 1 2: each seed once
 demo | {base} --moslim.rm_lr 0 | argument --moslim.rm_lr: expected a finite number > 0, got 0

@@ -48,6 +48,46 @@ def test_subset_sampling_masks_objectives_but_always_requests_one():
 
 
 @pytest.mark.unit
+def test_single_sampling_requests_one_objective_each_about_equally_often():
+    sampler = TargetSampler(SPEC, "single", seed=0)
+    requests = [sampler.sample({}, i) for i in range(900)]
+    assert all(len(r) == 1 for r in requests)
+    counts = collections.Counter(next(iter(r)) for r in requests)
+    assert sorted(counts) == sorted(SPEC.names) and min(counts.values()) > 250  # 300 expected each
+
+
+@pytest.mark.unit
+def test_level_weights_skew_the_drawn_levels_and_unweighted_draws_keep_their_stream():
+    weighted = TargetSampler(SPEC, "subset", seed=0, weights={"harmlessness": (1, 3)})
+    levels = collections.Counter(
+        r["harmlessness"] for r in (weighted.sample({}, i) for i in range(2000)) if "harmlessness" in r
+    )
+    assert 2.5 < levels[1] / levels[0] < 3.5
+    # Objectives without weights, and samplers without any, draw exactly as before weights existed.
+    plain = TargetSampler(SPEC, "uniform", seed=3)
+    assert [plain.sample({}, i) for i in range(5)] == [TargetSampler(SPEC, "uniform", 3, weights={}).sample({}, i)
+                                                       for i in range(5)]  # fmt: skip
+    with pytest.raises(UserError, match=r"level weights for 'harmlessness': expected 2 positive numbers, got \[1\]"):
+        TargetSampler(SPEC, "subset", weights={"harmlessness": (1,)})
+    with pytest.raises(UserError, match="level weights: unknown objective 'brevity'"):
+        TargetSampler(SPEC, "subset", weights={"brevity": (1, 1)})
+
+
+@pytest.mark.unit
+def test_excluded_requests_are_never_drawn_but_their_parts_are():
+    spec = load_spec({"objectives": [{"name": "a", "levels": 2}, {"name": "b", "levels": 2}]})
+    held_out = {"a": 1, "b": 1}
+    sampler = TargetSampler(spec, "subset", seed=0, exclude=[held_out])
+    drawn = [sampler.sample({}, i) for i in range(400)]
+    assert held_out not in drawn
+    assert {"a": 1} in drawn and {"b": 1} in drawn and {"a": 0, "b": 1} in drawn
+    with pytest.raises(UserError, match="1000 draws in a row hit the excluded requests"):
+        TargetSampler(spec, "uniform", exclude=[{"a": x, "b": y} for x in (0, 1) for y in (0, 1)]).sample({}, 0)
+    with pytest.raises(UserError, match="not to sampling mode 'fixed'"):
+        TargetSampler(spec, "fixed", fixed={"a": 1}, exclude=[held_out])
+
+
+@pytest.mark.unit
 def test_fixed_targets_are_checked_against_the_spec():
     assert TargetSampler(SPEC, "fixed", fixed={"verbosity": 1}).sample({}, 3) == {"verbosity": 1}
     with pytest.raises(ValueError, match="--moslim.fixed: level 5 for 'harmlessness' is out of range"):

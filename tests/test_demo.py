@@ -89,6 +89,77 @@ def test_accuracy_interval_brackets_the_mean_and_shrinks_to_a_point_when_every_p
     assert lo < 0.5 < hi and hi - lo < 0.5
 
 
+def answers(policy_hits, prompts=20):
+    """Greedy answers of a policy to every full request on `prompts` prompts; `policy_hits(prompt index, request)`
+    says whether it meets the request (then achieved = requested, else every level off by one)."""
+    from moslim_plugin.demo.evaluate import full_requests
+
+    spec, out = demo_spec(), []
+    for i in range(prompts):
+        for request in full_requests(spec):
+            achieved = dict(request) if policy_hits(i, request) else {n: (lv + 1) % spec.levels[spec.index(n)]
+                                                                      for n, lv in request.items()}  # fmt: skip
+            out.append({"prompt": f"p{i}", "request": request, "achieved": achieved})
+    return out
+
+
+@pytest.mark.unit
+def test_joint_metrics_report_unseen_combinations_apart_with_intervals():
+    from moslim_plugin.demo.evaluate import full_requests, joint_metrics
+    from moslim_plugin.demo.pipeline import UNSEEN
+
+    spec = demo_spec()
+    assert len(full_requests(spec)) == 12 and all(len(r) == 3 for r in full_requests(spec))
+    # Meets every seen combination on every prompt, an unseen one on every other prompt.
+    samples = answers(lambda i, r: r not in UNSEEN or i % 2 == 0)
+    m = joint_metrics(spec, samples, UNSEEN)
+    assert m["exact_all"]["seen"]["rate"] == 1.0 and m["exact_all"]["seen"]["ci95"] == [1.0, 1.0]
+    assert m["exact_all"]["unseen"]["rate"] == 0.5 and m["exact_all"]["unseen"]["n"] == 3 * 20
+    lo, hi = m["exact_all"]["unseen"]["ci95"]
+    assert lo < 0.5 < hi
+    assert m["exact_all"]["all"]["rate"] == pytest.approx((9 + 1.5) / 12)
+    key = "length=0,format=1,formality=1"
+    assert m["combinations"][key] == {"unseen": True, "n": 20, "exact_all": 0.5,
+                                      "accuracy": {"length": 0.5, "format": 0.5, "formality": 0.5}}  # fmt: skip
+    assert m["objectives"]["length"] == pytest.approx((9 * 20 + 3 * 10) / 240)
+
+
+@pytest.mark.unit
+def test_paired_differences_are_zero_against_itself_and_exclude_zero_for_a_policy_better_on_every_prompt():
+    from moslim_plugin.demo.evaluate import bootstrap_ci, full_requests, paired_differences, prompt_cells
+    from moslim_plugin.demo.pipeline import UNSEEN
+
+    joint = full_requests(demo_spec())
+    base = answers(lambda i, r: i % 4 == 0)  # a quarter of the prompts, every request
+    better = answers(lambda i, r: i % 2 == 0)  # the same prompts and as many more
+    same = paired_differences(base, base, joint, UNSEEN)
+    assert set(same) == {"joint_accuracy", "exact_all", "exact_all_seen", "exact_all_unseen"}  # no single requests
+    assert all(d == {"diff": 0.0, "ci95": [0.0, 0.0]} for d in same.values())
+    up = paired_differences(better, base, joint, UNSEEN)["exact_all_unseen"]
+    assert up["diff"] == pytest.approx(0.25) and 0 < up["ci95"][0] <= 0.25 <= up["ci95"][1]
+    # Unpaired, the two intervals overlap; paired, the difference is clearly above 0: the paired test is sharper.
+    lo_b, hi_b = bootstrap_ci(prompt_cells(better))
+    lo_a, hi_a = bootstrap_ci(prompt_cells(base))
+    assert lo_b < hi_a
+    with pytest.raises(ValueError, match="the same prompts"):
+        bootstrap_ci(prompt_cells(better), prompt_cells(base[:-12]))
+
+
+@pytest.mark.unit
+def test_the_hacking_monitor_flags_agreement_that_falls_and_not_noise():
+    from moslim_plugin.demo.report import agreement_monitor
+
+    spec = demo_spec()
+    steady = [{"step": s, "agree/length": 0.95 + 0.02 * (s % 2), "agree/format": 0.9} for s in range(1, 13)]
+    falling = [{"step": s, "agree/length": 1.0 - 0.05 * s, "agree/format": 0.9} for s in range(1, 13)]
+    monitor = agreement_monitor(spec, {"steady": steady, "falling": falling}, rollouts_per_step=32)
+    assert not monitor["steady"]["length"]["falling"] and not monitor["steady"]["format"]["falling"]
+    assert monitor["falling"]["length"]["falling"] and not monitor["falling"]["format"]["falling"]
+    assert monitor["falling"]["length"]["first"] == pytest.approx(0.9)
+    assert monitor["falling"]["length"]["min"] == pytest.approx(0.4)
+    assert "formality" not in monitor["steady"]  # never logged: no verdict
+
+
 @pytest.mark.unit
 def test_the_oracle_judge_refuses_a_spec_it_cannot_judge_before_any_generation():
     from moslim_plugin.core.spec import load_spec
@@ -99,23 +170,46 @@ def test_the_oracle_judge_refuses_a_spec_it_cannot_judge_before_any_generation()
         make_judge(load_spec("hh"))
 
 
-@pytest.mark.unit
-def test_one_objective_requests_take_turns_and_a_list_is_asked_for_twice_as_often_as_a_paragraph():
-    from moslim_plugin.demo.pipeline import turn_rows
+def request_demo(sampling="subset"):
+    """What request_rows reads of a pipeline.Demo: the spec, the training prompts, the sampling flag, the chat."""
+    from types import SimpleNamespace
+
+    from moslim_plugin.core.directives import apply_directive
+    from moslim_plugin.demo.pipeline import REQUEST_WEIGHTS, UNSEEN
 
     spec = demo_spec()
-    _, requests = turn_rows(spec, ["a question"], 36, seed=0)
-    assert all(len(r) == 1 for r in requests)
-    counts = Counter((name, level) for r in requests for name, level in r.items())
-    assert sum(n for (name, _), n in counts.items() if name == "format") == 12  # objectives take turns
-    assert (counts[("format", 0)], counts[("format", 1)]) == (4, 8)  # REQUEST_WEIGHTS: lists 2:1
-    assert [counts[("length", level)] for level in range(3)] == [4, 4, 4]  # unlisted: levels equally often
-    _, equal = turn_rows(spec, ["a question"], 36, seed=0, weights={})
-    assert Counter(r["format"] for r in equal if "format" in r) == {0: 6, 1: 6}
-    with pytest.raises(ValueError, match=r"'format': expected 2 positive integers, got \(1,\)"):
-        turn_rows(spec, ["a question"], 3, seed=0, weights={"format": (1,)})
-    with pytest.raises(ValueError, match=r"\['tone'\]: not objectives"):
-        turn_rows(spec, ["a question"], 3, seed=0, weights={"tone": (1, 1)})
+    return SimpleNamespace(
+        spec=spec, train_prompts=[f"question {i}?" for i in range(40)], request_weights=REQUEST_WEIGHTS, unseen=UNSEEN,
+        args=SimpleNamespace(moslim=SimpleNamespace(sampling=sampling)),
+        chat=lambda q, r: apply_directive(spec, r, q, "user_suffix", "natural"),
+    )  # fmt: skip
+
+
+@pytest.mark.unit
+def test_requests_ask_for_one_to_all_objectives_never_an_unseen_combination_and_lists_twice_as_often():
+    from moslim_plugin.core.directives import parse_directive
+    from moslim_plugin.demo.pipeline import UNSEEN, request_rows
+
+    demo = request_demo()
+    rows = request_rows(demo, 1200, seed=0)
+    sizes = Counter(len(r["request"]) for r in rows)
+    assert set(sizes) == {1, 2, 3} and min(sizes.values()) > 330  # k = 1..3, each about a third
+    assert not [r for r in rows if r["request"] in UNSEEN]
+    full = Counter(tuple(r["request"].values()) for r in rows if len(r["request"]) == 3)
+    assert len(full) == 12 - len(UNSEEN)  # every other full combination is drawn
+    # Every level and every pair of levels of two objectives still occurs among the drawn full combinations.
+    for a, b in [(0, 1), (0, 2), (1, 2)]:
+        assert len({(c[a], c[b]) for c in full}) == demo.spec.levels[a] * demo.spec.levels[b]
+    # REQUEST_WEIGHTS: lists 2:1 (among full requests less: two of the three unseen ones are lists, drawn again).
+    formats = Counter(r["request"]["format"] for r in rows if "format" in r["request"] and len(r["request"]) < 3)
+    assert 1.7 < formats[1] / formats[0] < 2.3
+    # A joint directive is one paragraph of the spec's sentences that the parser reads back.
+    for r in rows[:50]:
+        text = r["messages"][-1]["content"]
+        assert parse_directive(demo.spec, text) == r["request"]
+        assert "\n" not in text.split("\n\n")[-1]
+    assert request_rows(demo, 50, seed=0) == rows[:50]  # deterministic in the seed
+    assert all(len(r["request"]) == 1 for r in request_rows(request_demo("single"), 60, seed=0))
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +217,8 @@ def quick_demo(tmp_path_factory):
     from moslim_plugin.demo.pipeline import main
 
     out = tmp_path_factory.mktemp("demo")
-    assert main(["--quick", "--out", str(out), "--seeds", "1", "2"]) == 0  # two seeds keep the smoke test short
+    # Two seeds keep the smoke test short; a learning-curve point after the one RL step.
+    assert main(["--quick", "--out", str(out), "--seeds", "1", "2", "--demo.curve_every", "1"]) == 0
     return out
 
 
@@ -134,7 +229,8 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
     for path in [
         "samples.jsonl", "rm/config.json", "rm/model.safetensors", "policy_seed1/model.safetensors",
         "policy_seed2/model.safetensors", "policy_seed1/rl_history.json", "report.md", "report.json",
-        "requested_vs_achieved.png", "training_curves.png", "eval_samples.json",
+        "requested_vs_achieved.png", "training_curves.png", "eval_samples.json", "combination_grid.png",
+        "learning_curve.png",
     ]:  # fmt: skip
         assert (out / path).is_file() and (out / path).stat().st_size > 0, path
     report = json.loads((out / "report.json").read_text())
@@ -157,8 +253,29 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
     assert summary["rm_on_base_answers"] == report["policies"]["base"]["rm_agreement"]
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert all(set(s["labels"]) == set(demo_spec().names) for s in samples)
-    assert all(len(s["request"]) == 1 for s in samples)  # one objective per request, as the RL asks
-    assert "Beats the starting policy by more than the seed spread" in (out / "report.md").read_text()
+    from moslim_plugin.demo.pipeline import UNSEEN
+
+    assert {len(s["request"]) for s in samples} <= {1, 2, 3} and not [s for s in samples if s["request"] in UNSEEN]
+    assert report["settings"]["sampling"] == "subset" and report["settings"]["unseen"] == list(UNSEEN)
+    text = (out / "report.md").read_text()
+    for section in ("## Targets", "## Joint requests", "## Paired differences", "## Reward-hacking monitor",
+                    "## Learning curve"):  # fmt: skip
+        assert section in text, section
+    # Joint control for every policy: 12 full combinations, 3 of them unseen; paired differences per seed.
+    for joint in report["policies_joint"].values():
+        assert len(joint["combinations"]) == 12 and sum(c["unseen"] for c in joint["combinations"].values()) == 3
+        assert set(joint["exact_all"]) == {"all", "seen", "unseen"}
+    assert set(summary["paired"]) == {"MOSLIM seed 1", "MOSLIM seed 2"}
+    for against in summary["paired"].values():
+        assert set(against) == {"starting policy", "RiC"}
+        for d in against.values():
+            assert set(d) == {"single_accuracy", "joint_accuracy", "exact_all", "exact_all_seen", "exact_all_unseen"}
+            assert all(-1 <= x["ci95"][0] <= x["ci95"][1] <= 1 for x in d.values())
+    assert set(summary["targets"]["unseen_exact_all_gain"]["per_seed"]) == {"1", "2"}
+    # The monitor's agreement at every step, and the curve: the starting policy at step 0, then after step 1.
+    history = report["training"]["MOSLIM seed 1"]
+    assert [h["step"] for h in history if "curve" in h] == [0, 1]
+    assert all(0 <= h[f"agree/{n}"] <= 1 for h in history if "reward" in h for n in demo_spec().names)
     # Level shares: every (objective, level), from the samples and from the RL rollouts (logged by the reward_fn).
     spec, shares = demo_spec(), summary["level_shares"]
     keys = {f"{n}={lv}" for n, levels in zip(spec.names, spec.levels) for lv in range(levels)}
@@ -195,7 +312,8 @@ def test_gpu_preset_runs_every_stage_on_the_chosen_device_with_its_own_flag_defa
     assert flags["rollout.micro_batch_size"] == 4  # given on the command line: wins over the preset's default
     assert set(report["policies"]) == {"base", "RiC SFT", "MOSLIM seed 1"}
     samples = json.loads((out / "eval_samples.json").read_text())
-    assert len(samples["base"]) == sum(demo_spec().levels) + 1  # one prompt: every single-objective request + none
+    # One prompt: every single-objective request, every full combination, no preference.
+    assert len(samples["base"]) == sum(demo_spec().levels) + 12 + 1
     assert not [(where, v) for where, v in walk_numbers(report) if not math.isfinite(v)]
     # fp32 weights on both devices (TF32 matmuls on the GPU): bf16 weights would lose most AdamW steps.
     assert json.loads((out / "policy_seed1" / "config.json").read_text())["dtype"] == "float32"

@@ -31,7 +31,7 @@ def ablation(demo_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation") / "ablation.json"
     # Seed 1 of `moslim` is the demo's own run (reused); seed 2 is trained here.
     argv = ["--demo_dir", str(demo_dir), "--seeds", "1", "2", "--out", str(out), "--ric.epochs", "1",
-            "--ric.lrs", "5e-5", "2e-4", "--ric.val_prompts", "1"]  # fmt: skip
+            "--ric.lrs", "5e-5", "2e-4", "--ric.val_prompts", "1", "--settings", *SETTINGS]  # fmt: skip
     assert main_run(argv) == 0
     return argv, out
 
@@ -80,6 +80,14 @@ def test_cells_the_demo_measured_are_taken_from_its_report_unchanged(ablation, d
         assert c["source"].startswith("demo report")
         assert c["metrics"] == report["policies"][policy]
         assert c["sampled_metrics"] == report["policies_sampled"][policy]
+        assert c["joint_metrics"] == report["policies_joint"][policy]
+    # Paired against the demo's starting policy on the same items: the reused starting policy differs by exactly 0.
+    zero = cells["base_natural"]["all"]["paired"]["starting policy"]
+    assert zero and all(d == {"diff": 0.0, "ci95": [0.0, 0.0]} for d in zero.values())
+    # Seed 1 is the demo's own MOSLIM run (reused): against itself every difference is 0. The demo ran no seed 2.
+    itself = cells["moslim"]["1"]["paired"]["demo MOSLIM, same seed"]
+    assert itself and all(d == {"diff": 0.0, "ci95": [0.0, 0.0]} for d in itself.values())
+    assert set(cells["moslim"]["2"]["paired"]) == {"starting policy"}
     assert cells["moslim"]["2"]["source"] == "run" and cells["base_tagged"]["all"]["source"] == "run"
 
 
@@ -96,7 +104,8 @@ def test_a_moslim_setting_whose_flags_are_the_demos_is_taken_from_its_report(dem
     for best_flags, reused in [("--train.max_epochs 1", True), ("--train.max_epochs 2", False)]:
         a = build_parser().parse_args(["--demo_dir", str(demo_dir), "--out", str(tmp_path / "a.json"),
                                        "--settings", "moslim_best", f"--best_flags={best_flags}"])  # fmt: skip
-        ctx = argparse.Namespace(a=a, report=report, demos=build_demos(a, report, samples))
+        eval_samples = json.loads((demo_dir / "eval_samples.json").read_text())
+        ctx = argparse.Namespace(a=a, report=report, demos=build_demos(a, report, samples), eval_samples=eval_samples)
         c = reused_cell(ctx, "moslim_best", 1)
         if reused:
             assert c["source"].startswith("demo report") and c["metrics"] == report["policies"]["MOSLIM seed 1"]
@@ -105,6 +114,28 @@ def test_a_moslim_setting_whose_flags_are_the_demos_is_taken_from_its_report(dem
         print_plan(ctx, {"cells": {}}, [("moslim_best", "1")])  # the duration estimate counts only cells to train
         assert f"{0 if reused else 1} cells to run" in capsys.readouterr().out
     assert not (tmp_path / "a.json").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_mapping_settings_train_with_their_own_mapping_and_the_long_setting_logs_a_learning_curve(demo_dir, tmp_path):
+    from bench.demo_ablation import main_run
+
+    out = tmp_path / "mappings.json"
+    argv = ["--demo_dir", str(demo_dir), "--seeds", "1", "--out", str(out), "--settings", "mapping_target_logprob",
+            "long", "--long_flags", "--demo.rl_steps 2 --demo.curve_every 1 --demo.curve_prompts 1"]  # fmt: skip
+    assert main_run(argv) == 0
+    result = json.loads(out.read_text())
+    mapped, long = result["cells"]["mapping_target_logprob"]["1"], result["cells"]["long"]["1"]
+    assert mapped["source"] == "run" and mapped["mapping"] == "target_logprob"  # not the demo's moslim cell
+    assert set(mapped["paired"]) == {"starting policy", "demo MOSLIM, same seed"}  # the demo ran seed 1
+    assert len(mapped["joint_metrics"]["combinations"]) == 12
+    # Two RL steps, a curve point at 0 (the starting policy), 1 and 2; the monitor's agreement at every step.
+    assert [h["step"] for h in long["history"] if "curve" in h] == [0, 1, 2]
+    assert len([h for h in long["history"] if "agree/length" in h]) == 2
+    md = out.with_suffix(".md").read_text()
+    assert "Learning curve" in md and "RM against the oracle on the RL rollouts" in md and "| long seed 1 |" in md
+    assert out.with_name("mappings_curve.png").stat().st_size > 0
 
 
 @pytest.mark.integration

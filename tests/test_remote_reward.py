@@ -7,6 +7,7 @@ configuration (`RewardConfig`), validated before anything loads, and what the en
 
 import json
 import logging
+import os
 
 import pytest
 from helpers_reward import QUESTIONS, REQUESTS, RESPONSES, chat_prompt, run_executor, save_minilm_rm
@@ -191,6 +192,13 @@ def test_strict_reward_file_failure_escapes_openrlhfs_exception_swallowing(
     executor = load_reward_file(monkeypatch, rm_checkpoint, strict=True)
     with pytest.raises(RewardFailure, match="strict mode; 1 of 1 samples"):
         run_executor(executor, smollm2_tokenizer, labels=["not json"] * 4)
+
+
+@pytest.mark.unit
+def test_the_reward_configuration_is_read_from_the_environment_of_the_moment(monkeypatch):
+    # Libraries replace the os.environ object (OpenRLHF's reward-model trainer does): what is read is the current one.
+    monkeypatch.setattr(os, "environ", {reward_config.ENV_VAR: json.dumps({"rm_path": "elsewhere"})})
+    assert reward_config.from_env().rm_path == "elsewhere"
 
 
 @pytest.mark.unit

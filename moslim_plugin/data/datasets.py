@@ -34,7 +34,7 @@ from moslim_plugin.core.directives import (
 )
 from moslim_plugin.core.spec import load_spec
 
-SAMPLING_MODES = ("uniform", "subset", "fixed", "column")
+SAMPLING_MODES = ("uniform", "subset", "single", "fixed", "column")
 FILE_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet", ".arrow")
 
 
@@ -87,22 +87,39 @@ class TargetSampler:
     """Which target levels a prompt asks for; deterministic in (seed, row index), independent of call order.
 
     uniform: every objective, each level equally likely. subset: a random non-empty subset of the objectives (the
-    mask), uniform levels. fixed: the same targets for every row. column: per-row targets read from the columns
-    `columns` = {objective: column}; an empty cell leaves that objective unrequested.
+    mask: k = 1..K requested objectives, each k equally likely), uniform levels. single: one objective (k = 1), uniform
+    levels. fixed: the same targets for every row. column: per-row targets read from the columns `columns` =
+    {objective: column}; an empty cell leaves that objective unrequested.
+
+    For the drawn modes (uniform, subset, single), `weights` = {objective: relative weight of each level} makes some
+    levels likelier (a level the policy rarely writes gets asked for more), and `exclude` lists requests never drawn
+    (a draw that hits one is drawn again): full combinations held out to test generalisation to unseen ones.
     """
 
-    def __init__(self, spec, mode="uniform", seed=0, fixed=None, columns=None):
+    def __init__(self, spec, mode="uniform", seed=0, fixed=None, columns=None, weights=None, exclude=()):
         if mode not in SAMPLING_MODES:
             raise UserError(f"unknown sampling mode {mode!r}; expected one of {SAMPLING_MODES}")
         if mode == "fixed" and not fixed:
             raise UserError("sampling mode 'fixed' needs targets, e.g. --moslim.fixed helpfulness=3,verbosity=1")
         if mode == "column" and not columns:
             raise UserError("sampling mode 'column' needs columns, e.g. --moslim.columns helpfulness=help_score")
+        if (weights or exclude) and mode in ("fixed", "column"):
+            raise UserError(
+                f"level weights and excluded requests apply to drawn targets, not to sampling mode {mode!r}"
+            )
         self.spec, self.mode, self.seed = spec, mode, seed
         self.fixed = check_request(spec, dict(fixed), "--moslim.fixed") if mode == "fixed" else None
         self.columns = dict(columns) if mode == "column" else None
         for name in self.columns or {}:
             check_request(spec, {name: 0}, "--moslim.columns")
+        self.weights = {}
+        for name, w in (weights or {}).items():
+            check_request(spec, {name: 0}, "level weights")  # an unknown objective: the usual one-line error
+            levels = spec.levels[spec.index(name)]
+            if len(w) != levels or min(w) <= 0:
+                raise UserError(f"level weights for {name!r}: expected {levels} positive numbers, got {list(w)}")
+            self.weights[name] = list(w)
+        self.exclude = [check_request(spec, dict(r), "excluded request") for r in exclude]
 
     def sample(self, row: dict, index: int) -> dict[str, int]:
         if self.mode == "fixed":
@@ -111,11 +128,26 @@ class TargetSampler:
             return self._from_columns(row, index)
         # A string seed goes through sha512: the same stream in every process, whatever PYTHONHASHSEED is.
         rng = random.Random(f"moslim/{self.seed}/{index}")
+        for _ in range(1000):
+            request = self._draw(rng)
+            if request not in self.exclude:
+                return request
+        raise UserError(f"sampling mode {self.mode!r}: 1000 draws in a row hit the excluded requests {self.exclude}")
+
+    def _draw(self, rng) -> dict[str, int]:
         names = list(self.spec.names)
         if self.mode == "subset":
             chosen = set(rng.sample(names, rng.randint(1, len(names))))
             names = [name for name in names if name in chosen]
-        return {name: rng.randrange(self.spec.levels[self.spec.index(name)]) for name in names}
+        elif self.mode == "single":
+            names = [rng.choice(names)]
+        request = {}
+        for name in names:
+            levels = self.spec.levels[self.spec.index(name)]
+            # randrange without weights: the stream every earlier prepared dataset was drawn with.
+            w = self.weights.get(name)
+            request[name] = rng.choices(range(levels), weights=w)[0] if w else rng.randrange(levels)
+        return request
 
     def _from_columns(self, row, index):
         request = {}

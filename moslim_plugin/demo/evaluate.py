@@ -19,12 +19,19 @@ most likely class. Per objective, over the responses that requested it:
 - unrequested_kept (greedy): for responses that requested ANOTHER objective, how often this objective stayed at
   the level the policy gives the same prompt by default.
 
+Joint control (`joint_metrics`, with `--eval.joint` or the demo): every prompt is also answered under every full
+combination of levels (all objectives requested at once). Per objective its accuracy under the joint request, and
+the exact-all rate (every requested level met), over all combinations and apart for those held out of training
+(`unseen`), each with a bootstrap 95 % interval over prompts. `bootstrap_ci` also gives the paired interval of the
+difference between two policies answering the same items (the same prompts resampled for both).
+
 With the oracle as judge and a reward model given, `rm_agreement` is the accuracy and macro-F1 of the RM's most
 likely class against the oracle's level. Writes eval.json, eval.md and a requested-vs-achieved plot to
 --eval.output_dir.
 """
 
 import argparse
+import itertools
 import json
 import random
 from pathlib import Path
@@ -42,7 +49,7 @@ from moslim_plugin import (
 )
 from moslim_plugin.core.directives import DEFAULT_PLACEMENT, DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.demo.oracle import demo_spec, judge
-from moslim_plugin.demo.report import check_finite, metrics_table, plot_requested_vs_achieved
+from moslim_plugin.demo.report import check_finite, joint_table, metrics_table, plot_requested_vs_achieved
 
 DATA_DIR = Path(__file__).parent / "prompts"
 
@@ -74,12 +81,22 @@ def builtin_prompts(split: str) -> list[str]:
     return read_prompts(DATA_DIR / f"prompts_{split}.txt")
 
 
-def eval_requests(spec, prompts):
-    """(prompt, request) pairs: every prompt with every single (objective, level) request, then every prompt with
-    no preference."""
+def full_requests(spec) -> list[dict[str, int]]:
+    """Every full combination of levels (one level of each objective), in spec order: the joint evaluation's
+    requests (12 for the demo's 3 x 2 x 2)."""
+    return [dict(zip(spec.names, levels)) for levels in itertools.product(*(range(n) for n in spec.levels))]
+
+
+def combination_key(request: dict[str, int]) -> str:
+    return ",".join(f"{name}={level}" for name, level in request.items())
+
+
+def eval_requests(spec, prompts, joint=()):
+    """(prompt, request) pairs: every prompt with every single (objective, level) request, then with each `joint`
+    request (full combinations), then every prompt with no preference."""
     pairs = [(name, level) for name, levels in zip(spec.names, spec.levels) for level in range(levels)]
     requested = [(p, {name: level}) for p in prompts for name, level in pairs]
-    return requested + [(p, {}) for p in prompts]
+    return requested + [(p, dict(r)) for p in prompts for r in joint] + [(p, {}) for p in prompts]
 
 
 def spearman(x, y) -> float:
@@ -152,26 +169,125 @@ def conditional_gap(by_level) -> float:
 
 def accuracy_ci95(spec, samples, n_boot=1000, seed=0) -> list[float]:
     """Bootstrap 95 % interval of the mean (over objectives) exact-level accuracy, resampling prompts."""
-    hits = {}  # prompt -> objective -> [hits, n]
+    return bootstrap_ci(prompt_cells(samples), n_boot=n_boot, seed=seed)
+
+
+def objective_hits(sample) -> list[tuple[str, bool]]:
+    """(objective, hit) for each objective the sample requested."""
+    return [(name, sample["achieved"][name] == level) for name, level in sample["request"].items()]
+
+
+def exact_all_hits(sample) -> list[tuple[str, bool]]:
+    """One cell: whether every requested level was met."""
+    return [("all", all(sample["achieved"][name] == level for name, level in sample["request"].items()))]
+
+
+def prompt_cells(samples, hits=objective_hits) -> dict[str, dict[str, list[int]]]:
+    """prompt -> cell -> [hits, n] over the samples (answers to one prompt are not independent, so a bootstrap
+    resamples prompts, each with all its cells)."""
+    cells = {}
     for s in samples:
-        for name, level in s["request"].items():
-            cell = hits.setdefault(s["prompt"], {}).setdefault(name, [0, 0])
-            cell[0] += s["achieved"][name] == level
-            cell[1] += 1
-    prompts = sorted(hits)
+        for cell, hit in hits(s):
+            counts = cells.setdefault(s["prompt"], {}).setdefault(cell, [0, 0])
+            counts[0] += hit
+            counts[1] += 1
+    return cells
+
+
+def cells_mean(cells, prompts) -> float:
+    """Mean over cells of each cell's pooled hit rate over `prompts` (repeats count again)."""
+    totals = {}
+    for p in prompts:
+        for cell, (h, n) in cells[p].items():
+            total = totals.setdefault(cell, [0, 0])
+            total[0] += h
+            total[1] += n
+    rates = [h / n for h, n in totals.values() if n]
+    return sum(rates) / len(rates) if rates else 0.0
+
+
+def bootstrap_ci(cells, other=None, n_boot=1000, seed=0) -> list[float]:
+    """Bootstrap 95 % interval of `cells_mean` over resampled prompts; with `other` (another policy's cells on the
+    same prompts), of the PAIRED difference cells - other: each resample draws the same prompts for both."""
+    prompts = sorted(cells)
+    if other is not None and sorted(other) != prompts:
+        raise ValueError("a paired bootstrap needs both policies' answers to the same prompts")
     if not prompts:
         return [0.0, 0.0]
-    rng, means = random.Random(seed), []
+    rng, values = random.Random(seed), []
     for _ in range(n_boot):
-        totals = {name: [0, 0] for name in spec.names}
-        for p in rng.choices(prompts, k=len(prompts)):
-            for name, (h, n) in hits[p].items():
-                totals[name][0] += h
-                totals[name][1] += n
-        accs = [h / n for h, n in totals.values() if n]
-        means.append(sum(accs) / len(accs))
-    means.sort()
-    return [means[int(0.025 * (n_boot - 1))], means[int(0.975 * (n_boot - 1))]]
+        pick = rng.choices(prompts, k=len(prompts))
+        values.append(cells_mean(cells, pick) - (cells_mean(other, pick) if other is not None else 0.0))
+    values.sort()
+    return [values[int(0.025 * (n_boot - 1))], values[int(0.975 * (n_boot - 1))]]
+
+
+def joint_metrics(spec, samples, unseen=()) -> dict:
+    """Metrics of answers to full requests (every objective at once): per objective its accuracy under the joint
+    request (with the mean's interval); the exact-all rate over all combinations, the seen and the `unseen` ones
+    (held out of training), each with its bootstrap 95 % interval over prompts; and per combination its exact-all
+    rate and per-objective accuracy."""
+    unseen = [dict(u) for u in unseen]
+    groups = {"all": samples, "seen": [s for s in samples if s["request"] not in unseen],
+              "unseen": [s for s in samples if s["request"] in unseen]}  # fmt: skip
+    exact_all = {}
+    for group, chosen in groups.items():
+        if chosen:
+            cells = prompt_cells(chosen, exact_all_hits)
+            exact_all[group] = {"rate": cells_mean(cells, list(cells)), "ci95": bootstrap_ci(cells), "n": len(chosen)}
+    cells = prompt_cells(samples)
+    objectives = {name: sum(s["achieved"][name] == s["request"][name] for s in samples) / max(len(samples), 1)
+                  for name in spec.names}  # fmt: skip
+    combinations = {}
+    for s in samples:
+        entry = combinations.setdefault(combination_key(s["request"]), {"unseen": s["request"] in unseen, "n": 0,
+                                        "exact_all": 0.0, "accuracy": dict.fromkeys(spec.names, 0.0)})  # fmt: skip
+        entry["n"] += 1
+        entry["exact_all"] += exact_all_hits(s)[0][1]
+        for name, hit in objective_hits(s):
+            entry["accuracy"][name] += hit
+    for entry in combinations.values():
+        entry["exact_all"] /= entry["n"]
+        entry["accuracy"] = {name: hits / entry["n"] for name, hits in entry["accuracy"].items()}
+    return {
+        "objectives": objectives,
+        "mean_accuracy": cells_mean(cells, list(cells)),
+        "mean_accuracy_ci95": bootstrap_ci(cells),
+        "exact_all": exact_all,
+        "combinations": combinations,
+    }
+
+
+def headline_cells(samples, joint, unseen) -> dict[str, dict]:
+    """The prompt cells of each headline metric of greedy answers: single_accuracy (mean over objectives, single-
+    objective requests), joint_accuracy (the same under the `joint` full requests), exact_all over every joint
+    request, exact_all_seen and exact_all_unseen (`unseen` ones apart). A metric without answers is left out."""
+    joint, unseen = [dict(r) for r in joint], [dict(u) for u in unseen]
+    selections = {
+        "single_accuracy": (lambda r: len(r) == 1 and r not in joint, objective_hits),
+        "joint_accuracy": (lambda r: r in joint, objective_hits),
+        "exact_all": (lambda r: r in joint, exact_all_hits),
+        "exact_all_seen": (lambda r: r in joint and r not in unseen, exact_all_hits),
+        "exact_all_unseen": (lambda r: r in joint and r in unseen, exact_all_hits),
+    }
+    cells = {metric: prompt_cells([s for s in samples if keep(s["request"])], hits)
+             for metric, (keep, hits) in selections.items()}  # fmt: skip
+    return {metric: c for metric, c in cells.items() if c}
+
+
+def headline(samples, joint, unseen) -> dict[str, dict]:
+    """metric -> {"value", "ci95"} for `headline_cells`' metrics (bootstrap 95 % over prompts)."""
+    return {metric: {"value": cells_mean(c, list(c)), "ci95": bootstrap_ci(c)}
+            for metric, c in headline_cells(samples, joint, unseen).items()}  # fmt: skip
+
+
+def paired_differences(samples, other, joint, unseen) -> dict[str, dict]:
+    """metric -> {"diff", "ci95"}: `samples` minus `other`, two policies' greedy answers to the same (prompt,
+    request) items, for `headline_cells`' metrics; the interval is the paired bootstrap over prompts."""
+    mine, theirs = headline_cells(samples, joint, unseen), headline_cells(other, joint, unseen)
+    return {metric: {"diff": cells_mean(c, list(c)) - cells_mean(theirs[metric], list(c)),
+                     "ci95": bootstrap_ci(c, theirs[metric])}
+            for metric, c in mine.items()}  # fmt: skip
 
 
 def rm_agreement(spec, scorer, samples) -> dict[str, dict[str, float]]:
@@ -203,10 +319,13 @@ def make_judge(spec, scorer=None):
 
 def evaluate_policy(
     model, tokenizer, prompts, spec=None, max_new_tokens=48, scorer=None, batch_size=16, desc=None,
-    placement=DEFAULT_PLACEMENT, style=DEFAULT_STYLE, judge_fn=None, n_samples=0, temperature=0.7, seed=0,
+    placement=DEFAULT_PLACEMENT, style=DEFAULT_STYLE, judge_fn=None, n_samples=0, temperature=0.7, seed=0, joint=(),
+    unseen=(),
 ):  # fmt: skip
-    """Greedy answers to every eval request (metrics, samples) and, with n_samples > 0, n sampled answers to every
-    single-objective request (sampled_metrics). The judge defaults to the oracle; a scorer adds rm_agreement."""
+    """Greedy answers to every eval request (metrics: single-objective requests; joint_metrics: the `joint` full
+    requests, `unseen` reported apart; samples: all) and, with n_samples > 0, n sampled answers to every request
+    but the no-preference one (sampled_metrics, sampled_joint_metrics). The judge defaults to the oracle; a scorer
+    adds rm_agreement (on every greedy answer)."""
     from moslim_plugin.demo.policy import generate
 
     spec = spec or demo_spec()
@@ -222,13 +341,23 @@ def evaluate_policy(
             {"prompt": p, "request": r, "response": t, "achieved": a} for (p, r), t, a in zip(pairs, texts, achieved)
         ]
 
-    samples = answer(eval_requests(spec, prompts), 0.0, "greedy")
-    result = {"metrics": controllability_metrics(spec, samples), "samples": samples}
+    joint = [dict(r) for r in joint]
+
+    def metrics(samples, prefix=""):
+        # The joint answers stay out of the single-objective metrics (and their unrequested_kept) and vice versa.
+        single = [s for s in samples if s["request"] not in joint]
+        out = {f"{prefix}metrics": controllability_metrics(spec, single)}
+        if joint:
+            out[f"{prefix}joint_metrics"] = joint_metrics(spec, [s for s in samples if s["request"] in joint], unseen)
+        return out
+
+    samples = answer(eval_requests(spec, prompts, joint), 0.0, "greedy")
+    result = {**metrics(samples), "samples": samples}
     if n_samples > 0:
         torch.manual_seed(seed)
-        pairs = [pair for pair in eval_requests(spec, prompts) if pair[1] for _ in range(n_samples)]
+        pairs = [pair for pair in eval_requests(spec, prompts, joint) if pair[1] for _ in range(n_samples)]
         sampled = answer(pairs, temperature, f"{n_samples} sampled at T={temperature}")
-        result["sampled_metrics"] = controllability_metrics(spec, sampled)
+        result.update(metrics(sampled, "sampled_"))
         result["sampled_samples"] = sampled
     if scorer is not None:
         result["metrics"]["rm_agreement"] = rm_agreement(spec, scorer, samples)
@@ -256,6 +385,9 @@ def build_parser():
     p.add_argument("--eval.max_samples", type=positive_int, default=64, help="held-out prompts (each at every level)")
     p.add_argument(
         "--eval.n_samples_per_prompt", type=nonnegative_int, default=2, help="sampled answers per request (0: none)"
+    )
+    p.add_argument(
+        "--eval.joint", action="store_true", help="also answer every full combination of levels (joint control)"
     )
     p.add_argument("--eval.output_dir", type=str, default="runs/evaluate")
     p.add_argument("--rollout.max_new_tokens", type=positive_int, default=48)
@@ -314,11 +446,14 @@ def main(argv=None) -> int:
     prompts = read_prompts(args.eval.dataset) if args.eval.dataset else builtin_prompts("heldout")
     prompts = prompts[: args.eval.max_samples]
     spec, judge_fn, judge_name, scorer = load_judge(args)
+    if args.eval.joint and len(spec.names) < 2:
+        raise UserError(f"--eval.joint: spec {spec.source} has one objective, so no request is joint")
     model, tokenizer = load_policy(args.actor.model_name_or_path, device=args.device)
     result = evaluate_policy(
         model, tokenizer, prompts, spec, args.rollout.max_new_tokens, scorer if judge_name == "oracle" else None,
         args.rollout.micro_batch_size, placement=args.moslim.placement, style=args.moslim.style, judge_fn=judge_fn,
         n_samples=args.eval.n_samples_per_prompt, temperature=args.rollout.temperature,
+        joint=full_requests(spec) if args.eval.joint else (),
     )  # fmt: skip
     check_finite({k: v for k, v in result.items() if "metrics" in k})
     name = Path(args.actor.model_name_or_path).name
@@ -346,6 +481,8 @@ def main(argv=None) -> int:
             "RM agreement with the oracle (accuracy / macro-F1): "
             + ", ".join(f"{k} {v['accuracy']:.3f} / {v['macro_f1']:.3f}" for k, v in agreement.items())
         ]
+    if "joint_metrics" in result:
+        md += ["", joint_table(spec, evals)]
     md += ["", f"![requested vs achieved]({Path(plot).name})", ""]
     (out / "eval.md").write_text("\n".join(md))
     print("\n".join(md[:6]))

@@ -204,12 +204,13 @@ def make_experience(prompt_ids, response_ids, pad_id, eos_id):
     )
 
 
-def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=True) -> dict:
+def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=True, on_step=None) -> dict:
     """RL on `rows` ({"messages": chat with directive, "question": str, "request": dict}). Saves the policy to
     --ckpt.output_dir and returns {"history": per-step logs, "output_dir", "seconds"}.
 
     `reward_fn(questions, responses, requests) -> (rewards [N] fp32, info dict of [N] tensors)`, one reward per
-    (question, response, request) triple."""
+    (question, response, request) triple. `on_step(step, model, tokenizer) -> dict | None`, called after each update
+    with the trained policy (e.g. to evaluate it every few steps), adds what it returns to that step's logs."""
     run = setup_run(args, model, tokenizer, reward_fn)
     rows = list(rows)[: args.data.max_samples]
     order = []
@@ -227,6 +228,7 @@ def train_policy(args, rows, reward_fn, model=None, tokenizer=None, progress=Tru
         experiences, graphs, logs = rollout_step(run, batch, step)
         logs.update(update_step(run, experiences, graphs))
         logs.update(step=step + 1, seconds_step=time.time() - t0)
+        logs.update((on_step and on_step(step + 1, run.model, run.tokenizer)) or {})
         for key, value in logs.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise FloatingPointError(f"step {step + 1}: {key} is {value}; stopping before the policy is ruined")

@@ -1,15 +1,22 @@
 """The whole MOSLIM loop on one CPU machine with real small models: `make demo` (or `make demo QUICK=1`).
 
-1. sample: SmolLM2-135M-Instruct answers the built-in training prompts under random preference directives;
-   the oracle (moslim_plugin/demo/oracle.py) labels every response with its exact level per objective.
+1. sample: SmolLM2-135M-Instruct answers the built-in training prompts under random preference directives, each
+   asking for k = 1..K objectives at once (`--moslim.sampling subset`, as the OpenRLHF dataset hook draws them);
+   the oracle (moslim_plugin/demo/oracle.py) labels every response with its exact level per objective. `UNSEEN`
+   full combinations are never requested here or in the RL, and responses that have one are left out of the RM's
+   and RiC's data: the evaluation reports them apart, as combinations no stage trained on.
 2. rm: the multi-head reward model (all-MiniLM-L6-v2 backbone) is trained on those labels with `train-rm`.
 3. baselines: the starting policy, and RiC (rewards-in-context): SFT of the policy on the same samples with each
    directive RELABELLED to the levels the response actually has. RiC is the natural multi-objective baseline here:
    it needs no reward model and no RL, only the samples we already have, and it conditions on the same directive.
 4. rl: MOSLIM RL (local_rl.py, OpenRLHF's algorithm code) with the reward from the trained RM through the Scorer and
    the `moslim` mapping, once per seed.
-5. evaluate: every policy on the held-out prompts (greedy, plus sampled answers at the rollout temperature),
-   judged by the ORACLE, with bootstrap 95 % intervals and the conditional gap; report.md / report.json / plots.
+5. evaluate: every policy on the held-out prompts under every single-objective request and every full
+   combination (greedy, plus sampled answers at the rollout temperature), judged by the ORACLE, with bootstrap 95 %
+   intervals, the conditional gap, the exact-all rate of seen and unseen combinations, and each MOSLIM seed's
+   paired differences against the starting policy and RiC; report.md / report.json / plots. During RL the RM's
+   level is compared with the oracle's on every rollout (the reward-hacking monitor), and `--demo.curve_every N`
+   evaluates the policy every N steps on a fixed subset of the held-out prompts (the learning curve).
 
 Each step is one stage function; `main` runs them in order. The directive reads as `--moslim.style` says (natural
 sentences by default: see docs/demo/screening.md for why, and for how the objectives were chosen).
@@ -32,18 +39,29 @@ import torch
 from moslim_plugin import UserError, add_threads_flag, integer, nonnegative_int, positive, positive_int, set_threads
 from moslim_plugin.core.directives import DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.core.mappings import parse_mapping_kwargs, resolve_mapping
-from moslim_plugin.demo.evaluate import builtin_prompts, evaluate_policy, make_output_dir, rm_agreement
+from moslim_plugin.data.datasets import TargetSampler
+from moslim_plugin.demo.evaluate import (
+    builtin_prompts,
+    evaluate_policy,
+    full_requests,
+    headline,
+    make_output_dir,
+    paired_differences,
+    rm_agreement,
+)
 from moslim_plugin.demo.local_rl import add_rl_args, check_rl_args, train_policy
 from moslim_plugin.demo.oracle import demo_spec, judge, request_hits
 from moslim_plugin.demo.policy import generate, load_policy, torch_device
-from moslim_plugin.demo.report import level_shares, summarize, write_report
+from moslim_plugin.demo.report import agreement_monitor, level_shares, summarize, targets, write_report
 from moslim_plugin.demo.ric import ric_sft
 from moslim_plugin.integration.reward_config import check_mapping
 
 # Initial samples, RM epochs, RiC epochs, held-out prompts (of 64) and sampled answers per eval request, RL steps
-# per seed, max_new_tokens, prompts per RL step. Any of them can be overridden with --demo.<key>.
+# per seed, max_new_tokens, prompts per RL step. Any of them can be overridden with --demo.<key>. The full preset is
+# sized for `make demo` (one seed) within 30 minutes on 2 CPU cores: the joint evaluation answers 20 requests per
+# held-out prompt, so the sampled half is off (--demo.eval_samples 1 adds it) and the RM trains 5 epochs.
 SIZES = {
-    "full": dict(samples=384, rm_epochs=8, ric_epochs=1, eval_prompts=64, eval_samples=1, rl_steps=12,
+    "full": dict(samples=384, rm_epochs=5, ric_epochs=1, eval_prompts=64, eval_samples=0, rl_steps=12,
                  max_new_tokens=48, batch=8),
     "quick": dict(samples=16, rm_epochs=1, ric_epochs=1, eval_prompts=3, eval_samples=1, rl_steps=1,
                   max_new_tokens=8, batch=2),
@@ -63,7 +81,8 @@ def build_parser():
     p.add_argument("--demo.size", default="full", choices=list(SIZES), help="size preset (gpu: with --device cuda)")
     p.add_argument("--quick", dest="demo.size", action="store_const", const="quick", help="= --demo.size quick")
     p.add_argument("--out", type=str, default="runs/demo", help="output folder")
-    p.add_argument("--seeds", type=integer, nargs="+", default=[1, 2, 3], help="one MOSLIM RL run per seed")
+    # One seed by default (`make demo` within 30 minutes); the evidence run gives three (docs/results.md).
+    p.add_argument("--seeds", type=integer, nargs="+", default=[1], help="one MOSLIM RL run per seed")
     p.add_argument("--moslim.mapping", type=str, default="moslim")
     p.add_argument("--moslim.mapping_kwargs", type=str, default=None)
     # 1e-4, with balanced class weights and the word cuts (`augment`): the length head learns better than at 3e-4
@@ -73,6 +92,13 @@ def build_parser():
     # follows the directive more often there than in the system message (docs/results.md, "Why the demo's defaults").
     p.add_argument("--moslim.placement", default="user_suffix", choices=PLACEMENTS, help="where the directive goes")
     p.add_argument("--moslim.style", default=DEFAULT_STYLE, choices=STYLES, help="how the directive reads")
+    # The requests' mix, drawn as the OpenRLHF dataset hook's --moslim.sampling draws them (data/datasets.py):
+    # subset = k = 1..K objectives per request, each k equally likely; single = one; uniform = all K.
+    p.add_argument("--moslim.sampling", default="subset", choices=("subset", "single", "uniform"),
+                   help="how many objectives each sample / RL request asks for (subset: 1..K)")  # fmt: skip
+    p.add_argument("--demo.curve_every", type=nonnegative_int, default=0,
+                   help="evaluate each RL run every N steps on the first held-out prompts (0: off)")  # fmt: skip
+    p.add_argument("--demo.curve_prompts", type=positive_int, default=32, help="held-out prompts the curve evaluates")
     for key in SIZES["full"]:
         # Counts of 0 would fail far from the flag or give an empty report; only the sampled evaluation may be off.
         kind = nonnegative_int if key == "eval_samples" else positive_int
@@ -98,9 +124,8 @@ def build_parser():
 
 
 def sample_stage(model, tokenizer, demo, n, seed):
-    """n responses to training prompts, each under a one-objective request as the RL asks (`turn_rows`),
-    labelled by the oracle. Asking for every objective at once made the 135M policy write far fewer lists (a list plus
-    a length plus a tone is a request it mostly half-follows; docs/results.md)."""
+    """n responses to training prompts, each under a request drawn as the RL draws them (`request_rows`: k = 1..K
+    objectives), labelled by the oracle."""
     rollout, rows = demo.args.rollout, request_rows(demo, n, seed)
     torch.manual_seed(seed)
     _, _, texts = generate(
@@ -172,7 +197,7 @@ class Demo:
         args.quick = self.preset == "quick"
         torch_device(args.device)  # `--device cuda` without a GPU stops here, before any model is loaded
         self.size = dict(SIZES[self.preset])
-        self.size.update({k: v for k, v in vars(args.demo).items() if k != "size" and v is not None})
+        self.size.update({k: v for k, v in vars(args.demo).items() if k in SIZES["full"] and v is not None})
         args.rollout.max_new_tokens = self.size["max_new_tokens"]
         args.rollout.batch_size = self.size["batch"]
         args.data.max_samples = self.size["rl_steps"] * self.size["batch"]
@@ -187,6 +212,8 @@ class Demo:
         check_mapping(args.moslim.mapping, kwargs, demo_spec(), None)
         self.out = make_output_dir(args.out, "--out")
         self.spec = demo_spec()
+        self.request_weights, self.unseen = REQUEST_WEIGHTS, [dict(u) for u in UNSEEN]
+        self.joint = full_requests(self.spec)
         self.policy_path = Path(args.actor.model_name_or_path or smollm2_path())
         self.train_prompts = builtin_prompts("train")
         self.heldout = builtin_prompts("heldout")[: self.size["eval_prompts"]]
@@ -210,8 +237,12 @@ class Demo:
             model, tokenizer, self.heldout, self.spec, self.args.rollout.max_new_tokens, scorer,
             batch_size=max(56, self.args.moslim.generate_batch_size),  # 56: the CPU default; gpu preset: 512
             desc=desc, placement=self.placement, style=self.style, n_samples=self.size["eval_samples"],
-            temperature=self.args.rollout.temperature,
+            temperature=self.args.rollout.temperature, joint=self.joint, unseen=self.unseen,
         )  # fmt: skip
+
+    def seen(self, samples):
+        """The samples whose oracle levels are not an unseen combination: what the RM and RiC may train on."""
+        return [s for s in samples if s["labels"] not in self.unseen]
 
 
 # train-rm settings of the RM stage besides backbone, batch, epochs and lr (bench/demo_rm_check.py --train varies
@@ -230,8 +261,10 @@ def rm_stage(demo, samples):
     from moslim_plugin.data.train_rm import TrainRMConfig, train_reward_model
     from moslim_plugin.demo.real_models import minilm_path
 
+    samples = demo.seen(samples)
     rows = [{"question": s["question"], "response": s["response"], "labels": s["labels"]} for s in samples]
-    rows += augment(samples, demo.spec, seed=0)
+    # An edit can land on an unseen combination too (a formal rewrite of a casual answer): left out as well.
+    rows += [row for row in augment(samples, demo.spec, seed=0) if row["labels"] not in demo.unseen]
     rm_dir = demo.out / "rm"
     rm_batch = 8 if demo.args.quick else 16
     config = TrainRMConfig(
@@ -251,7 +284,8 @@ def base_eval_stage(demo, model, tokenizer, scorer):
     """The starting policy's evaluation, cached in the output folder by everything it depends on."""
     a = demo.args
     key_parts = [str(demo.policy_path), demo.heldout, a.rollout.max_new_tokens, demo.spec.fingerprint,
-                 demo.placement, demo.style, demo.size["eval_samples"], a.rollout.temperature]  # fmt: skip
+                 demo.placement, demo.style, demo.size["eval_samples"], a.rollout.temperature, demo.joint,
+                 demo.unseen]  # fmt: skip
     key_parts += [a.device] if a.device != "cpu" else []  # GPU kernels answer slightly differently; CPU keys unchanged
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     cache = demo.out / f"eval_base_{key}.json"
@@ -267,64 +301,88 @@ def base_eval_stage(demo, model, tokenizer, scorer):
 
 
 # How often each level of an objective is asked for, relative to its other levels (1 each unless listed). Lists are
-# the level the 135M policy writes least: asked as often as paragraphs, they stayed under the share a level needs for
-# RL to reinforce it; asked in 2 of every 3 format requests, they reached it (docs/results.md, "Why the demo's
-# defaults").
+# the level the 135M policy writes least, and far less when other objectives are asked for too (docs/results.md,
+# "Joint requests"): asked in 2 of every 3 format requests.
 REQUEST_WEIGHTS = {"format": (1, 2)}
-
-
-def turn_rows(spec, prompts, n: int, seed: int, weights=REQUEST_WEIGHTS) -> tuple[list[str], list[dict[str, int]]]:
-    """n (question, one-objective request) pairs: the prompts in a seeded order, repeating (with another request)
-    when n needs more; objectives take turns and each one's levels take turns in proportion to `weights`, so an
-    objective's rarer level gets its share of the objective's turns instead of 1 in (number of (objective, level)
-    pairs) as with every pair equally often."""
-    order = random.Random(seed).sample(range(len(prompts)), len(prompts))
-    k = len(spec.names)
-    unknown = sorted(set(weights) - set(spec.names))
-    if unknown:
-        raise ValueError(f"request weights for {unknown}: not objectives of the spec {spec.names}")
-    cycles = {}
-    for name, levels in zip(spec.names, spec.levels):
-        w = weights.get(name, (1,) * levels)
-        if len(w) != levels or min(w) < 1:
-            raise ValueError(f"request weights for {name!r}: expected {levels} positive integers, got {w!r}")
-        cycles[name] = [level for level in range(levels) for _ in range(w[level])]
-    questions = [prompts[order[i % len(order)]] for i in range(n)]
-    requests = []
-    for i in range(n):
-        cycle = cycles[spec.names[i % k]]
-        requests.append({spec.names[i % k]: cycle[(i // k) % len(cycle)]})
-    return questions, requests
+# Full combinations held out of training: never requested in the samples or the RL, and no sample or edit with these
+# levels is in the RM's or RiC's data. Chosen before any run so that every level, and every pair of levels of two
+# objectives, still occurs in a trained combination: only the three-way combination is new (a Latin square over
+# length; the first is the issue's example, "short, as a list, casual").
+UNSEEN = (
+    {"length": 0, "format": 1, "formality": 1},
+    {"length": 1, "format": 0, "formality": 0},
+    {"length": 2, "format": 1, "formality": 0},
+)
 
 
 def request_rows(demo, n, seed):
-    """n training prompts, each with one objective requested (`turn_rows`), as in the evaluation, and its chat: the
-    sample stage's and the RL's rows. In the RL, the reward is then one clean signal per sample instead of an
-    average over objectives (k = 1 in the mapping)."""
-    questions, requests = turn_rows(demo.spec, demo.train_prompts, n, seed)
-    return [{"question": q, "request": r, "messages": demo.chat(q, r)} for q, r in zip(questions, requests)]
+    """n training prompts with their requests and chats: the sample stage's and the RL's rows. The prompts come in a
+    seeded order, repeating when n needs more; request i is `TargetSampler`'s draw i for `--moslim.sampling` and
+    `seed`, with the run's level weights (`REQUEST_WEIGHTS`), never an unseen combination (`UNSEEN`)."""
+    order = random.Random(seed).sample(range(len(demo.train_prompts)), len(demo.train_prompts))
+    sampler = TargetSampler(demo.spec, demo.args.moslim.sampling, seed, weights=demo.request_weights,
+                            exclude=demo.unseen)  # fmt: skip
+    rows = []
+    for i in range(n):
+        question, request = demo.train_prompts[order[i % len(order)]], sampler.sample({}, i)
+        rows.append({"question": question, "request": request, "messages": demo.chat(question, request)})
+    return rows
 
 
-def rl_stage(demo, scorer, seed):
-    """MOSLIM RL for one seed, reward = Scorer(RM, mapping) on the raw question; returns (history, evaluation)."""
+def rl_stage(demo, scorer, seed, base_eval):
+    """MOSLIM RL for one seed, reward = Scorer(RM, mapping) on the raw question; returns (history, evaluation).
+    With --demo.curve_every N, the policy is evaluated every N steps (and at the end) on the first
+    --demo.curve_prompts held-out prompts; step 0 is the starting policy's evaluation on them."""
 
     def reward_fn(questions, responses, requests):
         result = scorer.score(questions, responses, requests)
-        # Logged only, never rewarded: the oracle's verdict on the requested levels, and each level's share of the
-        # rollouts (RL can only reinforce a level it samples: the report checks every level's share).
+        # Logged only, never rewarded: the oracle's verdict on the requested levels, each level's share of the
+        # rollouts (RL can only reinforce a level it samples: the report checks every level's share), and the RM's
+        # most likely level against the oracle's per objective (the reward-hacking monitor).
         achieved = [judge(t, demo.spec) for t in responses]
+        predicted = result.probs.argmax(-1)
         info = {"oracle_hit": torch.tensor([request_hits(a, rq) for a, rq in zip(achieved, requests)])}
-        for name, levels in zip(demo.spec.names, demo.spec.levels):
+        for k, (name, levels) in enumerate(zip(demo.spec.names, demo.spec.levels)):
+            oracle = torch.tensor([a[name] for a in achieved])
+            info[f"agree/{name}"] = (predicted[:, k] == oracle).float()
             for level in range(levels):
-                info[f"level/{name}={level}"] = torch.tensor([float(a[name] == level) for a in achieved])
+                info[f"level/{name}={level}"] = (oracle == level).float()
         return result.rewards, info
+
+    every, subset = demo.args.demo.curve_every, demo.heldout[: demo.args.demo.curve_prompts]
+
+    def curve(step, model, tokenizer):
+        if not every or (step % every and step != demo.size["rl_steps"]):
+            return None
+        result = evaluate_policy(
+            model, tokenizer, subset, demo.spec, demo.args.rollout.max_new_tokens, batch_size=56,
+            desc=f"curve step {step}", placement=demo.placement, style=demo.style, joint=demo.joint,
+            unseen=demo.unseen,
+        )  # fmt: skip
+        return {"curve": headline(result["samples"], demo.joint, demo.unseen)}
 
     demo.args.train.seed = seed
     demo.args.ckpt.output_dir = str(demo.out / f"policy_seed{seed}")
     rows = request_rows(demo, demo.size["rl_steps"] * demo.size["batch"], seed)
-    rl = train_policy(demo.args, rows, reward_fn)
+    rl = train_policy(demo.args, rows, reward_fn, on_step=curve)
+    history = rl["history"]
+    if every:  # greedy decoding is deterministic: the starting policy's answers on the subset are its step 0
+        start = [s for s in base_eval["samples"] if s["prompt"] in subset]
+        history = [{"step": 0, "curve": headline(start, demo.joint, demo.unseen)}, *history]
     model, tokenizer = load_policy(rl["output_dir"], device=demo.args.device)
-    return rl["history"], demo.evaluate(model, tokenizer, scorer, f"evaluate seed {seed}")
+    return history, demo.evaluate(model, tokenizer, scorer, f"evaluate seed {seed}")
+
+
+def joint_summary(evals, seeds, joint, unseen) -> dict:
+    """Every policy's headline metrics with intervals, and each MOSLIM seed's paired differences against the
+    starting policy and RiC on the same (prompt, request) items."""
+    against = {"starting policy": "base", "RiC": "RiC SFT"}
+    return {
+        "headline": {name: headline(e["samples"], joint, unseen) for name, e in evals.items()},
+        "paired": {f"MOSLIM seed {s}": {ref: paired_differences(evals[f"MOSLIM seed {s}"]["samples"],
+                                                                evals[name]["samples"], joint, unseen)
+                                        for ref, name in against.items()} for s in seeds},
+    }  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -358,18 +416,23 @@ def main(argv=None) -> int:
     demo.done("evaluate base")
 
     demo.stage("RiC SFT")
-    ric_losses = ric_sft(model, tokenizer, demo, samples, size["ric_epochs"], seed=0)
+    ric_losses = ric_sft(model, tokenizer, demo, demo.seen(samples), size["ric_epochs"], seed=0)
     evals["RiC SFT"] = demo.evaluate(model, tokenizer, scorer, "evaluate RiC")
     del model
     demo.done("RiC SFT")
 
     for seed in args.seeds:
         demo.stage(f"MOSLIM RL seed {seed}")
-        histories[f"MOSLIM seed {seed}"], evals[f"MOSLIM seed {seed}"] = rl_stage(demo, scorer, seed)
+        histories[f"MOSLIM seed {seed}"], evals[f"MOSLIM seed {seed}"] = rl_stage(demo, scorer, seed, evals["base"])
         demo.done(f"MOSLIM RL seed {seed}")
 
     demo.stage("report")
     summary = summarize(evals, args.seeds, rm_result, ric_losses)
     summary["level_shares"] = level_shares(demo.spec, samples, histories)
+    summary.update(joint_summary(evals, args.seeds, demo.joint, demo.unseen))
+    summary["agreement_monitor"] = agreement_monitor(
+        demo.spec, histories, size["batch"] * args.rollout.n_samples_per_prompt
+    )
+    summary["targets"] = targets(summary, args.seeds)
     write_report(demo, evals, histories, summary)
     return 0

@@ -2,6 +2,7 @@
 the check that no number in them is NaN.
 """
 
+import itertools
 import json
 import math
 import statistics
@@ -22,8 +23,9 @@ def check_finite(obj, where="result"):
 
 
 def plot_panels(panels, path, ncols=None) -> str:
-    """One PNG of line panels; each panel is {"title", "xlabel", "ylabel", "series": {label: (xs, ys)}, optional
-    "xticks": labels for x = 0, 1, ..., "diagonal": draw y = x up to this value}."""
+    """One PNG of line panels; each panel is {"title", "xlabel", "ylabel", "series": {label: (xs, ys) or (xs, ys, lo,
+    hi), the last shaded as an interval}, optional "xticks": labels for x = 0, 1, ..., "diagonal": draw y = x up to
+    this value}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,8 +38,10 @@ def plot_panels(panels, path, ncols=None) -> str:
         if panel.get("diagonal") is not None:
             top = panel["diagonal"]
             ax.plot([0, top], [0, top], color="grey", linestyle=":", label="perfect control")
-        for label, (xs, ys) in panel["series"].items():
-            ax.plot(xs, ys, marker="o", label=label)
+        for label, (xs, ys, *band) in panel["series"].items():
+            line = ax.plot(xs, ys, marker="o", label=label)[0]
+            if band:
+                ax.fill_between(xs, *band, color=line.get_color(), alpha=0.2)
         ax.set_title(panel["title"])
         ax.set_xlabel(panel.get("xlabel", ""))
         ax.set_ylabel(panel.get("ylabel", ""))
@@ -87,6 +91,104 @@ def metrics_table(spec, evals: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_combination_grid(spec, evals: dict, unseen, path) -> str:
+    """Exact-all rate (every requested level met) of each full combination, greedy: one heat map per policy (rows:
+    the first objective's levels; columns: the others' combinations), then the difference of the last from the
+    first; unseen combinations (held out of training) framed and marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first, rest = spec.names[0], spec.names[1:]
+    columns = list(itertools.product(*(range(spec.levels[spec.index(n)]) for n in rest)))
+    rows = range(spec.levels[0])
+
+    def grid(combinations):
+        return [[combinations[",".join([f"{first}={r}"] + [f"{n}={v}" for n, v in zip(rest, c)])]["exact_all"]
+                 for c in columns] for r in rows]  # fmt: skip
+
+    grids = {name: grid(e["joint_metrics"]["combinations"]) for name, e in evals.items()}
+    names = list(grids)
+    if len(names) > 1:
+        last, base = grids[names[-1]], grids[names[0]]
+        grids[f"{names[-1]} - {names[0]}"] = [[a - b for a, b in zip(x, y)] for x, y in zip(last, base)]
+    unseen_cells = {(u[first], columns.index(tuple(u[n] for n in rest))) for u in unseen}
+    fig, axes = plt.subplots(1, len(grids), figsize=(3.6 * len(grids) + 0.6, 3.4), squeeze=False)
+    for ax, (title, values) in zip(axes.flat, grids.items()):
+        diff = " - " in title
+        image = ax.imshow(values, cmap="RdBu" if diff else "viridis", vmin=-1 if diff else 0, vmax=1)
+        for r, row in enumerate(values):
+            for c, v in enumerate(row):
+                mark = "\nunseen" if (r, c) in unseen_cells else ""
+                ax.text(c, r, f"{v:+.2f}{mark}" if diff else f"{v:.2f}{mark}", ha="center", va="center", fontsize=7,
+                        color="black" if diff or v > 0.5 else "white")  # fmt: skip
+                if mark:
+                    ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(len(columns)), ["\n".join(f"{n}={v}" for n, v in zip(rest, c)) for c in columns],
+                      fontsize=6)  # fmt: skip
+        ax.set_yticks(list(rows), [f"{first}={r}" for r in rows], fontsize=7)
+        fig.colorbar(image, ax=ax, shrink=0.7)
+    fig.suptitle("exact-all rate per full combination (greedy, held-out prompts)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def joint_table(spec, evals: dict) -> str:
+    """Markdown table of joint control: per policy (and sampled evaluation), each objective's accuracy under the
+    full requests, their mean with its interval, and the exact-all rate over all, seen and unseen combinations."""
+    head = ["policy", *(f"acc {n}" for n in spec.names), "mean acc [95 % CI]", "exact-all [95 % CI]",
+            "exact-all seen", "exact-all unseen"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for policy, result in evals.items():
+        rows = [(policy, result["joint_metrics"])]
+        if "sampled_joint_metrics" in result:
+            rows.append((f"{policy} (sampled)", result["sampled_joint_metrics"]))
+        for label, m in rows:
+            exact = m["exact_all"]
+            cells = [f"{m['objectives'][n]:.3f}" for n in spec.names]
+            cells.append(f"{m['mean_accuracy']:.3f} {interval(m['mean_accuracy_ci95'])}")
+            cells += [f"{exact[g]['rate']:.3f} {interval(exact[g]['ci95'])}" if g in exact else "-"
+                      for g in ("all", "seen", "unseen")]  # fmt: skip
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def interval(ci, signed=False) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if signed else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def paired_text(d) -> str:
+    """A paired difference as the report writes it: "+0.050 [+0.020, +0.080]"."""
+    return f"{d['diff']:+.3f} {interval(d['ci95'], signed=True)}"
+
+
+def agreement_monitor(spec, histories, rollouts_per_step) -> dict:
+    """The reward-hacking monitor: per policy and objective, the RM's agreement with the oracle on the rollouts
+    (argmax level == oracle level, logged at every step as `agree/<objective>`), averaged over the first and the
+    last quarter of the steps (at least 2 steps each). `falling`: the last is lower than the first by more than
+    0.02 and by more than twice the standard error of the difference: the RM paying for levels the oracle does not
+    see, i.e. reward hacking."""
+    monitor = {}
+    for policy, history in histories.items():
+        for name in spec.names:
+            values = [h[f"agree/{name}"] for h in history if f"agree/{name}" in h]
+            window = max(2, len(values) // 4)
+            if len(values) < 2 * window:
+                continue
+            first, last = statistics.mean(values[:window]), statistics.mean(values[-window:])
+            n = window * rollouts_per_step
+            se = math.sqrt(first * (1 - first) / n + last * (1 - last) / n)
+            monitor.setdefault(policy, {})[name] = {
+                "first": first, "last": last, "min": min(values), "window_steps": window,
+                "falling": first - last > max(0.02, 2 * se),
+            }  # fmt: skip
+    return monitor
+
+
 def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -133,37 +235,72 @@ def summarize(evals, seeds, rm_result, ric_losses) -> dict:
         # The RM on the starting policy's answers to the held-out prompts: real outputs, prompts it never trained on.
         "rm_on_base_answers": evals["base"]["metrics"]["rm_agreement"],
         "ric_sft_loss_first_last": [ric_losses[0], ric_losses[-1]],
+        "rm_selection": rm_result["selection"],  # which epoch's weights were kept, and every evaluation's metrics
     }
+
+
+# Issue targets the report checks: on the unseen full combinations every MOSLIM seed's exact-all rate at least this
+# much above the starting policy's, with the paired interval above 0; the mean single-objective accuracy over
+# seeds; `make demo` (the default run) within this many minutes on 2 idle cores.
+TARGETS = {"unseen_exact_all_gain": 0.10, "single_accuracy": 0.80, "demo_minutes": 30}
+
+
+def targets(summary, seeds) -> dict:
+    """Each target with the measured value and whether it is met (the report says so plainly either way)."""
+    gains = {}
+    for seed in seeds:
+        d = summary["paired"][f"MOSLIM seed {seed}"]["starting policy"].get("exact_all_unseen")
+        if d is not None:
+            gains[str(seed)] = {**d, "met": d["diff"] >= TARGETS["unseen_exact_all_gain"] and d["ci95"][0] > 0}
+    return {
+        "unseen_exact_all_gain": {"target": TARGETS["unseen_exact_all_gain"], "per_seed": gains,
+                                  "met": bool(gains) and all(g["met"] for g in gains.values())},
+        "single_accuracy": {"target": TARGETS["single_accuracy"], "value": summary["moslim_accuracy_mean"],
+                            "met": summary["moslim_accuracy_mean"] >= TARGETS["single_accuracy"]},
+    }  # fmt: skip
 
 
 def write_report(demo, evals, histories, summary) -> None:
     """report.json / report.md / eval_samples.json and the two plots; prints the headline."""
     spec, args, out, timings = demo.spec, demo.args, demo.out, demo.timings
+    panels = [
+        ("reward", "MOSLIM reward (RM + mapping)"),
+        ("oracle_hit", "oracle: requested levels hit"),
+        ("response_length", "response tokens"),
+    ]
+    panels += [(f"agree/{n}", f"RM = oracle on the rollouts: {n}") for n in spec.names]
     curves = plot_panels(
         [{"title": title, "xlabel": "RL step",
-          "series": {name: ([h["step"] for h in hist], [h[key] for h in hist]) for name, hist in histories.items()}}
-         for key, title in [("reward", "MOSLIM reward (RM + mapping)"), ("oracle_hit", "oracle: requested levels hit"),
-                            ("response_length", "response tokens")]],
-        out / "training_curves.png",
+          "series": {name: ([h["step"] for h in hist if key in h], [h[key] for h in hist if key in h])
+                     for name, hist in histories.items()}}
+         for key, title in panels],
+        out / "training_curves.png", ncols=3,
     )  # fmt: skip
     plot = plot_requested_vs_achieved(spec, evals, out / "requested_vs_achieved.png")
+    grid = plot_combination_grid(spec, {"starting policy": evals["base"], "MOSLIM (mean of seeds)": seed_mean(
+        [evals[f"MOSLIM seed {s}"] for s in args.seeds])}, demo.unseen, out / "combination_grid.png")  # fmt: skip
+    curve = plot_learning_curve(histories, out / "learning_curve.png")
     demo.done("report")
     timings["total"] = round(time.time() - demo.t_start, 1)
     report = {
         "settings": {"size": demo.size, "preset": demo.preset, "device": args.device, "seeds": args.seeds,
                      "mapping": args.moslim.mapping, "rl_flags": flags_of(args), "policy": str(demo.policy_path),
                      "heldout_prompts": len(demo.heldout), "placement": demo.placement, "style": demo.style,
-                     "judge": "oracle"},
+                     "judge": "oracle", "sampling": args.moslim.sampling, "request_weights": demo.request_weights,
+                     "unseen": demo.unseen},
         "summary": summary,
         "timings_s": timings,
         "policies": {name: e["metrics"] for name, e in evals.items()},
         "policies_sampled": {name: e["sampled_metrics"] for name, e in evals.items() if "sampled_metrics" in e},
+        "policies_joint": {name: e["joint_metrics"] for name, e in evals.items()},
+        "policies_joint_sampled": {name: e["sampled_joint_metrics"] for name, e in evals.items()
+                                   if "sampled_joint_metrics" in e},
         "training": histories,
     }  # fmt: skip
     check_finite(report)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "eval_samples.json").write_text(json.dumps({k: e["samples"] for k, e in evals.items()}, indent=1))
-    (out / "report.md").write_text(report_markdown(demo, evals, summary, plot, curves))
+    (out / "report.md").write_text(report_markdown(demo, evals, summary, [plot, grid, curves, curve]))
     s = summary
     print("\n" + metrics_table(spec, evals))
     print(
@@ -174,10 +311,45 @@ def write_report(demo, evals, histories, summary) -> None:
            else "does NOT beat the starting policy by more than the seed spread")
     )  # fmt: skip
     print(f"total {timings['total']:.0f} s; stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
-    print(f"report: {out / 'report.md'}\njson:   {out / 'report.json'}\nplots:  {plot}\n        {curves}")
+    print("\n" + joint_table(spec, evals))
+    for policy, against in summary["paired"].items():
+        diffs = [f"vs {ref}: " + ", ".join(f"{m} {paired_text(d[m])}" for m in ("single_accuracy", "exact_all_unseen")
+                                           if m in d) for ref, d in against.items()]  # fmt: skip
+        print(f"{policy}: " + "; ".join(diffs))
+    print(f"report: {out / 'report.md'}\njson:   {out / 'report.json'}\nplots:  " + ", ".join(
+        str(p) for p in (plot, grid, curves, curve) if p))  # fmt: skip
     print(f"evaluate a policy again: moslim-openrlhf evaluate --actor.model_name_or_path {args.ckpt.output_dir} "
           f"--reward.model_name_or_path {out / 'rm'} --moslim.placement {demo.placement} "
           f"--moslim.style {demo.style} --device {args.device}")  # fmt: skip
+
+
+def seed_mean(results) -> dict:
+    """The per-combination exact-all rates averaged over seeds, in an evaluation's shape (for the grid plot)."""
+    combos = results[0]["joint_metrics"]["combinations"]
+    mean = {}
+    for key, entry in combos.items():
+        rates = [r["joint_metrics"]["combinations"][key]["exact_all"] for r in results]
+        mean[key] = {**entry, "exact_all": statistics.mean(rates)}
+    return {"joint_metrics": {"combinations": mean}}
+
+
+def plot_learning_curve(histories, path) -> str | None:
+    """Accuracy vs RL step with 95 % intervals, for each run whose history carries curve points (`curve` logs of
+    `--demo.curve_every`); None when none does."""
+    metrics = [("single_accuracy", "single-objective accuracy"), ("exact_all_seen", "exact-all, seen combinations"),
+               ("exact_all_unseen", "exact-all, unseen combinations")]  # fmt: skip
+    runs = {name: [h for h in hist if "curve" in h] for name, hist in histories.items()}
+    runs = {name: points for name, points in runs.items() if points}
+    if not runs:
+        return None
+    panels = []
+    for key, title in metrics:
+        series = {}
+        for name, points in runs.items():
+            xs = [p["step"] if p["step"] is not None else 0 for p in points]
+            series[name] = (xs, *zip(*[(p["curve"][key]["value"], *p["curve"][key]["ci95"]) for p in points]))
+        panels.append({"title": title, "xlabel": "RL step", "ylabel": "greedy, held-out subset", "series": series})
+    return plot_panels(panels, path)
 
 
 def flags_of(args) -> dict:
@@ -185,7 +357,7 @@ def flags_of(args) -> dict:
             "rollout.batch_size", "rollout.max_new_tokens", "rollout.temperature", "reward.clip_range",
             "moslim.trainable_layers", "data.max_samples", "moslim.generate_batch_size", "rollout.micro_batch_size",
             "moslim.mapping_kwargs", "train.max_epochs", "train.batch_size", "ds.lora.rank",
-            "moslim.rollout_dtype"]  # fmt: skip
+            "moslim.rollout_dtype", "moslim.sampling"]  # fmt: skip
     out = {}
     for key in keys:
         value = args
@@ -195,12 +367,21 @@ def flags_of(args) -> dict:
     return out
 
 
-def report_markdown(demo, evals, summary, plot, curves) -> str:
+def report_markdown(demo, evals, summary, plots) -> str:
     spec, args, size, timings = demo.spec, demo.args, demo.size, demo.timings
+    plot, grid, curves, curve = plots
     ci = summary["base_accuracy_ci95"], summary["ric_accuracy_ci95"]
     rm = summary["rm_eval"]
     rm_keys = sorted(k for k, v in next(iter(rm.values())).items() if isinstance(v, (int, float)))  # not confusion
     agreement = {name: e["metrics"].get("rm_agreement", {}) for name, e in evals.items()}
+    unseen = ", ".join(f"({', '.join(f'{n}={lv}' for n, lv in u.items())})" for u in demo.unseen) or "none"
+    metric_names = {"single_accuracy": "single-objective acc", "joint_accuracy": "acc under joint requests",
+                    "exact_all": "exact-all, all 12", "exact_all_seen": "exact-all, seen",
+                    "exact_all_unseen": "exact-all, unseen"}  # fmt: skip
+    paired_metrics = [m for m in metric_names if m in next(iter(next(iter(summary["paired"].values())).values()))]
+    goal = summary["targets"]
+    k_range = {"single": "1", "subset": f"1..{len(spec.names)}"}.get(args.moslim.sampling, str(len(spec.names)))
+    monitor = summary["agreement_monitor"]
     lines = [
         "# MOSLIM demo report",
         "",
@@ -210,11 +391,29 @@ def report_markdown(demo, evals, summary, plot, curves) -> str:
         f"{size['batch']} prompts x {args.rollout.n_samples_per_prompt} samples per seed at temperature "
         f"{args.rollout.temperature}; seeds {args.seeds}; directive placement `{demo.placement}`, style "
         f"`{demo.style}`; size preset `{demo.preset}` on `{args.device}`.",
-        f"Held-out prompts: {len(demo.heldout)}, each answered greedily once per single-objective request and once "
-        f"with no preference, then {size['eval_samples']} sampled answer(s) per request at temperature "
-        f"{args.rollout.temperature} (rows `(sampled)`); all levels judged by the oracle "
-        "(`moslim_plugin/demo/oracle.py`), never by the reward model. Accuracy intervals: bootstrap 95 % over "
-        "prompts. Gap: P(level L | asked L) - P(level L | asked another level), mean over L.",
+        f"Requests of the samples and RL prompts: `--moslim.sampling {args.moslim.sampling}` (k = {k_range} "
+        f"objectives per request), level weights {demo.request_weights}; unseen full combinations, never "
+        f"requested in the samples or the RL and never in the RM's or RiC's data: {unseen}.",
+        f"Held-out prompts: {len(demo.heldout)}, each answered greedily once per single-objective request, once per "
+        f"full combination ({len(demo.joint)}) and once with no preference, then {size['eval_samples']} sampled "
+        f"answer(s) per request at temperature {args.rollout.temperature} (rows `(sampled)`); all levels judged by "
+        "the oracle (`moslim_plugin/demo/oracle.py`), never by the reward model. Intervals: bootstrap 95 % over "
+        "prompts; differences between policies: paired bootstrap over prompts (same items for both). Gap: "
+        "P(level L | asked L) - P(level L | asked another level), mean over L.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+        *[f"| unseen exact-all, MOSLIM seed {seed} - starting policy >= +{goal['unseen_exact_all_gain']['target']:.2f}"
+          f", interval above 0 | {paired_text(g)} | {'yes' if g['met'] else '**no**'} |"
+          for seed, g in goal["unseen_exact_all_gain"]["per_seed"].items()],
+        f"| single-objective accuracy, mean over MOSLIM seeds >= {goal['single_accuracy']['target']:.2f} | "
+        f"{goal['single_accuracy']['value']:.3f} | {'yes' if goal['single_accuracy']['met'] else '**no**'} |",
+        f"| this run's wall time (the target, <= {TARGETS['demo_minutes']} min, is `make demo`'s) | "
+        f"{timings['total'] / 60:.1f} min | {'yes' if timings['total'] <= 60 * TARGETS['demo_minutes'] else 'no'} |",
+        "",
+        "## Single-objective requests",
         "",
         metrics_table(spec, evals),
         "",
@@ -224,8 +423,20 @@ def report_markdown(demo, evals, summary, plot, curves) -> str:
         f"{summary['moslim_accuracy_spread']:.3f}; 95 % intervals "
         f"{[[round(x, 3) for x in c] for c in summary['moslim_accuracy_ci95']]}); starting policy "
         f"{summary['base_accuracy']:.3f} [{ci[0][0]:.3f}, {ci[0][1]:.3f}]; RiC SFT {summary['ric_accuracy']:.3f} "
-        f"[{ci[1][0]:.3f}, {ci[1][1]:.3f}]. Beats the starting policy by more than the seed spread: "
-        f"**{'yes' if summary['moslim_beats_base_by_more_than_spread'] else 'no'}**.",
+        f"[{ci[1][0]:.3f}, {ci[1][1]:.3f}].",
+        "",
+        "## Joint requests: every full combination at once",
+        "",
+        joint_table(spec, evals),
+        "",
+        f"![combination grid]({Path(grid).name})",
+        "",
+        "## Paired differences (same prompts and requests; paired bootstrap 95 % over prompts)",
+        "",
+        "| MOSLIM seed | against | " + " | ".join(metric_names[m] for m in paired_metrics) + " |",
+        "|" + " --- |" * (2 + len(paired_metrics)),
+        *[f"| {policy} | {ref} | " + " | ".join(paired_text(d[m]) for m in paired_metrics) + " |"
+          for policy, against in summary["paired"].items() for ref, d in against.items()],
         "",
         "Baseline: RiC-style rewards-in-context SFT (the initial samples, each directive relabelled to the levels the "
         "response actually has). It uses the same samples, prompts and directive format as MOSLIM and no reward "
@@ -237,24 +448,42 @@ def report_markdown(demo, evals, summary, plot, curves) -> str:
         "|" + " --- |" * (1 + len(rm_keys)),
         *[f"| {n} | " + " | ".join(f"{m[k]:.3g}" for k in rm_keys) + " |" for n, m in rm.items()],
         "",
-        "Level shares (RL can only reinforce a level it samples): "
+        "Level shares (RL can only reinforce a level it samples; bar: every level >= 15 %): "
         + "; ".join(f"{where}: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
                     for where, shares in summary["level_shares"].items() if shares),
         "",
         "RM against the oracle on each policy's greedy answers to the held-out prompts (argmax class vs oracle "
-        "level; accuracy / macro-F1). The starting policy's row is the RM's held-out score on real outputs: "
-        "prompts it never saw, no edited text.",
+        "level; accuracy / macro-F1; single-objective, joint and no-preference answers). The starting policy's row "
+        "is the RM's held-out score on real outputs: prompts it never saw, no edited text.",
         "",
         "| policy | " + " | ".join(spec.names) + " |",
         "|" + " --- |" * (1 + len(spec.names)),
         *[f"| {p} | " + " | ".join(f"{a[n]['accuracy']:.3f} / {a[n]['macro_f1']:.3f}" for n in spec.names) + " |"
           for p, a in agreement.items() if a],
         "",
+        "## Reward-hacking monitor: the RM against the oracle on the RL rollouts, at every step",
+        "",
+        "Agreement (RM argmax level = oracle level) over the first and the last quarter of the steps; **falling** = "
+        "lower at the end by more than 0.02 and twice its standard error (the RM paying for what the oracle does "
+        "not see). Curves: the `RM = oracle` panels of the training curves.",
+        "",
+        "| policy | " + " | ".join(spec.names) + " |",
+        "|" + " --- |" * (1 + len(spec.names)),
+        *[f"| {p} | " + " | ".join(
+            f"{m[n]['first']:.3f} -> {m[n]['last']:.3f}" + (" **falling**" if m[n]["falling"] else "")
+            if n in m else "-" for n in spec.names) + " |" for p, m in monitor.items()],
+        "",
         f"![requested vs achieved]({Path(plot).name})",
         "",
         f"![training curves]({Path(curves).name})",
         "",
-        "Stage timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()),
-        "",
     ]  # fmt: skip
+    if curve:
+        lines += [
+            "## Learning curve (greedy, fixed held-out subset)",
+            "",
+            f"![learning curve]({Path(curve).name})",
+            "",
+        ]
+    lines += ["Stage timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()), ""]
     return "\n".join(lines)

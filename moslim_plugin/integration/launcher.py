@@ -98,9 +98,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def diff_extension_flags(rest, environ=os.environ) -> list[str]:
+def diff_extension_flags(rest, environ=None) -> list[str]:
     """With runtime patching off (OpenRLHF carries patches/openrlhf-0.11.2-moslim.diff), the diff's flags that plug
     in what the runtime patches would: the reward-model actor class and the row-preprocessing hook."""
+    environ = os.environ if environ is None else environ
     if environ.get(patches.RUNTIME_ENV, "1") != "0":
         return []
     flags = {
@@ -294,10 +295,11 @@ def why_not_moslim(args) -> str:
     return f"--reward.model_name_or_path {args.reward.model_name_or_path!r} is not a MOSLIM reward model"
 
 
-def driver_runtime_env(environ=os.environ, reward=None) -> dict:
+def driver_runtime_env(environ=None, reward=None) -> dict:
     """The runtime env for the driver's ray.init: the plugin's worker setup hook, OpenRLHF's env vars and, for the
     reward-func `.py` path, the reward configuration (`reward`), minus every key the job's runtime env
     (`ray job submit --runtime-env-json`) already sets."""
+    environ = os.environ if environ is None else environ
     job = json.loads(environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}")).get("runtime_env") or {}
     job_env = job.get("env_vars") or {}
     if reward_config.ENV_VAR in job_env:

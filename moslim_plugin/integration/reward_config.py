@@ -252,8 +252,11 @@ def synthetic_gaps(fn, kwargs, spec, stats, where) -> list[float]:
     return (rewards[0::2] - rewards[1::2]).tolist()
 
 
-def from_env(environ=os.environ) -> RewardConfig:
-    """The `.py` reward function's configuration: the JSON the launcher put into the job's runtime env."""
+def from_env(environ=None) -> RewardConfig:
+    """The `.py` reward function's configuration: the JSON the launcher put into the job's runtime env. The process's
+    environment is read when called (not bound at import: libraries replace the os.environ object, e.g. under
+    OpenRLHF's reward-model trainer)."""
+    environ = os.environ if environ is None else environ
     if ENV_VAR not in environ:
         raise UserError(
             f"{ENV_VAR} is not set: start training with `moslim-openrlhf train_ppo_ray ... --reward.remote_url "
