@@ -307,19 +307,22 @@ def small_data_recipe() -> str:
     r, machine = result["results"], result["machine"]
     train, report = r["train_rm"], r["evaluate_rm"]
     seconds = [run["seconds"] for run in r["runs"]]
+    # evaluate-rm's report, not train-rm's last evaluation: its intervals belong to its own accuracies (it reads
+    # pairs at its own --data.max_len default, so its numbers can differ from train-rm's printed ones).
     heads = "; ".join(
-        f"{name}: accuracy {m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] vs {m['majority_accuracy']:.3f} for the majority "
-        f"class, macro-F1 {m['macro_f1']:.3f}, NLL {m['nll']:.3f} vs {m['prior_nll']:.3f} for the class prior"
-        for name, m in train["metrics"].items()
+        f"{name}: accuracy {m['accuracy']:.3f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}] vs "
+        f"{m['majority_accuracy']:.3f} for the majority class, macro-F1 {m['macro_f1']:.3f}, NLL {m['nll']:.3f} vs "
+        f"{m['prior_nll']:.3f} for the class prior ({m['n']} rows)"
+        for name, m in report["heads"].items()
         if m["n"]
-        for lo, hi in [report["heads"][name]["accuracy_ci95"]]
     )
     kept = train["selection"]
     return (
         f"Run as written on {r['rows']} rated rows from the HH-RLHF test splits (`python -m bench.small_data_recipe`,"
         f" {machine['date_utc']}; {machine_line(machine)}): train-rm {seconds[0] / 60:.1f} min for "
         f"{train['global_step']} optimizer steps on {train['train_rows']} rows (kept step {kept['best_step']}), "
-        f"evaluate-rm {seconds[-1]:.0f} s on the {train['eval_rows']} held-out rows. Held out: {heads}."
+        f"evaluate-rm {seconds[-1]:.0f} s on the {train['eval_rows']} held-out rows. Held out, as evaluate-rm "
+        f"reports them: {heads}."
     )
 
 
