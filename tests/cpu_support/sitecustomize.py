@@ -11,10 +11,11 @@ Each replacement and why (nothing else of OpenRLHF, DeepSpeed or torch is change
   one-rank CPU run never uses (DeepSpeed picks its CPU accelerator and gloo by itself without CUDA).
 They are applied when the module is first imported, so processes that never import torch (Ray's own) pay nothing.
 
-One observer, no replacement: with MOSLIM_E2E_RECORD=<folder>, RemoteExperienceMaker.make_experience_batch (in the
-PPO trainer actor) is wrapped to append every sample it returns to <folder>/trainer-<pid>.jsonl (response tokens,
-prompt, label, the reward OpenRLHF stored in info["reward"], the moslim/* info), then returns its result untouched:
-the end-to-end tests compare those rewards with the Scorer's.
+Observers, no replacement: with MOSLIM_E2E_RECORD=<folder>, two methods of RemoteExperienceMaker (in the PPO
+trainer actor) are wrapped to record, and return their results untouched: make_experience_batch appends every sample
+it returns to <folder>/trainer-<pid>.jsonl (response tokens, prompt, label, the reward OpenRLHF stored in
+info["reward"], the moslim/* info), which the end-to-end tests compare with the Scorer's rewards; _dispatch_forward
+appends the reward model's wall time per batch to <folder>/timing-<pid>.jsonl, for the reward-cost bench.
 """
 
 import importlib.abc
@@ -56,15 +57,16 @@ def record_experiences(experience_maker):
     import functools
     import itertools
     import json
+    import time
 
-    cls = experience_maker.RemoteExperienceMaker
-    original, path = cls.make_experience_batch, os.path.join(os.environ[RECORD_ENV], f"trainer-{os.getpid()}.jsonl")
+    cls, folder, pid = experience_maker.RemoteExperienceMaker, os.environ[RECORD_ENV], os.getpid()
+    make_experience_batch, dispatch_forward = cls.make_experience_batch, cls._dispatch_forward
     calls = itertools.count(1)
 
-    @functools.wraps(original)
-    def make_experience_batch(self, rollout_samples):
-        experiences, call = original(self, rollout_samples), next(calls)
-        with open(path, "a") as f:
+    @functools.wraps(make_experience_batch)
+    def recorded_make_experience_batch(self, rollout_samples):
+        experiences, call = make_experience_batch(self, rollout_samples), next(calls)
+        with open(os.path.join(folder, f"trainer-{pid}.jsonl"), "a") as f:
             for exp in experiences:
                 for i in range(len(exp.sequences)):
                     response = exp.sequences[i, 1:][exp.action_mask[i].bool()].tolist()
@@ -74,7 +76,18 @@ def record_experiences(experience_maker):
                     f.write(json.dumps(row) + "\n")
         return experiences
 
-    cls.make_experience_batch = make_experience_batch
+    @functools.wraps(dispatch_forward)
+    def timed_dispatch_forward(self, group, sync_condition, **kwargs):
+        # With sync_condition (colocated models) the call returns once the group is done: its wall time is the
+        # reward model's time in the step.
+        start = time.perf_counter()
+        refs = dispatch_forward(self, group, sync_condition, **kwargs)
+        if group is self.reward_model_group and sync_condition:
+            with open(os.path.join(folder, f"timing-{pid}.jsonl"), "a") as f:
+                f.write(json.dumps({"reward_seconds": time.perf_counter() - start}) + "\n")
+        return refs
+
+    cls.make_experience_batch, cls._dispatch_forward = recorded_make_experience_batch, timed_dispatch_forward
 
 
 AFTER_IMPORT = {
@@ -85,27 +98,42 @@ AFTER_IMPORT = {
 
 
 class AfterImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the loader of a module in AFTER_IMPORT to patch it once it has executed."""
+    """Finds nothing itself: a module in AFTER_IMPORT, found by the other finders, is patched once it has executed.
+    It answers None for a module it is already searching (the plugin's patch finder also asks every finder)."""
+
+    searching = set()
 
     def find_spec(self, fullname, path, target=None):
-        if fullname not in AFTER_IMPORT:
+        if fullname not in AFTER_IMPORT or fullname in self.searching:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
+        self.searching.add(fullname)
+        try:
+            for finder in sys.meta_path:
+                if finder is not self and hasattr(finder, "find_spec"):
+                    spec = finder.find_spec(fullname, path, target)
+                    if spec is not None:
+                        spec.loader = PatchingLoader(spec.loader, AFTER_IMPORT.pop(fullname))
+                        return spec
             return None
-        exec_module, patch = spec.loader.exec_module, AFTER_IMPORT.pop(fullname)
+        finally:
+            self.searching.discard(fullname)
 
-        def exec_then_patch(module):
-            exec_module(module)
-            patch(module)
 
-        spec.loader.exec_module = exec_then_patch
-        return spec
+class PatchingLoader(importlib.abc.Loader):
+    """The module's own loader, then the patch; everything else (get_source, ...) is the original loader's."""
+
+    def __init__(self, loader, patch):
+        self.loader, self.patch = loader, patch
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        self.patch(module)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
 
 
 if os.environ.get(ENV) == "1":
