@@ -111,9 +111,9 @@ def cut_policy(source, target: Path, layers: int = POLICY_LAYERS) -> Path:
     return target
 
 
-def train_rm(target: Path, shared_data: Path, work: Path, env: dict, rows_per_subset: int = 48, steps: int = 6):
-    """`moslim-openrlhf prepare-ratings` on HH-RLHF (helpful and harmless) then `train-rm` on MiniLM: a real MOSLIM
-    checkpoint after a few optimizer steps."""
+def train_rm(target: Path, shared_data: Path, work: Path, env: dict, backbone=None, rows_per_subset=48, steps=6):
+    """`moslim-openrlhf prepare-ratings` on HH-RLHF (helpful and harmless) then `train-rm` on `backbone` (default
+    MiniLM): a real MOSLIM checkpoint after a few optimizer steps."""
     import gzip
 
     from moslim_plugin.demo.real_models import minilm_path
@@ -131,7 +131,8 @@ def train_rm(target: Path, shared_data: Path, work: Path, env: dict, rows_per_su
         ratings.append(out.read_text())
     data = work / "ratings.jsonl"
     data.write_text("".join(ratings))
-    cli(env, "train-rm", "--model.model_name_or_path", minilm_path(), "--moslim.spec", SPEC, "--data.dataset", data,
+    cli(env, "train-rm", "--model.model_name_or_path", backbone or minilm_path(), "--moslim.spec", SPEC,
+        "--data.dataset", data,
         "--train.max_steps", steps, "--train.batch_size", 8, "--train.micro_batch_size", 8, "--data.max_len", 128,
         "--adam.lr", "1e-4", "--ckpt.output_dir", target, "--device", "cpu")  # fmt: skip
     return target
@@ -149,6 +150,14 @@ def write_prompts(target: Path, count: int) -> Path:
     """The demo's bundled questions as OpenRLHF prompt rows ({"input": question})."""
     questions = (REPO / "moslim_plugin/demo/prompts/prompts_train.txt").read_text().splitlines()
     target.write_text("".join(json.dumps({"input": q}) + "\n" for q in questions[:count]))
+    return target
+
+
+def prepare_prompts(prompts: Path, target: Path, env: dict) -> Path:
+    """`moslim-openrlhf prepare-prompts`: the prompts conditioned offline, as launch/common.sh's on-the-fly
+    sampling would (subset, seed 42); for runs without --moslim.sampling."""
+    cli(env, "prepare-prompts", "--data.dataset", prompts, "--moslim.spec", SPEC, "--moslim.output", target,
+        "--moslim.sampling", "subset", "--moslim.seed", 42)  # fmt: skip
     return target
 
 
@@ -261,15 +270,15 @@ class Run:
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
-    def command(self, script, variant, env, extra=(), drop=(), drop_with_value=()):
+    def command(self, script, variant, env, extra=(), drop=(), drop_with_value=(), steps=STEPS):
         """launch/<script>.sh's command with the CPU overlay: rollout batches sized to SAMPLES_PER_STEP samples
-        (n_samples_per_prompt stays the script's), prompts for STEPS steps; the job's runtime env gains the record
+        (n_samples_per_prompt stays the script's), prompts for `steps` steps; the job's runtime env gains the record
         folder (the job's processes see only their runtime env, not this process's)."""
         command = launch_command(script, variant, env)
         n = int(flag_value(command, "--rollout.n_samples_per_prompt"))
         prompts_per_step = SAMPLES_PER_STEP // n
         overlay = [*CPU_OVERLAY, "--rollout.batch_size", str(prompts_per_step),
-                   "--data.max_samples", str(prompts_per_step * STEPS)]  # fmt: skip
+                   "--data.max_samples", str(prompts_per_step * steps)]  # fmt: skip
         submit = command.index("--")  # `ray job submit ... -- python3 -m moslim_plugin train_ppo_ray ...`
         head = []
         for item in command[:submit]:
@@ -325,13 +334,14 @@ class Run:
     def engine_records(self) -> list[dict]:
         return [json.loads(line) for path in sorted(self.records.glob("engine-*.jsonl")) for line in path.open()]
 
-    def trainer_records(self) -> list[dict]:
-        return [json.loads(line) for path in sorted(self.records.glob("trainer-*.jsonl")) for line in path.open()]
+    def trainer_records(self, kind="trainer") -> list[dict]:
+        """The PPO trainer's records: "trainer" (one per sample) or "timing" (the reward model's time per batch)."""
+        return [json.loads(line) for path in sorted(self.records.glob(f"{kind}-*.jsonl")) for line in path.open()]
 
 
 def tensor_digest(folder) -> dict:
     """{name: sha256 of the tensor's bytes in its own dtype} of a model folder's safetensors: the digest the CPU
-    engine (tests/cpu_support/vllm) records of its weights, so equal digests mean bit-equal weights."""
+    engine (tests/cpu_support/engine/vllm) records of its weights, so equal digests mean bit-equal weights."""
     import hashlib
 
     import torch

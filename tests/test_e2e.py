@@ -22,8 +22,8 @@ from helpers_e2e import (
     Run,
     base_env,
     build_assets,
-    cli,
     free_port,
+    prepare_prompts,
     tensor_digest,
 )
 
@@ -51,9 +51,7 @@ class E2E:
         """prepare-prompts output (conditioned offline, as a user may) in which one row's label names another spec."""
         path = self.work / "prepared-bad.jsonl"
         if not path.exists():
-            env = base_env(self.work)
-            cli(env, "prepare-prompts", "--data.dataset", self.assets["prompts"], "--moslim.spec", SPEC,
-                "--moslim.output", path, "--moslim.sampling", "subset", "--moslim.seed", 42)  # fmt: skip
+            prepare_prompts(self.assets["prompts"], path, base_env(self.work))
             rows = [json.loads(line) for line in path.read_text().splitlines()]
             label = json.loads(rows[0]["label"])
             label["moslim"]["spec"] = BAD_FINGERPRINT

@@ -1,7 +1,8 @@
-"""CPU stand-ins for the CUDA calls of OpenRLHF's PPO loop; active only with MOSLIM_CPU_E2E=1 (tests and benches
-put this folder on PYTHONPATH of every process, Ray workers included; GPU users never load it).
+"""CPU stand-ins for what OpenRLHF's PPO loop needs from a GPU, and two observers. The end-to-end tests and benches
+put this folder on PYTHONPATH of every process, Ray workers included; GPU users never load it.
 
-Each replacement and why (nothing else of OpenRLHF, DeepSpeed or torch is changed):
+Replacements, only with MOSLIM_CPU_E2E=1, each with why (nothing else of OpenRLHF, DeepSpeed or torch is changed):
+- vllm: `engine/vllm`, put first on sys.path here: vLLM's engine API over transformers (see its docstring).
 - torch.cuda.set_device / synchronize: no-ops; there is no device to select or wait for.
 - torch.cuda.current_device: "cpu" (a str, formatted as index 0), so `x.to(current_device())` and
   `device=current_device()` place tensors on the CPU and `torch.device(f"cuda:{current_device()}")` still parses.
@@ -11,11 +12,12 @@ Each replacement and why (nothing else of OpenRLHF, DeepSpeed or torch is change
   one-rank CPU run never uses (DeepSpeed picks its CPU accelerator and gloo by itself without CUDA).
 They are applied when the module is first imported, so processes that never import torch (Ray's own) pay nothing.
 
-Observers, no replacement: with MOSLIM_E2E_RECORD=<folder>, two methods of RemoteExperienceMaker (in the PPO
-trainer actor) are wrapped to record, and return their results untouched: make_experience_batch appends every sample
-it returns to <folder>/trainer-<pid>.jsonl (response tokens, prompt, label, the reward OpenRLHF stored in
-info["reward"], the moslim/* info), which the end-to-end tests compare with the Scorer's rewards; _dispatch_forward
-appends the reward model's wall time per batch to <folder>/timing-<pid>.jsonl, for the reward-cost bench.
+Observers, no replacement, with MOSLIM_E2E_RECORD=<folder> (with or without the replacements): two methods of
+RemoteExperienceMaker (in the PPO trainer actor) are wrapped to record, and return their results untouched:
+make_experience_batch appends every sample it returns to <folder>/trainer-<pid>.jsonl (response tokens, prompt,
+label, the reward OpenRLHF stored in info["reward"], the moslim/* info), which the end-to-end tests compare with the
+Scorer's rewards; _dispatch_forward appends the reward model's wall time per batch to <folder>/timing-<pid>.jsonl,
+for the reward-cost bench.
 """
 
 import importlib.abc
@@ -136,7 +138,12 @@ class PatchingLoader(importlib.abc.Loader):
         return getattr(self.loader, name)
 
 
-if os.environ.get(ENV) == "1":
-    if os.environ.get(RECORD_ENV):
-        AFTER_IMPORT["openrlhf.trainer.ppo_utils.experience_maker"] = record_experiences
+if os.environ.get(ENV) != "1":  # the observers alone (bench/device runs them with the real vLLM)
+    for name in ("torch", "torch.distributed.device_mesh", "deepspeed.comm.torch"):
+        del AFTER_IMPORT[name]
+else:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "engine"))
+if os.environ.get(RECORD_ENV):
+    AFTER_IMPORT["openrlhf.trainer.ppo_utils.experience_maker"] = record_experiences
+if AFTER_IMPORT:
     sys.meta_path.insert(0, AfterImport())
