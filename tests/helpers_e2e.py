@@ -49,21 +49,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def base_env(work: Path) -> dict:
-    """The environment of the Ray cluster and of the commands: CPU support on, one thread each, no hub, DeepSpeed's
-    CPU Adam built once (`deepspeed_ops_dir`)."""
+def base_env(work: Path, cpu: bool = True) -> dict:
+    """The environment of the Ray cluster and of the commands: one thread each, no hub, and on CPU the stand-ins
+    (MOSLIM_CPU_E2E) with DeepSpeed's CPU Adam built once (`deepspeed_ops_dir`). `cpu=False` (a GPU with real vLLM)
+    keeps only tests/cpu_support's observers."""
     env = dict(os.environ)
     env.update(
-        MOSLIM_CPU_E2E="1",
-        PYTHONPATH=os.pathsep.join([str(CPU_SUPPORT), str(REPO)]),
+        PYTHONPATH=os.pathsep.join([str(CPU_SUPPORT), str(REPO), *filter(None, [env.get("PYTHONPATH")])]),
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
         TOKENIZERS_PARALLELISM="false",
         HF_HUB_OFFLINE="1",
-        TORCH_EXTENSIONS_DIR=str(deepspeed_ops_dir()),
         RAY_DEDUP_LOGS="0",
         RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
     )
+    if cpu:
+        env.update(MOSLIM_CPU_E2E="1", TORCH_EXTENSIONS_DIR=str(deepspeed_ops_dir()))
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -111,7 +112,8 @@ def cut_policy(source, target: Path, layers: int = POLICY_LAYERS) -> Path:
     return target
 
 
-def train_rm(target: Path, shared_data: Path, work: Path, env: dict, backbone=None, rows_per_subset=48, steps=6):
+def train_rm(target: Path, shared_data: Path, work: Path, env: dict, backbone=None, device="cpu", rows_per_subset=48,
+             steps=6):  # fmt: skip
     """`moslim-openrlhf prepare-ratings` on HH-RLHF (helpful and harmless) then `train-rm` on `backbone` (default
     MiniLM): a real MOSLIM checkpoint after a few optimizer steps."""
     import gzip
@@ -134,7 +136,7 @@ def train_rm(target: Path, shared_data: Path, work: Path, env: dict, backbone=No
     cli(env, "train-rm", "--model.model_name_or_path", backbone or minilm_path(), "--moslim.spec", SPEC,
         "--data.dataset", data,
         "--train.max_steps", steps, "--train.batch_size", 8, "--train.micro_batch_size", 8, "--data.max_len", 128,
-        "--adam.lr", "1e-4", "--ckpt.output_dir", target, "--device", "cpu")  # fmt: skip
+        "--adam.lr", "1e-4", "--ckpt.output_dir", target, "--device", device)  # fmt: skip
     return target
 
 
@@ -178,21 +180,22 @@ def build_assets(work: Path, shared_data: Path) -> dict:
 
 
 class RayCluster:
-    """A one-node Ray cluster declaring one GPU (OpenRLHF's placement groups need GPU resources), with a dashboard
-    for `ray job submit`. Its own temp dir and ports; stopped by killing its process group, never `ray stop` (which
-    would stop every Ray cluster on the machine)."""
+    """A one-node Ray cluster declaring `gpus` GPUs (OpenRLHF's placement groups need GPU resources), with a dashboard
+    for `ray job submit` (`address` is then the dashboard's; without one, the GCS's, for a driver started directly).
+    Its own temp dir and ports; stopped by killing its process group, never `ray stop` (which would stop every Ray
+    cluster on the machine)."""
 
-    def __init__(self, work: Path, env: dict, gpus: int = 1, cpus: int = 8):
+    def __init__(self, work: Path, env: dict, gpus: int = 1, cpus: int = 8, dashboard: bool = True):
         self.env = dict(env)
         self.temp = Path(tempfile.mkdtemp(prefix="moslim-ray-"))  # short: Ray's socket paths have a length limit
-        gcs, self.dashboard_port = free_port(), free_port()
+        gcs, dashboard_port = free_port(), free_port()
         self.log = open(work / "ray-head.log", "w")
         command = ["ray", "start", "--head", "--block", f"--port={gcs}", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
-                   "--include-dashboard=true", f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
-                   f"--temp-dir={self.temp}", "--disable-usage-stats"]  # fmt: skip
+                   f"--include-dashboard={str(dashboard).lower()}", f"--dashboard-port={dashboard_port}",
+                   "--dashboard-host=127.0.0.1", f"--temp-dir={self.temp}", "--disable-usage-stats"]  # fmt: skip
         self.process = subprocess.Popen(command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)  # fmt: skip
-        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.address = f"http://127.0.0.1:{dashboard_port}" if dashboard else f"127.0.0.1:{gcs}"
         self._wait_ready()
 
     def _wait_ready(self, timeout=120):
@@ -202,12 +205,18 @@ class RayCluster:
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"ray start exited with {self.process.returncode}: see {self.log.name}")
-            try:
-                with urllib.request.urlopen(f"{self.address}/api/version", timeout=2):
+            if self.address.startswith("http"):
+                try:
+                    with urllib.request.urlopen(f"{self.address}/api/version", timeout=2):
+                        return
+                except OSError:
+                    pass
+            else:
+                status = ["ray", "status", f"--address={self.address}"]
+                if subprocess.run(status, env=self.env, capture_output=True, timeout=60).returncode == 0:
                     return
-            except OSError:
-                time.sleep(1)
-        raise TimeoutError(f"the Ray dashboard at {self.address} did not come up in {timeout} s")
+            time.sleep(1)
+        raise TimeoutError(f"the Ray cluster at {self.address} did not come up in {timeout} s")
 
     def stop(self):
         try:
@@ -270,30 +279,33 @@ class Run:
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
-    def command(self, script, variant, env, extra=(), drop=(), drop_with_value=(), steps=STEPS):
-        """launch/<script>.sh's command with the CPU overlay: rollout batches sized to SAMPLES_PER_STEP samples
-        (n_samples_per_prompt stays the script's), prompts for `steps` steps; the job's runtime env gains the record
-        folder (the job's processes see only their runtime env, not this process's)."""
+    def command(self, script, variant, env, extra=(), drop=(), drop_with_value=(), steps=STEPS, overlay=CPU_OVERLAY,
+                samples=SAMPLES_PER_STEP, submit=True):  # fmt: skip
+        """launch/<script>.sh's command with `overlay` (default: the CPU one), rollout batches of `samples` samples
+        (n_samples_per_prompt stays the script's) and prompts for `steps` steps; the job's runtime env gains the
+        record folder (the job's processes see only their runtime env, not this process's). `submit=False`: the
+        command after `ray job submit ... --`, for a cluster without a dashboard (then the cluster's env must hold
+        MOSLIM_E2E_RECORD)."""
         command = launch_command(script, variant, env)
         n = int(flag_value(command, "--rollout.n_samples_per_prompt"))
-        prompts_per_step = SAMPLES_PER_STEP // n
-        overlay = [*CPU_OVERLAY, "--rollout.batch_size", str(prompts_per_step),
+        prompts_per_step = samples // n
+        overlay = [*overlay, "--rollout.batch_size", str(prompts_per_step),
                    "--data.max_samples", str(prompts_per_step * steps)]  # fmt: skip
-        submit = command.index("--")  # `ray job submit ... -- python3 -m moslim_plugin train_ppo_ray ...`
+        entry = command.index("--")  # `ray job submit ... -- python3 -m moslim_plugin train_ppo_ray ...`
         head = []
-        for item in command[:submit]:
+        for item in command[:entry]:
             if item.startswith("--runtime-env-json="):
                 runtime_env = json.loads(item.split("=", 1)[1])
                 runtime_env.setdefault("env_vars", {})[RECORD_ENV] = str(self.records)
                 item = "--runtime-env-json=" + json.dumps(runtime_env)
             head.append(item)
         head += ["--submission-id", f"{self.dir.name}-{os.getpid()}-{int(time.time())}"]
-        command = head + command[submit:]
+        command = head + command[entry:] if submit else command[entry + 1 :]
         return drop_flags(command, *drop, with_value=drop_with_value) + overlay + list(extra)
 
     def start(self, command, env):
         self.started = time.time()
-        self.submission_id = flag_value(command, "--submission-id")
+        self.submission_id = flag_value(command, "--submission-id")  # None for a driver started directly
         (self.dir / "command.txt").write_text(shlex.join(command) + "\n")
         self._log = open(self.log, "w")
         self.process = subprocess.Popen(command, env=env, cwd=self.dir, stdout=self._log, stderr=subprocess.STDOUT)
@@ -310,8 +322,12 @@ class Run:
         return self.log.read_text(errors="replace")
 
     def stop_job(self, env):
-        """`ray job stop`: SIGTERM then SIGKILL to the driver, whose actors die with it."""
-        subprocess.run(["ray", "job", "stop", self.submission_id], env=env, capture_output=True, timeout=120)
+        """`ray job stop` (SIGTERM then SIGKILL to the driver, whose actors die with it), or SIGTERM to a driver
+        started directly."""
+        if self.submission_id is None:
+            self.process.terminate()
+        else:
+            subprocess.run(["ray", "job", "stop", self.submission_id], env=env, capture_output=True, timeout=120)
 
     # ---- what the run left on disk
 
@@ -337,6 +353,38 @@ class Run:
     def trainer_records(self, kind="trainer") -> list[dict]:
         """The PPO trainer's records: "trainer" (one per sample) or "timing" (the reward model's time per batch)."""
         return [json.loads(line) for path in sorted(self.records.glob(f"{kind}-*.jsonl")) for line in path.open()]
+
+
+def scorer_rewards(assets, records, **scorer_kwargs) -> list[float]:
+    """The Scorer's rewards for the recorded (prompt, response, label)s, read independently of the reward path: the
+    question is the prompt file's row the chat template put in the user turn, the response the policy's tokens up to
+    its end-of-turn token, the request the label's."""
+    from transformers import AutoTokenizer
+
+    from moslim_plugin.core.directives import label_to_request
+    from moslim_plugin.core.scorer import Scorer
+    from moslim_plugin.core.spec import load_spec
+
+    spec, tokenizer = load_spec(SPEC), AutoTokenizer.from_pretrained(assets["policy"])
+    questions = [json.loads(line)["input"] for line in assets["prompts"].read_text().splitlines()]
+    ends = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+
+    def question(prompt):
+        (found,) = [q for q in questions if f"<|im_start|>user\n{q}<|im_end|>" in prompt]
+        return found
+
+    def response(ids):
+        cut = next((i for i, t in enumerate(ids) if t in ends), len(ids))
+        return tokenizer.decode(ids[:cut]).strip()
+
+    # launch/common.sh's MOSLIM_MAPPING default
+    scorer = Scorer.from_pretrained(assets["rm"], mapping="moslim", **scorer_kwargs)
+    result = scorer.score(
+        [question(r["prompt"]) for r in records],
+        [response(r["response"]) for r in records],
+        [label_to_request(spec, r["label"]) for r in records],
+    )
+    return result.rewards.tolist()
 
 
 def tensor_digest(folder) -> dict:

@@ -16,7 +16,6 @@ import time
 import pytest
 from helpers_e2e import (
     SAMPLES_PER_STEP,
-    SPEC,
     STEPS,
     RayCluster,
     Run,
@@ -24,6 +23,7 @@ from helpers_e2e import (
     build_assets,
     free_port,
     prepare_prompts,
+    scorer_rewards,
     tensor_digest,
 )
 
@@ -70,37 +70,6 @@ def e2e(tmp_path_factory, shared_data):
 
 
 # ---------------------------------------------------------------------------------------------------- checks
-
-
-def scorer_rewards(assets, records) -> list[float]:
-    """The Scorer's rewards for the recorded (prompt, response, label)s, read independently of the reward path: the
-    question is the prompt file's row the chat template put in the user turn, the response the policy's tokens up to
-    its end-of-turn token, the request the label's."""
-    from transformers import AutoTokenizer
-
-    from moslim_plugin.core.directives import label_to_request
-    from moslim_plugin.core.scorer import Scorer
-    from moslim_plugin.core.spec import load_spec
-
-    spec, tokenizer = load_spec(SPEC), AutoTokenizer.from_pretrained(assets["policy"])
-    questions = [json.loads(line)["input"] for line in assets["prompts"].read_text().splitlines()]
-    ends = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
-
-    def question(prompt):
-        (found,) = [q for q in questions if f"<|im_start|>user\n{q}<|im_end|>" in prompt]
-        return found
-
-    def response(ids):
-        cut = next((i for i, t in enumerate(ids) if t in ends), len(ids))
-        return tokenizer.decode(ids[:cut]).strip()
-
-    scorer = Scorer.from_pretrained(assets["rm"], mapping="moslim")  # launch/common.sh's MOSLIM_MAPPING default
-    result = scorer.score(
-        [question(r["prompt"]) for r in records],
-        [response(r["response"]) for r in records],
-        [label_to_request(spec, r["label"]) for r in records],
-    )
-    return result.rewards.tolist()
 
 
 def check_trained(run: Run, assets, remote=False):
