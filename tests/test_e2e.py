@@ -136,14 +136,16 @@ def test_each_launch_estimator_trains_through_openrlhf_loop_with_the_scorer_rewa
         assert (run.save / "ckpt" / "_critic" / f"global_step{STEPS}").is_dir()
 
 
-def check_bad_label_counted(run, assets):
+def check_bad_label_counted(run, assets, log: str):
+    """The prompt with the bad label gave n_samples_per_prompt samples: each got the fallback reward 0, counted in
+    moslim/errors (n / 8 at its step), with its reason in `log`; every other sample was scored as usual."""
     _, records = check_trained(run, assets, remote=True)
-    (bad,) = [r for r in records if BAD_FINGERPRINT in r["label"]]
-    assert bad["reward"] == 0.0 and bad["info"]["moslim/errors"] == 1.0  # the fallback reward, counted
-    assert all(r["info"]["moslim/errors"] == 0.0 for r in records if r is not bad)
-    scalars = run.scalars()
-    assert scalars["train/moslim/errors"][bad["call"]] == pytest.approx(1 / SAMPLES_PER_STEP)
-    assert "bad sample" in run.output() and BAD_FINGERPRINT in run.output()  # logged with its reason
+    bad = [r for r in records if BAD_FINGERPRINT in r["label"]]
+    assert len(bad) == 4 and len({r["call"] for r in bad}) == 1  # rloo / reinforce_pp: 4 samples per prompt
+    assert all(r["reward"] == 0.0 and r["info"]["moslim/errors"] == 1.0 for r in bad)
+    assert all(r["info"]["moslim/errors"] == 0.0 for r in records if r not in bad)
+    assert run.scalars()["train/moslim/errors"][bad[0]["call"]] == pytest.approx(len(bad) / SAMPLES_PER_STEP)
+    assert log.count(f"bad sample: label was made for spec fingerprint '{BAD_FINGERPRINT}'") == len(bad)
 
 
 # The remote paths run with prompts conditioned offline (one row's label names another spec) and without
@@ -155,7 +157,7 @@ REMOTE_OVERLAY = dict(drop=("--moslim.strict",), drop_with_value=("--moslim.samp
 def test_remote_reward_function_scores_like_the_scorer_and_counts_a_bad_label(e2e):
     prompts = e2e.prepared_prompts_with_a_bad_label()
     run = e2e.run("rloo-remote", "rloo", "remote", prompts=prompts, **REMOTE_OVERLAY)
-    check_bad_label_counted(run, e2e.assets)
+    check_bad_label_counted(run, e2e.assets, run.output())  # the reward function logs in the rollout engine
 
 
 @pytest.mark.e2e_matrix
@@ -188,7 +190,7 @@ def test_serve_reward_scores_like_the_scorer_and_counts_a_bad_label(e2e):
         server.terminate()
         server.wait(timeout=60)
         log.close()
-    check_bad_label_counted(run, e2e.assets)
+    check_bad_label_counted(run, e2e.assets, (e2e.work / "serve-reward.log").read_text())  # the server logs it
 
 
 @pytest.mark.e2e_matrix
@@ -197,7 +199,9 @@ def test_a_bad_label_stops_the_in_process_run_with_its_reason(e2e):
     run = e2e.run("reinforce-bad", "reinforce_pp", prompts=prompts, drop_with_value=("--moslim.sampling",))
     output = run.output()
     assert run.returncode != 0
-    assert "MOSLIM reward failed for 1 of" in output and BAD_FINGERPRINT in output, output[-5000:]
+    # the 4 samples of that prompt form one micro-batch of the reward actor
+    reason = f"bad sample: label was made for spec fingerprint '{BAD_FINGERPRINT}'"
+    assert f"MOSLIM reward failed for 4 of 4 samples: sample 0: {reason}" in output, output[-5000:]
     assert not (run.save / "ckpt" / "global_step2_hf").exists()
 
 

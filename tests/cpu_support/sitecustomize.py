@@ -11,6 +11,10 @@ Replacements, only with MOSLIM_CPU_E2E=1, each with why (nothing else of OpenRLH
 - deepspeed.comm.torch.build_shm_op: None, skipping a minutes-long C++ build of a shared-memory all-reduce that a
   one-rank CPU run never uses (DeepSpeed picks its CPU accelerator and gloo by itself without CUDA).
 They are applied when the module is first imported, so processes that never import torch (Ray's own) pay nothing.
+Seeded, with the replacements: torch's global generator, to 0 when torch is imported. OpenRLHF's PPO trainer actor
+shuffles the prompts with it (no torch.distributed there, so not with its seeded DistributedSampler), and torch seeds
+it at random in every process: two runs of the same command would see the prompts in different orders, whatever
+--train.seed says. The resume test compares with an uninterrupted run, which needs the same order.
 
 Observers, no replacement, with MOSLIM_E2E_RECORD=<folder> (with or without the replacements): two methods of
 RemoteExperienceMaker (in the PPO trainer actor) are wrapped to record, and return their results untouched:
@@ -36,6 +40,7 @@ class CpuDevice(str):
 
 
 def patch_torch(torch):
+    torch.manual_seed(0)  # see "Seeded" above
     torch.cuda.set_device = lambda device=None: None
     torch.cuda.synchronize = lambda device=None: None
     torch.cuda.current_device = lambda: CpuDevice("cpu")
