@@ -228,16 +228,15 @@ class AsyncLLMEngine:
         yield RequestOutput(request_id=request_id, prompt_token_ids=prompt_ids, outputs=[output])
 
     def _generate(self, prompt_ids, params: SamplingParams, seed: int) -> CompletionOutput:
-        limit = self.args.max_model_len
-        if params.max_tokens is None or (limit and len(prompt_ids) + params.max_tokens > limit):
-            raise ValueError(
-                f"prompt of {len(prompt_ids)} tokens + max_tokens {params.max_tokens} exceeds max_model_len {limit}"
-            )
+        limit = self.args.max_model_len or self.model.config.max_position_embeddings
+        max_tokens = limit - len(prompt_ids) if params.max_tokens is None else params.max_tokens  # vLLM's default
+        if len(prompt_ids) + max_tokens > limit:
+            raise ValueError(f"{len(prompt_ids)} prompt tokens + max_tokens {max_tokens} exceed max_model_len {limit}")
         generator = torch.Generator().manual_seed(seed)
         tokens, logprobs, finish = [], [], "length"
         with self.lock, torch.inference_mode():
             out = self.model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
-            for step in range(params.max_tokens):
+            for step in range(max_tokens):
                 logits = out.logits[0, -1].float()
                 if step < params.min_tokens:
                     logits[list(self.stop_ids)] = float("-inf")
