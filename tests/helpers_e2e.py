@@ -120,19 +120,14 @@ def train_rm(target: Path, shared_data: Path, work: Path, env: dict, backbone=No
 
     from moslim_plugin.demo.real_models import minilm_path
 
-    ratings = []
-    for subset in ("helpful", "harmless"):
-        source = shared_data / "hh-rlhf" / f"{subset}-base-test.jsonl.gz"
-        with gzip.open(source, "rt") as f:
-            head = [next(f) for _ in range(rows_per_subset)]
-        raw = work / f"{subset}-base-head.jsonl"
-        raw.write_text("".join(head))
-        out = work / f"ratings-{subset}.jsonl"
-        cli(env, "prepare-ratings", "--data.dataset", raw, "--moslim.format", "hh_rlhf", "--moslim.spec", SPEC,
-            "--moslim.output", out)  # fmt: skip
-        ratings.append(out.read_text())
+    heads = []
+    for subset in ("helpful", "harmless"):  # the file name tells prepare-ratings the subset
+        with gzip.open(shared_data / "hh-rlhf" / f"{subset}-base-test.jsonl.gz", "rt") as f:
+            heads.append(work / f"{subset}-base-head.jsonl")
+            heads[-1].write_text("".join(next(f) for _ in range(rows_per_subset)))
     data = work / "ratings.jsonl"
-    data.write_text("".join(ratings))
+    cli(env, "prepare-ratings", "--data.dataset", ",".join(map(str, heads)), "--moslim.format", "hh_rlhf",
+        "--moslim.spec", SPEC, "--moslim.output", data)  # fmt: skip
     cli(env, "train-rm", "--model.model_name_or_path", backbone or minilm_path(), "--moslim.spec", SPEC,
         "--data.dataset", data,
         "--train.max_steps", steps, "--train.batch_size", 8, "--train.micro_batch_size", 8, "--data.max_len", 128,
