@@ -131,7 +131,7 @@ def train_rm(target: Path, shared_data: Path, work: Path, env: dict, backbone=No
     cli(env, "train-rm", "--model.model_name_or_path", backbone or minilm_path(), "--moslim.spec", SPEC,
         "--data.dataset", data,
         "--train.max_steps", steps, "--train.batch_size", 8, "--train.micro_batch_size", 8, "--data.max_len", 128,
-        "--adam.lr", "1e-4", "--ckpt.output_dir", target, "--device", device)  # fmt: skip
+        "--adam.lr", "1e-4", "--ckpt.output_dir", target, "--ckpt.max_num", 0, "--device", device)  # fmt: skip
     return target
 
 
