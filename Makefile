@@ -6,7 +6,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.moslim-setup-$(shell cat pyproject.toml tools/deps.py | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-upstream lint demo bench clean
+.PHONY: setup test test-fast test-upstream e2e lint demo bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# OpenRLHF's own training loop on CPU, every estimator and reward path of launch/ (docs/e2e.md); about 20 min.
+e2e: setup
+	$(PY) -m pytest -m e2e tests/test_e2e.py $(PYTEST_ARGS)
 
 # OpenRLHF's own shipped test suite (the `tests` package its wheel installs), run with the plugin installed.
 test-upstream: setup

@@ -518,10 +518,11 @@ def write_outputs(a, report, results, save) -> None:
         f"{' '.join(all_settings)} --best_flags={shlex.quote(a.best_flags)} --long_flags={shlex.quote(a.long_flags)} "
         f"{grid_flags} --out {out}",
     ]
+    monitors = rl_monitors(results, out)  # sets results["agreement_monitor"]
     save()
     png, md_path = out.with_suffix(".png"), out.with_suffix(".md")
     plot({n: results["cells"][n] for n in all_settings}, png)
-    md = markdown(results, results["summary"], png) + rl_monitors(results, out)
+    md = markdown(results, results["summary"], png) + monitors
     md_path.write_text(md)
     print("\n" + md)
     print(f"json: {out}\nmarkdown: {md_path}\nplot: {png}")

@@ -326,11 +326,28 @@ def small_data_recipe() -> str:
     )
 
 
-DEMO_REPORT = ROOT / "docs/demo/report.json"  # the current default pipeline's evidence run (three seeds)
+DEMO_REPORT = ROOT / "docs/demo/report.json"  # the current default pipeline's latest run (its seeds: settings.seeds)
+V7_REPORT = ROOT / "docs/demo/run_3ec2e72/report.json"  # demo_v7: the pipeline before joint requests, 3 seeds
 MAKE_DEMO_REPORT = ROOT / "docs/demo/make_demo/report.json"  # `make demo` itself, timed under the CPU lock
+# The runs the docs promise but nobody has run yet: each one's region says so, with its command, until its results
+# file exists (then `python -m bench.render_docs` renders the numbers in its place).
+COMMANDS = {
+    "demo_joint": "python -m moslim_plugin demo --seeds 1 2 3 --out runs/demo_joint",
+    "make_demo": "time make demo",
+    "numeral_probe": "python -m bench.numeral_probe --demo_dir runs/demo_joint",
+    "demo_mappings": "python -m bench.demo_ablation --demo_dir runs/demo_joint --seeds 1 2 3 --settings moslim_best "
+    "mapping_expected_level mapping_target_logprob --out bench/results/demo_mappings.json",
+    "demo_long": "python -m bench.demo_ablation --demo_dir runs/demo_joint --seeds 1 --settings long "
+    "--out bench/results/demo_long.json",
+}
 METRIC_NAMES = {"single_accuracy": "single-objective acc", "joint_accuracy": "acc under joint requests",
                 "exact_all": "exact-all, all 12", "exact_all_seen": "exact-all, seen",
                 "exact_all_unseen": "exact-all, unseen"}  # fmt: skip
+MET = {True: "met", False: "**not met**"}
+
+
+def not_run(name: str) -> str:
+    return f"**Not run yet.** The command: `{COMMANDS[name]}`."
 
 
 def policy_label(name: str) -> str:
@@ -341,32 +358,59 @@ def value_ci(m: dict) -> str:
     return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
 
 
+def monitor_text(monitor: dict) -> str:
+    """The reward-hacking monitor in one line: per run and objective, RM = oracle on the rollouts, first -> last."""
+    return "; ".join(
+        f"{run}: " + ", ".join(f"{n} {m['first']:.3f} -> {m['last']:.3f}" + (" **falling**" if m["falling"] else "")
+                              for n, m in mon.items())
+        for run, mon in monitor.items()
+    )  # fmt: skip
+
+
 @renderer
 def demo_joint() -> str:
-    """The default pipeline's evidence run: every policy's headline metrics, each MOSLIM seed's paired differences,
+    """The current default pipeline's run: every policy's headline metrics, each MOSLIM seed's paired differences,
     the targets, the level shares, the reward model and the hacking monitor (docs/demo/report.json)."""
-    from moslim_plugin.demo.report import paired_text
+    from bench.demo_ablation import demo_command
+    from moslim_plugin.demo.report import TARGETS, paired_text
 
+    if not DEMO_REPORT.is_file():
+        return not_run("demo_joint")
     report = json.loads(DEMO_REPORT.read_text())
     s, settings = report["summary"], report["settings"]
+    seeds = settings["seeds"]
     metrics = [m for m in METRIC_NAMES if m != "exact_all"]
-    lines = ["| policy | " + " | ".join(f"{METRIC_NAMES[m]} [95 % CI]" for m in metrics) + " |",
-             "|" + " --- |" * (1 + len(metrics))]  # fmt: skip
+    lines = [f"`{demo_command(report, 'runs/<name>')}`: {len(seeds)} seed{'s' * (len(seeds) != 1)} ("
+             + ", ".join(map(str, seeds)) + f"), {settings['heldout_prompts']} held-out prompts, greedy, the oracle "
+             "judges; report and plots in [docs/demo/report.md](demo/report.md).", ""]  # fmt: skip
+    lines += ["| policy | " + " | ".join(f"{METRIC_NAMES[m]} [95 % CI]" for m in metrics) + " |",
+              "|" + " --- |" * (1 + len(metrics))]  # fmt: skip
     lines += [f"| {policy_label(p)} | " + " | ".join(value_ci(h[m]) for m in metrics) + " |"
               for p, h in s["headline"].items()]  # fmt: skip
-    lines += ["", "| MOSLIM seed | against | " + " | ".join(METRIC_NAMES[m] for m in metrics) + " |",
+    lines += ["", "Paired differences (the same prompts and requests; bootstrap 95 % over prompts):", "",
+              "| MOSLIM seed | minus | " + " | ".join(METRIC_NAMES[m] for m in metrics) + " |",
               "|" + " --- |" * (2 + len(metrics))]  # fmt: skip
     lines += [f"| {p} | {ref} | " + " | ".join(paired_text(d[m]) for m in metrics) + " |"
               for p, against in s["paired"].items() for ref, d in against.items()]  # fmt: skip
     gain, single = s["targets"]["unseen_exact_all_gain"], s["targets"]["single_accuracy"]
-    met = {True: "met", False: "**not met**"}
+    minutes = report["timings_s"]["total"] / 60
+    if MAKE_DEMO_REPORT.is_file():
+        timed = json.loads(MAKE_DEMO_REPORT.read_text())["timings_s"]["total"] / 60
+        make_demo = f"{MET[timed <= TARGETS['demo_minutes']]} ({timed:.1f} min, `docs/demo/make_demo/`)"
+    else:
+        make_demo = f"not measured yet (`{COMMANDS['make_demo']}` on an idle machine)"
     lines += [
         "",
         f"- Target, unseen full combinations: every MOSLIM seed's exact-all rate >= the starting policy's + "
-        f"{gain['target']:.2f}, the paired interval above 0: {met[gain['met']]} "
+        f"{gain['target']:.2f}, the paired interval above 0: {MET[gain['met']]} "
         f"({'; '.join(f'seed {k} {paired_text(g)}' for k, g in gain['per_seed'].items())}).",
         f"- Target, single-objective accuracy (mean over MOSLIM seeds) >= {single['target']:.2f}: "
-        f"{met[single['met']]} ({single['value']:.3f}).",
+        f"{MET[single['met']]} ({single['value']:.3f}).",
+        f"- Target, `make demo` (one seed) <= {TARGETS['demo_minutes']} min on 2 idle cores: "
+        + make_demo
+        + f"; this run took {minutes:.0f} min for {len(seeds)} seed{'s' * (len(seeds) != 1)} ("
+        + ", ".join(f"{k} {v / 60:.1f}" for k, v in report["timings_s"].items() if k != "total")
+        + " min).",
         "- Level shares (every level should be >= 15 % of the policy's samples and of the RL rollouts): "
         + "; ".join(f"{where}: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
                     for where, shares in s["level_shares"].items() if shares)
@@ -375,30 +419,95 @@ def demo_joint() -> str:
         + ", ".join(f"{n} {m['macro_f1']:.3f}" for n, m in s["rm_eval"].items())
         + f" (kept the evaluation at step {s['rm_selection']['best_step']} of "
         f"{len(s['rm_selection']['history'])} evaluations).",
-        "- Hacking monitor, RM = oracle on the rollouts (first -> last quarter of the steps): "
-        + "; ".join(f"{p}: " + ", ".join(f"{n} {m['first']:.3f} -> {m['last']:.3f}" + (" FALLING" if m["falling"]
-                                                                                      else "")
-                                         for n, m in mon.items()) for p, mon in s["agreement_monitor"].items())
-        + ".",
-        f"- Wall time {report['timings_s']['total'] / 60:.0f} min for {len(settings['seeds'])} seeds ("
-        + ", ".join(f"{k} {v / 60:.1f}" for k, v in report["timings_s"].items() if k != "total")
-        + " min).",
+        "- Hacking monitor, RM = oracle on the rollouts (first -> last quarter of the RL steps): "
+        + monitor_text(s["agreement_monitor"]) + ".",
     ]  # fmt: skip
+    if len(seeds) < 3:
+        lines += [f"- The 3-seed evidence run has not been run yet: `{COMMANDS['demo_joint']}`."]
     return "\n".join(lines)
 
 
 @renderer
-def make_demo_timing() -> str:
-    """`make demo` (the default: one seed) timed under the CPU lock: total and stages against the 30-minute bar."""
-    report = json.loads(MAKE_DEMO_REPORT.read_text())
-    t = report["timings_s"]
-    return (
-        f"`make demo` (one seed, the defaults) took **{t['total'] / 60:.1f} min** against the 30-minute bar ("
-        + ", ".join(f"{k} {v / 60:.1f}" for k, v in t.items() if k != "total")
-        + f" min); its single-objective accuracy {report['summary']['moslim_accuracy_mean']:.3f}, unseen exact-all "
-        f"{report['summary']['headline']['MOSLIM seed 1']['exact_all_unseen']['value']:.3f} (starting policy "
-        f"{report['summary']['headline']['base']['exact_all_unseen']['value']:.3f})."
+def numeral_probe() -> str:
+    """The fooling test of the numbered-words RM (bench/results/numeral_probe.json)."""
+    from bench.numeral_probe import MAX_CHANGED, MIN_MACRO_F1
+
+    if not (RESULTS_DIR / "numeral_probe.json").is_file():
+        return not_run("numeral_probe")
+    result = load("numeral_probe")
+    config = result["config"]
+    rm, r = next(iter(result["results"].items()))
+    fooled = sorted(r["fooled_per_numeral"].items(), key=lambda kv: -kv[1])[:5]
+    f1 = r["length_macro_f1_heldout"]
+    share = r["changed_share"]
+    text = (
+        f"`python -m bench.numeral_probe {' '.join(config['command'])}` ({result['machine']['date_utc']}), the RM in "
+        f"`{rm}`: each numeral {config['numerals'][0]}-{config['numerals'][1]} appended and prepended to each of the "
+        f"run's {r['short_answers']} samples short enough to stay at the shortest length level with one word more "
+        f"({r['edited_answers']} edited answers): the predicted length level changed for **{r['changed']}** "
+        f"({100 * share:.2f} %; target <= {100 * MAX_CHANGED:g} %: {MET[share <= MAX_CHANGED]})"
     )
+    text += f", most often for {', '.join(f'{k} ({v})' for k, v in fooled)}" if fooled else ""
+    if f1 is not None:  # None when other RMs than the run's own were probed
+        text += f". The length head's held-out macro-F1: **{f1:.3f}** (target >= {MIN_MACRO_F1}: "
+        text += f"{MET[f1 >= MIN_MACRO_F1]})"
+    return text + "."
+
+
+@renderer
+def demo_mappings() -> str:
+    """The mapping ablation: the demo's flags and RM under each built-in mapping (bench/results/demo_mappings.json)."""
+    from moslim_plugin.demo.report import paired_text
+
+    if not (RESULTS_DIR / "demo_mappings.json").is_file():
+        return not_run("demo_mappings")
+    result = load("demo_mappings")
+    rows = {n: s for n, s in result["summary"]["settings"].items() if n == "moslim_best" or n.startswith("mapping_")}
+    metrics = ("single_accuracy", "joint_accuracy", "exact_all_seen", "exact_all_unseen")
+    lines = [f"`{result['commands'][-1]}`:", "",
+             "| mapping | seeds | " + " | ".join(f"{METRIC_NAMES[m]}, mean" for m in metrics)
+             + " | unseen exact-all minus the starting policy, per seed | single acc minus the `moslim` mapping, per "
+             "seed |", "|" + " --- |" * (4 + len(metrics))]  # fmt: skip
+    for name, s in rows.items():
+        cells = result["cells"][name]
+        mapping = next(iter(cells.values()))["mapping"]
+
+        def per_seed(against, metric, cells=cells):
+            return "; ".join(f"{seed}: {paired_text(c['paired'][against][metric])}" for seed, c in cells.items()
+                             if metric in c["paired"].get(against, {})) or "-"  # fmt: skip
+
+        lines.append(
+            f"| `{mapping}` | {', '.join(s['seeds'])} | "
+            + " | ".join(f"{s['headline_mean'][m]:.3f}" for m in metrics)
+            + f" | {per_seed('starting policy', 'exact_all_unseen')} | "
+            + ("-" if mapping == result["demo_settings"]["mapping"] else per_seed("demo MOSLIM, same seed",
+                                                                                  "single_accuracy"))
+            + " |"
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
+@renderer
+def demo_long() -> str:
+    """The long run: the demo's flags with more RL steps on one seed, a curve point every few steps
+    (bench/results/demo_long.json)."""
+    if not (RESULTS_DIR / "demo_long.json").is_file():
+        return not_run("demo_long")
+    result = load("demo_long")
+    seed, cell = next(iter(result["cells"]["long"].items()))
+    curve_metrics = ("single_accuracy", "exact_all_seen", "exact_all_unseen")
+    lines = [f"`{result['commands'][-1]}` (seed {seed}; `--long_flags` `{result['inputs']['long_flags']}`), greedy, "
+             "the curve on the first held-out prompts:", "",
+             "| RL step | " + " | ".join(f"{METRIC_NAMES[m]} [95 % CI]" for m in curve_metrics) + " |",
+             "|" + " --- |" * (1 + len(curve_metrics))]  # fmt: skip
+    points = [h for h in cell["history"] if "curve" in h]
+    lines += [f"| {h['step']} | " + " | ".join(value_ci(h["curve"][m]) if m in h["curve"] else "-"
+                                              for m in curve_metrics) + " |" for h in points]  # fmt: skip
+    lines += ["", f"At the end, on all {result['demo_settings']['heldout_prompts']} held-out prompts: "
+              + ", ".join(f"{METRIC_NAMES[m]} {value_ci(cell['headline'][m])}" for m in curve_metrics) + ".",
+              "", "Hacking monitor, RM = oracle on the rollouts (first -> last quarter of the RL steps): "
+              + monitor_text(result["agreement_monitor"]) + "."]  # fmt: skip
+    return "\n".join(lines)
 
 
 def headline(name: str, metric: str) -> float:
@@ -408,13 +517,36 @@ def headline(name: str, metric: str) -> float:
 @renderer
 def readme_results() -> str:
     """The README's results in brief: one row per result, every number from its JSON."""
-    demo = json.loads(DEMO_REPORT.read_text())["summary"]
-    v6, tagged = load("demo_ablation")["summary"]["settings"], load("demo_ablation_v7_base_tagged")["summary"]
-    seeds_overlap = any(
-        overlap(c, demo["base_accuracy_ci95"]) or overlap(c, demo["ric_accuracy_ci95"])
-        for c in demo["moslim_accuracy_ci95"]
+    from bench.demo_ablation import demo_command
+    from moslim_plugin.demo.report import paired_text
+
+    v7 = json.loads(V7_REPORT.read_text())["summary"]
+    tagged = load("demo_ablation_v7_base_tagged")["summary"]
+    relabel, best = (load("demo_ablation")["summary"]["settings"][n] for n in ("moslim_relabel", "moslim_best"))
+    v7_overlap = any(
+        overlap(c, v7["base_accuracy_ci95"]) or overlap(c, v7["ric_accuracy_ci95"]) for c in v7["moslim_accuracy_ci95"]
     )
-    rm = demo["rm_eval"]
+    if DEMO_REPORT.is_file():
+        report = json.loads(DEMO_REPORT.read_text())
+        s, seeds = report["summary"], report["settings"]["seeds"]
+        gain, single = s["targets"]["unseen_exact_all_gain"], s["targets"]["single_accuracy"]
+        joint = (
+            f"demo, joint requests, {len(seeds)} seed{'s' * (len(seeds) != 1)}: exact-all on unseen combinations, "
+            "MOSLIM minus the starting policy (paired 95 % CI); single-objective acc",
+            f"{'; '.join(paired_text(g) for g in gain['per_seed'].values())} (target +{gain['target']:.2f}, "
+            f"interval above 0: {MET[gain['met']]}); {single['value']:.3f} (target {single['target']:.2f}: "
+            f"{MET[single['met']]})",
+            "[results](docs/results.md#joint-control-the-current-default-pipeline): "
+            f"`{demo_command(report, 'runs/<name>')}`",
+        )
+        rm, rm_run = s["rm_eval"], "current default"
+    else:
+        joint = (
+            "demo, joint requests (the current default)",
+            "not run yet",
+            f"[results](docs/results.md#joint-control-the-current-default-pipeline): `{COMMANDS['demo_joint']}`",
+        )
+        rm, rm_run = v7["rm_eval"], "demo_v7"
     recipe = load("small_data_recipe")["results"]
     hh = load("hh_rlhf_check")["results"]["backbones"]
     hh_overlap = all(
@@ -427,15 +559,16 @@ def readme_results() -> str:
         for b in hh.values()
     )
     rows = [
-        ("demo, held-out exact-level accuracy, 3 seeds: MOSLIM vs starting policy vs RiC",
-         f"{demo['moslim_accuracy_mean']:.3f} vs {demo['base_accuracy']:.3f} vs {demo['ric_accuracy']:.3f}"
-         + ("; intervals overlap" if seeds_overlap else "") + "; the demo's target not reached",
-         "[results](docs/results.md#the-current-default-pipeline-demo_v7): `python -m moslim_plugin demo`"),
+        joint,
+        ("demo before joint requests (demo_v7), single-objective acc, 3 seeds: MOSLIM vs starting policy vs RiC",
+         f"{v7['moslim_accuracy_mean']:.3f} vs {v7['base_accuracy']:.3f} vs {v7['ric_accuracy']:.3f}"
+         + ("; intervals overlap" if v7_overlap else ""),
+         "[results](docs/results.md#before-joint-requests-demo_v7)"),
         ("demo, the directive as a plain sentence vs a tagged record (starting policy)",
          f"{tagged['settings']['base_natural']['accuracy_mean']:.3f} vs "
          f"{tagged['settings']['base_tagged']['accuracy_mean']:.3f}",
          "[results](docs/results.md#ablation-on-demo_v7): `python -m bench.demo_ablation`"),
-        ("demo reward model, held-out macro-F1 per head (" + " / ".join(rm) + ")",
+        (f"demo reward model ({rm_run}), held-out macro-F1 per head (" + " / ".join(rm) + ")",
          " / ".join(f"{m['macro_f1']:.3f}" for m in rm.values()),
          "[results](docs/results.md#the-demos-reward-model): `python -m bench.demo_rm_check`"),
         (f"a first reward model on {recipe['rows']} rated rows, on a CPU: the recipe above, run as written",
@@ -451,8 +584,8 @@ def readme_results() -> str:
             SHORT_NAMES.get(n, n) for n in hh) + ")",
          hh_cells + ("; intervals overlap" if hh_overlap else ""),
          "[results](docs/results.md#reward-models-on-real-preference-data): `python -m bench.hh_rlhf_check`"),
-        ("cross-directive relabelling vs the demo's RL setting",
-         f"{v6['moslim_relabel']['accuracy_mean']:.3f} vs {v6['moslim_best']['accuracy_mean']:.3f}: retired",
+        ("cross-directive relabelling vs the demo's RL setting (demo_v6)",
+         f"{relabel['accuracy_mean']:.3f} vs {best['accuracy_mean']:.3f}: retired",
          "[relabelling](docs/relabelling.md)"),
     ]  # fmt: skip
     lines = ["| result | number | doc and command |", "| --- | --- | --- |"]

@@ -531,12 +531,14 @@ def launcher_results(bad, tiny_bert, taken_port):
     lines = [p.values[1:] for p in cases(lambda c: c == "train_ppo_ray")]
     argvs = [shlex.split(fill(args, bad, tiny_bert, taken_port)) for args, _ in lines]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(VLLM_STUB), os.environ.get("PYTHONPATH", "")]))
+    before = snapshot(bad)
     proc = subprocess.run(
         [sys.executable, "-c", LAUNCHER_DRIVER, json.dumps(argvs)],
         env=env, capture_output=True, text=True, timeout=600, cwd=bad / "cwd",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(zip((args for args, _ in lines), json.loads(proc.stdout.splitlines()[-1])))
+    results = dict(zip((args for args, _ in lines), json.loads(proc.stdout.splitlines()[-1])))
+    return results, sorted(snapshot(bad) - before)
 
 
 @pytest.mark.integration
@@ -544,8 +546,10 @@ def launcher_results(bad, tiny_bert, taken_port):
 def test_a_bad_train_ppo_ray_flag_is_one_line_naming_it_with_exit_2_before_ray_starts(
     command, args, fragment, launcher_results, bad, tiny_bert, taken_port
 ):
-    rc, err = launcher_results[args]
+    results, left_behind = launcher_results
+    rc, err = results[args]
     assert rc == 2 and "Traceback" not in err and err.count("\n") == 1, (rc, err)
+    assert not left_behind, left_behind  # the lines ran together: none of them may leave anything
     assert err.startswith("moslim-openrlhf train_ppo_ray: error:"), err
     assert fill(fragment, bad, tiny_bert, taken_port) in err, err
 

@@ -118,7 +118,9 @@ def test_a_moslim_setting_whose_flags_are_the_demos_is_taken_from_its_report(dem
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_mapping_settings_train_with_their_own_mapping_and_the_long_setting_logs_a_learning_curve(demo_dir, tmp_path):
+def test_mapping_settings_train_with_their_own_mapping_and_the_long_setting_logs_a_learning_curve(
+    demo_dir, tmp_path, monkeypatch
+):
     from bench.demo_ablation import main_run
 
     out = tmp_path / "mappings.json"
@@ -136,6 +138,73 @@ def test_mapping_settings_train_with_their_own_mapping_and_the_long_setting_logs
     md = out.with_suffix(".md").read_text()
     assert "Learning curve" in md and "RM against the oracle on the RL rollouts" in md and "| long seed 1 |" in md
     assert out.with_name("mappings_curve.png").stat().st_size > 0
+    # The docs' regions render from this JSON once it lies in bench/results (the same file serves both here).
+    monitor = result["agreement_monitor"]["long seed 1"]
+    assert set(monitor) == {"length", "format", "formality"}
+    rendered = render_from(tmp_path, monkeypatch, out, ("demo_mappings", "demo_long"))
+    head = mapped["headline"]
+    paired = mapped["paired"]["demo MOSLIM, same seed"]["single_accuracy"]
+    assert (f"| `target_logprob` | 1 | {head['single_accuracy']['value']:.3f} | {head['joint_accuracy']['value']:.3f}"
+            in rendered["demo_mappings"]) and f"1: {paired['diff']:+.3f}" in rendered["demo_mappings"]  # fmt: skip
+    assert "--settings mapping_target_logprob long" in rendered["demo_mappings"]
+    curve = [h["curve"]["exact_all_unseen"]["value"] for h in long["history"] if "curve" in h]
+    rows = [line for line in rendered["demo_long"].splitlines() if line.startswith(("| 0 |", "| 1 |", "| 2 |"))]
+    assert [row.split(" | ")[3].split()[0] for row in rows] == [f"{v:.3f}" for v in curve]
+    assert f"length {monitor['length']['first']:.3f} -> {monitor['length']['last']:.3f}" in rendered["demo_long"]
+
+
+def render_from(tmp_path, monkeypatch, result, names) -> dict:
+    """Render the docs regions `names` from `result` copied in as each one's results file."""
+    from bench import render_docs
+
+    monkeypatch.setattr(render_docs, "RESULTS_DIR", tmp_path / "results")
+    (tmp_path / "results").mkdir(exist_ok=True)
+    for name in names:
+        (tmp_path / "results" / f"{name}.json").write_text(result.read_text())
+    return {name: render_docs.RENDERERS[name]() for name in names}
+
+
+@pytest.mark.unit
+def test_a_docs_region_whose_run_has_not_been_made_says_so_with_its_command(tmp_path, monkeypatch):
+    from bench import render_docs
+
+    monkeypatch.setattr(render_docs, "DEMO_REPORT", tmp_path / "report.json")
+    assert "| demo, joint requests (the current default) | not run yet |" in render_docs.readme_results()
+    monkeypatch.setattr(render_docs, "RESULTS_DIR", tmp_path)
+    for name in ("demo_joint", "demo_long", "demo_mappings", "numeral_probe"):
+        assert render_docs.RENDERERS[name]() == f"**Not run yet.** The command: `{render_docs.COMMANDS[name]}`."
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_docs_render_a_joint_demo_report_with_each_target_met_or_not(demo_dir, tmp_path, monkeypatch):
+    from bench import render_docs
+    from bench.numeral_probe import main_run as numeral_probe
+
+    monkeypatch.setattr(render_docs, "DEMO_REPORT", demo_dir / "report.json")
+    s = json.loads((demo_dir / "report.json").read_text())["summary"]
+    text, readme = render_docs.demo_joint(), render_docs.readme_results()
+    gain, single = s["targets"]["unseen_exact_all_gain"], s["targets"]["single_accuracy"]
+    verdict = {True: "met", False: "**not met**"}
+    assert (
+        f"exact-all rate >= the starting policy's + 0.10, the paired interval above 0: {verdict[gain['met']]}" in text
+    )
+    assert f"MOSLIM seeds) >= 0.80: {verdict[single['met']]} ({single['value']:.3f})" in text
+    assert "`make demo` (one seed) <= 30 min on 2 idle cores: not measured yet" in text
+    assert "The 3-seed evidence run has not been run yet" in text  # this run has one seed
+    d = s["paired"]["MOSLIM seed 1"]["starting policy"]["exact_all_unseen"]
+    assert f"{d['diff']:+.3f}" in readme and f"{single['value']:.3f} (target 0.80: {verdict[single['met']]})" in readme
+    # The fooling test on this run's RM: every short sample with each numeral appended and prepended.
+    out = tmp_path / "numeral_probe.json"
+    assert (
+        numeral_probe(["--demo_dir", str(demo_dir), "--numerals", "1", "3", "--threads", "1", "--out", str(out)]) == 0
+    )
+    r = next(iter(json.loads(out.read_text())["results"].values()))
+    assert r["short_answers"] > 0 and r["edited_answers"] == r["short_answers"] * 3 * 2
+    assert r["length_macro_f1_heldout"] == s["rm_eval"]["length"]["macro_f1"]
+    probe = render_from(tmp_path, monkeypatch, out, ("numeral_probe",))["numeral_probe"]
+    assert f"changed for **{r['changed']}** ({100 * r['changed_share']:.2f} %" in probe
+    assert f"target <= 1 %: {verdict[r['changed_share'] <= 0.01]}" in probe
 
 
 @pytest.mark.integration

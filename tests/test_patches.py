@@ -4,6 +4,7 @@ applied when OpenRLHF imports the patched module, is tested in test_ray_integrat
 
 import dataclasses
 import gzip
+import importlib.abc
 import importlib.util
 import itertools
 import json
@@ -224,6 +225,41 @@ def test_a_refused_patch_stays_refused_on_every_later_import(altered_prompts_dat
     with pytest.warns(UserWarning, match="applying anyway"):
         module = importlib.import_module("altered_prompts_dataset")
     assert module.PromptDataset.__init__.__moslim_patch__ == "prompt_dataset"
+
+
+class AskEveryFinder(importlib.abc.MetaPathFinder):
+    """A finder built like the plugin's (it asks every other finder, the plugin's included), as another package or a
+    test harness may install: it records what it found and finds nothing itself."""
+
+    def __init__(self, name):
+        self.name, self.found = name, []
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    self.found.append(spec.name)
+                    return spec
+        return None
+
+
+@pytest.mark.integration
+def test_patching_on_import_coexists_with_another_finder_that_asks_every_finder(
+    altered_prompts_dataset, reverted, monkeypatch
+):
+    import importlib
+
+    monkeypatch.setenv(patches.ALLOW_ENV, "1")  # the altered copy: only the import path is under test here
+    other = AskEveryFinder("altered_prompts_dataset")
+    monkeypatch.setattr(sys, "meta_path", [other, *sys.meta_path])
+    patches.apply_on_import([altered_prompts_dataset])
+    with pytest.warns(UserWarning, match="applying anyway"):
+        module = importlib.import_module("altered_prompts_dataset")  # no endless finder recursion
+    assert module.PromptDataset.__init__.__moslim_patch__ == "prompt_dataset"
+    assert "altered_prompts_dataset" in other.found
 
 
 DIFF_WORLD = """

@@ -7,7 +7,8 @@ dist-info, copied by their RECORD), cp312 manylinux wheels in /tmp/gpuprep/whl (
 
 It also writes .gpu_policy1/ and .gpu_policy2/: SmolLM2-135M-Instruct's GGUF (the demo's policy, 94 MiB, which xz
 only brings to 86 MiB) cut in two halves, each carried by its own staging call (bench/device/README.md).
-`--policy_only` writes just those.
+`--policy_only` writes just those. `--ray_native` (also) writes .gpu_ray/ray_native.tar.xz: Ray's native parts,
+which the bundle leaves out and the e2e step needs.
 """
 
 import gzip
@@ -32,6 +33,7 @@ WORK = Path("/tmp/gpuprep/final")
 OUT = REPO / ".gpu"
 OUT_TF = REPO / ".gpu_tf515"
 OUT_POLICY = [REPO / ".gpu_policy1", REPO / ".gpu_policy2"]
+OUT_RAY = REPO / ".gpu_ray"
 MINILM_BF16 = Path("/tmp/gpuprep/minilm/model.safetensors")  # made by cast_minilm() if missing
 
 PURE = [
@@ -71,6 +73,8 @@ RAY_DROP = [
     "air",
     "cpp",
 ]
+# What a Ray cluster needs of RAY_DROP (the e2e step starts one): .gpu_ray/ray_native.tar.xz (`--ray_native`)
+RAY_NATIVE = RAY_DROP[:3] + ["dashboard", "_private/runtime_env/agent/thirdparty_files"]
 
 
 def norm(s):
@@ -170,11 +174,29 @@ def split_policy():
     assert hashlib.sha256(joined).hexdigest() == digest, "the two parts do not rebuild the GGUF"
 
 
+def ray_native():
+    """RAY_NATIVE from the same cp312 wheel as the bundle's Ray: the e2e step starts a real Ray cluster. Paths start
+    at `ray/`, so unpacking into .gpu/site completes the bundle's Ray; one staging call carries .gpu_ray."""
+    work = WORK.parent / "ray_native"
+    shutil.rmtree(work, ignore_errors=True)
+    unzip_wheel(WHEELS[0], work / "full")
+    for rel in RAY_NATIVE:
+        src, dst = work / "full" / "ray" / rel, work / "site" / "ray" / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
+    for p in list((work / "site").rglob("__pycache__")):
+        shutil.rmtree(p)
+    (OUT_RAY / "ray_native.tar.xz").unlink(missing_ok=True)
+    pack(work / "site", ["ray"], OUT_RAY / "ray_native.tar.xz")
+
+
 def main():
     print("policy parts")
     split_policy()
     if sys.argv[1:] == ["--policy_only"]:
         return
+    if sys.argv[1:] == ["--ray_native"]:
+        return ray_native()
     if not MINILM_BF16.is_file():
         cast_minilm()
     shutil.rmtree(WORK, ignore_errors=True)

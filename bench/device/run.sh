@@ -9,12 +9,14 @@
 #
 # Steps (MOSLIM_GPU_STEPS, default "smoke pytest bench"): unpack -> smoke: versions + import smoke -> pytest: pytest
 # -m gpu -> bench: bash bench/gpu.sh (-> bench.run_all --doc_only if gpu.sh was cut) -> demo: the demo's gpu preset
-# (`--demo.size gpu --device cuda`), its report in $OUT. Each step runs in its own session and is killed with all its
+# (`--demo.size gpu --device cuda`), its report in $OUT -> e2e: OpenRLHF's own loop with real vLLM
+# (bench/device/e2e.py), $OUT/e2e_gpu.json. Each step runs in its own session and is killed with all its
 # children past its limit; the whole stays within MOSLIM_GPU_BUDGET_S (default 430 s) plus ~25 s. A failing step does
 # not stop the next; exit 1 if any failed.
 # Env: MOSLIM_GPU_BUDGET_S, MOSLIM_GPU_TRANSFORMERS=image (ignore .gpu_tf515 even if carried), MOSLIM_GPU_STEPS,
 # MOSLIM_GPU_DRY_RUN=1 (CPU, no bundle, no unpack, bench skipped: needs CUDA), MOSLIM_GPU_DEMO_ARGS (more demo flags),
-# MOSLIM_GPU_POLICY (default /tmp/moslim_policy: the SmolLM2 GGUF parts the staging calls left), PY (default python3).
+# MOSLIM_GPU_POLICY (default /tmp/moslim_policy: the SmolLM2 GGUF parts the staging calls left), MOSLIM_GPU_RAY
+# (default /tmp/moslim_ray: Ray's native parts, staged for the e2e step), PY (default python3).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE/.."
@@ -29,6 +31,7 @@ RUN_STEPS=" ${MOSLIM_GPU_STEPS:-smoke pytest bench} "
 DRY=${MOSLIM_GPU_DRY_RUN:-0}
 PY=${PY:-python3}
 POLICY=${MOSLIM_GPU_POLICY:-/tmp/moslim_policy}
+RAY_NATIVE=${MOSLIM_GPU_RAY:-/tmp/moslim_ray}
 DEMO_DIR=${MOSLIM_GPU_DEMO_DIR:-/tmp/moslim_demo}
 if [ "$DRY" = 1 ]; then  # every stage of the preset's code path, at tiny sizes (minutes on 2 CPU cores)
   DEMO_ARGS=(--demo.size gpu --device cpu --seeds 1 --demo.samples 8 --demo.rm_epochs 1 --demo.eval_prompts 1
@@ -109,6 +112,16 @@ stage_policy() {  # SmolLM2-135M's GGUF (94 MiB, more than one call carries): tw
   bounded 150 policy "$PY" -m moslim_plugin models smollm2  # dequantise once into $MOSLIM_CACHE (~50 s on 2 cores)
 }
 
+stage_ray() {  # Ray's native parts (raylet, GCS, dashboard), which the bundle leaves out: a staging call left them
+  local archive=$RAY_NATIVE/ray_native.tar.xz
+  if [ ! -f "$archive" ]; then
+    echo "!! no $archive: the e2e step starts a Ray cluster, whose native parts the bundle leaves out; stage them"
+    echo "   first (bench/device/README.md, 'The e2e step')"
+    return 1
+  fi
+  python3 -c "import sys, tarfile; tarfile.open(sys.argv[1], 'r:xz').extractall('.gpu/site', filter='data')" "$archive"
+}
+
 demo_results() {  # the report, plots and per-step logs of the demo: small files only (no checkpoints)
   cp "$DEMO_DIR/report.md" "$OUT/demo_report.md" 2>/dev/null
   cp "$DEMO_DIR/report.json" "$OUT/demo_report.json" 2>/dev/null
@@ -147,6 +160,17 @@ main() {
       rm -rf "$DEMO_DIR"
       bounded "$left" demo "$PY" -m moslim_plugin demo "${DEMO_ARGS[@]}" --out "$DEMO_DIR" || status=1
       demo_results
+    else
+      status=1
+    fi
+  fi
+
+  if wants e2e; then  # OpenRLHF's own loop with real vLLM (bench/device/e2e.py); policy and Ray staged first
+    if [ "$DRY" = 1 ] || { stage_policy && stage_ray; }; then
+      left=$(( BUDGET - $(elapsed) - 20 ))
+      (( left < 120 )) && left=120
+      bounded "$left" e2e "$PY" bench/device/e2e.py --out "$OUT" --timeout $(( left - 100 )) \
+        $([ "$DRY" = 1 ] && echo --dry_run) || status=1
     else
       status=1
     fi

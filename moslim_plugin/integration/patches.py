@@ -183,19 +183,29 @@ _pending: dict[str, list[Patch]] = {}
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: when a pending module is found by the other finders, runs its patches after exec."""
+    """Finds nothing itself: when a pending module is found by the other finders, runs its patches after exec.
+
+    Another finder built the same way (asking every other finder, this one included) would send the two into each
+    other forever: while this one is searching for a module, it answers None for that module."""
+
+    def __init__(self):
+        self.searching = set()
 
     def find_spec(self, fullname, path, target=None):
-        if fullname not in _pending:
+        if fullname not in _pending or fullname in self.searching:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
+        self.searching.add(fullname)
+        try:
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self.searching.discard(fullname)
         exec_module = spec.loader.exec_module
 
         def exec_then_patch(module):
