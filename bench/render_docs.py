@@ -360,6 +360,8 @@ def value_ci(m: dict) -> str:
 
 def monitor_text(monitor: dict) -> str:
     """The reward-hacking monitor in one line: per run and objective, RM = oracle on the rollouts, first -> last."""
+    if not monitor:
+        return "too few RL steps to compare a first and a last quarter"
     return "; ".join(
         f"{run}: " + ", ".join(f"{n} {m['first']:.3f} -> {m['last']:.3f}" + (" **falling**" if m["falling"] else "")
                               for n, m in mon.items())

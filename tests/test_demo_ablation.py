@@ -125,16 +125,16 @@ def test_mapping_settings_train_with_their_own_mapping_and_the_long_setting_logs
 
     out = tmp_path / "mappings.json"
     argv = ["--demo_dir", str(demo_dir), "--seeds", "1", "--out", str(out), "--settings", "mapping_target_logprob",
-            "long", "--long_flags", "--demo.rl_steps 2 --demo.curve_every 1 --demo.curve_prompts 1"]  # fmt: skip
+            "long", "--long_flags", "--demo.rl_steps 4 --demo.curve_every 2 --demo.curve_prompts 1"]  # fmt: skip
     assert main_run(argv) == 0
     result = json.loads(out.read_text())
     mapped, long = result["cells"]["mapping_target_logprob"]["1"], result["cells"]["long"]["1"]
     assert mapped["source"] == "run" and mapped["mapping"] == "target_logprob"  # not the demo's moslim cell
     assert set(mapped["paired"]) == {"starting policy", "demo MOSLIM, same seed"}  # the demo ran seed 1
     assert len(mapped["joint_metrics"]["combinations"]) == 12
-    # Two RL steps, a curve point at 0 (the starting policy), 1 and 2; the monitor's agreement at every step.
-    assert [h["step"] for h in long["history"] if "curve" in h] == [0, 1, 2]
-    assert len([h for h in long["history"] if "agree/length" in h]) == 2
+    # Four RL steps, a curve point at 0 (the starting policy), 2 and 4; the monitor's agreement at every step.
+    assert [h["step"] for h in long["history"] if "curve" in h] == [0, 2, 4]
+    assert len([h for h in long["history"] if "agree/length" in h]) == 4
     md = out.with_suffix(".md").read_text()
     assert "Learning curve" in md and "RM against the oracle on the RL rollouts" in md and "| long seed 1 |" in md
     assert out.with_name("mappings_curve.png").stat().st_size > 0
@@ -148,7 +148,7 @@ def test_mapping_settings_train_with_their_own_mapping_and_the_long_setting_logs
             in rendered["demo_mappings"]) and f"1: {paired['diff']:+.3f}" in rendered["demo_mappings"]  # fmt: skip
     assert "--settings mapping_target_logprob long" in rendered["demo_mappings"]
     curve = [h["curve"]["exact_all_unseen"]["value"] for h in long["history"] if "curve" in h]
-    rows = [line for line in rendered["demo_long"].splitlines() if line.startswith(("| 0 |", "| 1 |", "| 2 |"))]
+    rows = [line for line in rendered["demo_long"].splitlines() if line.startswith(("| 0 |", "| 2 |", "| 4 |"))]
     assert [row.split(" | ")[3].split()[0] for row in rows] == [f"{v:.3f}" for v in curve]
     assert f"length {monitor['length']['first']:.3f} -> {monitor['length']['last']:.3f}" in rendered["demo_long"]
 
@@ -192,6 +192,7 @@ def test_the_docs_render_a_joint_demo_report_with_each_target_met_or_not(demo_di
     assert f"MOSLIM seeds) >= 0.80: {verdict[single['met']]} ({single['value']:.3f})" in text
     assert "`make demo` (one seed) <= 30 min on 2 idle cores: not measured yet" in text
     assert "The 3-seed evidence run has not been run yet" in text  # this run has one seed
+    assert "(first -> last quarter of the RL steps): too few RL steps to compare" in text  # one RL step
     d = s["paired"]["MOSLIM seed 1"]["starting policy"]["exact_all_unseen"]
     assert f"{d['diff']:+.3f}" in readme and f"{single['value']:.3f} (target 0.80: {verdict[single['met']]})" in readme
     # The fooling test on this run's RM: every short sample with each numeral appended and prepended.
