@@ -4,9 +4,9 @@ Every sample of a finished demo run short enough to stay at the oracle's shortes
 (<= 19 words at bands 20 / 32) gets each numeral 1-100 appended ("... cat. 21") and prepended ("21 Sure, ..."): one
 word more, the same level by the oracle. Per reward model, the share of these edited answers whose predicted length
 level (the head's most likely class) differs from the one it predicts for the unedited answer is the fooling rate
-(target: <= 1 %), given per numeral where any is fooled. The length head's held-out macro-F1 comes from the run's
-report.json (`summary.rm_eval`, what train-rm measured on its held-out split; target: >= 0.98). Not a `make bench`
-script (no `main`): it needs a finished demo run.
+(target: <= 1 %), given per numeral where any is fooled. The length head's held-out macro-F1 is what train-rm
+measured on the RM's held-out split (`eval_metrics.json` beside each RM; the demo's report.json copies it; target:
+>= 0.98). Not a `make bench` script (no `main`): it needs a demo run's samples and RM (the RM stage done is enough).
 
     python -m bench.numeral_probe --demo_dir runs/demo
 """
@@ -28,7 +28,7 @@ MAX_CHANGED, MIN_MACRO_F1 = 0.01, 0.98
 
 def main_run(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--demo_dir", required=True, help="a finished demo run (samples.jsonl, rm/, report.json)")
+    p.add_argument("--demo_dir", required=True, help="a demo run (samples.jsonl, rm/ with its eval_metrics.json)")
     p.add_argument("--rms", nargs="*", default=None, help="reward-model folders to probe (default: the run's rm/)")
     p.add_argument("--numerals", type=int, nargs=2, default=[1, 100], help="first and last numeral")
     p.add_argument("--out", default=str(RESULTS_DIR / "numeral_probe.json"))
@@ -42,7 +42,6 @@ def main_run(argv=None) -> int:
     edits = [(s["question"], f"{s['response']} {n}", n, "append") for s in short for n in numerals]
     edits += [(s["question"], f"{n} {s['response']}", n, "prepend") for s in short for n in numerals]
     assert all(length_level(text) == 0 for _, text, _, _ in edits)  # one word more: still the shortest level
-    macro_f1 = json.loads((run / "report.json").read_text())["summary"]["rm_eval"]["length"]["macro_f1"]
     results, headline = {}, []
     for rm in args.rms or [str(run / "rm")]:
         scorer = Scorer.from_pretrained(rm)
@@ -55,6 +54,7 @@ def main_run(argv=None) -> int:
             per_numeral.setdefault(f"{where} {n}", []).append(c)
         fooled = {key: sum(v) for key, v in per_numeral.items() if sum(v)}
         share = changed.float().mean().item()
+        macro_f1 = json.loads((Path(rm) / "eval_metrics.json").read_text())["metrics"]["length"]["macro_f1"]
         results[rm] = {
             "short_answers": len(short),
             "edited_answers": len(edits),
@@ -62,21 +62,21 @@ def main_run(argv=None) -> int:
             "changed_share": share,
             "predicted_level0_before": (before == 0).float().mean().item(),
             "fooled_per_numeral": fooled,
-            "length_macro_f1_heldout": macro_f1 if args.rms is None else None,
+            "length_macro_f1_heldout": macro_f1,
         }
         print(rm, json.dumps({k: v for k, v in results[rm].items() if k != "fooled_per_numeral"}), flush=True)
-        headline.append({"metric": f"{Path(rm).parent.name}: edited answers whose predicted length level changes",
-                         "value": share, "target": f"<= {MAX_CHANGED}", "met": share <= MAX_CHANGED})  # fmt: skip
-    if args.rms is None:
-        headline.append({"metric": "length head macro-F1 on its held-out split", "value": macro_f1,
-                         "target": f">= {MIN_MACRO_F1}", "met": macro_f1 >= MIN_MACRO_F1})  # fmt: skip
+        headline += [{"metric": f"{Path(rm).parent.name}: edited answers whose predicted length level changes",
+                      "value": share, "target": f"<= {MAX_CHANGED}", "met": share <= MAX_CHANGED},
+                     {"metric": f"{Path(rm).parent.name}: length head macro-F1 on its held-out split",
+                      "value": macro_f1, "target": f">= {MIN_MACRO_F1}", "met": macro_f1 >= MIN_MACRO_F1}]  # fmt: skip
     first = next(iter(results.values()))
     summary = (
         f"numerals {args.numerals[0]}-{args.numerals[1]} appended and prepended to {len(short)} short answers "
         f"({len(edits)} edits): the length level changed for {first['changed']} ({100 * first['changed_share']:.2f} "
-        f"%); held-out macro-F1 of the length head {macro_f1:.3f}"
+        f"%); held-out macro-F1 of the length head {first['length_macro_f1_heldout']:.3f}"
     )
-    config = {"demo_dir": str(run), "rms": args.rms, "numerals": args.numerals, "command": sys.argv[1:]}
+    command = sys.argv[1:] if argv is None else argv
+    config = {"demo_dir": str(run), "rms": args.rms, "numerals": args.numerals, "command": command}
     write_result("numeral_probe", config, results, summary, headline, path=args.out)
     return 0
 

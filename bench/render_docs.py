@@ -450,10 +450,10 @@ def numeral_probe() -> str:
         f"({100 * share:.2f} %; target <= {100 * MAX_CHANGED:g} %: {MET[share <= MAX_CHANGED]})"
     )
     text += f", most often for {', '.join(f'{k} ({v})' for k, v in fooled)}" if fooled else ""
-    if f1 is not None:  # None when other RMs than the run's own were probed
-        text += f". The length head's held-out macro-F1: **{f1:.3f}** (target >= {MIN_MACRO_F1}: "
-        text += f"{MET[f1 >= MIN_MACRO_F1]})"
-    return text + "."
+    return (
+        text
+        + f". The length head's held-out macro-F1: **{f1:.3f}** (target >= {MIN_MACRO_F1}: {MET[f1 >= MIN_MACRO_F1]})."
+    )
 
 
 @renderer
