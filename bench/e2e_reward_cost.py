@@ -13,7 +13,7 @@ generations and the optimiser work are the same size. Step time is OpenRLHF's ow
 time is the wall time of the reward group's forward in the step (the trainer-side observer of tests/cpu_support);
 the first step of every run (warm-up) is left out. Configurations alternate within each repeat.
 
-Run under the CPU lock: `flock /work/cpu.lock .venv/bin/python -m bench.e2e_reward_cost` (about 20 min).
+Run it on an otherwise idle machine: `.venv/bin/python -m bench.e2e_reward_cost` (about 16 min on 2 cores).
 """
 
 import argparse
