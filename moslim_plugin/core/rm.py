@@ -1,4 +1,8 @@
-"""Multi-head classification reward model: one HF backbone, one `nn.Linear` head per objective of the spec.
+"""Multi-head classification reward model: one HF backbone, one `nn.Linear` head per learned objective of the spec.
+
+Rule objectives (`rule:` in the spec, `core/rules.py`) have no head: the Scorer computes their levels exactly. The
+checkpoint still carries the whole spec, rules included, so its fingerprint covers them; a spec of rules only has no
+reward model at all (its "checkpoint" is the spec file itself, see `is_moslim_checkpoint`).
 
 The backbone is whatever `AutoModel` loads (decoders such as Llama/Qwen2/SmolLM2, encoders such as BERT/MiniLM).
 Each sequence is pooled to one vector (decoders: the last non-pad token, as OpenRLHF's RewardModel does, for left
@@ -42,8 +46,15 @@ POOLINGS = ("last", "cls", "mean")
 PAD_LOGIT = -1e9
 
 
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 def is_moslim_checkpoint(path) -> bool:
-    """True if `path` is a folder whose config.json carries a `moslim` entry (written by `save_pretrained`)."""
+    """True if `path` is a folder whose config.json carries a `moslim` entry (written by `save_pretrained`), or a spec
+    file (YAML/JSON): the weightless reward of a spec whose objectives are all rules (no stock reward model is one
+    file, so such a path is taken for MOSLIM's, and a spec with learned objectives is refused when it is loaded)."""
+    if Path(path).suffix in SPEC_SUFFIXES and Path(path).is_file():
+        return True
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         return False
@@ -172,8 +183,13 @@ class MultiHeadRewardModel(PreTrainedModel):
         # MappingStats | None: a plain attribute, never a buffer (transformers 5.x leaves non-persistent buffers
         # uninitialised on load); from_pretrained restores it after loading, save_pretrained writes it to config.
         self.stats = stats
+        if not self.spec.learned:
+            raise UserError(
+                f"{self.spec.source}: every objective is a rule, so there is no reward-model head to build or train; "
+                "score with the spec alone (Scorer(None, None, spec=spec), or the spec file as the reward model path)"
+            )
         hidden = backbone.config.hidden_size
-        self.heads = nn.ModuleList(nn.Linear(hidden, n, dtype=torch.float32) for n in self.spec.levels)
+        self.heads = nn.ModuleList(nn.Linear(hidden, n, dtype=torch.float32) for n in self.head_levels)
         self.post_init()
 
     def _resolve_pooling(self, pooling: str) -> str:
@@ -196,8 +212,13 @@ class MultiHeadRewardModel(PreTrainedModel):
         pass
 
     @property
+    def head_levels(self) -> tuple[int, ...]:
+        """Levels of each head: the spec's learned objectives (`spec.learned`), in spec order."""
+        return tuple(self.spec.levels[i] for i in self.spec.learned)
+
+    @property
     def max_levels(self) -> int:
-        return max(self.spec.levels)
+        return max(self.head_levels)
 
     @classmethod
     def from_backbone(
@@ -236,7 +257,8 @@ class MultiHeadRewardModel(PreTrainedModel):
         return hidden[torch.arange(hidden.size(0), device=hidden.device), index]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None) -> torch.Tensor:
-        """Per-head logits [B, K, Lmax], fp32; classes beyond a head's levels hold PAD_LOGIT."""
+        """Per-head logits [B, K, Lmax] (K heads: the learned objectives), fp32; classes beyond a head's levels hold
+        PAD_LOGIT."""
         # Positions count real tokens only (as OpenRLHF does), so left-padded rows see the same positions.
         position_ids = attention_mask.long().cumsum(-1) - 1
         position_ids.masked_fill_(attention_mask == 0, 1)
@@ -272,6 +294,8 @@ class MultiHeadRewardModel(PreTrainedModel):
         only. `spec`: the spec the caller expects (mismatch -> error). `device`: moved there after loading (use
         `device_map` for transformers' placement instead); any other keyword goes to transformers."""
         path = Path(pretrained_model_name_or_path)
+        if path.is_file():
+            raise UserError(f"{path} is a file, not a reward-model checkpoint folder (a spec has no weights to load)")
         if path.is_dir() and not is_moslim_checkpoint(path):
             raise UserError(
                 f"{path} is not a MOSLIM reward-model checkpoint (no config.json with a 'moslim' entry); "
@@ -315,6 +339,11 @@ class MultiHeadRewardModel(PreTrainedModel):
             from moslim_plugin.core.mappings import MappingStats
 
             model.stats = MappingStats.from_dict(stats)
+            if model.stats.levels != model.head_levels:
+                raise UserError(
+                    f"{path}/config.json: moslim.stats are for heads of levels {list(model.stats.levels)}, but the "
+                    f"model's heads have {list(model.head_levels)}"
+                )
         if device is not None:
             model = model.to(device)
         model.eval()

@@ -6,12 +6,19 @@ multi-head RM in batches, and turns the head probabilities and the requested lev
 from `core.mappings`, resolved by name. A running-statistics mapping (`norm="running"`) updates statistics
 owned by the scorer, never the model's calibration statistics.
 
+Rule objectives (`rule:` in the spec) are scored in the same call, exactly: the mapping sees each one as a one-hot
+distribution at the rule's level, and, where it gets statistics, as an exact classifier calibrated on every level
+equally often (`spec_stats`; why: docs/mappings.md, "Rule objectives"). So every mapping works unchanged, and the
+`moslim/<objective>/*` diagnostics mean the same for both kinds. A spec of rules only needs no reward model
+(`Scorer(None, None, spec=spec)`, or `from_pretrained` of the spec file).
+
 Thread safety: `score` holds a lock for the whole call, so concurrent callers (a server's threads, OpenRLHF's
 `asyncio.to_thread` reward calls) run one forward at a time; batch them upstream for throughput.
 """
 
 import copy
 import itertools
+import math
 import re
 import threading
 import unicodedata
@@ -24,7 +31,8 @@ from transformers import AutoTokenizer
 from moslim_plugin import UserError
 from moslim_plugin.core.directives import validate_request
 from moslim_plugin.core.mappings import DEFAULT_MAPPING, MappingStats, parse_mapping_kwargs, resolve_mapping
-from moslim_plugin.core.rm import MultiHeadRewardModel, ensure_pad_token, max_positions
+from moslim_plugin.core.rm import SPEC_SUFFIXES, MultiHeadRewardModel, ensure_pad_token, max_positions
+from moslim_plugin.core.spec import ObjectiveSpec, load_spec
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -123,25 +131,63 @@ class ScoreResult:
         return out
 
 
+def spec_stats(spec: ObjectiveSpec, head_stats: MappingStats | None) -> MappingStats | None:
+    """The statistics a mapping sees for the whole spec: the reward model's (`head_stats`, one row per head, i.e. per
+    learned objective) and, for each rule objective, those of an exact classifier on a calibration set holding every
+    level equally often: p[t] is 1 for a 1/L share of it, so mean 1/L and std sqrt(L - 1)/L at every level, counted
+    as many times as the heads' rows. These equal the per-sample statistics of a one-hot vector, so under the paper's
+    mapping a rule's term is the same with and without calibration: sqrt(L - 1) on target, -1/sqrt(L - 1) off it.
+    None when `head_stats` is None (the mapping then normalises per sample, or starts running statistics)."""
+    if head_stats is None:
+        return None
+    head_levels = tuple(spec.levels[i] for i in spec.learned)
+    if head_stats.levels != head_levels:
+        raise ValueError(f"statistics for heads of levels {list(head_stats.levels)}, the spec's learned objectives "
+                         f"have {list(head_levels)}")  # fmt: skip
+    stats = MappingStats.empty(spec.levels)
+    for key in ("mean", "std", "count"):
+        for row, i in enumerate(spec.learned):
+            getattr(stats, key)[i, : head_levels[row]] = getattr(head_stats, key)[row, : head_levels[row]]
+    count = head_stats.count.max().item()
+    for i, objective in enumerate(spec.objectives):
+        if objective.rule is not None:
+            n = objective.levels
+            stats.mean[i, :n], stats.std[i, :n], stats.count[i, :n] = 1 / n, math.sqrt(n - 1) / n, count
+    return stats
+
+
 class Scorer:
     def __init__(
         self,
-        model: MultiHeadRewardModel,
+        model: MultiHeadRewardModel | None,
         tokenizer,
         mapping=DEFAULT_MAPPING,
         mapping_kwargs=None,
         max_length: int = 512,
         batch_size: int = 32,
+        spec: ObjectiveSpec | None = None,
     ):
-        self.model = model.eval()
-        self.tokenizer = ensure_pad_token(tokenizer)
+        """`model`: the multi-head RM, or None (with `spec`, and no tokenizer) when every objective is a rule.
+        `spec`: the spec the caller expects (mismatch with the model's: SpecError)."""
+        if model is not None and spec is not None:
+            model.spec.check_same(spec, "Scorer")
+        spec = model.spec if model is not None else spec
+        if spec is None:
+            raise TypeError("Scorer(None, None, spec=...): without a reward model the spec is required")
+        if model is None and spec.learned:
+            learned = [spec.names[i] for i in spec.learned]
+            raise UserError(
+                f"{spec.source}: objective(s) {learned} are learned, not rules: scoring them needs a MOSLIM "
+                "reward-model checkpoint (moslim-openrlhf train-rm)"
+            )
+        self.model, self.spec = None if model is None else model.eval(), spec
+        self.tokenizer = None if tokenizer is None else ensure_pad_token(tokenizer)
         self.mapping = resolve_mapping(mapping)
         self.mapping_kwargs = parse_mapping_kwargs(self.mapping, mapping_kwargs)
         self.max_length, self.batch_size = max_length, batch_size
-        spec = model.spec
         self.levels = torch.tensor(spec.levels)
         # The scorer's own copy: running statistics must never change the checkpoint's calibration statistics.
-        self.stats = copy.deepcopy(model.stats)
+        self.stats = spec_stats(spec, None if model is None else model.stats)
         if self.mapping_kwargs.get("norm") == "running" and self.stats is None:
             self.stats = MappingStats.empty(spec.levels)
         self._lock = threading.Lock()
@@ -150,7 +196,13 @@ class Scorer:
     def from_pretrained(
         cls, path, mapping=DEFAULT_MAPPING, mapping_kwargs=None, device="cpu", dtype=torch.float32, spec=None, **kw
     ) -> "Scorer":
-        """Reward model AND its tokenizer from a MOSLIM checkpoint folder. `spec`: the spec the caller expects."""
+        """Reward model AND its tokenizer from a MOSLIM checkpoint folder, or a rules-only scorer from a spec file
+        whose objectives are all rules. `spec`: the spec the caller expects."""
+        if Path(path).suffix in SPEC_SUFFIXES and Path(path).is_file():
+            rules = load_spec(path)
+            if spec is not None:
+                rules.check_same(spec, f"loading reward {path}")
+            return cls(None, None, mapping=mapping, mapping_kwargs=mapping_kwargs, spec=rules, **kw)
         if not Path(path, "config.json").is_file():
             # Without this, transformers takes the string for a hub name and fails far from the user's mistake.
             raise UserError(f"reward model {str(path)!r}: not a MOSLIM checkpoint folder (no config.json)")
@@ -170,16 +222,33 @@ class Scorer:
         return cls(model, tokenizer, mapping=mapping, mapping_kwargs=mapping_kwargs, **kw)
 
     def classify(self, questions: list[str], responses: list[str]) -> torch.Tensor:
-        """Per-head level probabilities [B, K, Lmax] of (question, response) pairs: no request, no mapping."""
-        return self._forward(questions, responses)[0]
+        """Level probabilities [B, K, Lmax] of (question, response) pairs, every objective of the spec: the RM's for
+        learned ones, one-hot at the exact level for rules. No request, no mapping."""
+        return self._probs(questions, responses)[0]
 
-    def _forward(self, questions: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probs [B, K, Lmax], truncated [B] bool): one batched pass of the reward model, pairs too long cut.
-        A pair that repeats (one response scored under several requests) is classified once."""
+    def _probs(self, questions: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probs [B, K, Lmax] of the whole spec, truncated [B] bool: only the RM truncates, rules read everything)."""
         if len(questions) != len(responses):
             raise ValueError(
                 f"questions and responses must have the same length, got {len(questions)}, {len(responses)}"
             )
+        spec, n = self.spec, len(questions)
+        probs = torch.zeros(n, len(spec.names), max(spec.levels))
+        truncated = torch.zeros(n, dtype=torch.bool)
+        if spec.learned:
+            head_probs, truncated = self._forward(questions, responses)
+            probs[:, list(spec.learned), : head_probs.shape[-1]] = head_probs
+        rows = torch.arange(n)
+        with self._lock:  # a custom rule is user code: called from one thread at a time, like the model
+            for i, objective in enumerate(spec.objectives):
+                if objective.rule is not None:
+                    levels = [objective.level(q, r) for q, r in zip(questions, responses)]
+                    probs[rows, i, torch.tensor(levels, dtype=torch.long)] = 1.0
+        return probs, truncated
+
+    def _forward(self, questions: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probs [B, K, Lmax], truncated [B] bool): one batched pass of the reward model, pairs too long cut.
+        A pair that repeats (one response scored under several requests) is classified once."""
         pairs = list(zip(questions, responses))
         unique = {pair: i for i, pair in enumerate(dict.fromkeys(pairs))}
         if len(unique) < len(pairs):
@@ -191,7 +260,7 @@ class Scorer:
             encoded, truncated = zip(*(encode_truncated(self.tokenizer, q, r, limit, words) for q, r in pairs))
             # Similar lengths in a batch waste less compute on padding.
             order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
-            probs = torch.empty(len(encoded), len(self.model.spec.names), self.model.max_levels)
+            probs = torch.empty(len(encoded), len(self.model.heads), self.model.max_levels)
             device = next(self.model.parameters()).device
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
@@ -213,13 +282,13 @@ class Scorer:
             for i, text in enumerate(texts):
                 if not isinstance(text, str):
                     raise ValueError(f"{what}[{i}] must be a string, got {type(text).__name__}: {text!r:.80}")
-        spec = self.model.spec
+        spec = self.spec
         targets = torch.full((len(requests), len(spec.names)), -1, dtype=torch.long)
         for i, request in enumerate(requests):
             for name, level in validate_request(spec, request).items():
                 targets[i, spec.index(name)] = level
 
-        probs, truncated = self._forward(questions, responses)
+        probs, truncated = self._probs(questions, responses)
         with self._lock:
             rewards, terms = self.mapping(probs, targets, self.levels, self.stats, **self.mapping_kwargs)
 

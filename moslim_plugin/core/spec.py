@@ -12,6 +12,9 @@ A spec is a YAML or JSON file (or the same dict) of the form::
           - Give an unhelpful answer.
           - ...
         rating: {path: helpfulness, bins: [0.5, 1.5, 2.5, 3.5], range: [0, 4]}   # optional, for the ratings reader
+      - name: length
+        levels: 3
+        rule: {name: word_count, bands: [20, 60]}   # optional: checked exactly by a rule instead of an RM head
 
 `phrasing` is a template with the placeholders `{level}` (level name), `{index}` (level number), `{max}` (highest
 level number) and `{name}` (objective name). The directive always carries `name: index/max` for the parser; the
@@ -19,6 +22,10 @@ phrasing is the part the policy reads, so it defaults to the level name, or to n
 `instructions` are what the `natural` directive style says (`moslim_plugin/core/directives.py`): the requested levels
 sentences joined into a short paragraph, matched back exactly by the parser. So every sentence is non-empty, ends
 with `.`, `!` or `?`, and no sentence contains another anywhere in the spec: exact matching is then unambiguous.
+`rule` makes an objective exact: its level is computed from the response by a function (`core/rules.py`: built-in
+word/sentence-count bands, regex, bulleted list, or your own `module:function`), and no reward-model head is trained
+for it. A rule objective has no `rating` (it needs no labels); a spec whose objectives are all rules needs no reward
+model at all.
 A name bundled with the package (`helpsteer`, `hh`) loads `moslim_plugin/core/specs/<name>.yaml`.
 
 The spec travels inside every reward-model checkpoint and every prepared dataset; `fingerprint` identifies it
@@ -29,12 +36,13 @@ import hashlib
 import json
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from moslim_plugin import UserError
+from moslim_plugin.core.rules import build_rule, check_level
 
 SPECS_DIR = Path(__file__).parent / "specs"
 
@@ -42,7 +50,7 @@ _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PLACEHOLDERS = {"level", "index", "max", "name"}
 # These delimit the directive (`[Preferences] a: 1/4 (phrase); b: 0/1 [/Preferences]`), so texts must not contain them.
 _FORBIDDEN_CHARS = (";", "[", "]", "\n", "\r")
-_OBJECTIVE_KEYS = {"name", "levels", "level_names", "description", "phrasing", "rating", "instructions"}
+_OBJECTIVE_KEYS = {"name", "levels", "level_names", "description", "phrasing", "rating", "instructions", "rule"}
 # The natural directive for an empty request: also a reserved sentence, so no objective may use or contain it.
 NO_PREFERENCE_SENTENCE = "Answer in whatever way suits the question."
 _RATING_KEYS = {"path", "bins", "range"}
@@ -101,6 +109,8 @@ class Objective:
     rating: dict | None = None
     description: str = ""
     instructions: tuple[str, ...] = ()
+    rule: dict | None = None  # canonical `{"name": ..., **params}` (core/rules.py), None for a learned objective
+    _level_fn: object = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         # The one place objectives are validated; ObjectiveSpec.from_dict adds the file and index to the message.
@@ -134,6 +144,21 @@ class Objective:
             self._check_rating()
         if self.instructions != ():
             self._check_instructions()
+        if self.rule is not None:
+            if self.rating is not None:
+                raise ValueError("fields 'rule' and 'rating': a rule objective is checked exactly and has no rating")
+            try:
+                rule, level_fn = build_rule(self.rule, self.levels)
+            except ValueError as e:
+                raise ValueError(f"field 'rule': {e}") from None
+            object.__setattr__(self, "rule", rule)
+            object.__setattr__(self, "_level_fn", level_fn)
+
+    def level(self, question: str, response: str) -> int:
+        """The exact level of a rule objective for one (question, response); ValueError if the rule misbehaves."""
+        if self.rule is None:
+            raise TypeError(f"objective {self.name!r} is learned (a reward-model head), not a rule")
+        return check_level(self._level_fn(question, response), self.levels, self.name, self.rule["name"])
 
     def _check_instructions(self) -> None:
         sentences = self.instructions
@@ -199,6 +224,8 @@ class Objective:
             d["rating"] = {k: (list(v) if isinstance(v, list) else v) for k, v in self.rating.items()}
         if self.instructions:  # only when given: specs without them keep their fingerprint
             d["instructions"] = list(self.instructions)
+        if self.rule is not None:  # the same: specs without rules keep their fingerprint
+            d["rule"] = dict(self.rule)
         return d
 
 
@@ -214,6 +241,11 @@ class ObjectiveSpec:
     @property
     def levels(self) -> tuple[int, ...]:
         return tuple(o.levels for o in self.objectives)
+
+    @property
+    def learned(self) -> tuple[int, ...]:
+        """Indices of the learned objectives (no rule), in spec order: one reward-model head each."""
+        return tuple(i for i, o in enumerate(self.objectives) if o.rule is None)
 
     @property
     def has_instructions(self) -> bool:
@@ -238,7 +270,9 @@ class ObjectiveSpec:
         if self.fingerprint == other.fingerprint:
             return
         mine, theirs = dict(zip(self.names, self.levels)), dict(zip(other.names, other.levels))
-        detail = f"objectives/levels {mine} vs {theirs}" if mine != theirs else "same objectives, other names/phrasing"
+        detail = (
+            f"objectives/levels {mine} vs {theirs}" if mine != theirs else "same objectives, other names/phrasing/rules"
+        )
         raise SpecError(
             f"{what}: objective spec mismatch: {self.source} (fingerprint {self.fingerprint}) vs {other.source} "
             f"(fingerprint {other.fingerprint}); {detail}"
@@ -286,6 +320,7 @@ class ObjectiveSpec:
                         instructions=tuple(o["instructions"])
                         if isinstance(o.get("instructions"), list)
                         else o.get("instructions", ()),
+                        rule=o.get("rule"),
                     )
                 )
             except ValueError as e:
