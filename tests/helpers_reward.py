@@ -10,6 +10,32 @@ import types
 from moslim_plugin.core.directives import apply_directive, request_to_label
 from moslim_plugin.core.spec import load_spec
 
+# A learned objective beside two rules (the demo's length and format, exactly), as a user combining a format
+# requirement with a learned helpfulness head writes it.
+MIXED_SPEC = load_spec(
+    {
+        "objectives": [
+            {k: v for k, v in load_spec("helpsteer").objectives[0].to_dict().items() if k != "rating"},
+            {
+                "name": "length",
+                "levels": 3,
+                "rule": {"name": "word_count", "bands": [20, 32]},
+                "instructions": [
+                    "Answer in at most twenty words.",
+                    "Answer in 21 to 32 words.",
+                    "Answer in more than 32 words.",
+                ],
+            },
+            {
+                "name": "format",
+                "levels": 2,
+                "rule": "bulleted_list",
+                "instructions": ["Answer without a list.", "Answer as a bulleted list."],
+            },
+        ]
+    }
+)
+
 QUESTIONS = ["What is 2+2?", "Name a colour.", "How do magnets work?", "Say hello."]
 RESPONSES = ["4.", "Blue, the colour of the sky.", "Aligned electron spins make a field.", "Hello!"]
 REQUESTS = [{"helpfulness": 3, "verbosity": 1}, {"harmlessness": 1}, {"verbosity": 4}, {"helpfulness": 0}]
@@ -120,3 +146,13 @@ def serving(engine, **app_kwargs):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def asks_back(question, response, min_questions=1):
+    """A custom rule (`helpers_reward:asks_back`): level 1 when the response asks at least `min_questions`."""
+    return int(response.count("?") >= min_questions)
+
+
+def returns(question, response, value):
+    """A custom rule that returns whatever it is told: a broken rule for the error tests."""
+    return value

@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedMode
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from moslim_plugin import UserError
-from moslim_plugin.core.spec import ObjectiveSpec
+from moslim_plugin.core.spec import ObjectiveSpec, SpecError
 
 FORMAT_VERSION = 2
 # config.json's `moslim.number_words` of an RM that reads numbered words with the response's digits spelled out
@@ -184,7 +184,7 @@ class MultiHeadRewardModel(PreTrainedModel):
         # uninitialised on load); from_pretrained restores it after loading, save_pretrained writes it to config.
         self.stats = stats
         if not self.spec.learned:
-            raise UserError(
+            raise SpecError(
                 f"{self.spec.source}: every objective is a rule, so there is no reward-model head to build or train; "
                 "score with the spec alone (Scorer(None, None, spec=spec), or the spec file as the reward model path)"
             )

@@ -16,7 +16,6 @@ Thread safety: `score` holds a lock for the whole call, so concurrent callers (a
 `asyncio.to_thread` reward calls) run one forward at a time; batch them upstream for throughput.
 """
 
-import copy
 import itertools
 import math
 import re
@@ -32,7 +31,7 @@ from moslim_plugin import UserError
 from moslim_plugin.core.directives import validate_request
 from moslim_plugin.core.mappings import DEFAULT_MAPPING, MappingStats, parse_mapping_kwargs, resolve_mapping
 from moslim_plugin.core.rm import SPEC_SUFFIXES, MultiHeadRewardModel, ensure_pad_token, max_positions
-from moslim_plugin.core.spec import ObjectiveSpec, load_spec
+from moslim_plugin.core.spec import ObjectiveSpec, SpecError, load_spec
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -176,7 +175,7 @@ class Scorer:
             raise TypeError("Scorer(None, None, spec=...): without a reward model the spec is required")
         if model is None and spec.learned:
             learned = [spec.names[i] for i in spec.learned]
-            raise UserError(
+            raise SpecError(
                 f"{spec.source}: objective(s) {learned} are learned, not rules: scoring them needs a MOSLIM "
                 "reward-model checkpoint (moslim-openrlhf train-rm)"
             )

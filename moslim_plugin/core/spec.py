@@ -270,9 +270,8 @@ class ObjectiveSpec:
         if self.fingerprint == other.fingerprint:
             return
         mine, theirs = dict(zip(self.names, self.levels)), dict(zip(other.names, other.levels))
-        detail = (
-            f"objectives/levels {mine} vs {theirs}" if mine != theirs else "same objectives, other names/phrasing/rules"
-        )
+        same = "same objectives, other names/phrasing/rules"
+        detail = f"objectives/levels {mine} vs {theirs}" if mine != theirs else same
         raise SpecError(
             f"{what}: objective spec mismatch: {self.source} (fingerprint {self.fingerprint}) vs {other.source} "
             f"(fingerprint {other.fingerprint}); {detail}"
