@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moslim_plugin.core.directives import STYLES, parse_directive, render_directive
 from moslim_plugin.core.spec import load_spec
@@ -93,3 +95,31 @@ def test_demo_spec_has_an_ordinal_objective_and_round_trips_through_both_directi
     assert "a detailed answer" in render_directive(spec, request, "tagged")  # the phrase the policy reads
     for style in STYLES:
         assert parse_directive(spec, render_directive(spec, request, style)) == request
+
+
+@pytest.mark.unit
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["word", "21", "3.5", "-", "*", "•", "1.", "2)", "\n", "\n- ", "\n1. ", " ", "it's", "!"]),
+        max_size=80,
+    )
+)
+def test_the_demo_rules_give_the_oracles_level_on_every_text(parts):
+    """`--demo.rules length,format`: the RL's exact reward and the evaluation's judge never disagree."""
+    text = " ".join(parts)
+    ruled = demo_spec(rules=("length", "format"))
+    assert {o.name: o.level("q", text) for o in ruled.objectives if o.rule} == {
+        "length": length_level(text),
+        "format": format_level(text),
+    }
+
+
+@pytest.mark.unit
+def test_demo_rules_keep_the_directives_and_refuse_objectives_without_a_rule():
+    ruled, learned = demo_spec(rules=("length", "format")), demo_spec()
+    assert ruled.learned == (2,) and learned.learned == (0, 1, 2) and ruled.fingerprint != learned.fingerprint
+    request = {"length": 1, "format": 1}
+    assert render_directive(ruled, request, "natural") == render_directive(learned, request, "natural")
+    with pytest.raises(ValueError, match=r"rules \['formality'\]: a rule can score \['length', 'format'\] here"):
+        demo_spec(rules=("formality",))

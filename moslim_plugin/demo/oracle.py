@@ -16,12 +16,16 @@ since RL can only reinforce what the policy samples.
 - `address` (2): personal if the response speaks to the reader as "you" (`you`, `your`, `yourself`, ...).
 
 The oracle labels the reward model's training data and judges the evaluation; it never gives the policy its reward
-in the demo (that goes through the trained reward model, the scorer and the mapping).
+in the demo (that goes through the trained reward model, the scorer and the mapping). `length` and `format` can
+instead be scored by exact spec rules in the RL (`oracle_spec(rules=...)`, `moslim-openrlhf demo --demo.rules
+length,format`): `RULES` writes the same definitions as rules (core/rules.py), whose counting the judges share, so
+rule and oracle agree on every text.
 """
 
 import re
 
 from moslim_plugin import UserError
+from moslim_plugin.core.rules import count_list_items, count_words
 from moslim_plugin.core.spec import ObjectiveSpec, load_spec
 
 LENGTH_BANDS = (20, 32)  # words: level 0 <= 20 < level 1 <= 32 < level 2
@@ -79,9 +83,11 @@ ORACLE_OBJECTIVES = [
     },
 ]
 DEMO_OBJECTIVES = ("length", "format", "formality")
-
-_WORD_RE = re.compile(r"\S+")
-_LIST_ITEM_RE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S", re.MULTILINE)
+# The objectives an exact spec rule can score instead of a learned head, with the judges' own definitions.
+RULES = {
+    "length": {"name": "word_count", "bands": list(LENGTH_BANDS)},
+    "format": {"name": "bulleted_list", "min_items": 2},
+}
 # n't anywhere; 's / 're / 'll / 've / 'm / 'd only after a pronoun or it/that/there/here/what/who/let, so that a
 # possessive ("the body's cells") is not taken for a contraction. Straight and curly apostrophes.
 _CONTRACTION_RE = re.compile(
@@ -91,28 +97,32 @@ _CONTRACTION_RE = re.compile(
 _YOU_RE = re.compile(r"\byou(?:r|rs|rself|rselves)?\b", re.IGNORECASE)
 
 
-def oracle_spec(names=None) -> ObjectiveSpec:
-    """The spec of the named oracle objectives in the given order (default: every one the oracle judges)."""
+def oracle_spec(names=None, rules=()) -> ObjectiveSpec:
+    """The spec of the named oracle objectives in the given order (default: every one the oracle judges); those in
+    `rules` are exact rule objectives (`RULES`), the others learned."""
     by_name = {o["name"]: o for o in ORACLE_OBJECTIVES}
     names = list(by_name) if names is None else list(names)
     unknown = [n for n in names if n not in by_name]
     if unknown or not names:
         raise UserError(f"the oracle judges {list(by_name)}; got {names}")
-    spec = load_spec({"objectives": [by_name[n] for n in names]})
-    return ObjectiveSpec(spec.objectives, source=f"moslim_plugin.demo.oracle:{','.join(names)}")
+    bad_rules = [n for n in rules if n not in RULES or n not in names]
+    if bad_rules:
+        raise UserError(f"rules {bad_rules}: a rule can score {[n for n in RULES if n in names]} here")
+    spec = load_spec({"objectives": [{**by_name[n], **({"rule": RULES[n]} if n in rules else {})} for n in names]})
+    ruled = f" (rules: {','.join(n for n in names if n in rules)})" if rules else ""
+    return ObjectiveSpec(spec.objectives, source=f"moslim_plugin.demo.oracle:{','.join(names)}{ruled}")
 
 
-def demo_spec() -> ObjectiveSpec:
-    return oracle_spec(DEMO_OBJECTIVES)
+def demo_spec(rules=()) -> ObjectiveSpec:
+    return oracle_spec(DEMO_OBJECTIVES, rules)
 
 
 def length_level(text: str) -> int:
-    words = len(_WORD_RE.findall(text))
-    return sum(words > band for band in LENGTH_BANDS)
+    return sum(count_words(text) > band for band in LENGTH_BANDS)
 
 
 def format_level(text: str) -> int:
-    return int(len(_LIST_ITEM_RE.findall(text)) >= 2)
+    return int(count_list_items(text) >= 2)
 
 
 def formality_level(text: str) -> int:

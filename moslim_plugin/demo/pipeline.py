@@ -10,7 +10,9 @@
    directive RELABELLED to the levels the response actually has. RiC is the natural multi-objective baseline here:
    it needs no reward model and no RL, only the samples we already have, and it conditions on the same directive.
 4. rl: MOSLIM RL (local_rl.py, OpenRLHF's algorithm code) with the reward from the trained RM through the Scorer and
-   the `moslim` mapping, once per seed.
+   the `moslim` mapping, once per seed. With `--demo.rules length,format` those objectives are exact spec rules
+   (docs/rules.md): the Scorer computes their levels, the RM trains heads only for the others, and everything else
+   (samples, prompts, seeds, budget) stays the same, so the two runs compare exact against learned rewards.
 5. evaluate: every policy on the held-out prompts under every single-objective request and every full
    combination (greedy, plus sampled answers at the rollout temperature), judged by the ORACLE, with bootstrap 95 %
    intervals, the conditional gap, the exact-all rate of seen and unseen combinations, and each MOSLIM seed's
@@ -50,7 +52,7 @@ from moslim_plugin.demo.evaluate import (
     rm_agreement,
 )
 from moslim_plugin.demo.local_rl import add_rl_args, check_rl_args, train_policy
-from moslim_plugin.demo.oracle import demo_spec, judge, request_hits
+from moslim_plugin.demo.oracle import RULES, demo_spec, judge, request_hits
 from moslim_plugin.demo.policy import generate, load_policy, torch_device
 from moslim_plugin.demo.report import agreement_monitor, level_shares, summarize, targets, write_report
 from moslim_plugin.demo.ric import ric_sft
@@ -99,6 +101,13 @@ def build_parser():
     p.add_argument("--demo.curve_every", type=nonnegative_int, default=0,
                    help="evaluate each RL run every N steps on the first held-out prompts (0: off)")  # fmt: skip
     p.add_argument("--demo.curve_prompts", type=positive_int, default=32, help="held-out prompts the curve evaluates")
+    p.add_argument(
+        "--demo.rules",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=[],
+        help=f"comma-separated objectives scored by an exact spec rule instead of a learned RM head (of: "
+        f"{', '.join(RULES)}; docs/rules.md)",
+    )
     for key in SIZES["full"]:
         # Counts of 0 would fail far from the flag or give an empty report; only the sampled evaluation may be off.
         kind = nonnegative_int if key == "eval_samples" else positive_int
@@ -209,9 +218,9 @@ class Demo:
         kwargs = parse_mapping_kwargs(resolve_mapping(args.moslim.mapping), args.moslim.mapping_kwargs)
         if kwargs.get("norm") in ("dataset", "running"):
             kwargs = {**kwargs, "norm": "sample"}
-        check_mapping(args.moslim.mapping, kwargs, demo_spec(), None)
+        self.spec = demo_spec(args.demo.rules)
+        check_mapping(args.moslim.mapping, kwargs, self.spec, None)
         self.out = make_output_dir(args.out, "--out")
-        self.spec = demo_spec()
         self.request_weights, self.unseen = REQUEST_WEIGHTS, [dict(u) for u in UNSEEN]
         self.joint = full_requests(self.spec)
         self.policy_path = Path(args.actor.model_name_or_path or smollm2_path())
@@ -283,7 +292,9 @@ def rm_stage(demo, samples):
 def base_eval_stage(demo, model, tokenizer, scorer):
     """The starting policy's evaluation, cached in the output folder by everything it depends on."""
     a = demo.args
-    key_parts = [str(demo.policy_path), demo.heldout, a.rollout.max_new_tokens, demo.spec.fingerprint,
+    # The learned spec's fingerprint whatever --demo.rules says: the base policy's answers and the oracle's verdicts
+    # do not depend on how the RL would score them.
+    key_parts = [str(demo.policy_path), demo.heldout, a.rollout.max_new_tokens, demo_spec().fingerprint,
                  demo.placement, demo.style, demo.size["eval_samples"], a.rollout.temperature, demo.joint,
                  demo.unseen]  # fmt: skip
     key_parts += [a.device] if a.device != "cpu" else []  # GPU kernels answer slightly differently; CPU keys unchanged

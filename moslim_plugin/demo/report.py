@@ -284,6 +284,7 @@ def write_report(demo, evals, histories, summary) -> None:
     timings["total"] = round(time.time() - demo.t_start, 1)
     report = {
         "settings": {"size": demo.size, "preset": demo.preset, "device": args.device, "seeds": args.seeds,
+                     "rules": [o.name for o in spec.objectives if o.rule is not None],
                      "mapping": args.moslim.mapping, "rl_flags": flags_of(args), "policy": str(demo.policy_path),
                      "heldout_prompts": len(demo.heldout), "placement": demo.placement, "style": demo.style,
                      "judge": "oracle", "sampling": args.moslim.sampling, "request_weights": demo.request_weights,
@@ -385,8 +386,10 @@ def report_markdown(demo, evals, summary, plots) -> str:
     lines = [
         "# MOSLIM demo report",
         "",
-        f"Policy SmolLM2-135M-Instruct; reward model all-MiniLM-L6-v2 with {len(spec.names)} heads "
-        f"({', '.join(f'{n}: {lv} levels' for n, lv in zip(spec.names, spec.levels))}); mapping "
+        f"Policy SmolLM2-135M-Instruct; reward model all-MiniLM-L6-v2 with {len(spec.learned)} heads "
+        f"({', '.join(f'{spec.names[i]}: {spec.levels[i]} levels' for i in spec.learned)})"
+        + "".join(f", exact rule for {o.name} ({o.rule})" for o in spec.objectives if o.rule is not None)
+        + f"; mapping "
         f"`{args.moslim.mapping}`; estimator `{args.algo.advantage.estimator}`; {size['rl_steps']} RL steps x "
         f"{size['batch']} prompts x {args.rollout.n_samples_per_prompt} samples per seed at temperature "
         f"{args.rollout.temperature}; seeds {args.seeds}; directive placement `{demo.placement}`, style "
