@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedMode
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from moslim_plugin import UserError
-from moslim_plugin.core.spec import ObjectiveSpec, SpecError
+from moslim_plugin.core.spec import ObjectiveSpec
 
 FORMAT_VERSION = 2
 # config.json's `moslim.number_words` of an RM that reads numbered words with the response's digits spelled out
@@ -183,11 +183,8 @@ class MultiHeadRewardModel(PreTrainedModel):
         # MappingStats | None: a plain attribute, never a buffer (transformers 5.x leaves non-persistent buffers
         # uninitialised on load); from_pretrained restores it after loading, save_pretrained writes it to config.
         self.stats = stats
-        if not self.spec.learned:
-            raise SpecError(
-                f"{self.spec.source}: every objective is a rule, so there is no reward-model head to build or train; "
-                "score with the spec alone (Scorer(None, None, spec=spec), or the spec file as the reward model path)"
-            )
+        # One head per learned objective, in spec order (a spec of rules only has none: refused, naming the spec).
+        self.head_levels = self.spec.learned_spec().levels
         hidden = backbone.config.hidden_size
         self.heads = nn.ModuleList(nn.Linear(hidden, n, dtype=torch.float32) for n in self.head_levels)
         self.post_init()
@@ -210,11 +207,6 @@ class MultiHeadRewardModel(PreTrainedModel):
         # Heads keep torch's nn.Linear init (as before this was a PreTrainedModel); the backbone, a PreTrainedModel
         # itself, gets its own `_init_weights` from transformers, and loaded weights are never re-initialised.
         pass
-
-    @property
-    def head_levels(self) -> tuple[int, ...]:
-        """Levels of each head: the spec's learned objectives (`spec.learned`), in spec order."""
-        return tuple(self.spec.levels[i] for i in self.spec.learned)
 
     @property
     def max_levels(self) -> int:

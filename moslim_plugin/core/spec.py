@@ -247,6 +247,15 @@ class ObjectiveSpec:
         """Indices of the learned objectives (no rule), in spec order: one reward-model head each."""
         return tuple(i for i, o in enumerate(self.objectives) if o.rule is None)
 
+    def learned_spec(self) -> "ObjectiveSpec":
+        """The learned objectives alone, in spec order: what the reward model's heads classify and train-rm trains."""
+        if not self.learned:
+            raise SpecError(
+                f"{self.source}: every objective is a rule, so there is no reward-model head to build or train; "
+                "score with the spec alone (Scorer(None, None, spec=spec), or the spec file as the reward model path)"
+            )
+        return ObjectiveSpec(tuple(self.objectives[i] for i in self.learned), f"{self.source} (learned objectives)")
+
     @property
     def has_instructions(self) -> bool:
         return all(o.instructions for o in self.objectives)

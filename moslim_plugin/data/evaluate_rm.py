@@ -9,7 +9,9 @@ chosen side should have), found per row in this order: the row's own `"request"`
 `--moslim.request`, else, for a file named helpful*/harmless* (HH-RLHF's), that objective at its top level. Every
 row's request is checked against the model's spec before the model is loaded. Pairwise accuracy counts a tie as half
 a win (and reports the ties); every figure has a bootstrap 95 % interval.
-Writes report.md, report.json and report.png into `--output_dir`.
+Rule objectives (`rule:` in the spec) are reported as `exact`: their accuracy is the share of labels that agree with
+the rule, with no NLL or calibration error (an exact answer has none). `--model` may be the spec file of a spec of
+rules only. Writes report.md, report.json and report.png into `--output_dir`.
 
     moslim-openrlhf evaluate-rm --model ./rm --data.dataset held_out.jsonl --output_dir ./rm-eval
     moslim-openrlhf evaluate-rm --model ./rm --data.dataset harmless-base-test.jsonl.gz --output_dir ./hh-eval
@@ -61,13 +63,16 @@ def parse_request(text: str | None) -> dict | None:
 
 def evaluate_ratings(scorer, rows) -> dict:
     """Per-head metrics of rows already checked by `load_rows`."""
-    spec = scorer.model.spec
+    spec = scorer.spec
     probs = scorer.classify([r["question"] for r in rows], [r["response"] for r in rows])
     labels = torch.tensor(
         [[IGNORE if r["labels"].get(n) is None else r["labels"][n] for n in spec.names] for r in rows]
     )
     metrics = head_metrics(probs, labels, spec)
-    for k, name in enumerate(spec.names):
+    for k, (name, objective) in enumerate(zip(spec.names, spec.objectives)):
+        if objective.rule is not None:  # one-hot probabilities: NLL and ECE would only restate the accuracy
+            metrics[name] = {key: v for key, v in metrics[name].items() if key not in ("ece", "nll", "prior_nll")}
+            metrics[name].update(exact=True, rule=objective.rule)
         if metrics[name]["n"]:
             mask = labels[:, k] != IGNORE
             hits = (probs[mask, k].argmax(-1) == labels[mask, k]).float().tolist()
@@ -141,14 +146,18 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in report["heads"].items():
+        label = f"{name} (exact: rule {m['rule']['name']})" if m.get("exact") else name
         if not m["n"]:
-            lines.append(f"| {name} | 0 | - | - | - | - | - | - | - |")
+            lines.append(f"| {label} | 0 | - | - | - | - | - | - | - |")
             continue
         lo, hi = m["accuracy_ci95"]
+        probabilistic = " | ".join(f"{m[key]:.3f}" if key in m else "-" for key in ("ece", "nll", "prior_nll"))
         lines.append(
-            f"| {name} | {m['n']} | {m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {m['majority_accuracy']:.3f} | "
-            f"{m['macro_f1']:.3f} | {m['mae']:.3f} | {m['ece']:.3f} | {m['nll']:.3f} | {m['prior_nll']:.3f} |"
+            f"| {label} | {m['n']} | {m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {m['majority_accuracy']:.3f} | "
+            f"{m['macro_f1']:.3f} | {m['mae']:.3f} | {probabilistic} |"
         )
+    if any(m.get("exact") for m in report["heads"].values()):
+        lines += ["", "An exact objective is checked by its rule: its accuracy is how often the labels agree with it."]
     lines += ["", "Confusion matrices (rows = true level, columns = predicted):", ""]
     for name, m in report["heads"].items():
         if m["n"]:
@@ -194,7 +203,7 @@ def evaluate(model, data: str, output_dir=None, request=None, max_length=None, b
     from moslim_plugin.data.rm_rows import load_rows
 
     is_scorer = isinstance(model, Scorer)
-    spec = model.model.spec if is_scorer else saved_spec(model)
+    spec = model.spec if is_scorer else saved_spec(model)
     positions = None if is_scorer else max_positions(model)
     max_length = max_length or min(512, positions or 512)
     if positions and max_length > positions:
@@ -235,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=rest,  # what is measured and how a pair's request is found
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="reward-model checkpoint folder (written by train-rm)")
+    p.add_argument(
+        "--model", required=True, help="reward-model checkpoint folder (train-rm), or the spec file of rules only"
+    )
     p.add_argument(
         "--data.dataset", default=None,
         help="rated rows (.jsonl from prepare-ratings) or pairs (default: the rows train-rm held out, "

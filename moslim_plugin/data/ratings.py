@@ -286,7 +286,9 @@ def convert(
     clash = sorted(set(keep) & {"question", "response", "labels"})
     if clash:
         raise UserError(f"--moslim.keep_fields {clash}: these names are the output's own fields")
-    paths = {o.name: (o.rating or {}).get("path", o.name) for o in spec.objectives}
+    # Rule objectives need no ratings (they are checked exactly): their labels are left out.
+    learned = spec.learned_spec().objectives
+    paths = {o.name: (o.rating or {}).get("path", o.name) for o in learned}
     out, found = [], collections.Counter()
     triples = reader_triples(fmt, rows, path, question_key, response_key, subset, placeholders)
     for i, question, response, record, ranges in triples:
@@ -301,7 +303,7 @@ def convert(
                     f"{where}: expected a {'non-empty ' * (key == 'question')}{key} string, got {value!r:.80}"
                 )
         labels = {}
-        for objective in spec.objectives:
+        for objective in learned:
             attribute = paths[objective.name]
             if ranges is not None and attribute not in ranges:
                 raise UserError(
@@ -318,7 +320,7 @@ def convert(
                 raise UserError(f"{where}: no {field!r} (--moslim.keep_fields); row keys: {list(rows[i])[:20]}")
         out.append({"question": question, "response": response, "labels": labels, **kept})
     if fmt == "generic":
-        unknown = [f"{name} -> {paths[name]!r}" for name in spec.names if not found[name]]
+        unknown = [f"{name} -> {rating!r}" for name, rating in paths.items() if not found[name]]
         if unknown:
             raise UserError(f"{path}: rating path(s) found in no row: {unknown}; first row keys: {list(rows[0])}")
     return out
@@ -326,7 +328,7 @@ def convert(
 
 def level_summary(spec, rows) -> str:
     lines = [f"{len(rows)} rated responses; level counts per objective ('-' = no rating):"]
-    for objective in spec.objectives:
+    for objective in spec.learned_spec().objectives:
         c = collections.Counter(row["labels"][objective.name] for row in rows)
         cells = [f"{name}:{c[i]}" for i, name in enumerate(objective.level_names)] + [f"-:{c[None]}"]
         lines.append(f"  {objective.name:<16} " + "  ".join(cells))

@@ -17,6 +17,10 @@ labels). The kept weights' held-out probabilities give the final per-head metric
 expected calibration error, confusion matrix) and the calibration statistics the mapping needs, saved inside the
 checkpoint.
 
+Rule objectives (`rule:` in the spec, docs/rules.md) get no head: the Scorer checks them exactly. Their labels are
+ignored with a note saying how many rows carried them, so one ratings file serves a spec whether an objective is
+learned or a rule; a spec of rules only is refused (nothing to train). The checkpoint carries the whole spec.
+
 Every evaluation also saves a resumable checkpoint (in <output_dir>/checkpoints; --ckpt.max_num 0: none). A killed
 run is resumed by the same command plus --ckpt.load_enable, which checks the objectives, head shapes, spec
 fingerprint, batch sizes and rows saved with each checkpoint and refuses a mismatch; an unreadable or incomplete
@@ -185,12 +189,32 @@ def small_data_advice(config, train_rows: int, steps_per_epoch: int, max_steps: 
 MIN_STEPS = 20
 
 
+def check_labels(spec, heads, rows, source: str) -> str | None:
+    """Refuse rows where no learned objective has a label (no head would learn anything); return the note that the
+    labels of rule objectives are ignored, or None when no row has one."""
+    learned = sum(any(row["labels"].get(name) is not None for name in heads.names) for row in rows)
+    if not learned:
+        raise UserError(f"{source}: no row has a label for a learned objective {list(heads.names)}")
+    ignored = {
+        o.name: n
+        for o in spec.objectives
+        if o.rule is not None and (n := sum(row["labels"].get(o.name) is not None for row in rows))
+    }
+    if not ignored:
+        return None
+    counts = ", ".join(f"{name} ({n} rows)" for name, n in ignored.items())
+    return (
+        f"train-rm: note: labels for rule objectives are ignored: {counts}; a rule objective is checked exactly by "
+        f"its rule and gets no head (heads: {list(heads.names)})"
+    )
+
+
 @dataclass
 class Run:
     """What the training loop works with, built once by `train_reward_model`."""
 
     config: TrainRMConfig
-    spec: object
+    spec: object  # the learned objectives (`spec.learned_spec()`): one head each, in the order of the labels
     strategy: object
     model: torch.nn.Module
     optimizer: object
@@ -316,6 +340,7 @@ def train_reward_model(config: TrainRMConfig, rows=None, eval_rows=None) -> dict
         raise UserError("--device cuda: this torch build sees no CUDA device; use --device cpu (or auto)")
     set_threads(config.threads)
     spec = load_spec(config.spec)
+    heads = spec.learned_spec()  # a spec of rules only is refused here: there is nothing to train
     check_plain_backbone(config.model_name_or_path)
     positions = max_positions(config.model_name_or_path)  # past it the backbone fails inside its first forward
     if positions and config.max_len > positions:
@@ -324,11 +349,12 @@ def train_reward_model(config: TrainRMConfig, rows=None, eval_rows=None) -> dict
             f"(max_position_embeddings {positions}): pass at most {positions}"
         )
     train_rows, eval_rows, split = split_rows(config, spec, rows, eval_rows)
+    note = check_labels(spec, heads, train_rows + eval_rows, config.dataset or "<rows>")
     check_output_dir(config)
     tokenizer = load_tokenizer(config.model_name_or_path)
     limit, words = config.max_len, config.number_words
-    train_set = encode_rows(train_rows, tokenizer, spec, limit, config.dataset or "<rows>", words)
-    eval_set = encode_rows(eval_rows, tokenizer, spec, limit, config.eval_dataset or "<held-out rows>", words)
+    train_set = encode_rows(train_rows, tokenizer, heads, limit, config.dataset or "<rows>", words)
+    eval_set = encode_rows(eval_rows, tokenizer, heads, limit, config.eval_dataset or "<held-out rows>", words)
 
     use_deepspeed = config.device == "auto" and torch.cuda.is_available()
     if use_deepspeed:
@@ -338,6 +364,8 @@ def train_reward_model(config: TrainRMConfig, rows=None, eval_rows=None) -> dict
     else:
         strategy = TorchStrategy(config.strategy_args())
     strategy.setup_distributed()
+    if note:
+        strategy.print(note)
     if use_deepspeed:
         device = torch.device("cuda", torch.cuda.current_device())
     else:
@@ -358,18 +386,18 @@ def train_reward_model(config: TrainRMConfig, rows=None, eval_rows=None) -> dict
     cfg = dict(optim="adam", muon={}, adam=adam, lr_scheduler=config.lr_scheduler)
     cfg.update(lr_warmup_ratio=config.lr_warmup_ratio, min_lr_ratio=config.min_lr_ratio, max_norm=config.max_norm)
     model, optimizer, scheduler = strategy.prepare((model, {**cfg, "scheduler_steps": max_steps}))
-    class_weights = balanced_class_weights(train_rows, spec) if config.class_weights == "balanced" else None
+    class_weights = balanced_class_weights(train_rows, heads) if config.class_weights == "balanced" else None
     data = rows_fingerprint(train_rows, eval_rows)
-    state = resume(config, spec, strategy, model, data) or dict(
+    state = resume(config, heads, strategy, model, data) or dict(
         consumed_samples=0, global_step=0, history=[], best_value=float("inf"), best_step=-1, evals_without_gain=0
     )
     state["global_step"] = state["consumed_samples"] // config.batch_size
     log, close_logger = open_logger(config) if strategy.is_rank_0() else (lambda *a: None, lambda: None)
     train_labels = torch.tensor(
-        [[IGNORE if r["labels"].get(n) is None else r["labels"][n] for n in spec.names] for r in train_rows]
+        [[IGNORE if r["labels"].get(n) is None else r["labels"][n] for n in heads.names] for r in train_rows]
     )
     run = Run(
-        config, spec, strategy, model, optimizer, scheduler, train_loader, eval_loader, device, class_weights,
+        config, heads, strategy, model, optimizer, scheduler, train_loader, eval_loader, device, class_weights,
         train_labels, steps_per_epoch, max_steps, log, data,
     )  # fmt: skip
     start = time.perf_counter()

@@ -308,7 +308,7 @@ def make_judge(spec, scorer=None):
     if scorer is None:
         judge("", spec)  # fails now, naming the objectives the oracle cannot judge, rather than after generating
         return (lambda prompts, responses: [judge(t, spec) for t in responses]), "oracle"
-    spec.check_same(scorer.model.spec, "the judging reward model")
+    spec.check_same(scorer.spec, "the judging reward model")
 
     def rm_judge(prompts, responses):
         predicted = scorer.score(list(prompts), list(responses), [{} for _ in responses]).probs.argmax(-1)
@@ -412,9 +412,9 @@ def load_judge(args):
         from moslim_plugin.core.scorer import Scorer
 
         scorer = Scorer.from_pretrained(args.reward.model_name_or_path, device=args.device)
-    spec = spec or (scorer.model.spec if scorer else demo_spec())
+    spec = spec or (scorer.spec if scorer else demo_spec())
     if scorer is not None:
-        spec.check_same(scorer.model.spec, f"reward model {args.reward.model_name_or_path}")
+        spec.check_same(scorer.spec, f"reward model {args.reward.model_name_or_path}")
     choice = args.eval.judge
     if choice is None:
         try:

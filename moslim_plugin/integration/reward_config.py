@@ -106,7 +106,7 @@ class RewardConfig:
 
         check_options(self, "moslim")  # a value given in Python or read back from JSON, checked as its flag is
         meta = read_checkpoint_meta(self.rm_path)
-        rm_spec = ObjectiveSpec.from_dict(meta["spec"], source=f"{self.rm_path}/config.json")
+        rm_spec = ObjectiveSpec.from_dict(meta["spec"], source=meta["source"])
         if spec is not None:
             spec.check_same(rm_spec, f"--moslim.spec vs the reward model {self.rm_path}")
         positions = max_positions(self.rm_path)
@@ -128,6 +128,7 @@ class RewardConfig:
             resolve_template(self.template)
         except (ValueError, json.JSONDecodeError) as e:
             raise UserError(f"--moslim.template {self.template!r}: {e}") from None
+        check_rules(rm_spec)
         check_mapping(self.mapping, self.mapping_kwargs, rm_spec, meta.get("stats"))
         return dataclasses.replace(self, spec_fingerprint=rm_spec.fingerprint)
 
@@ -163,7 +164,13 @@ def add_flags(group) -> None:
 
 
 def read_checkpoint_meta(rm_path) -> dict:
-    """The checkpoint's `moslim` config entry, read without loading weights."""
+    """The checkpoint's `moslim` config entry and the spec's `source`, read without loading weights. A spec file of
+    rules only (the reward needs no model) gives its spec and no statistics."""
+    from moslim_plugin.core.rm import saved_spec
+    from moslim_plugin.core.spec import is_spec_file
+
+    if rm_path and is_spec_file(rm_path):
+        return {"spec": saved_spec(rm_path).to_dict(), "stats": None, "source": str(rm_path)}
     config_file = Path(rm_path or "") / "config.json"
     if not rm_path or not config_file.is_file():
         raise UserError(f"MOSLIM reward model checkpoint not found: {rm_path!r} (a folder with config.json)")
@@ -176,7 +183,7 @@ def read_checkpoint_meta(rm_path) -> dict:
     meta = config.get("moslim")
     if not isinstance(meta, dict) or "spec" not in meta:
         raise UserError(f"{rm_path} is not a MOSLIM reward model (its config.json has no 'moslim' entry)")
-    return meta
+    return {**meta, "source": str(config_file)}
 
 
 # The least reward a response that hits its requested level (p = 0.9) must get over one that misses it (p = 0.1), per
@@ -186,18 +193,44 @@ def read_checkpoint_meta(rm_path) -> dict:
 MIN_REWARD_GAP = 1e-3
 
 
+# Plain (question, response) pairs every rule is run on before Ray starts: a short answer, a list, a long answer.
+RULE_PROBES = (
+    ("What is 2+2?", "4."),
+    ("Name three fruits.", "Three fruits:\n- apples\n- pears\n- plums"),
+    ("Why does it rain?", "Warm air rises and cools. " * 8 + "The droplets then fall as rain!"),
+)
+
+
+def check_rules(spec) -> None:
+    """Run every rule objective on `RULE_PROBES`: a rule that raises or returns no valid level would fail every
+    sample of the run, so it stops the launch here, naming the objective."""
+    for objective in spec.objectives:
+        if objective.rule is None:
+            continue
+        for question, response in RULE_PROBES:
+            try:
+                objective.level(question, response)
+            except Exception as e:  # user code: whatever it raises would fail the run
+                raise UserError(
+                    f"rule objective {objective.name!r} ({objective.rule}) fails on the plain response "
+                    f"{response[:40]!r}...: {type(e).__name__}: {' '.join(str(e).split())}"
+                ) from None
+
+
 def check_mapping(mapping, mapping_kwargs, spec, stats_dict) -> None:
     """Score one synthetic batch through the real mapping with these keyword arguments and the checkpoint's
-    statistics: per objective, a sample that hits its requested level (p = 0.9) and one that misses it (p = 0.1).
-    Refused: a mapping that raises, returns the wrong shape or a non-finite value, or gives the hit less than
-    MIN_REWARD_GAP more reward than the miss (naming the keyword that does it, when one does)."""
+    statistics, as the Scorer hands them over: per objective, a sample that hits its requested level (p = 0.9; a rule
+    objective's one-hot, exact) and one that misses it (p = 0.1; a rule's one-hot at level 0). Refused: a mapping that
+    raises, returns the wrong shape or a non-finite value, or gives the hit less than MIN_REWARD_GAP more reward than
+    the miss (naming the keyword that does it, when one does)."""
     from moslim_plugin.core.mappings import MappingStats, parse_mapping_kwargs, resolve_mapping
+    from moslim_plugin.core.scorer import spec_stats
 
     where = f"--moslim.mapping {mapping!r} with --moslim.mapping_kwargs {json.dumps(mapping_kwargs)}"
     try:
         fn = resolve_mapping(mapping)
         kwargs = parse_mapping_kwargs(fn, mapping_kwargs)
-        stats = MappingStats.from_dict(stats_dict) if stats_dict is not None else None
+        stats = spec_stats(spec, MappingStats.from_dict(stats_dict) if stats_dict is not None else None)
     except ValueError as e:
         raise UserError(f"{where}: {e}") from None
     gaps = synthetic_gaps(fn, kwargs, spec, stats, where)
@@ -233,10 +266,13 @@ def synthetic_gaps(fn, kwargs, spec, stats, where) -> list[float]:
     for head, n in enumerate(spec.levels):
         probs[:, head, :n] = 1.0 / n
     targets = torch.full((2 * k, k), -1, dtype=torch.long)
-    for head, n in enumerate(spec.levels):
+    for head, objective in enumerate(spec.objectives):
+        n = objective.levels
         for row, p_hit in ((2 * head, 0.9), (2 * head + 1, 0.1)):
             probs[row, head, :n] = (1 - p_hit) / (n - 1)
             probs[row, head, n - 1] = p_hit
+            if objective.rule is not None:  # exact: one-hot on the target, or on level 0
+                probs[row, head, :n] = torch.nn.functional.one_hot(torch.tensor(n - 1 if p_hit > 0.5 else 0), n)
             targets[row, head] = n - 1
     try:
         rewards, terms = fn(probs, targets, levels, copy.deepcopy(stats), **kwargs)

@@ -76,7 +76,7 @@ class RewardEngine:
                 f"need max_batch_size, chunk_size, max_queued_samples >= 1, max_wait_ms >= 0 and deadline_s > 0, got "
                 f"{max_batch_size}, {chunk_size}, {max_queued_samples}, {max_wait_ms}, {deadline_s}"
             )
-        self.scorer, self.spec, self.config = scorer, scorer.model.spec, config
+        self.scorer, self.spec, self.config = scorer, scorer.spec, config
         self.template = resolve_template(config.template)
         self.max_batch_size, self.max_wait, self.chunk_size = max_batch_size, max_wait_ms / 1000.0, chunk_size
         self.max_queued_samples, self.deadline_s = max_queued_samples, deadline_s

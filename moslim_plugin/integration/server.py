@@ -250,7 +250,9 @@ def _is_loopback(address: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moslim-openrlhf serve-reward", description=__doc__.split("\n")[0])
-    p.add_argument("--reward.model_name_or_path", required=True, help="MOSLIM RM checkpoint folder")
+    p.add_argument(
+        "--reward.model_name_or_path", required=True, help="MOSLIM RM checkpoint folder, or a spec file of rules only"
+    )
     reward_config.add_flags(p.add_argument_group("MOSLIM reward (the same flags as train_ppo_ray's)"))
     add_options(p.add_argument_group("server"), ServerConfig, "server")
     add_threads_flag(p)
