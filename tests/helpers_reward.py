@@ -36,6 +36,26 @@ MIXED_SPEC = load_spec(
     }
 )
 
+RULES_SPEC = load_spec({"objectives": [o.to_dict() for o in MIXED_SPEC.objectives[1:]]})  # no reward model
+# Samples for MIXED_SPEC / RULES_SPEC whose rule levels differ: 1 word, a 2-item list, 25 words, 40 words.
+MIXED_RESPONSES = ["Four.", "Colours:\n- blue\n- red", " ".join(["word"] * 25), " ".join(["rain"] * 40)]
+MIXED_REQUESTS = [{"helpfulness": 3, "length": 0}, {"format": 1}, {"length": 2, "format": 0}, {"length": 2}]
+RULES_REQUESTS = [{"length": 0}, {"format": 1}, {"length": 2, "format": 0}, {"length": 2}]
+# Their exact rewards under the default mapping (no calibration: per-sample z-scores of one-hot levels): a 3-level
+# hit is sqrt(2), a 3-level miss -1/sqrt(2), a 2-level hit 1; sample 2 misses length (25 words) and hits format.
+RULES_REWARDS = [2**0.5, 1.0, (1 - 2**-0.5) / 2, 2**0.5]
+# Per sample, moslim/<objective>/hit as every path logs it (0 where not requested).
+RULES_HITS = {"length": [1.0, 0.0, 0.0, 1.0], "format": [0.0, 1.0, 1.0, 0.0]}
+
+
+def write_rules_spec(path):
+    """RULES_SPEC as a YAML file: the whole reward of a rules-only run, passed as --reward.model_name_or_path."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(RULES_SPEC.to_dict()))
+    return path
+
+
 QUESTIONS = ["What is 2+2?", "Name a colour.", "How do magnets work?", "Say hello."]
 RESPONSES = ["4.", "Blue, the colour of the sky.", "Aligned electron spins make a field.", "Hello!"]
 REQUESTS = [{"helpfulness": 3, "verbosity": 1}, {"harmlessness": 1}, {"verbosity": 4}, {"helpfulness": 0}]
@@ -52,21 +72,24 @@ class FakeVLLMEngine:
         return types.SimpleNamespace(outputs=[output])
 
 
-def chat_prompt(tokenizer, question, request, spec_name="helpsteer"):
+def chat_prompt(tokenizer, question, request, spec="helpsteer"):
     """The templated prompt OpenRLHF's PromptDataset builds for a conditioned row."""
-    messages = apply_directive(load_spec(spec_name), request, question)
+    messages = apply_directive(load_spec(spec), request, question)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def run_executor(executor, tokenizer, questions=QUESTIONS, responses=RESPONSES, requests=REQUESTS, labels=None):
+def run_executor(
+    executor, tokenizer, questions=QUESTIONS, responses=RESPONSES, requests=REQUESTS, labels=None, spec="helpsteer"
+):
     """OpenRLHF's SingleTurnAgentExecutor.execute for every sample at once, as an engine actor runs them."""
-    spec = load_spec("helpsteer")
+    spec = load_spec(spec)
     labels = labels or [request_to_label(spec, request) for request in requests]
 
     async def one(question, response, request, label):
         params = types.SimpleNamespace(max_tokens=64, logprobs=None)  # vllm.SamplingParams' fields the executor reads
         engine = FakeVLLMEngine(tokenizer, response)
-        return await executor.execute(chat_prompt(tokenizer, question, request), label, params, 512, tokenizer, engine)
+        prompt = chat_prompt(tokenizer, question, request, spec)
+        return await executor.execute(prompt, label, params, 512, tokenizer, engine)
 
     async def all_samples():
         return await asyncio.gather(*map(one, questions, responses, requests, labels))
@@ -75,7 +98,8 @@ def run_executor(executor, tokenizer, questions=QUESTIONS, responses=RESPONSES, 
 
 
 def save_minilm_rm(path, minilm_dir, spec_name="helpsteer", seed=0):
-    """A MOSLIM RM on the real MiniLM backbone (random heads: rewards only need to be the scorer's own)."""
+    """A MOSLIM RM on the real MiniLM backbone (random heads: rewards only need to be the scorer's own); `spec_name`
+    may be a spec itself (MIXED_SPEC: one head, two rules)."""
     import torch
     from transformers import AutoTokenizer
 

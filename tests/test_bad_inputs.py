@@ -72,6 +72,21 @@ train-rm | {base} --moslim.spec {d}/specs/latin1.yaml | latin1.yaml: not UTF-8 t
 evaluate | {base} --moslim.spec {d}/specs/many.yaml | expected a list of 1 to 32, got 33 objectives
 screen | {base} --moslim.spec {d}/specs/broken.json | broken.json: not valid JSON
 
+# --- rule objectives: a bad rule is refused where the spec is read; a spec file is a reward only with rules only ----
+prepare-prompts | {base} --moslim.spec {d}/specs/rule_unknown.yaml | objectives[0] ('format'): field 'rule': unknown rule 'bullet_list'
+prepare-prompts | {base} --moslim.spec {d}/specs/rule_bands.yaml | ('length'): field 'rule': rule 'word_count': 'bands': expected 2 strictly ascending word counts
+prepare-prompts | {base} --moslim.spec {d}/specs/rule_regex.yaml | ('cites'): field 'rule': rule 'regex': 'pattern': '(unclosed' is not a valid regular expression
+prepare-prompts | {base} --moslim.spec {d}/specs/rule_rating.yaml | a rule objective is checked exactly and has no rating
+prepare-ratings | {base} --moslim.spec {d}/specs/rules.yaml | rules.yaml: every objective is a rule
+train-rm | {base} --moslim.spec {d}/specs/rules.yaml | rules.yaml: every objective is a rule, so there is no reward-model head to build or train
+evaluate-rm | {base} --model {d}/specs/mixed.yaml | a spec file is a reward only when every objective is a rule, but ['helpful'] are learned
+serve-reward | {base} --reward.model_name_or_path {d}/specs/rule_unknown.yaml | ('format'): field 'rule': unknown rule 'bullet_list'
+serve-reward | {base} --reward.model_name_or_path {d}/specs/rule_broken.yaml | rule objective 'format' ({'name': 'helpers_reward:returns', 'value': 5}) fails on the plain response
+serve-reward | {base} --reward.model_name_or_path {d}/specs/mixed.yaml | a spec file is a reward only when every objective is a rule, but ['helpful'] are learned
+demo | {base} --demo.rules formality | rules ['formality']: a rule can score ['length', 'format'] here
+train_ppo_ray | --reward.model_name_or_path {d}/specs/rule_regex.yaml | ('cites'): field 'rule': rule 'regex': 'pattern': '(unclosed' is not a valid
+train_ppo_ray | --reward.model_name_or_path {d}/specs/mixed.yaml | ['helpful'] are learned: pass the reward-model checkpoint trained for it
+
 # --- prompt and rating files --------------------------------------------------------------------------------------
 prepare-prompts | {base} --data.dataset {d}/data/bad.jsonl | {d}/data/bad.jsonl: line 2 is not valid JSON
 prepare-prompts | {base} --data.dataset {d}/data/notrow.jsonl | notrow.jsonl: line 1: expected a JSON object
@@ -355,6 +370,13 @@ SPEC_FILES = {
     "sentence.yaml": "objectives: [{name: a, levels: 2, instructions: [Be short., be long]}]\n",
     "bins.yaml": "objectives: [{name: a, levels: 2, rating: {path: a, bins: [1, 2]}}]\n",
     "nan_bins.yaml": "objectives: [{name: a, levels: 2, rating: {path: a, bins: [.nan]}}]\n",
+    "rule_unknown.yaml": "objectives: [{name: format, levels: 2, rule: bullet_list}]\n",
+    "rule_bands.yaml": "objectives: [{name: length, levels: 3, rule: {name: word_count, bands: [20]}}]\n",
+    "rule_regex.yaml": "objectives: [{name: cites, levels: 2, rule: {name: regex, pattern: '(unclosed'}}]\n",
+    "rule_rating.yaml": "objectives: [{name: format, levels: 2, rule: bulleted_list, rating: {path: f}}]\n",
+    "rule_broken.yaml": "objectives: [{name: format, levels: 2, rule: {name: 'helpers_reward:returns', value: 5}}]\n",
+    "rules.yaml": "objectives: [{name: format, levels: 2, rule: bulleted_list}]\n",
+    "mixed.yaml": "objectives: [{name: helpful, levels: 2}, {name: format, levels: 2, rule: bulleted_list}]\n",
 }
 
 

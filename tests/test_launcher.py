@@ -14,7 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace as NS
 
 import pytest
-from helpers_reward import write_config_only_rm
+from helpers_reward import MIXED_SPEC, RULES_SPEC, write_config_only_rm, write_rules_spec
 
 from moslim_plugin import UserError
 from moslim_plugin.core.spec import load_spec
@@ -158,6 +158,50 @@ def test_the_reward_func_path_gets_the_same_configuration_through_the_runtime_en
     job = {"runtime_env": {"env_vars": {reward_config.ENV_VAR: "{}"}}}
     with pytest.raises(UserError, match=r"sets \['MOSLIM_REWARD_CONFIG'\]: the reward configuration comes only"):
         launcher.driver_runtime_env({launcher.RAY_JOB_CONFIG_JSON_ENV_VAR: json.dumps(job)}, reward=m.reward)
+
+
+@pytest.mark.unit
+def test_a_spec_file_of_rules_only_is_the_whole_reward_on_the_in_process_and_function_paths(tmp_path):
+    spec_file = str(write_rules_spec(tmp_path / "rules.yaml"))
+    flags = moslim_flags("--moslim.spec", spec_file, "--moslim.sampling", "uniform")
+    m = launcher.check_moslim_args(flags, openrlhf_args(rm=spec_file))
+    assert m.in_process is True and m.reward.rm_path == spec_file
+    assert m.reward.spec_fingerprint == RULES_SPEC.fingerprint
+    m = launcher.check_moslim_args(moslim_flags(), openrlhf_args(rm=spec_file, remote=str(REWARD_FUNC_FILE)))
+    config = json.loads(m.reward.env_vars()[reward_config.ENV_VAR])
+    assert m.in_process is False and config["rm_path"] == spec_file
+
+
+def rules_file(tmp_path, rule, levels=2):
+    path = tmp_path / "rules.yaml"
+    path.write_text(json.dumps({"objectives": [{"name": "asks", "levels": levels, "rule": rule}]}))
+    return str(path)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        ("bulleted_lists", r"rules.yaml: objectives\[0\] \('asks'\): field 'rule': unknown rule 'bulleted_lists'"),
+        ({"name": "regex", "pattern": "[a-"}, r"\('asks'\): field 'rule': rule 'regex': 'pattern': '\[a-' is not"),
+        ({"name": "helpers_reward:returns", "value": 2}, r"rule objective 'asks' .* returned 2; expected an intege"),
+        ({"name": "helpers_reward:asks_back", "min_questions": "two"}, r"rule objective 'asks' .* TypeError: '>='"),
+    ],
+)
+def test_a_bad_rule_stops_the_launch_before_ray_in_one_line_naming_the_objective(tmp_path, rule, message):
+    path = rules_file(tmp_path, rule)
+    for remote in (None, str(REWARD_FUNC_FILE)):  # in-process and the .py function: the same check
+        with pytest.raises(UserError, match=message) as error:
+            launcher.check_moslim_args(moslim_flags(), openrlhf_args(rm=path, remote=remote))
+        assert "\n" not in str(error.value)
+
+
+@pytest.mark.unit
+def test_a_spec_file_with_learned_objectives_is_not_a_reward_and_says_what_to_pass(tmp_path):
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps(MIXED_SPEC.to_dict()))
+    with pytest.raises(UserError, match=r"\['helpfulness'\] are learned: pass the reward-model checkpoint"):
+        launcher.check_moslim_args(moslim_flags(), openrlhf_args(rm=str(path)))
 
 
 @pytest.mark.unit

@@ -19,6 +19,19 @@ from pathlib import Path
 from types import SimpleNamespace as NS
 
 import pytest
+from helpers_reward import (
+    MIXED_REQUESTS,
+    MIXED_RESPONSES,
+    MIXED_SPEC,
+    QUESTIONS,
+    RULES_HITS,
+    RULES_REQUESTS,
+    RULES_REWARDS,
+    RULES_SPEC,
+    chat_prompt,
+    save_minilm_rm,
+    write_rules_spec,
+)
 
 from moslim_plugin.integration import activate, dataset_hook, launcher, patches
 from moslim_plugin.integration.vllm_stub import PATH as VLLM_STUB_PATH
@@ -109,7 +122,7 @@ def experience_of(tokenizer, prompt, label, response):
     )
 
 
-def ppo_args(actor_path, rm_path):
+def ppo_args(actor_path, rm_path, spec="hh"):
     """OpenRLHF's hierarchized args as train_ppo_ray builds them (the fields the experience maker reads)."""
     args = NS(
         actor=NS(model_name_or_path=str(actor_path), num_nodes=1, num_gpus_per_node=1),
@@ -124,7 +137,7 @@ def ppo_args(actor_path, rm_path):
         algo=NS(advantage=NS(estimator="reinforce_baseline", gamma=1.0, lambd=1.0, no_std_norm=False),
                 kl=NS(use_loss=False, estimator="k1")),
     )  # fmt: skip
-    flags = ["--moslim.spec", "hh", "--moslim.sampling", "subset", "--moslim.seed", "3"]
+    flags = ["--moslim.spec", str(spec), "--moslim.sampling", "subset", "--moslim.seed", "3"]
     args.moslim = launcher.check_moslim_args(launcher.split_argv(flags)[0], args)
     return args
 
@@ -255,6 +268,54 @@ def test_openrlhfs_experience_maker_with_the_moslim_reward_actor_gives_the_score
     _, colocated = ray.get(task.remote(policy, group, strategy, samples))
     strategy.args.train.colocate_all = False
     torch.testing.assert_close(torch.cat([r for r, _, _ in colocated]), direct.rewards, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("source", ["mixed", "rules only"])
+def test_the_in_process_reward_actor_scores_rule_objectives_exactly_beside_learned_ones(
+    ray_cluster, policy_and_samples, minilm_dir, smollm2_dir, tmp_path, source
+):
+    """A checkpoint with one head beside two rules, and a spec file of rules only as --reward.model_name_or_path (no
+    model loaded at all): OpenRLHF's experience maker gets the Scorer's rewards, the exact ones for rules only."""
+    import ray
+    import torch
+    import yaml
+    from openrlhf.trainer.ray.launcher import RayActorGroup
+    from openrlhf.utils import get_strategy
+    from transformers import AutoTokenizer
+
+    from moslim_plugin.core.directives import request_to_label
+    from moslim_plugin.core.scorer import Scorer
+    from moslim_plugin.integration.ray_reward import MoslimRewardModelActor
+
+    if source == "mixed":
+        spec, requests, spec_file = MIXED_SPEC, MIXED_REQUESTS, tmp_path / "mixed.yaml"
+        spec_file.write_text(yaml.safe_dump(MIXED_SPEC.to_dict()))
+        rm_path = save_minilm_rm(tmp_path / "rm", minilm_dir, MIXED_SPEC)
+    else:
+        spec, requests = RULES_SPEC, RULES_REQUESTS
+        spec_file = rm_path = write_rules_spec(tmp_path / "rules.yaml")
+    strategy = get_strategy(ppo_args(smollm2_dir, rm_path, spec_file))
+    group = RayActorGroup(1, 1, MoslimRewardModelActor, num_gpus_per_actor=0.25)
+    try:
+        ray.get(group.async_init_model_from_pretrained(strategy, str(rm_path)))
+        tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+        samples = [
+            experience_of(tokenizer, chat_prompt(tokenizer, q, rq, spec), request_to_label(spec, rq), r)
+            for q, r, rq in zip(QUESTIONS, MIXED_RESPONSES, requests)
+        ]
+        task = ray.remote(num_cpus=0.1)(make_experiences_in_worker)
+        _, experiences = ray.get(task.remote(policy_and_samples[0], group, strategy, samples))
+    finally:
+        for actor in group._actor_handlers:  # its share of the one fake GPU goes back to the module's other groups
+            ray.kill(actor)
+    got = torch.cat([info["reward"] for _, info, _ in experiences])
+    expected = Scorer.from_pretrained(rm_path).score(QUESTIONS, MIXED_RESPONSES, requests)
+    torch.testing.assert_close(got, expected.rewards, atol=1e-5, rtol=1e-5)
+    for name, hits in RULES_HITS.items():
+        assert torch.cat([info[f"moslim/{name}/hit"] for _, info, _ in experiences]).tolist() == hits
+    if source == "rules only":
+        assert got.tolist() == pytest.approx(RULES_REWARDS, abs=1e-6)
 
 
 @pytest.mark.integration

@@ -10,7 +10,22 @@ import logging
 import os
 
 import pytest
-from helpers_reward import QUESTIONS, REQUESTS, RESPONSES, chat_prompt, run_executor, save_minilm_rm
+from helpers_reward import (
+    MIXED_REQUESTS,
+    MIXED_RESPONSES,
+    MIXED_SPEC,
+    QUESTIONS,
+    REQUESTS,
+    RESPONSES,
+    RULES_HITS,
+    RULES_REQUESTS,
+    RULES_REWARDS,
+    RULES_SPEC,
+    chat_prompt,
+    run_executor,
+    save_minilm_rm,
+    write_rules_spec,
+)
 
 from moslim_plugin import UserError
 from moslim_plugin.core.directives import request_to_label
@@ -146,6 +161,38 @@ def test_reward_file_loaded_by_openrlhf_gives_the_scorers_rewards_in_fewer_forwa
     assert [set(out["extra_logs"]) for out in outputs] == [set(logs)] * len(outputs)  # OpenRLHF stacks by key
     stats = executor.reward_func.__globals__["ENGINE"].stats
     assert stats["samples"] == len(QUESTIONS) and stats["forward_calls"] < len(QUESTIONS)
+
+
+@pytest.fixture(scope="module")
+def rule_sources(minilm_dir, tmp_path_factory):
+    """(reward model path, spec, requests): a checkpoint with one head beside two rules, and a rules-only spec file."""
+    root = tmp_path_factory.mktemp("rule-rewards")
+    return {
+        "mixed": (save_minilm_rm(root / "mixed", minilm_dir, MIXED_SPEC), MIXED_SPEC, MIXED_REQUESTS),
+        "rules only": (write_rules_spec(root / "rules.yaml"), RULES_SPEC, RULES_REQUESTS),
+    }
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("source", ["mixed", "rules only"])
+def test_the_reward_file_scores_rule_objectives_exactly_beside_learned_ones(
+    monkeypatch, rule_sources, smollm2_tokenizer, source
+):
+    from moslim_plugin.core.scorer import Scorer
+
+    path, spec, requests = rule_sources[source]
+    executor = load_reward_file(monkeypatch, path, strict=True)
+    outputs = run_executor(executor, smollm2_tokenizer, QUESTIONS, MIXED_RESPONSES, requests, spec=spec)
+    expected = Scorer.from_pretrained(path).score(QUESTIONS, MIXED_RESPONSES, requests)
+    assert [out["reward"] for out in outputs] == pytest.approx(expected.rewards.tolist(), abs=1e-4)
+    for name, hits in RULES_HITS.items():  # logged like a learned head's: the exact hit where requested
+        assert [out["extra_logs"][f"moslim/{name}/hit"] for out in outputs] == hits
+    assert {key for key in outputs[0]["extra_logs"] if key.startswith("moslim/length/")} == {
+        f"moslim/length/{d}" for d in ("p_target", "hit", "term", "requested")
+    }
+    if source == "rules only":  # no model anywhere: the exact rewards themselves
+        assert [out["reward"] for out in outputs] == pytest.approx(RULES_REWARDS, abs=1e-6)
+        assert executor.reward_func.__globals__["ENGINE"].scorer.model is None
 
 
 @pytest.mark.integration

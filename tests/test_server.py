@@ -15,7 +15,20 @@ import urllib.request
 from types import SimpleNamespace as NS
 
 import pytest
-from helpers_reward import chat_prompt, run_executor, save_minilm_rm, serving
+from helpers_reward import (
+    MIXED_REQUESTS,
+    MIXED_RESPONSES,
+    MIXED_SPEC,
+    RULES_HITS,
+    RULES_REQUESTS,
+    RULES_REWARDS,
+    RULES_SPEC,
+    chat_prompt,
+    run_executor,
+    save_minilm_rm,
+    serving,
+    write_rules_spec,
+)
 
 from moslim_plugin import UserError
 from moslim_plugin.core.directives import request_to_label
@@ -105,6 +118,34 @@ def test_server_answers_openrlhfs_client_with_the_scorers_rewards_batching_concu
     assert logs["moslim/verbosity/p_target"][0] == pytest.approx(expected.probs[0, 1, 1].item(), abs=1e-4)
     assert stats["requests"] == len(QUESTIONS) and stats["samples"] == len(QUESTIONS)
     assert stats["forward_calls"] < len(QUESTIONS) // 2, stats  # 16 concurrent single-sample requests, few forwards
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("source", ["mixed", "rules only"])
+def test_the_server_scores_rule_objectives_exactly_beside_learned_ones_and_the_driver_accepts_it(
+    minilm_dir, tmp_path, policy_tokenizer, source
+):
+    """A checkpoint with one head beside two rules, and a spec file of rules only (no model loaded)."""
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    if source == "mixed":
+        path, spec, requests = save_minilm_rm(tmp_path / "rm", minilm_dir, MIXED_SPEC), MIXED_SPEC, MIXED_REQUESTS
+    else:
+        path, spec, requests = write_rules_spec(tmp_path / "rules.yaml"), RULES_SPEC, RULES_REQUESTS
+    engine = build_engine(RewardConfig(rm_path=str(path), strict=True))
+    questions = QUESTIONS[:4]
+    with serving(engine) as base:
+        executor = SingleTurnAgentExecutor(base + "/get_reward")
+        outputs = run_executor(executor, policy_tokenizer, questions, MIXED_RESPONSES, requests, spec=spec)
+        health = get_json(base + "/health")
+    rewards = [out["reward"][0] for out in outputs]
+    assert rewards == pytest.approx(engine.scorer.score(questions, MIXED_RESPONSES, requests).rewards.tolist())
+    for name, hits in RULES_HITS.items():
+        assert [out["extra_logs"][f"moslim/{name}/hit"][0] for out in outputs] == hits
+    if source == "rules only":
+        assert rewards == pytest.approx(RULES_REWARDS, abs=1e-6) and engine.scorer.model is None
+    assert health["objectives"] == list(spec.names)
+    RewardConfig(strict=True, spec_fingerprint=spec.fingerprint).check_server(base, health)  # what train_ppo_ray does
 
 
 @pytest.mark.integration
