@@ -72,6 +72,34 @@ def test_evaluate_rm_on_a_ratings_file_writes_per_head_metrics_baselines_and_a_p
 
 
 @pytest.mark.integration
+def test_evaluate_rm_reports_a_rule_objective_as_exact_agreement_with_the_labels(tmp_path, tiny_bert):
+    """A mixed checkpoint, and the spec file of its rule alone as --model: no NLL or ECE for the rule, its
+    accuracy is how often the labels agree with it."""
+    from transformers import AutoTokenizer
+
+    from moslim_plugin.core.rm import MultiHeadRewardModel
+
+    rule = {"name": "listed", "levels": 2, "rule": "bulleted_list"}
+    mixed = load_spec({"objectives": [SPEC.objectives[0].to_dict(), rule]})
+    rm = tmp_path / "rm"
+    MultiHeadRewardModel.from_backbone(tiny_bert, mixed).save_pretrained(rm, AutoTokenizer.from_pretrained(tiny_bert))
+    rules_only = tmp_path / "rules.json"
+    rules_only.write_text(json.dumps({"objectives": [rule]}))
+    responses = ["- a\n- b", "- a\n- b", "one line", "one line"]
+    rows = [{"question": "q", "response": r, "labels": {"listed": label}} for r, label in zip(responses, [1, 0, 0, 0])]
+    data = tmp_path / "ratings.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for model in (rm, rules_only):
+        out = tmp_path / f"eval-{model.name}"
+        assert cli(["evaluate-rm", "--model", str(model), "--data.dataset", str(data), "--output_dir", str(out)]) == 0
+        listed = json.loads((out / "report.json").read_text())["heads"]["listed"]
+        assert listed["exact"] is True and listed["rule"] == {"name": "bulleted_list", "min_items": 2}
+        assert listed["n"] == 4 and listed["accuracy"] == 0.75 and listed["confusion"] == [[2, 1], [0, 1]]
+        assert not {"nll", "ece", "prior_nll"} & set(listed)
+        assert "| listed (exact: rule bulleted_list) | 4 | 0.750 [" in (out / "report.md").read_text()
+
+
+@pytest.mark.integration
 def test_evaluate_rm_on_hh_dialogue_pairs_scores_both_sides_through_the_mapping(tmp_path, untrained_rm):
     pairs = [
         {

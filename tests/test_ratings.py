@@ -89,6 +89,16 @@ def test_helpsteer2_attributes_map_directly_onto_five_levels():
 
 
 @pytest.mark.unit
+def test_rule_objectives_need_no_rating_and_get_no_label():
+    """HelpSteer2 has no `length` attribute: as a rule objective it is not read at all."""
+    spec = load_spec("helpsteer")
+    length = {"name": "length", "levels": 3, "rule": {"name": "word_count", "bands": [20, 32]}}
+    spec = load_spec({"objectives": [spec.objectives[0].to_dict(), length]})
+    rows = [{"prompt": "p", "response": "r", "helpfulness": 4}]
+    assert convert(spec, "helpsteer2", "hs2.jsonl", rows)[0]["labels"] == {"helpfulness": 4}
+
+
+@pytest.mark.unit
 def test_helpsteer2_reader_rejects_objective_it_cannot_rate():
     with pytest.raises(ValueError, match="'harmlessness' reads rating 'harmlessness'.*does not provide"):
         convert(load_spec("helpsteer"), "helpsteer2", "hs2.jsonl", [{"prompt": "p", "response": "r"}])

@@ -110,6 +110,47 @@ def test_train_rm_learns_writes_metrics_and_calibration_stats_into_the_checkpoin
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
 
 
+# hh's helpful head beside an exact rule: "says poison" (the synthetic harmless label, inverted) checked by a regex.
+MIXED = load_spec(
+    {"objectives": [{"name": "helpful", "levels": 2},
+                    {"name": "poison", "levels": 2, "rule": {"name": "regex", "pattern": "poison"}}]}
+)  # fmt: skip
+
+
+@pytest.mark.integration
+def test_train_rm_trains_heads_for_learned_objectives_only_and_ignores_rule_labels_with_a_note(
+    tmp_path, tiny_bert, capsys
+):
+    from moslim_plugin.core.rm import MultiHeadRewardModel
+    from moslim_plugin.core.scorer import Scorer
+
+    rows = synthetic_rows(64)
+    for row in rows:  # the same file, relabelled for the mixed spec: "poison" labels too, which train-rm ignores
+        harmless = row["labels"].pop("harmless")
+        row["labels"]["poison"] = None if harmless is None else 1 - harmless
+    out = tmp_path / "rm"
+    result = train_reward_model(
+        rows, MIXED, str(tiny_bert), str(out), micro_batch_size=8, batch_size=16, max_epochs=1, max_len=32
+    )
+    labelled = sum(row["labels"]["poison"] is not None for row in rows)
+    assert f"labels for rule objectives are ignored: poison ({labelled} rows)" in capsys.readouterr().out
+    assert set(result["metrics"]) == {"helpful"}  # no head, no metrics for the rule
+    model = MultiHeadRewardModel.from_pretrained(out, spec=MIXED)  # the checkpoint carries the whole spec
+    assert len(model.heads) == 1 and model.stats.levels == (2,)
+    scored = Scorer.from_pretrained(out).score(["q"] * 2, ["no idea with poison", "sure"], [{"poison": 1}] * 2)
+    assert scored.probs[:, 1, :2].tolist() == [[0.0, 1.0], [1.0, 0.0]]  # the rule, exact
+
+
+@pytest.mark.unit
+def test_train_rm_refuses_a_spec_of_rules_only_and_rows_without_a_learned_label(tmp_path):
+    rules = load_spec({"objectives": [MIXED.objectives[1].to_dict()]})
+    with pytest.raises(ValueError, match="every objective is a rule, so there is no reward-model head"):
+        train_reward_model(synthetic_rows(8), rules, str(tmp_path / "backbone"), str(tmp_path / "rm"))
+    rows = [{"question": f"q{i}", "response": "r", "labels": {"poison": 0}} for i in range(8)]
+    with pytest.raises(ValueError, match=r"no row has a label for a learned objective \['helpful'\]"):
+        train_reward_model(rows, MIXED, str(tmp_path / "backbone"), str(tmp_path / "rm"), batch_size=1)
+
+
 @pytest.mark.integration
 def test_a_head_can_tell_a_list_from_the_same_words_on_one_line_through_a_newline_folding_tokenizer(
     tmp_path, tiny_bert, smollm2_dir
