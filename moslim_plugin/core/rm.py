@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedMode
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from moslim_plugin import UserError
-from moslim_plugin.core.spec import ObjectiveSpec
+from moslim_plugin.core.spec import ObjectiveSpec, SpecError, is_spec_file, load_spec
 
 FORMAT_VERSION = 2
 # config.json's `moslim.number_words` of an RM that reads numbered words with the response's digits spelled out
@@ -46,14 +46,11 @@ POOLINGS = ("last", "cls", "mean")
 PAD_LOGIT = -1e9
 
 
-SPEC_SUFFIXES = (".yaml", ".yml", ".json")
-
-
 def is_moslim_checkpoint(path) -> bool:
     """True if `path` is a folder whose config.json carries a `moslim` entry (written by `save_pretrained`), or a spec
     file (YAML/JSON): the weightless reward of a spec whose objectives are all rules (no stock reward model is one
     file, so such a path is taken for MOSLIM's, and a spec with learned objectives is refused when it is loaded)."""
-    if Path(path).suffix in SPEC_SUFFIXES and Path(path).is_file():
+    if is_spec_file(path):
         return True
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
@@ -90,7 +87,17 @@ def max_positions(path) -> int | None:
 
 
 def saved_spec(path) -> ObjectiveSpec:
-    """The spec a checkpoint folder was trained for, read from its config.json without loading any weights."""
+    """The spec a checkpoint folder was trained for, read from its config.json without loading any weights; for a
+    spec file (a reward of rules only), that spec, refused when an objective of it is learned."""
+    if is_spec_file(path):
+        spec = load_spec(path)
+        learned = [spec.names[i] for i in spec.learned]
+        if learned:
+            raise SpecError(
+                f"{path}: a spec file is a reward only when every objective is a rule, but {learned} are learned: "
+                "pass the reward-model checkpoint trained for it (train-rm)"
+            )
+        return spec
     if not is_moslim_checkpoint(path):
         raise UserError(f"{path}: not a reward-model checkpoint (no config.json with a 'moslim' entry)")
     meta = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))["moslim"]

@@ -30,8 +30,8 @@ from transformers import AutoTokenizer
 from moslim_plugin import UserError
 from moslim_plugin.core.directives import validate_request
 from moslim_plugin.core.mappings import DEFAULT_MAPPING, MappingStats, parse_mapping_kwargs, resolve_mapping
-from moslim_plugin.core.rm import SPEC_SUFFIXES, MultiHeadRewardModel, ensure_pad_token, max_positions
-from moslim_plugin.core.spec import ObjectiveSpec, SpecError, load_spec
+from moslim_plugin.core.rm import MultiHeadRewardModel, ensure_pad_token, max_positions, saved_spec
+from moslim_plugin.core.spec import ObjectiveSpec, SpecError, is_spec_file
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -139,7 +139,7 @@ def spec_stats(spec: ObjectiveSpec, head_stats: MappingStats | None) -> MappingS
     None when `head_stats` is None (the mapping then normalises per sample, or starts running statistics)."""
     if head_stats is None:
         return None
-    head_levels = tuple(spec.levels[i] for i in spec.learned)
+    head_levels = spec.learned_spec().levels
     if head_stats.levels != head_levels:
         raise ValueError(f"statistics for heads of levels {list(head_stats.levels)}, the spec's learned objectives "
                          f"have {list(head_levels)}")  # fmt: skip
@@ -197,8 +197,8 @@ class Scorer:
     ) -> "Scorer":
         """Reward model AND its tokenizer from a MOSLIM checkpoint folder, or a rules-only scorer from a spec file
         whose objectives are all rules. `spec`: the spec the caller expects."""
-        if Path(path).suffix in SPEC_SUFFIXES and Path(path).is_file():
-            rules = load_spec(path)
+        if is_spec_file(path):
+            rules = saved_spec(path)
             if spec is not None:
                 rules.check_same(spec, f"loading reward {path}")
             return cls(None, None, mapping=mapping, mapping_kwargs=mapping_kwargs, spec=rules, **kw)

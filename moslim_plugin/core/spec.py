@@ -357,6 +357,11 @@ def _check_sentences_distinct(objectives, source: str) -> None:
                 )
 
 
+def is_spec_file(path) -> bool:
+    """A YAML or JSON file: where a reward model is expected, the weightless reward of a spec of rules only."""
+    return Path(path).suffix in (".yaml", ".yml", ".json") and Path(path).is_file()
+
+
 def load_spec(path_or_dict) -> ObjectiveSpec:
     """Load and validate a spec from a YAML/JSON file, a bundled spec name or a dict (an ObjectiveSpec passes)."""
     if isinstance(path_or_dict, ObjectiveSpec):
