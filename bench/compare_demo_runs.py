@@ -20,7 +20,7 @@ import json
 import random
 from pathlib import Path
 
-from bench import figure, machine_info
+from bench import machine_info
 
 SAME = ("size", "preset", "device", "seeds", "mapping", "rl_flags", "policy", "heldout_prompts", "placement", "style")
 
@@ -103,8 +103,10 @@ def main_run(argv=None) -> int:
     )
     prompts = sorted(hits_a["base"])
     results = {
-        "runs": {"a": {"dir": args.a, "rules": settings_a.get("rules", [])},
-                 "b": {"dir": args.b, "rules": settings_b.get("rules", [])}},  # fmt: skip
+        "runs": {
+            "a": {"dir": args.a, "rules": settings_a.get("rules", [])},
+            "b": {"dir": args.b, "rules": settings_b.get("rules", [])},
+        },  # fmt: skip
         "accuracy": {
             run: {name: accuracy(hits[name], prompts, names) for name in policies}
             for run, hits in (("a", hits_a), ("b", hits_b))
@@ -121,14 +123,22 @@ def main_run(argv=None) -> int:
     command = f"python -m bench.compare_demo_runs --a {args.a} --b {args.b} --out {args.out}"
     out.write_text(json.dumps({"machine": machine_info(), "command": command, **results}, indent=1))
     png = out.with_suffix(".png")
-    with figure(png, figsize=(7, 3.5)) as (fig, ax):
-        rows = [*policies, "MOSLIM, all seeds"]
-        for y, name in enumerate(rows):
-            c = comparisons[name]["mean"]
-            ax.errorbar(c["diff"], y, xerr=[[c["diff"] - c["ci95"][0]], [c["ci95"][1] - c["diff"]]], fmt="o")
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.set_yticks(range(len(rows)), rows, fontsize=8)
-        ax.set_xlabel(f"mean exact-level accuracy, b - a (b: rules {settings_b.get('rules', [])})")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    rows = [*policies, "MOSLIM, all seeds"]
+    for y, name in enumerate(rows):
+        c = comparisons[name]["mean"]
+        ax.errorbar(c["diff"], y, xerr=[[c["diff"] - c["ci95"][0]], [c["ci95"][1] - c["diff"]]], fmt="o")
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel(f"mean exact-level accuracy, b - a (b: rules {settings_b.get('rules', [])})")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
     out.with_suffix(".md").write_text(markdown(results, names, rows, png, command))
     print(out.with_suffix(".md").read_text())
     return 0
