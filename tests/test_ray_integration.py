@@ -498,6 +498,28 @@ def test_a_full_command_line_reaches_openrlhfs_train_with_args_moslim_under_a_jo
 
 
 @pytest.mark.integration
+def test_a_full_command_line_with_a_rules_only_reward_loads_no_model_and_a_broken_rule_stops_it_in_one_line(
+    ray_cluster, minilm_dir, tmp_path
+):
+    """The spec file is the whole reward (in-process: OpenRLHF's reward group gets its path); a custom rule that
+    fails on a plain response stops the launch before Ray, with one line naming the objective."""
+    spec_file = write_rules_spec(tmp_path / "rules.yaml")
+    flags = ["--moslim.spec", str(spec_file), "--moslim.sampling", "uniform"]
+    argv = openrlhf_argv(tmp_path, minilm_dir) + ["--reward.model_name_or_path", str(spec_file), *flags]
+    got = run_driver(tmp_path, ray_cluster, argv)
+    assert got["moslim"]["in_process"] is True and str(spec_file) in got["moslim"]["reward"]
+    assert got["reward_actor"] == "MoslimRewardModelActor"
+    # The driver runs from tmp_path, so `my_rules` is importable there as a user's own module would be.
+    (tmp_path / "my_rules.py").write_text("def counts_characters(question, response):\n    return len(response)\n")
+    broken = json.loads(json.dumps(RULES_SPEC.to_dict()))
+    broken["objectives"][1]["rule"] = {"name": "my_rules:counts_characters"}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    argv = openrlhf_argv(tmp_path, minilm_dir) + ["--reward.model_name_or_path", str(tmp_path / "broken.json")]
+    refused = "error: rule objective 'format' ({'name': 'my_rules:counts_characters'}) fails on the plain response"
+    run_driver(tmp_path, ray_cluster, argv, refused=refused)
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 def test_the_reward_function_path_gets_the_command_lines_configuration_in_every_worker(
     ray_cluster, moslim_rm, minilm_dir, tmp_path
