@@ -130,6 +130,23 @@ def test_a_custom_rule_is_module_function_called_with_its_parameters():
 
 
 @pytest.mark.unit
+def test_a_custom_rule_is_found_by_its_entry_point_name(tmp_path, monkeypatch):
+    # A real (tiny) installed distribution: a dist-info with entry_points.txt on sys.path, found by importlib.metadata.
+    (tmp_path / "moslim_test_rule_plugin.py").write_text(
+        'def no_contractions(question, response):\n    return int("n\'t" not in response)\n'
+    )
+    dist = tmp_path / "moslim_test_rule_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: moslim-test-rule-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[moslim_plugin.rules]\nformal = moslim_test_rule_plugin:no_contractions\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = load_spec({"objectives": [{"name": "formal", "levels": 2, "rule": "formal"}]})
+    assert spec.objectives[0].level("q", "It is fine.") == 1 and spec.objectives[0].level("q", "Don't.") == 0
+    with pytest.raises(SpecError, match=r"entry points \(moslim_plugin.rules\): \['formal'\]; or 'module:function'"):
+        load_spec({"objectives": [{"name": "formal", "levels": 2, "rule": "formall"}]})
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("returned", [2, -1, 0.5, None, "1"])
 def test_a_rule_that_returns_no_valid_level_stops_scoring_naming_the_objective(returned):
     spec = load_spec({"objectives": [{"name": "asks", "levels": 2, "rule": {"name": "helpers_reward:returns",
