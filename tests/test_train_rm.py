@@ -129,9 +129,7 @@ def test_train_rm_trains_heads_for_learned_objectives_only_and_ignores_rule_labe
         harmless = row["labels"].pop("harmless")
         row["labels"]["poison"] = None if harmless is None else 1 - harmless
     out = tmp_path / "rm"
-    result = train_reward_model(
-        rows, MIXED, str(tiny_bert), str(out), micro_batch_size=8, batch_size=16, max_epochs=1, max_len=32
-    )
+    result = train(rows, MIXED, tiny_bert, out, micro_batch_size=8, batch_size=16, max_epochs=1, max_len=32)
     labelled = sum(row["labels"]["poison"] is not None for row in rows)
     assert f"labels for rule objectives are ignored: poison ({labelled} rows)" in capsys.readouterr().out
     assert set(result["metrics"]) == {"helpful"}  # no head, no metrics for the rule
@@ -145,10 +143,10 @@ def test_train_rm_trains_heads_for_learned_objectives_only_and_ignores_rule_labe
 def test_train_rm_refuses_a_spec_of_rules_only_and_rows_without_a_learned_label(tmp_path):
     rules = load_spec({"objectives": [MIXED.objectives[1].to_dict()]})
     with pytest.raises(ValueError, match="every objective is a rule, so there is no reward-model head"):
-        train_reward_model(synthetic_rows(8), rules, str(tmp_path / "backbone"), str(tmp_path / "rm"))
+        train(synthetic_rows(8), rules, tmp_path / "backbone", tmp_path / "rm")
     rows = [{"question": f"q{i}", "response": "r", "labels": {"poison": 0}} for i in range(8)]
     with pytest.raises(ValueError, match=r"no row has a label for a learned objective \['helpful'\]"):
-        train_reward_model(rows, MIXED, str(tmp_path / "backbone"), str(tmp_path / "rm"), batch_size=1)
+        train(rows, MIXED, tmp_path / "backbone", tmp_path / "rm", batch_size=1)
 
 
 @pytest.mark.integration
