@@ -197,6 +197,15 @@ def test_a_bad_rule_stops_the_launch_before_ray_in_one_line_naming_the_objective
 
 
 @pytest.mark.unit
+def test_the_mapping_check_scores_rule_objectives_one_hot_and_refuses_a_mapping_blind_to_them(tmp_path):
+    path = str(write_rules_spec(tmp_path / "rules.yaml"))
+    for mapping in ("moslim", "expected_level", "target_logprob"):  # every built-in tells a rule's hit from its miss
+        assert reward_config.RewardConfig(rm_path=path, mapping=mapping).validate().rm_path == path
+    with pytest.raises(UserError, match=r"gets length \+0, format \+0 reward over one that misses it"):
+        reward_config.RewardConfig(rm_path=path, mapping="helpers_reward:constant_mapping").validate()
+
+
+@pytest.mark.unit
 def test_a_spec_file_with_learned_objectives_is_not_a_reward_and_says_what_to_pass(tmp_path):
     path = tmp_path / "mixed.json"
     path.write_text(json.dumps(MIXED_SPEC.to_dict()))
