@@ -34,6 +34,11 @@ def test_benchmarks_page_has_no_number_written_by_hand():
 
 
 @pytest.mark.unit
+def test_rules_page_has_no_number_written_by_hand():
+    assert hand_written_numbers((ROOT / "docs/rules.md").read_text()) == []
+
+
+@pytest.mark.unit
 def test_a_changed_number_or_a_hand_written_one_is_caught(tmp_path):
     doc = tmp_path / "benchmarks.md"
     shutil.copy(ROOT / "docs/benchmarks.md", doc)
