@@ -322,6 +322,38 @@ def test_gpu_preset_runs_every_stage_on_the_chosen_device_with_its_own_flag_defa
         assert torch.cuda.max_memory_allocated() > 0
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_demo_rules_option_scores_length_and_format_exactly_and_reuses_the_learned_runs_base_evaluation(
+    tiny_policy, tmp_path, capsys
+):
+    """--demo.rules length,format at tiny sizes, after the learned run in the same folder: the RM gets one head
+    (formality), the rules agree with the oracle on every answer and rollout, and the starting policy's evaluation
+    is the learned run's cached one (the two runs compare the same starting answers)."""
+    from moslim_plugin.demo.pipeline import main
+
+    out = tmp_path / "demo"
+    argv = ["--out", str(out), "--seeds", "1", "--actor.model_name_or_path", str(tiny_policy),
+            "--moslim.trainable_layers", "1", "--demo.samples", "8", "--demo.rm_epochs", "1", "--demo.eval_prompts",
+            "1", "--demo.eval_samples", "0", "--demo.rl_steps", "1", "--demo.batch", "2", "--demo.max_new_tokens",
+            "4", "--demo.ric_epochs", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert "(cached: " not in capsys.readouterr().out
+    assert main([*argv, "--demo.rules", "length,format"]) == 0
+    assert "(cached: " in capsys.readouterr().out
+    assert len(list(out.glob("eval_base_*.json"))) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["rules"] == ["length", "format"]
+    rm = json.loads((out / "rm" / "config.json").read_text())["moslim"]
+    assert [o.get("rule", {}).get("name") for o in rm["spec"]["objectives"]] == ["word_count", "bulleted_list", None]
+    assert list(report["summary"]["rm_eval"]) == ["formality"]
+    for policy in report["policies"].values():
+        assert policy["rm_agreement"]["length"]["accuracy"] == policy["rm_agreement"]["format"]["accuracy"] == 1.0
+    steps = [h for h in report["training"]["MOSLIM seed 1"] if "reward" in h]
+    assert steps and all(h["agree/length"] == h["agree/format"] == 1.0 for h in steps)
+    assert "exact rule for length" in (out / "report.md").read_text()
+
+
 @pytest.mark.unit
 def test_quick_is_an_alias_of_the_quick_size_preset_and_presets_keep_one_set_of_keys():
     from moslim_plugin.demo.pipeline import SIZES, build_parser
