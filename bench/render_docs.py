@@ -596,19 +596,21 @@ def readme_results() -> str:
 
 @renderer
 def rules_cost() -> str:
-    """docs/rules.md: what a rule costs (bench_rules) beside what the demo's learned heads cost (its report)."""
-    result, demo = load("bench_rules"), json.loads(DEMO_REPORT.read_text())
+    """docs/rules.md: what a rule costs (bench_rules) beside what demo_v7's learned heads cost (its report: the last
+    full demo run with learned length and format heads and its RM's held-out metrics)."""
+    result, demo = load("bench_rules"), json.loads(V7_REPORT.read_text())
     r, t = result["results"], demo["timings_s"]
     rm = demo["summary"]["rm_eval"]
+    where = f"`{V7_REPORT.relative_to(ROOT)}`"
     return "\n".join([
-        f"- **labelled data**: the demo labels its {demo['settings']['size']['samples']} policy samples and edited "
+        f"- **labelled data**: demo_v7 labels its {demo['settings']['size']['samples']} policy samples and edited "
         f"copies of them to train its heads ({rm['length']['n']} rows held out to evaluate them);",
         f"- **capacity and time**: every head shares the backbone, so a hard one (word counts) competes with the "
-        f"others, and the reward model is trained and run for it: the demo's RM stage took {t['rm'] / 60:.0f} of the "
-        f"{t['total'] / 60:.0f} minutes of its {len(demo['settings']['seeds'])}-seed run (`docs/demo/report.json`);",
+        f"others, and the reward model is trained and run for it: demo_v7's RM stage took {t['rm'] / 60:.0f} of the "
+        f"{t['total'] / 60:.0f} minutes of its {len(demo['settings']['seeds'])}-seed run ({where});",
         "- **a ceiling**: read as plain text, the demo's length head could not count words at the band edges "
         "whatever the pooling or backbone, and needed numbered words (docs/results.md, \"Why the demo's "
-        f"defaults\"); it now reaches held-out macro-F1 {rm['length']['macro_f1']:.3f} on the demo's held-out rows;",
+        f"defaults\"); with them demo_v7's reached held-out macro-F1 {rm['length']['macro_f1']:.3f};",
         "- **reward hacking**: a learned head can be fooled where a rule cannot (the numeral above).",
         "",
         f"A rule costs microseconds of Python per sample and nothing else: the demo's two rules took "
