@@ -139,7 +139,7 @@ def cell(ctx, name, seed, result, samples, wall_s, source, **extra) -> dict:
     """One (setting, seed) measurement: the evaluation's metrics, its headline metrics with intervals, and its
     paired differences (same prompts and requests) against the starting policy and, for a MOSLIM setting, the demo's
     MOSLIM run of the same seed."""
-    from moslim_plugin.demo.evaluate import headline, paired_differences
+    from moslim_plugin.demo.metrics import headline, paired_differences
 
     demo, ref = ctx.demos[name], ctx.eval_samples
     against = {"starting policy": ref["base"]}
@@ -471,7 +471,8 @@ def rl_monitors(results, out) -> str:
     """Markdown (and a PNG for the curve) of what the RL cells logged: the reward-hacking monitor (the RM against the
     oracle on the rollouts, first vs last quarter of the steps) and, for cells with curve points, accuracy vs step."""
     from moslim_plugin.demo.oracle import demo_spec
-    from moslim_plugin.demo.report import agreement_monitor, interval, plot_learning_curve
+    from moslim_plugin.demo.plots import plot_learning_curve
+    from moslim_plugin.demo.report import agreement_monitor, interval
 
     spec, settings = demo_spec(), results["demo_settings"]
     rollouts = settings["size"]["batch"] * settings["rl_flags"]["rollout.n_samples_per_prompt"]

@@ -6,14 +6,8 @@ from collections import Counter
 
 import pytest
 
-from moslim_plugin.demo.evaluate import (
-    accuracy_ci95,
-    conditional_gap,
-    controllability_metrics,
-    eval_requests,
-    make_judge,
-    spearman,
-)
+from moslim_plugin.demo.evaluate import eval_requests, make_judge
+from moslim_plugin.demo.metrics import accuracy_ci95, conditional_gap, controllability_metrics, spearman
 from moslim_plugin.demo.oracle import demo_spec
 
 
@@ -105,7 +99,8 @@ def answers(policy_hits, prompts=20):
 
 @pytest.mark.unit
 def test_joint_metrics_report_unseen_combinations_apart_with_intervals():
-    from moslim_plugin.demo.evaluate import full_requests, joint_metrics
+    from moslim_plugin.demo.evaluate import full_requests
+    from moslim_plugin.demo.metrics import joint_metrics
     from moslim_plugin.demo.pipeline import UNSEEN
 
     spec = demo_spec()
@@ -126,7 +121,8 @@ def test_joint_metrics_report_unseen_combinations_apart_with_intervals():
 
 @pytest.mark.unit
 def test_paired_differences_are_zero_against_itself_and_exclude_zero_for_a_policy_better_on_every_prompt():
-    from moslim_plugin.demo.evaluate import bootstrap_ci, full_requests, paired_differences, prompt_cells
+    from moslim_plugin.demo.evaluate import full_requests
+    from moslim_plugin.demo.metrics import bootstrap_ci, paired_differences, prompt_cells
     from moslim_plugin.demo.pipeline import UNSEEN
 
     joint = full_requests(demo_spec())

@@ -42,16 +42,9 @@ from moslim_plugin import UserError, add_threads_flag, integer, nonnegative_int,
 from moslim_plugin.core.directives import DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.core.mappings import parse_mapping_kwargs, resolve_mapping
 from moslim_plugin.data.datasets import TargetSampler
-from moslim_plugin.demo.evaluate import (
-    builtin_prompts,
-    evaluate_policy,
-    full_requests,
-    headline,
-    make_output_dir,
-    paired_differences,
-    rm_agreement,
-)
+from moslim_plugin.demo.evaluate import builtin_prompts, evaluate_policy, full_requests, make_output_dir, rm_agreement
 from moslim_plugin.demo.local_rl import add_rl_args, check_rl_args, train_policy
+from moslim_plugin.demo.metrics import headline, paired_differences
 from moslim_plugin.demo.oracle import RULES, demo_spec, judge, request_hits
 from moslim_plugin.demo.policy import generate, load_policy, torch_device
 from moslim_plugin.demo.report import agreement_monitor, level_shares, summarize, targets, write_report

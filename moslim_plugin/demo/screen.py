@@ -24,7 +24,8 @@ import time
 from moslim_plugin import Range, add_threads_flag, positive, positive_int, probability, set_threads, writable
 from moslim_plugin.core.directives import PLACEMENTS, STYLES
 from moslim_plugin.demo.evaluate import builtin_prompts, evaluate_policy, load_judge, make_output_dir, read_prompts
-from moslim_plugin.demo.report import check_finite, plot_panels
+from moslim_plugin.demo.plots import plot_panels
+from moslim_plugin.demo.report import check_finite
 
 
 def build_parser():
