@@ -20,10 +20,11 @@ most likely class. Per objective, over the responses that requested it:
   the level the policy gives the same prompt by default.
 
 The metrics and their intervals live in `demo/metrics.py`. Joint control (`joint_metrics`, with `--eval.joint` or
-the demo): every prompt is also answered under every full combination of levels (all objectives requested at once). Per objective its accuracy under the joint request, and
-the exact-all rate (every requested level met), over all combinations and apart for those held out of training
-(`unseen`), each with a bootstrap 95 % interval over prompts. `bootstrap_ci` also gives the paired interval of the
-difference between two policies answering the same items (the same prompts resampled for both).
+the demo): every prompt is also answered under every full combination of levels (all objectives requested at once).
+Per objective its accuracy under the joint request, and the exact-all rate (every requested level met), over all
+combinations and apart for those held out of training (`unseen`), each with a bootstrap 95 % interval over prompts.
+`bootstrap_ci` also gives the paired interval of the difference between two policies answering the same items (the
+same prompts resampled for both).
 
 With the oracle as judge and a reward model given, `rm_agreement` is the accuracy and macro-F1 of the RM's most
 likely class against the oracle's level. Writes eval.json, eval.md and a requested-vs-achieved plot to
