@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from bench import figure, machine_info
-from moslim_plugin.demo.evaluate import bootstrap_ci, cells_mean, headline, paired_differences, prompt_cells
+from moslim_plugin.demo.metrics import bootstrap_ci, cells_mean, headline, paired_differences, prompt_cells
 
 SAME = ("size", "preset", "device", "seeds", "mapping", "rl_flags", "policy", "heldout_prompts", "placement", "style",
         "sampling", "request_weights", "unseen")  # fmt: skip
