@@ -649,9 +649,15 @@ def demo_rules(path=None) -> str:
     lines = [
         f"Measured (`{result['command']}`, {result['machine']['date_utc']}): a = learned heads "
         f"(`{runs['a']['dir']}`, {runs['a']['minutes']:.0f} min), b = rules for {', '.join(runs['b']['rules'])} "
-        f"(`{runs['b']['dir']}`, {runs['b']['minutes']:.0f} min), seeds {result['seeds']}, the same samples, "
-        "prompts, requests and RL budget. Greedy answers to the held-out prompts judged by the oracle; b - a with "
-        "paired bootstrap 95 % intervals over prompts; per objective: single-objective requests.",
+        f"(`{runs['b']['dir']}`, {runs['b']['minutes']:.0f} min; wall times on a shared machine, not a speed "
+        f"comparison), seeds {result['seeds']}, the same samples, prompts, requests and RL budget. Greedy answers to "
+        "the held-out prompts judged by the oracle; b - a with paired bootstrap 95 % intervals over prompts; per "
+        "objective: single-objective requests. "
+        + (
+            "One RL run per side: the intervals cover the prompts, not how much RL runs of other seeds vary."
+            if len(result["seeds"]) == 1
+            else "The MOSLIM rows are per seed."
+        ),
         "",
         "| policy | single-objective acc, a / b | " + " | ".join(f"b - a: {m}" for m in metrics) + " |",
         "|" + " --- |" * (2 + len(metrics)),
