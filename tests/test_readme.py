@@ -1,7 +1,8 @@
-"""Every `moslim-openrlhf` command in README.md's fenced blocks runs as written (read from the README, so the test
-follows its edits). Commands that fit a CPU run on small files this test writes under the names the README uses;
-the hub model of `train-rm` is swapped for a tiny local BERT (no machine here reaches the hub). A command with a
-placeholder (`<your OpenRLHF flags>`) is checked against its `--help`: every --moslim.* flag it shows must exist."""
+"""Every `moslim-openrlhf` command in the fenced blocks of README.md and docs/usage.md runs as written (read from the
+docs, so the test follows its edits). Commands that fit a CPU run on small files this test writes under the names
+the README uses; the hub model of `train-rm` is swapped for a tiny local BERT (no machine here reaches the hub). A
+command with a placeholder (`<your OpenRLHF flags>`) is checked against its `--help`: every --moslim.* flag it shows
+must exist."""
 
 import json
 import re
@@ -17,11 +18,13 @@ from moslim_plugin.cli import COMMANDS
 from moslim_plugin.cli import main as cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+USAGE = README.parent / "docs" / "usage.md"  # "Your own ratings" lives there
 
 
 def readme_commands() -> list[list[str]]:
     commands = []
-    for block in re.findall(r"```[a-z]*\n(.*?)```", README.read_text(encoding="utf-8"), re.S):
+    blocks = [b for doc in (README, USAGE) for b in re.findall(r"```[a-z]*\n(.*?)```", doc.read_text("utf-8"), re.S)]
+    for block in blocks:
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             if line.strip().startswith("moslim-openrlhf "):
                 commands.append(shlex.split(line, comments=True)[1:])
@@ -43,8 +46,8 @@ def write_inputs(folder: Path):
         for answer, level in (("Sure, here is how.", 1), ("No.", 0))
     ]
     (folder / "my_ratings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rated))
-    # "Your own ratings": the README's own spec, and rows rated by three raters (means), some without a fact.
-    (folder / "my_spec.yaml").write_text(re.search(r"```yaml\n(.*?)```", README.read_text(), re.S).group(1))
+    # "Your own ratings" (docs/usage.md): its own spec, and rows rated by three raters (means), some without a fact.
+    (folder / "my_spec.yaml").write_text(re.search(r"```yaml\n(.*?)```", USAGE.read_text(), re.S).group(1))
     means = [1.0, 4 / 3, 5 / 3, 2.0, 7 / 3, 8 / 3, 3.0]
     usr = [
         {"conversation_id": i // 2, "context": f"A: chat {i}", "fact": "_nofact\n" if i % 3 else f"Bread rises {i}.",
