@@ -275,12 +275,12 @@ class Run:
         return env
 
     def command(self, script, variant, env, extra=(), drop=(), drop_with_value=(), steps=STEPS, overlay=CPU_OVERLAY,
-                samples=SAMPLES_PER_STEP, submit=True):  # fmt: skip
+                samples=SAMPLES_PER_STEP, submit=True, job_env=None):  # fmt: skip
         """launch/<script>.sh's command with `overlay` (default: the CPU one), rollout batches of `samples` samples
         (n_samples_per_prompt stays the script's) and prompts for `steps` steps; the job's runtime env gains the
-        record folder (the job's processes see only their runtime env, not this process's). `submit=False`: the
-        command after `ray job submit ... --`, for a cluster without a dashboard (then the cluster's env must hold
-        MOSLIM_E2E_RECORD)."""
+        record folder and `job_env` (the job's processes see only their runtime env, not this process's).
+        `submit=False`: the command after `ray job submit ... --`, for a cluster without a dashboard (then the
+        cluster's env must hold MOSLIM_E2E_RECORD)."""
         command = launch_command(script, variant, env)
         n = int(flag_value(command, "--rollout.n_samples_per_prompt"))
         prompts_per_step = samples // n
@@ -291,7 +291,7 @@ class Run:
         for item in command[:entry]:
             if item.startswith("--runtime-env-json="):
                 runtime_env = json.loads(item.split("=", 1)[1])
-                runtime_env.setdefault("env_vars", {})[RECORD_ENV] = str(self.records)
+                runtime_env.setdefault("env_vars", {}).update({RECORD_ENV: str(self.records), **(job_env or {})})
                 item = "--runtime-env-json=" + json.dumps(runtime_env)
             head.append(item)
         head += ["--submission-id", f"{self.dir.name}-{os.getpid()}-{int(time.time())}"]

@@ -212,12 +212,17 @@ def test_a_run_killed_after_step_1_resumes_at_step_2_with_the_same_data_and_ends
 
     killed = Run(e2e.work / "runs", "grpo-killed")
     env = killed.script_env(e2e.assets, e2e.cluster)
-    killed.start(killed.command("grpo", "inprocess", env), env)
+    # The CPU engine holds step 2's generation (MOSLIM_E2E_HOLD_AFTER_SYNC=1): the job is stopped while step 1's
+    # checkpoint is on disk and step 2 cannot finish, whatever the machine's speed.
+    killed.start(killed.command("grpo", "inprocess", env, job_env={"MOSLIM_E2E_HOLD_AFTER_SYNC": "1"}), env)
     step1 = killed.save / "ckpt" / "global_step1_hf" / "tokenizer.json"  # OpenRLHF's last write of step 1's save
     deadline = time.time() + 900
-    while not step1.exists() and killed.process.poll() is None and time.time() < deadline:
+    while killed.process.poll() is None and time.time() < deadline:
+        if step1.exists() and any(r["kind"] == "hold" for r in killed.engine_records()):
+            break
         time.sleep(0.5)
-    time.sleep(1)
+    assert killed.process.poll() is None, killed.output()[-3000:]
+    assert [r["syncs"] for r in killed.engine_records() if r["kind"] == "hold"][:1] == [1], killed.output()[-3000:]
     killed.stop_job(env)
     killed.wait()
     assert step1.exists() and not (killed.save / "ckpt" / "global_step2_hf").exists(), killed.output()[-3000:]

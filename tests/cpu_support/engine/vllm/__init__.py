@@ -15,7 +15,9 @@ prompt), so a resumed run samples what the uninterrupted one did (vLLM draws fro
 
 With MOSLIM_E2E_RECORD=<folder>, each engine appends to <folder>/engine-<pid>.jsonl a line with the sha256 of every
 parameter when it loads the model and after each completed weight sync, and one per generation, for the end-to-end
-tests' checks.
+tests' checks. With MOSLIM_E2E_HOLD_AFTER_SYNC=<n>, generation waits forever once the engine has received n weight
+syncs (and records a "hold" line): the kill-and-resume test stops the job there, so no later step can complete
+before the stop lands, however fast the machine is.
 """
 
 import asyncio
@@ -38,6 +40,7 @@ from .inputs import TokensPrompt  # noqa: F401  (vllm.inputs.TokensPrompt, as in
 # OpenRLHF 0.11.2's `vllm` extra pins 0.29.0; its version checks then take the branches a GPU user's install takes.
 __version__ = "0.29.0"
 RECORD_ENV = "MOSLIM_E2E_RECORD"
+HOLD_ENV = "MOSLIM_E2E_HOLD_AFTER_SYNC"
 
 
 @dataclass
@@ -166,6 +169,7 @@ class AsyncLLMEngine:
         self.lock = threading.Lock()  # one forward at a time: generation and weight loading never overlap
         record = os.environ.get(RECORD_ENV)
         self.record_path = os.path.join(record, f"engine-{os.getpid()}.jsonl") if record else None
+        self.hold_after = int(os.environ[HOLD_ENV]) if os.environ.get(HOLD_ENV) else None
         self._record(kind="load", sha256=self.weight_digest())
 
     @classmethod
@@ -212,6 +216,9 @@ class AsyncLLMEngine:
     async def generate(self, prompt, sampling_params: SamplingParams, request_id: str, **kwargs):
         if self.asleep:
             raise RuntimeError(f"generate() while the engine sleeps ({sorted(self.asleep)}): call wake_up() first")
+        if self.hold_after is not None and self.syncs >= self.hold_after:
+            self._record(kind="hold", syncs=self.syncs)
+            await asyncio.Event().wait()  # never set: the run stays here until its job is stopped
         prompt_ids = list(prompt["prompt_token_ids"])
         key = hashlib.sha256(json.dumps([self.args.seed, prompt_ids]).encode()).hexdigest()
         occurrence = self.seen[key] = self.seen.get(key, -1) + 1
