@@ -138,13 +138,15 @@ def demo_command(report, demo_dir) -> str:
 def cell(ctx, name, seed, result, samples, wall_s, source, **extra) -> dict:
     """One (setting, seed) measurement: the evaluation's metrics, its headline metrics with intervals, and its
     paired differences (same prompts and requests) against the starting policy and, for a MOSLIM setting, the demo's
-    MOSLIM run of the same seed."""
+    RiC policy and its MOSLIM run of the same seed."""
     from moslim_plugin.demo.metrics import headline, paired_differences
 
     demo, ref = ctx.demos[name], ctx.eval_samples
     against = {"starting policy": ref["base"]}
-    if seed is not None and not name.startswith(("base_", "ric")) and f"MOSLIM seed {seed}" in ref:
-        against["demo MOSLIM, same seed"] = ref[f"MOSLIM seed {seed}"]
+    if seed is not None and not name.startswith(("base_", "ric")):
+        against.update({"RiC": ref["RiC SFT"]} if "RiC SFT" in ref else {})
+        if f"MOSLIM seed {seed}" in ref:
+            against["demo MOSLIM, same seed"] = ref[f"MOSLIM seed {seed}"]
     paired = {k: paired_differences(samples, other, demo.joint, demo.unseen) for k, other in against.items()}
     return {"source": source, "wall_s": round(wall_s, 1), "metrics": result["metrics"],
             "sampled_metrics": result.get("sampled_metrics"), "joint_metrics": result.get("joint_metrics"),

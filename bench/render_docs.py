@@ -14,6 +14,7 @@ spans, excepted), so a published number cannot silently go stale.
 """
 
 import argparse
+import hashlib
 import json
 import re
 import statistics
@@ -335,10 +336,12 @@ COMMANDS = {
     "demo_joint": "python -m moslim_plugin demo --seeds 1 2 3 --out runs/demo_joint",
     "make_demo": "time make demo",
     "numeral_probe": "python -m bench.numeral_probe --demo_dir runs/demo_joint",
-    "demo_mappings": "python -m bench.demo_ablation --demo_dir runs/demo_joint --seeds 1 2 3 --settings moslim_best "
+    "demo_mappings": "python -m bench.demo_ablation --demo_dir runs/demo_default --seeds 1 2 3 --settings moslim_best "
     "mapping_expected_level mapping_target_logprob --out bench/results/demo_mappings.json",
-    "demo_long": "python -m bench.demo_ablation --demo_dir runs/demo_joint --seeds 1 --settings long "
+    "demo_long": "python -m bench.demo_ablation --demo_dir runs/demo_default --seeds 1 --settings long "
     "--out bench/results/demo_long.json",
+    "demo_seeds": "python -m bench.demo_ablation --demo_dir runs/demo_default --seeds 1 2 3 --settings moslim_best "
+    "--out bench/results/demo_mappings.json",
 }
 METRIC_NAMES = {"single_accuracy": "single-objective acc", "joint_accuracy": "acc under joint requests",
                 "exact_all": "exact-all, all 12", "exact_all_seen": "exact-all, seen",
@@ -424,7 +427,12 @@ def demo_joint() -> str:
         "- Hacking monitor, RM = oracle on the rollouts (first -> last quarter of the RL steps): "
         + monitor_text(s["agreement_monitor"]) + ".",
     ]  # fmt: skip
-    if len(seeds) < 3:
+    # Seeds added on this very run's RM by the ablation (its moslim_best cells; demo_seeds checks their flags).
+    added = load("demo_mappings") if (RESULTS_DIR / "demo_mappings.json").is_file() else None
+    if added and added["inputs"]["demo_report_sha256"] == hashlib.sha256(DEMO_REPORT.read_bytes()).hexdigest()[:16]:
+        lines += [f"- Seeds {', '.join(added['cells'].get('moslim_best', {}))} on this run's RM: "
+                  "[every seed of the default](#every-seed-of-the-default)."]  # fmt: skip
+    elif len(seeds) < 3:
         lines += [f"- The 3-seed evidence run has not been run yet: `{COMMANDS['demo_joint']}`."]
     return "\n".join(lines)
 
@@ -486,6 +494,52 @@ def demo_mappings() -> str:
                                                                                   "single_accuracy"))
             + " |"
         )  # fmt: skip
+    return "\n".join(lines)
+
+
+@renderer
+def demo_seeds() -> str:
+    """The default's MOSLIM RL on every seed: the `moslim_best` cells of bench/results/demo_mappings.json when their
+    flags and mapping are the demo run's own (seed 1 is then that run's policy), each seed's paired differences
+    against the starting policy and RiC, and the demo's targets judged over those seeds."""
+    from moslim_plugin.demo.report import paired_text, targets
+
+    result = load("demo_mappings") if (RESULTS_DIR / "demo_mappings.json").is_file() else {"cells": {}}
+    cells = result["cells"].get("moslim_best")
+    if not cells:
+        return not_run("demo_seeds")
+    settings = result["demo_settings"]
+    differ = [seed for seed, c in cells.items() if c["mapping"] != settings["mapping"]
+              or any(c["rl_flags"].get(key) != value for key, value in settings["rl_flags"].items())]  # fmt: skip
+    if differ:  # another --best_flags: these cells are not the default's seeds
+        return f"`moslim_best` ran other flags than the demo's (seeds {', '.join(differ)}): not the default's seeds."
+    metrics = ("single_accuracy", "exact_all_seen", "exact_all_unseen")
+    summary = {
+        "paired": {f"MOSLIM seed {seed}": c["paired"] for seed, c in cells.items()},
+        "moslim_accuracy_mean": statistics.mean(c["metrics"]["mean"]["accuracy"] for c in cells.values()),
+    }
+    verdict = targets(summary, list(cells))
+    gain, single = verdict["unseen_exact_all_gain"], verdict["single_accuracy"]
+    lines = [f"`{result['commands'][-1]}` (the demo run's own flags, RM, samples and baselines; seed 1 is its own "
+             f"policy, reused): {len(cells)} seed{'s' * (len(cells) != 1)}, "
+             f"{settings['heldout_prompts']} held-out prompts, greedy, the oracle judges.", "",
+             "| MOSLIM seed | " + " | ".join(f"{METRIC_NAMES[m]} [95 % CI]" for m in metrics)
+             + " | unseen exact-all minus the starting policy | minus RiC | single acc minus the starting policy |",
+             "|" + " --- |" * (4 + len(metrics))]  # fmt: skip
+    for seed, c in cells.items():
+        ref = c["paired"]
+        lines.append(f"| {seed} | " + " | ".join(value_ci(c["headline"][m]) for m in metrics)
+                     + f" | {paired_text(ref['starting policy']['exact_all_unseen'])} | "
+                     + (paired_text(ref["RiC"]["exact_all_unseen"]) if "RiC" in ref else "-")
+                     + f" | {paired_text(ref['starting policy']['single_accuracy'])} |")  # fmt: skip
+    lines += [
+        "",
+        f"- Target, unseen full combinations: every MOSLIM seed's exact-all rate >= the starting policy's + "
+        f"{gain['target']:.2f}, the paired interval above 0: {MET[gain['met']]} "
+        f"({sum(g['met'] for g in gain['per_seed'].values())} of {len(gain['per_seed'])} seeds).",
+        f"- Target, single-objective accuracy (mean over MOSLIM seeds) >= {single['target']:.2f}: "
+        f"{MET[single['met']]} ({single['value']:.3f}).",
+    ]  # fmt: skip
     return "\n".join(lines)
 
 

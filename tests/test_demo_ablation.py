@@ -87,7 +87,9 @@ def test_cells_the_demo_measured_are_taken_from_its_report_unchanged(ablation, d
     # Seed 1 is the demo's own MOSLIM run (reused): against itself every difference is 0. The demo ran no seed 2.
     itself = cells["moslim"]["1"]["paired"]["demo MOSLIM, same seed"]
     assert itself and all(d == {"diff": 0.0, "ci95": [0.0, 0.0]} for d in itself.values())
-    assert set(cells["moslim"]["2"]["paired"]) == {"starting policy"}
+    # Against the demo's RiC policy too, computed as the demo's report computes it (the same paired bootstrap).
+    assert cells["moslim"]["1"]["paired"]["RiC"] == report["summary"]["paired"]["MOSLIM seed 1"]["RiC"]
+    assert set(cells["moslim"]["2"]["paired"]) == {"starting policy", "RiC"}
     assert cells["moslim"]["2"]["source"] == "run" and cells["base_tagged"]["all"]["source"] == "run"
 
 
@@ -130,7 +132,7 @@ def test_mapping_settings_train_with_their_own_mapping_and_the_long_setting_logs
     result = json.loads(out.read_text())
     mapped, long = result["cells"]["mapping_target_logprob"]["1"], result["cells"]["long"]["1"]
     assert mapped["source"] == "run" and mapped["mapping"] == "target_logprob"  # not the demo's moslim cell
-    assert set(mapped["paired"]) == {"starting policy", "demo MOSLIM, same seed"}  # the demo ran seed 1
+    assert set(mapped["paired"]) == {"starting policy", "RiC", "demo MOSLIM, same seed"}  # the demo ran seed 1
     assert len(mapped["joint_metrics"]["combinations"]) == 12
     # Four RL steps, a curve point at 0 (the starting policy), 2 and 4; the monitor's agreement at every step.
     assert [h["step"] for h in long["history"] if "curve" in h] == [0, 2, 4]
@@ -153,6 +155,37 @@ def test_mapping_settings_train_with_their_own_mapping_and_the_long_setting_logs
     assert f"length {monitor['length']['first']:.3f} -> {monitor['length']['last']:.3f}" in rendered["demo_long"]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_docs_render_each_seed_of_the_default_against_the_starting_policy_and_ric_with_the_targets(
+    ablation, tmp_path, monkeypatch
+):
+    from bench import render_docs
+    from moslim_plugin.demo.report import paired_text
+
+    _, out = ablation
+    result = json.loads(out.read_text())
+    monkeypatch.setattr(render_docs, "RESULTS_DIR", tmp_path)
+    # The fixture's moslim_best trained two PPO epochs, its demo one: those are not the default's seeds.
+    (tmp_path / "demo_mappings.json").write_text(json.dumps(result))
+    assert "ran other flags than the demo's (seeds 1, 2)" in render_docs.demo_seeds()
+    # Its `moslim` cells are the demo's own flags (seed 1 the demo's policy): rendered as the default's seeds.
+    result["cells"]["moslim_best"] = cells = result["cells"]["moslim"]
+    (tmp_path / "demo_mappings.json").write_text(json.dumps(result))
+    text = render_docs.demo_seeds()
+    for seed, c in cells.items():
+        ref = c["paired"]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {seed} |"))
+        assert row.endswith(f"| {paired_text(ref['starting policy']['exact_all_unseen'])} | "
+                            f"{paired_text(ref['RiC']['exact_all_unseen'])} | "
+                            f"{paired_text(ref['starting policy']['single_accuracy'])} |")  # fmt: skip
+    gains = [c["paired"]["starting policy"]["exact_all_unseen"] for c in cells.values()]
+    met = sum(g["diff"] >= 0.10 and g["ci95"][0] > 0 for g in gains)
+    assert f"the paired interval above 0: {'met' if met == 2 else '**not met**'} ({met} of 2 seeds)" in text
+    mean = sum(c["metrics"]["mean"]["accuracy"] for c in cells.values()) / 2
+    assert f"(mean over MOSLIM seeds) >= 0.80: {'met' if mean >= 0.80 else '**not met**'} ({mean:.3f})" in text
+
+
 def render_from(tmp_path, monkeypatch, result, names) -> dict:
     """Render the docs regions `names` from `result` copied in as each one's results file."""
     from bench import render_docs
@@ -171,7 +204,7 @@ def test_a_docs_region_whose_run_has_not_been_made_says_so_with_its_command(tmp_
     monkeypatch.setattr(render_docs, "DEMO_REPORT", tmp_path / "report.json")
     assert "| demo, joint requests (the current default) | not run yet |" in render_docs.readme_results()
     monkeypatch.setattr(render_docs, "RESULTS_DIR", tmp_path)
-    for name in ("demo_joint", "demo_long", "demo_mappings", "numeral_probe"):
+    for name in ("demo_joint", "demo_long", "demo_mappings", "demo_seeds", "numeral_probe"):
         assert render_docs.RENDERERS[name]() == f"**Not run yet.** The command: `{render_docs.COMMANDS[name]}`."
 
 
