@@ -506,7 +506,8 @@ def test_the_split_is_written_next_to_the_model_and_evaluate_rm_measures_those_r
     from moslim_plugin.cli import main as cli
 
     rows = [dict(r, conv=i // 4) for i, r in enumerate(synthetic_rows(96))]
-    flags = dict(micro_batch_size=8, batch_size=8, max_epochs=2, lr=3e-3, max_len=32, eval_ratio=0.25)
+    # 12 tokens cut every pair: scored at any other length the held-out rows would read differently.
+    flags = dict(micro_batch_size=8, batch_size=8, max_epochs=2, lr=3e-3, max_len=12, eval_ratio=0.25)
     result = train(rows, SPEC, tiny_bert, tmp_path / "rm", split_key="conv", **flags)
     split = json.loads((tmp_path / "rm" / "split.json").read_text())
     assert split == result["split"] and (split["split_key"], split["groups"], split["held_out_groups"]) == (
@@ -517,9 +518,9 @@ def test_the_split_is_written_next_to_the_model_and_evaluate_rm_measures_those_r
     held = [json.loads(line) for line in (tmp_path / "rm" / "held_out.jsonl").read_text().splitlines()]
     assert len(held) == result["eval_rows"] == 24 and len({r["conv"] for r in held}) == 6
     out = tmp_path / "eval"
-    assert cli(["evaluate-rm", "--model", str(tmp_path / "rm"), "--output_dir", str(out), "--data.max_len", "32"]) == 0
+    assert cli(["evaluate-rm", "--model", str(tmp_path / "rm"), "--output_dir", str(out)]) == 0  # no length given
     report = json.loads((out / "report.json").read_text())
-    assert report["data"].endswith("held_out.jsonl") and report["rows"] == 24
+    assert report["data"].endswith("held_out.jsonl") and report["rows"] == 24 and report["max_length"] == 12
     assert report["heads"]["helpful"]["nll"] == pytest.approx(result["metrics"]["helpful"]["nll"], abs=1e-5)
 
 

@@ -117,7 +117,8 @@ def ensure_pad_token(tokenizer):
 class MoslimRMConfig(PreTrainedConfig):
     """`backbone_config`: the backbone's config (a dict with its `model_type` on disk). `moslim`: format_version,
     spec (dict), spec_fingerprint, pooling (resolved, never 'auto'), number_words (false or `NUMBERED_WORDS`, absent =
-    false: see `scorer.encode_truncated`), stats (MappingStats.to_dict() or None)."""
+    false: see `scorer.encode_truncated`), stats (MappingStats.to_dict() or None), max_len (the tokens per row train-rm
+    trained at; absent in a checkpoint built otherwise)."""
 
     model_type = "moslim_multihead"
     sub_configs = {"backbone_config": AutoConfig}

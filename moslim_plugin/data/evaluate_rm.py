@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+from pathlib import Path
 
 import torch
 
@@ -197,7 +198,8 @@ def draw(report: dict, path) -> None:
 
 def evaluate(model, data: str, output_dir=None, request=None, max_length=None, batch_size: int = 16) -> dict:
     """Report dict for `model` (a checkpoint folder or a Scorer) on `data`; written to `output_dir` when given.
-    `max_length`: tokens per pair (None: 512, or the backbone's position limit when smaller)."""
+    `max_length`: tokens per pair (None: the length train-rm trained the checkpoint at, recorded in its config.json;
+    for a checkpoint without it, 512, or the backbone's position limit when smaller)."""
     from moslim_plugin.core.rm import max_positions, saved_spec
     from moslim_plugin.core.scorer import Scorer
     from moslim_plugin.data.rm_rows import load_rows
@@ -205,7 +207,9 @@ def evaluate(model, data: str, output_dir=None, request=None, max_length=None, b
     is_scorer = isinstance(model, Scorer)
     spec = model.spec if is_scorer else saved_spec(model)
     positions = None if is_scorer else max_positions(model)
-    max_length = max_length or min(512, positions or 512)
+    config = Path(model, "config.json") if not is_scorer else None  # absent for a spec file of rules only
+    trained = json.loads(config.read_text()).get("moslim", {}).get("max_len") if config and config.is_file() else None
+    max_length = max_length or trained or min(512, positions or 512)
     if positions and max_length > positions:
         raise UserError(
             f"--data.max_len {max_length} exceeds what the reward model {model} can read (its backbone's "
@@ -222,7 +226,8 @@ def evaluate(model, data: str, output_dir=None, request=None, max_length=None, b
         writable(output_dir, "--output_dir")  # made when the report is written: a failed run leaves no folder
     scorer = model if is_scorer else Scorer.from_pretrained(model, max_length=max_length, batch_size=batch_size)
     report = evaluate_pairs(scorer, pairs) if pairs else evaluate_ratings(scorer, rows)
-    report = {"model": "<scorer>" if is_scorer else str(model), "data": str(data), **report}
+    report = {"model": "<scorer>" if is_scorer else str(model), "data": str(data), "max_length": scorer.max_length,
+              **report}  # fmt: skip
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, "report.json"), "w") as f:
@@ -259,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         "of its own; default for HH-RLHF's helpful*/harmless* files: that objective at its top level",
     )  # fmt: skip
     p.add_argument("--data.max_len", type=positive_int, default=None,
-                   help="tokens per pair (default: 512, or the reward model's limit when smaller)")  # fmt: skip
+                   help="tokens per pair (default: the length train-rm trained the model at; for a model without "
+                   "that record, 512, or its limit when smaller)")  # fmt: skip
     p.add_argument("--micro_batch_size", type=positive_int, default=16)
     add_threads_flag(p)
     return p

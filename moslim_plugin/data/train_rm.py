@@ -418,6 +418,9 @@ def finish(run: Run, state: dict, tokenizer, split: dict, eval_rows, train_secon
     probs, labels = predict(run.model, run.eval_loader, run.device)
     metrics = head_metrics(probs, labels, spec, prior_labels=run.train_labels)
     unwrapped.stats = MappingStats.from_probs(probs, spec.levels)
+    # The length the heads were trained and kept at: evaluate-rm scores at it by default, so that its numbers on the
+    # held-out rows are train-rm's.
+    unwrapped.config.moslim = {**unwrapped.config.moslim, "max_len": config.max_len}
     save_model(unwrapped, tokenizer, config, strategy)
     result = {
         "output_dir": config.output_dir,
