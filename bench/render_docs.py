@@ -427,10 +427,9 @@ def demo_joint() -> str:
         "- Hacking monitor, RM = oracle on the rollouts (first -> last quarter of the RL steps): "
         + monitor_text(s["agreement_monitor"]) + ".",
     ]  # fmt: skip
-    # Seeds added on this very run's RM by the ablation (its moslim_best cells; demo_seeds checks their flags).
-    added = load("demo_mappings") if (RESULTS_DIR / "demo_mappings.json").is_file() else None
-    if added and added["inputs"]["demo_report_sha256"] == hashlib.sha256(DEMO_REPORT.read_bytes()).hexdigest()[:16]:
-        lines += [f"- Seeds {', '.join(added['cells'].get('moslim_best', {}))} on this run's RM: "
+    added = default_seeds()
+    if added:
+        lines += [f"- Seeds {', '.join(added['cells'])} on this run's RM and flags: "
                   "[every seed of the default](#every-seed-of-the-default)."]  # fmt: skip
     elif len(seeds) < 3:
         lines += [f"- The 3-seed evidence run has not been run yet: `{COMMANDS['demo_joint']}`."]
@@ -497,32 +496,46 @@ def demo_mappings() -> str:
     return "\n".join(lines)
 
 
-@renderer
-def demo_seeds() -> str:
-    """The default's MOSLIM RL on every seed: the `moslim_best` cells of bench/results/demo_mappings.json when their
-    flags and mapping are the demo run's own (seed 1 is then that run's policy), each seed's paired differences
-    against the starting policy and RiC, and the demo's targets judged over those seeds."""
-    from moslim_plugin.demo.report import paired_text, targets
+def default_seeds() -> dict | None:
+    """Every seed of the run in docs/demo/report.json: the ablation's `moslim_best` cells when they were trained on
+    that very run with its own flags and mapping (bench/results/demo_mappings.json; seed 1 is then the run's own
+    policy), with the demo's targets judged over them; None otherwise."""
+    from moslim_plugin.demo.report import targets
 
-    result = load("demo_mappings") if (RESULTS_DIR / "demo_mappings.json").is_file() else {"cells": {}}
-    cells = result["cells"].get("moslim_best")
-    if not cells:
-        return not_run("demo_seeds")
-    settings = result["demo_settings"]
-    differ = [seed for seed, c in cells.items() if c["mapping"] != settings["mapping"]
-              or any(c["rl_flags"].get(key) != value for key, value in settings["rl_flags"].items())]  # fmt: skip
-    if differ:  # another --best_flags: these cells are not the default's seeds
-        return f"`moslim_best` ran other flags than the demo's (seeds {', '.join(differ)}): not the default's seeds."
-    metrics = ("single_accuracy", "exact_all_seen", "exact_all_unseen")
+    if not (DEMO_REPORT.is_file() and (RESULTS_DIR / "demo_mappings.json").is_file()):
+        return None
+    result = load("demo_mappings")
+    cells, settings = result["cells"].get("moslim_best"), result["demo_settings"]
+    digest, flags = hashlib.sha256(DEMO_REPORT.read_bytes()).hexdigest()[:16], settings["rl_flags"].items()
+    if not cells or result["inputs"]["demo_report_sha256"] != digest:
+        return None  # trained on another run
+    if any(
+        c["mapping"] != settings["mapping"] or any(c["rl_flags"].get(k) != v for k, v in flags) for c in cells.values()
+    ):
+        return None  # another --best_flags: not the default's seeds
     summary = {
         "paired": {f"MOSLIM seed {seed}": c["paired"] for seed, c in cells.items()},
         "moslim_accuracy_mean": statistics.mean(c["metrics"]["mean"]["accuracy"] for c in cells.values()),
     }
-    verdict = targets(summary, list(cells))
+    return {"cells": cells, "targets": targets(summary, list(cells)), "command": result["commands"][-1],
+            "heldout_prompts": settings["heldout_prompts"]}  # fmt: skip
+
+
+@renderer
+def demo_seeds() -> str:
+    """The default's MOSLIM RL on every seed (`default_seeds`): each seed's paired differences against the starting
+    policy and RiC, and the demo's targets judged over the seeds."""
+    from moslim_plugin.demo.report import paired_text
+
+    seeds = default_seeds()
+    if seeds is None:
+        return not_run("demo_seeds")
+    cells, verdict = seeds["cells"], seeds["targets"]
     gain, single = verdict["unseen_exact_all_gain"], verdict["single_accuracy"]
-    lines = [f"`{result['commands'][-1]}` (the demo run's own flags, RM, samples and baselines; seed 1 is its own "
-             f"policy, reused): {len(cells)} seed{'s' * (len(cells) != 1)}, "
-             f"{settings['heldout_prompts']} held-out prompts, greedy, the oracle judges.", "",
+    metrics = ("single_accuracy", "exact_all_seen", "exact_all_unseen")
+    lines = [f"`{seeds['command']}` (the demo run's own flags, RM, samples and baselines; seed 1 is its own policy, "
+             f"reused): {len(cells)} seed{'s' * (len(cells) != 1)}, {seeds['heldout_prompts']} held-out prompts, "
+             "greedy, the oracle judges.", "",
              "| MOSLIM seed | " + " | ".join(f"{METRIC_NAMES[m]} [95 % CI]" for m in metrics)
              + " | unseen exact-all minus the starting policy | minus RiC | single acc minus the starting policy |",
              "|" + " --- |" * (4 + len(metrics))]  # fmt: skip
@@ -585,7 +598,10 @@ def readme_results() -> str:
     if DEMO_REPORT.is_file():
         report = json.loads(DEMO_REPORT.read_text())
         s, seeds = report["summary"], report["settings"]["seeds"]
-        gain, single = s["targets"]["unseen_exact_all_gain"], s["targets"]["single_accuracy"]
+        added = default_seeds()  # every seed of the default when there
+        verdict = added["targets"] if added else s["targets"]
+        gain, single = verdict["unseen_exact_all_gain"], verdict["single_accuracy"]
+        seeds = list(gain["per_seed"]) or seeds
         joint = (
             f"demo, joint requests, {len(seeds)} seed{'s' * (len(seeds) != 1)}: exact-all on unseen combinations, "
             "MOSLIM minus the starting policy (paired 95 % CI); single-objective acc",
@@ -593,7 +609,7 @@ def readme_results() -> str:
             f"interval above 0: {MET[gain['met']]}); {single['value']:.3f} (target {single['target']:.2f}: "
             f"{MET[single['met']]})",
             "[results](docs/results.md#joint-control-the-current-default-pipeline): "
-            f"`{demo_command(report, 'runs/<name>')}`",
+            f"`{demo_command(report, 'runs/<name>')}`" + (f", then `{added['command']}`" if added else ""),
         )
         rm, rm_run = s["rm_eval"], "current default"
     else:
