@@ -308,8 +308,11 @@ def small_data_recipe() -> str:
     r, machine = result["results"], result["machine"]
     train, report = r["train_rm"], r["evaluate_rm"]
     seconds = [run["seconds"] for run in r["runs"]]
-    # evaluate-rm's report, not train-rm's last evaluation: its intervals belong to its own accuracies (it reads
-    # pairs at its own --data.max_len default, so its numbers can differ from train-rm's printed ones).
+    # evaluate-rm's report, not train-rm's last evaluation: its intervals belong to its own accuracies. A report
+    # without `max_length` was made before evaluate-rm read the trained length: it read the rows at 512 tokens.
+    words = r["runs"][0]["command"].split()  # train-rm's command, as run
+    trained = words[words.index("--data.max_len") + 1] if "--data.max_len" in words else "512"
+    length = report.get("max_length", 512)
     heads = "; ".join(
         f"{name}: accuracy {m['accuracy']:.3f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}] vs "
         f"{m['majority_accuracy']:.3f} for the majority class, macro-F1 {m['macro_f1']:.3f}, NLL {m['nll']:.3f} vs "
@@ -323,7 +326,13 @@ def small_data_recipe() -> str:
         f" {machine['date_utc']}; {machine_line(machine)}): train-rm {seconds[0] / 60:.1f} min for "
         f"{train['global_step']} optimizer steps on {train['train_rows']} rows (kept step {kept['best_step']}), "
         f"evaluate-rm {seconds[-1]:.0f} s on the {train['eval_rows']} held-out rows. Held out, as evaluate-rm "
-        f"reports them: {heads}."
+        f"reports them (reading {length} tokens per row"
+        + (
+            f", not the {trained} trained at: it ran before evaluate-rm read the trained length"
+            if str(length) != trained
+            else ""
+        )
+        + f"): {heads}."
     )
 
 
