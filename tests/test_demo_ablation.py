@@ -176,6 +176,7 @@ def test_the_docs_render_each_seed_of_the_default_against_the_starting_policy_an
     # The fixture's moslim_best trained two PPO epochs, its demo one: those are not the default's seeds.
     assert render_docs.default_seeds() is None
     assert render_docs.demo_seeds() == f"**Not run yet.** The command: `{render_docs.COMMANDS['demo_seeds']}`."
+    assert render_docs.demo_mappings().startswith("**Not run yet.**")  # no mapping_* cell in the file
     # Its `moslim` cells are the demo's own flags (seed 1 the demo's policy): rendered as the default's seeds.
     result["cells"]["moslim_best"] = cells = result["cells"]["moslim"]
     (tmp_path / "demo_mappings.json").write_text(json.dumps(result))
