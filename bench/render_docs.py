@@ -567,8 +567,10 @@ def demo_seeds() -> str:
 
 @renderer
 def demo_long() -> str:
-    """The long run: the demo's flags with more RL steps on one seed, a curve point every few steps
-    (bench/results/demo_long.json)."""
+    """The long run: the demo's flags with more RL steps on one seed, a curve point every few steps, and the final
+    policy's paired differences (bench/results/demo_long.json)."""
+    from moslim_plugin.demo.report import paired_text
+
     if not (RESULTS_DIR / "demo_long.json").is_file():
         return not_run("demo_long")
     result = load("demo_long")
@@ -582,7 +584,10 @@ def demo_long() -> str:
     lines += [f"| {h['step']} | " + " | ".join(value_ci(h["curve"][m]) if m in h["curve"] else "-"
                                               for m in curve_metrics) + " |" for h in points]  # fmt: skip
     lines += ["", f"At the end, on all {result['demo_settings']['heldout_prompts']} held-out prompts: "
-              + ", ".join(f"{METRIC_NAMES[m]} {value_ci(cell['headline'][m])}" for m in curve_metrics) + ".",
+              + ", ".join(f"{METRIC_NAMES[m]} {value_ci(cell['headline'][m])}" for m in curve_metrics) + ". "
+              + "Paired on the same items: " + "; ".join(
+                  f"minus {ref}: " + ", ".join(f"{METRIC_NAMES[m]} {paired_text(d[m])}" for m in curve_metrics)
+                  for ref, d in cell["paired"].items()) + ".",
               "", "Hacking monitor, RM = oracle on the rollouts (first -> last quarter of the RL steps): "
               + monitor_text(result["agreement_monitor"]) + "."]  # fmt: skip
     return "\n".join(lines)
