@@ -475,6 +475,7 @@ def numeral_probe() -> str:
 @renderer
 def demo_mappings() -> str:
     """The mapping ablation: the demo's flags and RM under each built-in mapping (bench/results/demo_mappings.json)."""
+    from bench.demo_ablation import verdict_text
     from moslim_plugin.demo.report import paired_text
 
     result = load("demo_mappings") if (RESULTS_DIR / "demo_mappings.json").is_file() else {"cells": {}}
@@ -502,7 +503,7 @@ def demo_mappings() -> str:
                                                                                   "single_accuracy"))
             + " |"
         )  # fmt: skip
-    return "\n".join(lines)
+    return "\n".join(lines + ["", verdict_text(result["summary"]["mapping"])])
 
 
 def default_seeds() -> dict | None:
@@ -637,6 +638,21 @@ def readme_results() -> str:
             f"[results](docs/results.md#joint-control-the-current-default-pipeline): `{COMMANDS['demo_joint']}`",
         )
         rm, rm_run = v7["rm_eval"], "demo_v7"
+    mappings = (RESULTS_DIR / "demo_mappings.json").is_file() and load("demo_mappings")["summary"].get("mapping")
+    if mappings:
+        kept = mappings["best"] == mappings["default"]
+        mapping_row = (
+            f"demo, the built-in mappings, seeds {', '.join(mappings['seeds'])} each, same RM and RL budget: mean "
+            "single-objective acc / unseen exact-all",
+            "; ".join(f"`{m}` {mean['single_accuracy']:.3f} / {mean['exact_all_unseen']:.3f}"
+                      for m, mean in mappings["mean"].items())
+            + (f": `{mappings['default']}` stays the default, none measured better" if kept
+               else f": `{mappings['best']}` trains control best"),
+            "[results](docs/results.md#mapping-ablation)",
+        )  # fmt: skip
+    else:
+        mapping_row = ("demo, the built-in mappings", "not run yet",
+                       f"[results](docs/results.md#mapping-ablation): `{COMMANDS['demo_mappings']}`")  # fmt: skip
     recipe = load("small_data_recipe")["results"]
     hh = load("hh_rlhf_check")["results"]["backbones"]
     hh_overlap = all(
@@ -650,6 +666,7 @@ def readme_results() -> str:
     )
     rows = [
         joint,
+        mapping_row,
         ("demo before joint requests (demo_v7), single-objective acc, 3 seeds: MOSLIM vs starting policy vs RiC",
          f"{v7['moslim_accuracy_mean']:.3f} vs {v7['base_accuracy']:.3f} vs {v7['ric_accuracy']:.3f}"
          + ("; intervals overlap" if v7_overlap else ""),

@@ -355,3 +355,39 @@ def test_rm_check_trains_the_variant_asked_on_the_demo_rm_stages_rows_and_split(
     assert result["macro_f1"][str(rm)]["heldout_edits"] == {
         n: round(m["macro_f1"], 4) for n, m in trained["metrics"].items()
     }
+
+
+def mapping_cells(values: dict, flags=None) -> dict:
+    """Ablation cells by setting and seed with the given (single acc, unseen exact-all) per seed, per mapping."""
+    settings = {"moslim": "moslim_best", "expected_level": "mapping_expected_level",
+                "target_logprob": "mapping_target_logprob"}  # fmt: skip
+    return {settings[mapping]: {str(seed): {
+        "mapping": mapping, "rl_flags": (flags or {}).get(mapping, {"train.max_epochs": 2}),
+        "headline": {"single_accuracy": {"value": single}, "exact_all_unseen": {"value": unseen}},
+    } for seed, (single, unseen) in enumerate(per_seed, 1)} for mapping, per_seed in values.items()}  # fmt: skip
+
+
+@pytest.mark.unit
+def test_a_mapping_replaces_the_demos_only_when_all_its_seeds_beat_all_of_the_defaults_and_it_loses_nowhere():
+    from bench.demo_ablation import mapping_verdict, verdict_text
+
+    default = [(0.70, 0.10), (0.72, 0.12), (0.74, 0.14)]
+    better = [(0.75, 0.13), (0.76, 0.14), (0.77, 0.15)]  # every seed above on single acc, mean unseen 0.14 >= 0.12
+    v = mapping_verdict(mapping_cells({"moslim": default, "expected_level": better}), "moslim")
+    assert v["best"] == "expected_level" and v["seeds"] == ["1", "2", "3"]
+    assert v["seeds_apart_above_default"]["expected_level"] == {"single_accuracy": True, "exact_all_unseen": False}
+    assert v["mean"]["moslim"]["single_accuracy"] == pytest.approx(0.72)
+    assert "**`expected_level` trains control best**" in verdict_text(v)
+    overlapping = [(0.73, 0.13), (0.76, 0.14), (0.77, 0.15)]  # one seed below the default's best seed (0.74)
+    worse_elsewhere = [(0.75, 0.05), (0.76, 0.06), (0.77, 0.07)]  # above on single acc, lower unseen mean
+    for other in (overlapping, worse_elsewhere):
+        v = mapping_verdict(mapping_cells({"moslim": default, "target_logprob": other}), "moslim")
+        assert v["best"] == "moslim"
+        assert "**`moslim` stays the demo's mapping**" in verdict_text(v)
+    # Nothing to compare until another mapping sits beside the demo's.
+    assert mapping_verdict(mapping_cells({"moslim": default}), "moslim") is None
+    assert mapping_verdict(mapping_cells({"expected_level": better}), "moslim") is None
+    # Mappings trained with other RL flags are not the same budget: refused, naming them.
+    flags = {"moslim": {"train.max_epochs": 1}, "expected_level": {"train.max_epochs": 2}}
+    with pytest.raises(UserError, match=r"\['expected_level', 'moslim'\] were trained with different RL flags"):
+        mapping_verdict(mapping_cells({"moslim": default, "expected_level": better}, flags), "moslim")
