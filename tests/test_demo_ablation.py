@@ -391,3 +391,13 @@ def test_a_mapping_replaces_the_demos_only_when_all_its_seeds_beat_all_of_the_de
     flags = {"moslim": {"train.max_epochs": 1}, "expected_level": {"train.max_epochs": 2}}
     with pytest.raises(UserError, match=r"\['expected_level', 'moslim'\] were trained with different RL flags"):
         mapping_verdict(mapping_cells({"moslim": default, "expected_level": better}, flags), "moslim")
+
+
+@pytest.mark.unit
+def test_the_demos_default_mapping_is_the_one_the_committed_mapping_ablation_measured_best():
+    from bench.render_docs import RESULTS_DIR
+    from moslim_plugin.demo.pipeline import build_parser
+
+    verdict = json.loads((RESULTS_DIR / "demo_mappings.json").read_text())["summary"]["mapping"]
+    assert set(verdict["mean"]) == {"moslim", "expected_level", "target_logprob"}
+    assert build_parser().get_default("moslim.mapping") == verdict["best"]
