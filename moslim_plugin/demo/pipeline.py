@@ -53,8 +53,9 @@ from moslim_plugin.integration.reward_config import check_mapping
 
 # Initial samples, RM epochs, RiC epochs, held-out prompts (of 64) and sampled answers per eval request, RL steps
 # per seed, max_new_tokens, prompts per RL step. Any of them can be overridden with --demo.<key>. The full preset is
-# sized for `make demo` (one seed) within 30 minutes on 2 CPU cores: the joint evaluation answers 20 requests per
-# held-out prompt, so the sampled half is off (--demo.eval_samples 1 adds it) and the RM trains 5 epochs.
+# `make demo`'s (one seed). It was meant to fit 30 minutes on 2 CPU cores but takes longer (docs/results.md times each
+# stage): the joint evaluation answers 20 requests per held-out prompt, so the sampled half is off
+# (--demo.eval_samples 1 adds it), and the RM trains 5 epochs.
 SIZES = {
     "full": dict(samples=384, rm_epochs=5, ric_epochs=1, eval_prompts=64, eval_samples=0, rl_steps=12,
                  max_new_tokens=48, batch=8),
