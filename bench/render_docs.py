@@ -419,7 +419,8 @@ def demo_joint() -> str:
         make_demo = (
             f"{MET[timed <= TARGETS['demo_minutes']]} ({timed:.1f} min: {stages(made['timings_s'])}; "
             f"[its report](demo/make_demo/report.md): seed {seed} minus the starting policy, single-objective acc "
-            f"{paired_text(own['single_accuracy'])}, unseen exact-all {paired_text(own['exact_all_unseen'])})"
+            f"{paired_text(own['single_accuracy'])}, unseen exact-all {paired_text(own['exact_all_unseen'])}; "
+            f"hacking monitor, {monitor_text(made['summary']['agreement_monitor'])})"
         )
     else:
         make_demo = f"not measured yet (`{COMMANDS['make_demo']}` on an idle machine)"
@@ -513,7 +514,11 @@ def demo_mappings() -> str:
                                                                                   "single_accuracy"))
             + " |"
         )  # fmt: skip
-    return "\n".join(lines + ["", verdict_text(result["summary"]["mapping"])])
+    monitor = ("Hacking monitor, RM = oracle on the rollouts (first -> last quarter of the RL steps; `moslim` seed 1 "
+               f"is the demo's run, above): {monitor_text(result['agreement_monitor'])}.")  # fmt: skip
+    verdict = result["summary"].get("mapping")  # None while the demo's own mapping has no cells beside the others
+    lines += ["", verdict_text(verdict) if verdict else "No verdict: the file has no cells of the demo's mapping."]
+    return "\n".join(lines + ["", monitor])
 
 
 def default_seeds() -> dict | None:

@@ -149,6 +149,8 @@ def test_mapping_settings_train_with_their_own_mapping_and_the_long_setting_logs
     assert (f"| `target_logprob` | 1 | {head['single_accuracy']['value']:.3f} | {head['joint_accuracy']['value']:.3f}"
             in rendered["demo_mappings"]) and f"1: {paired['diff']:+.3f}" in rendered["demo_mappings"]  # fmt: skip
     assert "--settings mapping_target_logprob long" in rendered["demo_mappings"]
+    assert "No verdict: the file has no cells of the demo's mapping." in rendered["demo_mappings"]
+    assert f"long seed 1: length {monitor['length']['first']:.3f} -> " in rendered["demo_mappings"]  # the monitor
     curve = [h["curve"]["exact_all_unseen"]["value"] for h in long["history"] if "curve" in h]
     rows = [line for line in rendered["demo_long"].splitlines() if line.startswith(("| 0 |", "| 2 |", "| 4 |"))]
     assert [row.split(" | ")[3].split()[0] for row in rows] == [f"{v:.3f}" for v in curve]
@@ -245,7 +247,7 @@ def test_the_docs_render_a_joint_demo_report_with_each_target_met_or_not(demo_di
     timed = render_docs.demo_joint()
     assert f"2 idle cores: {verdict[minutes <= 30]} ({minutes:.1f} min: sample " in timed
     assert f"single-objective acc {paired_text(own['single_accuracy'])}, unseen exact-all " in timed
-    assert f"{paired_text(own['exact_all_unseen'])})" in timed
+    assert f"{paired_text(own['exact_all_unseen'])}; hacking monitor, too few RL steps to compare" in timed  # one step
     assert "The 3-seed evidence run has not been run yet" in text  # this run has one seed
     assert "(first -> last quarter of the RL steps): too few RL steps to compare" in text  # one RL step
     d = s["paired"]["MOSLIM seed 1"]["starting policy"]["exact_all_unseen"]
