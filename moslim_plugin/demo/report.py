@@ -104,6 +104,11 @@ def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+# Every level of every objective is at least this share of the samples and of the RL rollouts: the RM learns a level
+# from its examples, and RL can only reinforce a level it samples (the sample stage tops up the samples to it).
+MIN_LEVEL_SHARE = 0.15
+
+
 def level_shares(spec, samples, histories) -> dict:
     """Each (objective, level)'s share of the initial samples and of all RL rollouts (every seed and step)."""
     shares = {"samples": {}, "rl_rollouts": {}}
@@ -264,7 +269,7 @@ def report_markdown(demo, evals, summary, plots) -> str:
     spec, args, size, timings = demo.spec, demo.args, demo.size, demo.timings
     plot, grid, curves, curve = plots
     ci = summary["base_accuracy_ci95"], summary["ric_accuracy_ci95"]
-    rm = summary["rm_eval"]
+    rm, top = summary["rm_eval"], summary["sample_top_up"]
     rm_keys = sorted(k for k, v in next(iter(rm.values())).items() if isinstance(v, (int, float)))  # not confusion
     agreement = {name: e["metrics"].get("rm_agreement", {}) for name, e in evals.items()}
     unseen = ", ".join(f"({', '.join(f'{n}={lv}' for n, lv in u.items())})" for u in demo.unseen) or "none"
@@ -343,9 +348,14 @@ def report_markdown(demo, evals, summary, plots) -> str:
         "|" + " --- |" * (1 + len(rm_keys)),
         *[f"| {n} | " + " | ".join(f"{m[k]:.3g}" for k in rm_keys) + " |" for n, m in rm.items()],
         "",
-        "Level shares (RL can only reinforce a level it samples; bar: every level >= 15 %): "
-        + "; ".join(f"{where}: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
-                    for where, shares in summary["level_shares"].items() if shares),
+        f"Level shares (RL can only reinforce a level it samples; bar: every level >= {MIN_LEVEL_SHARE:.0%}): "
+        + "; ".join(f"{where}: " + ", ".join(f"{k} {v:.2f}" + (" **below**" if v < MIN_LEVEL_SHARE else "")
+                                             for k, v in shares.items())
+                    for where, shares in summary["level_shares"].items() if shares)
+        + f". The samples include the top-up of the levels below the bar: {top['generated']} answers generated to "
+        f"requests for them, {sum(top['kept'].values())} kept ("
+        + (", ".join(f"{k}: {v}" for k, v in top["kept"].items()) or "none needed") + ")"
+        + (f", still below: {', '.join(top['unmet'])}" if top["unmet"] else "") + ".",
         "",
         "RM against the oracle on each policy's greedy answers to the held-out prompts (argmax class vs oracle "
         "level; accuracy / macro-F1; single-objective, joint and no-preference answers). The starting policy's row "
