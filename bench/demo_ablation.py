@@ -10,7 +10,8 @@ prompts, by the same oracle, with the same budget:
 - base_tagged / base_natural: the starting policy with tagged / natural directives (evaluation only). Greedy
   decoding is deterministic and the sampled evaluation uses the demo's fixed sampling seed (as for every policy),
   so these are evaluated once, not per seed;
-- ric: RiC SFT on the demo's samples, as many as MOSLIM's rollouts (refused otherwise). Its epochs and lr are
+- ric: RiC SFT on the demo's samples: the drawn ones are as many as MOSLIM's rollouts (refused otherwise), and
+  the top-up of the rare levels comes with them, as it does to the reward model. Its epochs and lr are
   picked by a grid: each trial trains on the samples whose question is not held back and is scored (oracle,
   greedy, the evaluation's requests) on `--ric.val_prompts` held-back train prompts; the chosen one is retrained
   on all samples once per seed (the seed orders the samples);
@@ -51,6 +52,7 @@ from tqdm import tqdm
 
 from bench import RESULTS_DIR, figure, machine_info
 from moslim_plugin import UserError
+from moslim_plugin.demo.metrics import METRIC_NAMES
 
 SETTINGS = {
     "base_tagged": "starting policy, tagged directive",
@@ -67,7 +69,6 @@ SEEDLESS = "all"  # the cell key of a setting evaluated once (the starting polic
 # starting policy and RiC with the intervals apart.
 MARGIN, TARGET = 0.05, 0.85
 CONTROL_METRICS = ("single_accuracy", "exact_all_unseen")  # the joint-request targets, judged by `mapping_verdict`
-METRIC_LABELS = {"single_accuracy": "single-objective acc", "exact_all_unseen": "unseen exact-all"}
 
 
 def build_parser():
@@ -331,13 +332,13 @@ def verdict_text(v: dict) -> str:
     """`mapping_verdict` in a sentence, for this script's table and the docs."""
     means = "; ".join(f"`{mapping}` " + " / ".join(f"{mean[m]:.3f}" for m in v["metrics"])
                       for mapping, mean in v["mean"].items())  # fmt: skip
-    above = [f"`{mapping}` on {METRIC_LABELS[m]}" for mapping, a in v["seeds_apart_above_default"].items()
+    above = [f"`{mapping}` on {METRIC_NAMES[m]}" for mapping, a in v["seeds_apart_above_default"].items()
              for m, up in a.items() if up]  # fmt: skip
     if v["best"] == v["default"]:
         verdict = f"**`{v['default']}` stays the demo's mapping**: no other mapping was measured better by that rule"
     else:
         verdict = f"**`{v['best']}` trains control best**, and the demo's default should follow it"
-    return (f"Mean over seeds {', '.join(v['seeds'])} ({' / '.join(METRIC_LABELS[m] for m in v['metrics'])}): "
+    return (f"Mean over seeds {', '.join(v['seeds'])} ({' / '.join(METRIC_NAMES[m] for m in v['metrics'])}): "
             f"{means}. Every seed above every seed of the demo's `{v['default']}`: {', '.join(above) or 'none'}. "
             f"{verdict} (another mapping replaces it only when all its seeds are above all of the demo mapping's on "
             "one metric, the one-sided permutation test at p = 0.05 with 3 seeds each, and its mean is not lower on "
@@ -477,7 +478,8 @@ def check_resumable(out, results, inputs) -> None:
 
 def build_demos(a, report, samples) -> dict:
     """One run context (pipeline.Demo) per setting: the demo's flags plus the setting's own. Refuses settings whose
-    MOSLIM rollouts do not number the demo's samples (RiC's data), and a RiC grid with nothing left to train on."""
+    MOSLIM rollouts do not number the demo's drawn samples (RiC's data, besides the top-up of the rare levels), and a
+    RiC grid with nothing left to train on."""
     from moslim_plugin.demo.pipeline import Demo
 
     demo_dir = Path(a.demo_dir)
@@ -492,12 +494,13 @@ def build_demos(a, report, samples) -> dict:
     for name in [n for n in a.settings if n.startswith(("moslim", "mapping"))]:  # long: more rollouts by design
         size, args = demos[name].size, demos[name].args
         n_rl = size["rl_steps"] * size["batch"] * args.rollout.n_samples_per_prompt
-        if n_rl != len(samples):
+        drawn = sum("top_up" not in s for s in samples)
+        if n_rl != drawn:
             raise UserError(
                 f"{name} would train on {size['rl_steps']} steps x {size['batch']} prompts x "
-                f"{args.rollout.n_samples_per_prompt} samples = {n_rl} rollouts but RiC on the demo's {len(samples)} "
+                f"{args.rollout.n_samples_per_prompt} samples = {n_rl} rollouts but RiC on the demo's {drawn} drawn "
                 f"samples ({demo_dir / 'samples.jsonl'}): not the same number; rerun the demo with --demo.samples "
-                f"{n_rl} (or sizes whose product is {len(samples)})"
+                f"{n_rl} (or sizes whose product is {drawn})"
             )
     questions = len({s["question"] for s in samples})
     if "ric" in a.settings and questions <= a.ric_val_prompts:

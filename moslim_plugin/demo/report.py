@@ -8,6 +8,7 @@ import statistics
 import time
 from pathlib import Path
 
+from moslim_plugin.demo.metrics import METRIC_NAMES
 from moslim_plugin.demo.plots import (
     plot_combination_grid,
     plot_learning_curve,
@@ -273,10 +274,7 @@ def report_markdown(demo, evals, summary, plots) -> str:
     rm_keys = sorted(k for k, v in next(iter(rm.values())).items() if isinstance(v, (int, float)))  # not confusion
     agreement = {name: e["metrics"].get("rm_agreement", {}) for name, e in evals.items()}
     unseen = ", ".join(f"({', '.join(f'{n}={lv}' for n, lv in u.items())})" for u in demo.unseen) or "none"
-    metric_names = {"single_accuracy": "single-objective acc", "joint_accuracy": "acc under joint requests",
-                    "exact_all": "exact-all, all 12", "exact_all_seen": "exact-all, seen",
-                    "exact_all_unseen": "exact-all, unseen"}  # fmt: skip
-    paired_metrics = [m for m in metric_names if m in next(iter(next(iter(summary["paired"].values())).values()))]
+    paired_metrics = [m for m in METRIC_NAMES if m in next(iter(next(iter(summary["paired"].values())).values()))]
     goal = summary["targets"]
     k_range = {"single": "1", "subset": f"1..{len(spec.names)}"}.get(args.moslim.sampling, str(len(spec.names)))
     monitor = summary["agreement_monitor"]
@@ -333,7 +331,7 @@ def report_markdown(demo, evals, summary, plots) -> str:
         "",
         "## Paired differences (same prompts and requests; paired bootstrap 95 % over prompts)",
         "",
-        "| MOSLIM seed | against | " + " | ".join(metric_names[m] for m in paired_metrics) + " |",
+        "| MOSLIM seed | against | " + " | ".join(METRIC_NAMES[m] for m in paired_metrics) + " |",
         "|" + " --- |" * (2 + len(paired_metrics)),
         *[f"| {policy} | {ref} | " + " | ".join(paired_text(d[m]) for m in paired_metrics) + " |"
           for policy, against in summary["paired"].items() for ref, d in against.items()],
@@ -348,7 +346,7 @@ def report_markdown(demo, evals, summary, plots) -> str:
         "|" + " --- |" * (1 + len(rm_keys)),
         *[f"| {n} | " + " | ".join(f"{m[k]:.3g}" for k in rm_keys) + " |" for n, m in rm.items()],
         "",
-        f"Level shares (RL can only reinforce a level it samples; bar: every level >= {MIN_LEVEL_SHARE:.0%}): "
+        f"Level shares (RL can only reinforce a level it samples; bar: every level >= {MIN_LEVEL_SHARE * 100:.0f} %): "
         + "; ".join(f"{where}: " + ", ".join(f"{k} {v:.2f}" + (" **below**" if v < MIN_LEVEL_SHARE else "")
                                              for k, v in shares.items())
                     for where, shares in summary["level_shares"].items() if shares)
