@@ -16,12 +16,14 @@ spans, excepted), so a published number cannot silently go stale.
 import argparse
 import hashlib
 import json
+import os
 import re
 import statistics
 import sys
 from pathlib import Path
 
 from bench import RESULTS_DIR
+from moslim_plugin.demo.metrics import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ("README.md", "docs/benchmarks.md", "docs/results.md", "docs/rules.md")
@@ -338,24 +340,36 @@ def small_data_recipe() -> str:
 
 DEMO_REPORT = ROOT / "docs/demo/report.json"  # the current default pipeline's latest run (its seeds: settings.seeds)
 V7_REPORT = ROOT / "docs/demo/run_3ec2e72/report.json"  # demo_v7: the pipeline before joint requests, 3 seeds
-MAKE_DEMO_REPORT = ROOT / "docs/demo/make_demo/report.json"  # `make demo` itself, timed under the CPU lock
+# `make demo` itself, timed on 2 idle cores: the current default's run is that very command, so the same file.
+MAKE_DEMO_REPORT = DEMO_REPORT
 # The runs the docs promise but nobody has run yet: each one's region says so, with its command, until its results
 # file exists (then `python -m bench.render_docs` renders the numbers in its place).
 COMMANDS = {
-    "demo_joint": "python -m moslim_plugin demo --seeds 1 2 3 --out runs/demo_joint",
+    "demo_joint": "python -m moslim_plugin demo --seeds 1 2 3 --out runs/demo_balanced",
     "make_demo": "time make demo",
     "numeral_probe": "python -m bench.numeral_probe --demo_dir runs/demo_joint",
     "demo_mappings": "python -m bench.demo_ablation --demo_dir runs/demo_default --seeds 1 2 3 --settings moslim_best "
     "mapping_expected_level mapping_target_logprob --out bench/results/demo_mappings.json",
     "demo_long": "python -m bench.demo_ablation --demo_dir runs/demo_default --seeds 1 --settings long "
     "--out bench/results/demo_long.json",
-    "demo_seeds": "python -m bench.demo_ablation --demo_dir runs/demo_default --seeds 1 2 3 --settings moslim_best "
-    "--out bench/results/demo_mappings.json",
+    "demo_seeds": "python -m bench.demo_ablation --demo_dir runs/demo_balanced --seeds 1 2 3 --settings moslim_best "
+    "--out bench/results/demo_seeds.json",
 }
-METRIC_NAMES = {"single_accuracy": "single-objective acc", "joint_accuracy": "acc under joint requests",
-                "exact_all": "exact-all, all 12", "exact_all_seen": "exact-all, seen",
-                "exact_all_unseen": "exact-all, unseen"}  # fmt: skip
 MET = {True: "met", False: "**not met**"}
+
+
+def measured_on(result: dict) -> str:
+    """Which demo run an ablation file was measured on, when it is not the current default's (docs/demo/report.json):
+    the copy of that run's report under docs/demo/ whose digest the file recorded."""
+    digest = result["inputs"]["demo_report_sha256"]
+    if DEMO_REPORT.is_file() and hashlib.sha256(DEMO_REPORT.read_bytes()).hexdigest()[:16] == digest:
+        return ""
+    for path in sorted((ROOT / "docs/demo").glob("*/report.json")):
+        if hashlib.sha256(path.read_bytes()).hexdigest()[:16] == digest:
+            where = path.with_suffix(".md").relative_to(ROOT / "docs")
+            return f"Measured on an earlier default run, not the current one above: [its report]({where}). "
+    raise ValueError(f"no report under docs/demo/ has the digest {digest} the results were measured on: copy that "
+                     "run's report there")  # fmt: skip
 
 
 def not_run(name: str) -> str:
@@ -386,7 +400,7 @@ def demo_joint() -> str:
     """The current default pipeline's run: every policy's headline metrics, each MOSLIM seed's paired differences,
     the targets, the level shares, the reward model and the hacking monitor (docs/demo/report.json)."""
     from bench.demo_ablation import demo_command
-    from moslim_plugin.demo.report import TARGETS, paired_text
+    from moslim_plugin.demo.report import MIN_LEVEL_SHARE, TARGETS, paired_text
 
     if not DEMO_REPORT.is_file():
         return not_run("demo_joint")
@@ -412,18 +426,21 @@ def demo_joint() -> str:
     def stages(timings):
         return ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items() if k != "total") + " min"
 
+    same = MAKE_DEMO_REPORT == DEMO_REPORT
     if MAKE_DEMO_REPORT.is_file():
         made = json.loads(MAKE_DEMO_REPORT.read_text())
         timed, seed = made["timings_s"]["total"] / 60, made["settings"]["seeds"][0]
         own = made["summary"]["paired"][f"MOSLIM seed {seed}"]["starting policy"]
-        make_demo = (
-            f"{MET[timed <= TARGETS['demo_minutes']]} ({timed:.1f} min: {stages(made['timings_s'])}; "
-            f"[its report](demo/make_demo/report.md): seed {seed} minus the starting policy, single-objective acc "
-            f"{paired_text(own['single_accuracy'])}, unseen exact-all {paired_text(own['exact_all_unseen'])}; "
-            f"hacking monitor, {monitor_text(made['summary']['agreement_monitor'])})"
-        )
+        make_demo = f"{MET[timed <= TARGETS['demo_minutes']]} ({timed:.1f} min: {stages(made['timings_s'])}" + (
+            "; this run is `make demo`'s own command, timed)" if same else
+            f"; [its report]({os.path.relpath(MAKE_DEMO_REPORT.with_suffix('.md'), ROOT / 'docs')}): seed {seed} "
+            f"minus the starting policy, single-objective acc {paired_text(own['single_accuracy'])}, unseen exact-all "
+            f"{paired_text(own['exact_all_unseen'])}; hacking monitor, "
+            f"{monitor_text(made['summary']['agreement_monitor'])})"
+        )  # fmt: skip
     else:
         make_demo = f"not measured yet (`{COMMANDS['make_demo']}` on an idle machine)"
+        same = False
     lines += [
         "",
         f"- Target, unseen full combinations: every MOSLIM seed's exact-all rate >= the starting policy's + "
@@ -433,12 +450,16 @@ def demo_joint() -> str:
         f"{MET[single['met']]} ({single['value']:.3f}).",
         f"- Target, `make demo` (one seed) <= {TARGETS['demo_minutes']} min on 2 idle cores: "
         + make_demo
-        + f"; this run took {minutes:.0f} min for {len(seeds)} seed{'s' * (len(seeds) != 1)} ("
-        + stages(report["timings_s"])
-        + ").",
-        "- Level shares (every level should be >= 15 % of the policy's samples and of the RL rollouts): "
-        + "; ".join(f"{where}: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
+        + ("" if same else f"; this run took {minutes:.0f} min for {len(seeds)} seed{'s' * (len(seeds) != 1)} ("
+           + stages(report["timings_s"]) + ")")
+        + ".",
+        f"- Level shares (every level should be >= {MIN_LEVEL_SHARE * 100:.0f} % of the policy's samples and of the "
+        "RL rollouts): "
+        + "; ".join(f"{where}: " + ", ".join(f"{k} {v:.2f}" + (" **below**" if v < MIN_LEVEL_SHARE else "")
+                                             for k, v in shares.items())
                     for where, shares in s["level_shares"].items() if shares)
+        + (f" (the samples include the top-up of the levels below the bar: {top['generated']} answers generated to "
+           f"requests for them, {sum(top['kept'].values())} kept)" if (top := s.get("sample_top_up")) else "")
         + ".",
         "- Reward model, held-out macro-F1 per head: "
         + ", ".join(f"{n} {m['macro_f1']:.3f}" for n, m in s["rm_eval"].items())
@@ -494,7 +515,7 @@ def demo_mappings() -> str:
         return not_run("demo_mappings")
     rows = {n: s for n, s in result["summary"]["settings"].items() if n == "moslim_best" or n.startswith("mapping_")}
     metrics = ("single_accuracy", "joint_accuracy", "exact_all_seen", "exact_all_unseen")
-    lines = [f"`{result['commands'][-1]}`:", "",
+    lines = [f"{measured_on(result)}`{result['commands'][-1]}`:", "",
              "| mapping | seeds | " + " | ".join(f"{METRIC_NAMES[m]}, mean" for m in metrics)
              + " | unseen exact-all minus the starting policy, per seed | single acc minus the `moslim` mapping, per "
              "seed |", "|" + " --- |" * (4 + len(metrics))]  # fmt: skip
@@ -523,13 +544,13 @@ def demo_mappings() -> str:
 
 def default_seeds() -> dict | None:
     """Every seed of the run in docs/demo/report.json: the ablation's `moslim_best` cells when they were trained on
-    that very run with its own flags and mapping (bench/results/demo_mappings.json; seed 1 is then the run's own
+    that very run with its own flags and mapping (bench/results/demo_seeds.json; seed 1 is then the run's own
     policy), with the demo's targets judged over them; None otherwise."""
     from moslim_plugin.demo.report import targets
 
-    if not (DEMO_REPORT.is_file() and (RESULTS_DIR / "demo_mappings.json").is_file()):
+    if not (DEMO_REPORT.is_file() and (RESULTS_DIR / "demo_seeds.json").is_file()):
         return None
-    result = load("demo_mappings")
+    result = load("demo_seeds")
     cells, settings = result["cells"].get("moslim_best"), result["demo_settings"]
     digest, flags = hashlib.sha256(DEMO_REPORT.read_bytes()).hexdigest()[:16], settings["rl_flags"].items()
     if not cells or result["inputs"]["demo_report_sha256"] != digest:
@@ -593,7 +614,8 @@ def demo_long() -> str:
     result = load("demo_long")
     seed, cell = next(iter(result["cells"]["long"].items()))
     curve_metrics = ("single_accuracy", "exact_all_seen", "exact_all_unseen")
-    lines = [f"`{result['commands'][-1]}` (seed {seed}; `--long_flags` `{result['inputs']['long_flags']}`), greedy, "
+    lines = [f"{measured_on(result)}`{result['commands'][-1]}` (seed {seed}; `--long_flags` "
+             f"`{result['inputs']['long_flags']}`), greedy, "
              "the curve on the first held-out prompts:", "",
              "| RL step | " + " | ".join(f"{METRIC_NAMES[m]} [95 % CI]" for m in curve_metrics) + " |",
              "|" + " --- |" * (1 + len(curve_metrics))]  # fmt: skip
@@ -655,11 +677,9 @@ def readme_results() -> str:
         rm, rm_run = v7["rm_eval"], "demo_v7"
     mappings = (RESULTS_DIR / "demo_mappings.json").is_file() and load("demo_mappings")["summary"].get("mapping")
     if mappings:
-        from bench.demo_ablation import METRIC_LABELS
-
         default, chosen = mappings["default"], mappings["best"]
         # A mapping whose every seed beat the default's on one metric but not on the other does not replace it.
-        partial = [f"`{m}` beat it on every seed in {METRIC_LABELS[metric]} only"
+        partial = [f"`{m}` beat it on every seed in {METRIC_NAMES[metric]} only"
                    for m, apart in mappings["seeds_apart_above_default"].items() if m != chosen
                    for metric, up in apart.items() if up]  # fmt: skip
         mapping_row = (

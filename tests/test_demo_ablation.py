@@ -120,6 +120,22 @@ def test_a_moslim_setting_whose_flags_are_the_demos_is_taken_from_its_report(dem
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_rics_fairness_check_counts_the_drawn_samples_and_lets_the_top_up_of_rare_levels_through(demo_dir, tmp_path):
+    from bench.demo_ablation import build_demos, build_parser, load_demo_run
+    from moslim_plugin import UserError
+
+    report, samples = load_demo_run(demo_dir)
+    a = build_parser().parse_args(
+        ["--demo_dir", str(demo_dir), "--out", str(tmp_path / "a.json"), "--settings", "moslim"]
+    )
+    # The top-up's answers (marked with their level) add to RiC's data as to the RM's; the drawn ones match the RL.
+    assert set(build_demos(a, report, [*samples, dict(samples[0], top_up="format=1")])) == {"moslim"}
+    with pytest.raises(UserError, match="= 8 rollouts but RiC on the demo's 7 drawn samples"):
+        build_demos(a, report, samples[1:])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_mapping_settings_train_with_their_own_mapping_and_the_long_setting_logs_a_learning_curve(
     demo_dir, tmp_path, monkeypatch
 ):
@@ -222,6 +238,24 @@ def test_a_docs_region_whose_run_has_not_been_made_says_so_with_its_command(tmp_
         assert render_docs.RENDERERS[name]() == f"**Not run yet.** The command: `{render_docs.COMMANDS[name]}`."
 
 
+@pytest.mark.unit
+def test_an_ablation_measured_on_an_earlier_default_run_links_that_runs_report_and_an_unknown_run_fails(
+    tmp_path, monkeypatch
+):
+    import hashlib
+
+    from bench import render_docs
+
+    earlier = sorted((render_docs.ROOT / "docs/demo").glob("*/report.json"))[0]
+    digest = hashlib.sha256(earlier.read_bytes()).hexdigest()[:16]
+    text = render_docs.measured_on({"inputs": {"demo_report_sha256": digest}})
+    assert text.startswith("Measured on an earlier default run") and f"(demo/{earlier.parent.name}/report.md)" in text
+    monkeypatch.setattr(render_docs, "DEMO_REPORT", earlier)  # the current default's own run: nothing to say
+    assert render_docs.measured_on({"inputs": {"demo_report_sha256": digest}}) == ""
+    with pytest.raises(ValueError, match="no report under docs/demo/ has the digest 0123456789abcdef"):
+        render_docs.measured_on({"inputs": {"demo_report_sha256": "0123456789abcdef"}})
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_docs_render_a_joint_demo_report_with_each_target_met_or_not(demo_dir, tmp_path, monkeypatch):
@@ -242,12 +276,21 @@ def test_the_docs_render_a_joint_demo_report_with_each_target_met_or_not(demo_di
     assert f"MOSLIM seeds) >= 0.80: {verdict[single['met']]} ({single['value']:.3f})" in text
     assert "`make demo` (one seed) <= 30 min on 2 idle cores: not measured yet" in text
     # Once `make demo`'s own report is in place: its time judged, by stage, with its own seed's paired gains.
-    monkeypatch.setattr(render_docs, "MAKE_DEMO_REPORT", demo_dir / "report.json")
+    made = tmp_path / "make_demo" / "report.json"
+    made.parent.mkdir()
+    made.write_text((demo_dir / "report.json").read_text())
+    monkeypatch.setattr(render_docs, "MAKE_DEMO_REPORT", made)
     minutes, own = report["timings_s"]["total"] / 60, s["paired"]["MOSLIM seed 1"]["starting policy"]
     timed = render_docs.demo_joint()
     assert f"2 idle cores: {verdict[minutes <= 30]} ({minutes:.1f} min: sample " in timed
     assert f"single-objective acc {paired_text(own['single_accuracy'])}, unseen exact-all " in timed
     assert f"{paired_text(own['exact_all_unseen'])}; hacking monitor, too few RL steps to compare" in timed  # one step
+    assert "this run took" in timed
+    # When the run itself is `make demo`'s, timed: its own time, once.
+    monkeypatch.setattr(render_docs, "MAKE_DEMO_REPORT", demo_dir / "report.json")
+    timed = render_docs.demo_joint()
+    assert f"({minutes:.1f} min: sample " in timed and "this run is `make demo`'s own command" in timed
+    assert "this run took" not in timed
     assert "The 3-seed evidence run has not been run yet" in text  # this run has one seed
     assert "(first -> last quarter of the RL steps): too few RL steps to compare" in text  # one RL step
     d = s["paired"]["MOSLIM seed 1"]["starting policy"]["exact_all_unseen"]
