@@ -400,7 +400,7 @@ def demo_joint() -> str:
     """The current default pipeline's run: every policy's headline metrics, each MOSLIM seed's paired differences,
     the targets, the level shares, the reward model and the hacking monitor (docs/demo/report.json)."""
     from bench.demo_ablation import demo_command
-    from moslim_plugin.demo.report import MIN_LEVEL_SHARE, TARGETS, paired_text
+    from moslim_plugin.demo.report import MIN_LEVEL_SHARE, TARGETS, level_shares_text, paired_text
 
     if not DEMO_REPORT.is_file():
         return not_run("demo_joint")
@@ -455,9 +455,7 @@ def demo_joint() -> str:
         + ".",
         f"- Level shares (every level should be >= {MIN_LEVEL_SHARE * 100:.0f} % of the policy's samples and of the "
         "RL rollouts): "
-        + "; ".join(f"{where}: " + ", ".join(f"{k} {v:.2f}" + (" **below**" if v < MIN_LEVEL_SHARE else "")
-                                             for k, v in shares.items())
-                    for where, shares in s["level_shares"].items() if shares)
+        + level_shares_text(s["level_shares"])
         + (f" (the samples include the top-up of the levels below the bar: {top['generated']} answers generated to "
            f"requests for them, {sum(top['kept'].values())} kept)" if (top := s.get("sample_top_up")) else "")
         + ".",
@@ -570,8 +568,9 @@ def default_seeds() -> dict | None:
 @renderer
 def demo_seeds() -> str:
     """The default's MOSLIM RL on every seed (`default_seeds`): each seed's paired differences against the starting
-    policy and RiC, and the demo's targets judged over the seeds."""
-    from moslim_plugin.demo.report import paired_text
+    policy and RiC, the demo's targets judged over the seeds and the rarest level of each seed's rollouts."""
+    from moslim_plugin.demo.oracle import demo_spec
+    from moslim_plugin.demo.report import LEVEL_SHARE_LABELS, MIN_LEVEL_SHARE, level_shares, paired_text
 
     seeds = default_seeds()
     if seeds is None:
@@ -600,6 +599,19 @@ def demo_seeds() -> str:
         f"- Target, single-objective accuracy (mean over MOSLIM seeds) >= {single['target']:.2f}: "
         f"{MET[single['met']]} ({single['value']:.3f}).",
     ]  # fmt: skip
+    # Each seed's rollouts by level, from the per-step shares its RL logged (the demo's own seed: its report's).
+    report, spec = json.loads(DEMO_REPORT.read_text()), demo_spec()
+    for where in ("rl_rollouts", "rl_rollouts_asking"):
+        rarest = []
+        for seed, c in cells.items():
+            shares = (level_shares(spec, [], {seed: c["history"]}) if c.get("history")
+                      else report["summary"]["level_shares"])[where]  # fmt: skip
+            if shares:  # runs before the asking shares were logged have none
+                level = min(shares, key=shares.get)
+                rarest.append(f"seed {seed} {level} {shares[level]:.2f}"
+                              + (" **below**" if shares[level] < MIN_LEVEL_SHARE else ""))  # fmt: skip
+        lines.append(f"- The rarest level in each seed's {LEVEL_SHARE_LABELS[where]} (bar: "
+                     f"{MIN_LEVEL_SHARE * 100:.0f} %): " + ("; ".join(rarest) or "not logged") + ".")  # fmt: skip
     return "\n".join(lines)
 
 

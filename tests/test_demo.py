@@ -255,6 +255,41 @@ def test_the_sample_top_up_lifts_every_rare_level_to_the_bar_and_stops_at_its_bu
     assert extra == [] and counts == {"generated": 100, "kept": {"format=1": 0}, "unmet": ["format=1"]}
 
 
+@pytest.mark.unit
+def test_level_shares_count_each_level_among_all_rollouts_and_among_those_that_asked_for_its_objective():
+    from moslim_plugin.demo.report import level_shares, level_shares_text
+
+    spec = demo_spec()
+
+    def step(rollouts):
+        """One RL step's logs as the demo's reward_fn writes them: per-rollout values averaged over the step."""
+        logs = {"reward": 0.0}
+        for name, levels in zip(spec.names, spec.levels):
+            asked = [name in request for request, _ in rollouts]
+            logs[f"asked/{name}"] = sum(asked) / len(rollouts)
+            for level in range(levels):
+                hit = [labels[name] == level for _, labels in rollouts]
+                logs[f"level/{name}={level}"] = sum(hit) / len(rollouts)
+                logs[f"asked_level/{name}={level}"] = sum(h and a for h, a in zip(hit, asked)) / len(rollouts)
+        return logs
+
+    plain, listed = {"length": 0, "format": 0, "formality": 0}, {"length": 0, "format": 1, "formality": 0}
+    # 8 rollouts: format asked in 4 (one list among them); one list more where format was not asked.
+    history = [
+        step([({"format": 1}, listed), ({"format": 1}, plain), ({"format": 0}, plain), ({"length": 0}, listed)]),
+        step([({"format": 1}, plain), ({"length": 0}, plain), ({"length": 1}, plain), ({"length": 2}, plain)]),
+    ]
+    history.insert(1, {"step": 1, "curve": {}})  # a curve point between steps: not a step's rollouts
+    shares = level_shares(spec, [{"labels": listed}, {"labels": plain}], {"seed 1": history})
+    assert shares["samples"]["format=1"] == 0.5
+    assert shares["rl_rollouts"]["format=1"] == 2 / 8 and shares["rl_rollouts_asking"]["format=1"] == 1 / 4
+    assert shares["rl_rollouts_asking"]["length=0"] == 1.0  # length asked 4 times, always met at level 0
+    assert "formality=0" not in shares["rl_rollouts_asking"]  # never asked: no share to report
+    text = level_shares_text(shares)
+    assert "RL rollouts asking for the objective: " in text and "format=1 0.25, " in text
+    assert "length=1 0.00 **below**" in text
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     from moslim_plugin.demo.pipeline import main
@@ -327,6 +362,9 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
         for name in spec.names:
             assert sum(v for k, v in shares[where].items() if k.startswith(f"{name}=")) == pytest.approx(1.0)
     assert shares["samples"]["format=1"] == sum(s["labels"]["format"] == 1 for s in samples) / len(samples)
+    for name in spec.names:  # among the rollouts that asked for an objective, its levels partition them too
+        asking = [v for k, v in shares["rl_rollouts_asking"].items() if k.startswith(f"{name}=")]
+        assert not asking or sum(asking) == pytest.approx(1.0)
     top = summary["sample_top_up"]  # the top-up's kept answers are in samples.jsonl, marked with their level
     assert sum(top["kept"].values()) == sum("top_up" in s for s in samples) and top["generated"] <= 16
 

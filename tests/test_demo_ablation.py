@@ -188,7 +188,7 @@ def test_the_docs_render_each_seed_of_the_default_against_the_starting_policy_an
     monkeypatch.setattr(render_docs, "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(render_docs, "DEMO_REPORT", tmp_path / "report.json")
     (tmp_path / "report.json").write_bytes((demo_dir / "report.json").read_bytes() + b" ")  # another run's report
-    (tmp_path / "demo_mappings.json").write_text(json.dumps(result))
+    (tmp_path / "demo_seeds.json").write_text(json.dumps(result))
     assert render_docs.default_seeds() is None
     monkeypatch.setattr(render_docs, "DEMO_REPORT", demo_dir / "report.json")
     # The fixture's moslim_best trained two PPO epochs, its demo one: those are not the default's seeds.
@@ -197,7 +197,7 @@ def test_the_docs_render_each_seed_of_the_default_against_the_starting_policy_an
     assert render_docs.demo_mappings().startswith("**Not run yet.**")  # no mapping_* cell in the file
     # Its `moslim` cells are the demo's own flags (seed 1 the demo's policy): rendered as the default's seeds.
     result["cells"]["moslim_best"] = cells = result["cells"]["moslim"]
-    (tmp_path / "demo_mappings.json").write_text(json.dumps(result))
+    (tmp_path / "demo_seeds.json").write_text(json.dumps(result))
     text = render_docs.demo_seeds()
     for seed, c in cells.items():
         ref = c["paired"]
@@ -211,6 +211,9 @@ def test_the_docs_render_each_seed_of_the_default_against_the_starting_policy_an
     assert f"the paired interval above 0: {'met' if met == 2 else '**not met**'} ({met} of 2 seeds)" in text
     mean = sum(c["metrics"]["mean"]["accuracy"] for c in cells.values()) / 2
     assert f"(mean over MOSLIM seeds) >= 0.80: {'met' if mean >= 0.80 else '**not met**'} ({mean:.3f})" in text
+    # The rarest level of each seed's rollouts, from its logged per-step shares (seed 1: the demo's report's).
+    rarest = next(line for line in text.splitlines() if line.startswith("- The rarest level in each seed's RL"))
+    assert "(bar: 15 %): seed 1 " in rarest and "; seed 2 " in rarest
     # The demo's own section and the README's row point at / judge over both seeds.
     assert "- Seeds 1, 2 on this run's RM and flags" in render_docs.demo_joint()
     assert "; ".join(paired_text(g) for g in gains) in render_docs.readme_results()

@@ -393,16 +393,20 @@ def rl_stage(demo, scorer, seed, base_eval):
     def reward_fn(questions, responses, requests):
         result = scorer.score(questions, responses, requests)
         # Logged only, never rewarded: the oracle's verdict on the requested levels, each level's share of the
-        # rollouts (RL can only reinforce a level it samples: the report checks every level's share), and the RM's
-        # most likely level against the oracle's per objective (the reward-hacking monitor).
+        # rollouts (RL can only reinforce a level it samples: the report checks every level's share, of all rollouts
+        # and of those whose request includes the objective, the only ones whose reward it moves), and the RM's most
+        # likely level against the oracle's per objective (the reward-hacking monitor).
         achieved = [judge(t, demo.spec) for t in responses]
         predicted = result.probs.argmax(-1)
         info = {"oracle_hit": torch.tensor([request_hits(a, rq) for a, rq in zip(achieved, requests)])}
         for k, (name, levels) in enumerate(zip(demo.spec.names, demo.spec.levels)):
             oracle = torch.tensor([a[name] for a in achieved])
+            asked = torch.tensor([name in rq for rq in requests]).float()
             info[f"agree/{name}"] = (predicted[:, k] == oracle).float()
+            info[f"asked/{name}"] = asked
             for level in range(levels):
                 info[f"level/{name}={level}"] = (oracle == level).float()
+                info[f"asked_level/{name}={level}"] = (oracle == level).float() * asked
         return result.rewards, info
 
     every, subset = demo.args.demo.curve_every, demo.heldout[: demo.args.demo.curve_prompts]

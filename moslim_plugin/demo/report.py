@@ -108,18 +108,35 @@ def mean_std(values):
 # Every level of every objective is at least this share of the samples and of the RL rollouts: the RM learns a level
 # from its examples, and RL can only reinforce a level it samples (the sample stage tops up the samples to it).
 MIN_LEVEL_SHARE = 0.15
+LEVEL_SHARE_LABELS = {"samples": "samples", "rl_rollouts": "all RL rollouts",
+                      "rl_rollouts_asking": "RL rollouts asking for the objective"}  # fmt: skip
+
+
+def level_shares_text(shares: dict) -> str:
+    """`level_shares` in one line, each share under MIN_LEVEL_SHARE marked **below**."""
+    return "; ".join(
+        f"{LEVEL_SHARE_LABELS.get(where, where)}: "
+        + ", ".join(f"{k} {v:.2f}" + (" **below**" if v < MIN_LEVEL_SHARE else "") for k, v in by_level.items())
+        for where, by_level in shares.items() if by_level
+    )  # fmt: skip
 
 
 def level_shares(spec, samples, histories) -> dict:
-    """Each (objective, level)'s share of the initial samples and of all RL rollouts (every seed and step)."""
-    shares = {"samples": {}, "rl_rollouts": {}}
+    """Each (objective, level)'s share of the samples, of all RL rollouts (every seed and step), and of the RL
+    rollouts whose request includes the objective (rl_rollouts_asking: the masked reward moves only with those)."""
+    shares = {"samples": {}, "rl_rollouts": {}, "rl_rollouts_asking": {}}
+    steps = [h for hist in histories.values() for h in hist if "reward" in h]  # every step has as many rollouts
     for name, levels in zip(spec.names, spec.levels):
         for level in range(levels):
             key = f"{name}={level}"
-            shares["samples"][key] = sum(s["labels"][name] == level for s in samples) / len(samples)
-            steps = [h[f"level/{key}"] for hist in histories.values() for h in hist if f"level/{key}" in h]
+            if samples:
+                shares["samples"][key] = sum(s["labels"][name] == level for s in samples) / len(samples)
             if steps:
-                shares["rl_rollouts"][key] = sum(steps) / len(steps)
+                shares["rl_rollouts"][key] = sum(h[f"level/{key}"] for h in steps) / len(steps)
+            if steps and sum(h[f"asked/{name}"] for h in steps):
+                shares["rl_rollouts_asking"][key] = sum(h[f"asked_level/{key}"] for h in steps) / sum(
+                    h[f"asked/{name}"] for h in steps
+                )
     return shares
 
 
@@ -347,9 +364,7 @@ def report_markdown(demo, evals, summary, plots) -> str:
         *[f"| {n} | " + " | ".join(f"{m[k]:.3g}" for k in rm_keys) + " |" for n, m in rm.items()],
         "",
         f"Level shares (RL can only reinforce a level it samples; bar: every level >= {MIN_LEVEL_SHARE * 100:.0f} %): "
-        + "; ".join(f"{where}: " + ", ".join(f"{k} {v:.2f}" + (" **below**" if v < MIN_LEVEL_SHARE else "")
-                                             for k, v in shares.items())
-                    for where, shares in summary["level_shares"].items() if shares)
+        + level_shares_text(summary["level_shares"])
         + f". The samples include the top-up of the levels below the bar: {top['generated']} answers generated to "
         f"requests for them, {sum(top['kept'].values())} kept ("
         + (", ".join(f"{k}: {v}" for k, v in top["kept"].items()) or "none needed") + ")"
