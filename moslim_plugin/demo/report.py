@@ -105,8 +105,8 @@ def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-# Every level of every objective is at least this share of the samples and of the RL rollouts: the RM learns a level
-# from its examples, and RL can only reinforce a level it samples (the sample stage tops up the samples to it).
+# Every level of every objective should be at least this share of the samples and of the RL rollouts: the RM learns a
+# level from its examples, and RL can only reinforce a level it samples.
 MIN_LEVEL_SHARE = 0.15
 LEVEL_SHARE_LABELS = {"samples": "samples", "rl_rollouts": "all RL rollouts",
                       "rl_rollouts_asking": "RL rollouts asking for the objective"}  # fmt: skip
@@ -133,7 +133,8 @@ def level_shares(spec, samples, histories) -> dict:
                 shares["samples"][key] = sum(s["labels"][name] == level for s in samples) / len(samples)
             if steps:
                 shares["rl_rollouts"][key] = sum(h[f"level/{key}"] for h in steps) / len(steps)
-            if steps and sum(h[f"asked/{name}"] for h in steps):
+            # Histories logged before the asking shares have none (the default's reports and ablation cells).
+            if steps and all(f"asked/{name}" in h for h in steps) and sum(h[f"asked/{name}"] for h in steps):
                 shares["rl_rollouts_asking"][key] = sum(h[f"asked_level/{key}"] for h in steps) / sum(
                     h[f"asked/{name}"] for h in steps
                 )
@@ -287,7 +288,7 @@ def report_markdown(demo, evals, summary, plots) -> str:
     spec, args, size, timings = demo.spec, demo.args, demo.size, demo.timings
     plot, grid, curves, curve = plots
     ci = summary["base_accuracy_ci95"], summary["ric_accuracy_ci95"]
-    rm, top = summary["rm_eval"], summary["sample_top_up"]
+    rm = summary["rm_eval"]
     rm_keys = sorted(k for k, v in next(iter(rm.values())).items() if isinstance(v, (int, float)))  # not confusion
     agreement = {name: e["metrics"].get("rm_agreement", {}) for name, e in evals.items()}
     unseen = ", ".join(f"({', '.join(f'{n}={lv}' for n, lv in u.items())})" for u in demo.unseen) or "none"
@@ -365,10 +366,7 @@ def report_markdown(demo, evals, summary, plots) -> str:
         "",
         f"Level shares (RL can only reinforce a level it samples; bar: every level >= {MIN_LEVEL_SHARE * 100:.0f} %): "
         + level_shares_text(summary["level_shares"])
-        + f". The samples include the top-up of the levels below the bar: {top['generated']} answers generated to "
-        f"requests for them, {sum(top['kept'].values())} kept ("
-        + (", ".join(f"{k}: {v}" for k, v in top["kept"].items()) or "none needed") + ")"
-        + (f", still below: {', '.join(top['unmet'])}" if top["unmet"] else "") + ".",
+        + ".",
         "",
         "RM against the oracle on each policy's greedy answers to the held-out prompts (argmax class vs oracle "
         "level; accuracy / macro-F1; single-objective, joint and no-preference answers). The starting policy's row "
