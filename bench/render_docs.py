@@ -14,7 +14,6 @@ spans, excepted), so a published number cannot silently go stale.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -363,11 +362,13 @@ MET = {True: "met", False: "**not met**"}
 def measured_on(result: dict) -> str:
     """Which demo run an ablation file was measured on, when it is not the current default's (docs/demo/report.json):
     the copy of that run's report under docs/demo/ whose digest the file recorded."""
+    from bench.demo_ablation import sha256  # the digest the ablation recorded
+
     digest = result["inputs"]["demo_report_sha256"]
-    if DEMO_REPORT.is_file() and hashlib.sha256(DEMO_REPORT.read_bytes()).hexdigest()[:16] == digest:
+    if DEMO_REPORT.is_file() and sha256(DEMO_REPORT) == digest:
         return ""
     for path in sorted((ROOT / "docs/demo").glob("*/report.json")):
-        if hashlib.sha256(path.read_bytes()).hexdigest()[:16] == digest:
+        if sha256(path) == digest:
             where = path.with_suffix(".md").relative_to(ROOT / "docs")
             return f"Measured on an earlier default run, not the current one above: [its report]({where}). "
     raise ValueError(f"no report under docs/demo/ has the digest {digest} the results were measured on: copy that "
@@ -548,27 +549,33 @@ def demo_mappings() -> str:
     return "\n".join(lines + ["", monitor])
 
 
+def report_seed_cells(report: dict) -> dict:
+    """A demo report's MOSLIM seeds as ablation-like cells: seed -> headline, paired differences, RL history."""
+    s = report["summary"]
+    return {str(seed): {"headline": s["headline"][f"MOSLIM seed {seed}"], "paired": s["paired"][f"MOSLIM seed {seed}"],
+                        "history": report["training"][f"MOSLIM seed {seed}"]}
+            for seed in report["settings"]["seeds"]}  # fmt: skip
+
+
 def default_seeds() -> dict | None:
     """Every seed of the run in docs/demo/report.json: its own when it trained several (command None), else the
     ablation's `moslim_best` cells when they were trained on that very run with its own flags and mapping
     (bench/results/demo_mappings.json; seed 1 is then the run's own policy), with the demo's targets judged over them;
     None otherwise."""
+    from bench.demo_ablation import sha256
     from moslim_plugin.demo.report import targets
 
     if not DEMO_REPORT.is_file():
         return None
     report = json.loads(DEMO_REPORT.read_text())
     if len(report["settings"]["seeds"]) > 1:
-        s, names = report["summary"], [f"MOSLIM seed {seed}" for seed in report["settings"]["seeds"]]
-        cells = {name.split()[-1]: {"headline": s["headline"][name], "paired": s["paired"][name],
-                                    "history": report["training"][name]} for name in names}  # fmt: skip
-        return {"cells": cells, "targets": s["targets"], "command": None,
+        return {"cells": report_seed_cells(report), "targets": report["summary"]["targets"], "command": None,
                 "heldout_prompts": report["settings"]["heldout_prompts"]}  # fmt: skip
     if not (RESULTS_DIR / "demo_mappings.json").is_file():
         return None
     result = load("demo_mappings")
     cells, settings = result["cells"].get("moslim_best"), result["demo_settings"]
-    digest, flags = hashlib.sha256(DEMO_REPORT.read_bytes()).hexdigest()[:16], settings["rl_flags"].items()
+    digest, flags = sha256(DEMO_REPORT), settings["rl_flags"].items()
     if not cells or result["inputs"]["demo_report_sha256"] != digest:
         return None  # trained on another run
     if any(
@@ -646,11 +653,7 @@ def demo_balanced() -> str:
     if seeds is None or not BALANCED_REPORT.is_file():
         return not_run("demo_balanced")
     report = json.loads(BALANCED_REPORT.read_text())
-    s = report["summary"]
-    runs = {"default": {seed: c for seed, c in seeds["cells"].items()},
-            "balanced": {str(seed): {"headline": s["headline"][f"MOSLIM seed {seed}"],
-                                     "paired": s["paired"][f"MOSLIM seed {seed}"]}
-                         for seed in report["settings"]["seeds"]}}  # fmt: skip
+    runs = {"default": seeds["cells"], "balanced": report_seed_cells(report)}
     metrics = ("single_accuracy", "exact_all_unseen")
     lines = [f"`{COMMANDS['demo_balanced']}` ([its report](demo/demo_balanced/report.md)), greedy, 64 held-out "
              "prompts, the oracle judges; the default's seeds as above.", "",
@@ -674,7 +677,7 @@ def demo_balanced() -> str:
         + (", ".join(METRIC_NAMES[m] for m in metrics if max(values["balanced"][m]) < min(values["default"][m]))
            or "neither metric") + ".",
         "",
-        f"Level shares of the balanced run: {level_shares_text(s['level_shares'])}.",
+        f"Level shares of the balanced run: {level_shares_text(report['summary']['level_shares'])}.",
     ]  # fmt: skip
     return "\n".join(lines)
 

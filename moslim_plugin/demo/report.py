@@ -134,10 +134,9 @@ def level_shares(spec, samples, histories) -> dict:
             if steps:
                 shares["rl_rollouts"][key] = sum(h[f"level/{key}"] for h in steps) / len(steps)
             # Histories logged before the asking shares have none (the default's reports and ablation cells).
-            if steps and all(f"asked/{name}" in h for h in steps) and sum(h[f"asked/{name}"] for h in steps):
-                shares["rl_rollouts_asking"][key] = sum(h[f"asked_level/{key}"] for h in steps) / sum(
-                    h[f"asked/{name}"] for h in steps
-                )
+            asked = sum(h[f"asked/{name}"] for h in steps) if all(f"asked/{name}" in h for h in steps) else 0
+            if asked:
+                shares["rl_rollouts_asking"][key] = sum(h[f"asked_level/{key}"] for h in steps) / asked
     return shares
 
 
