@@ -655,8 +655,10 @@ def demo_balanced() -> str:
     report = json.loads(BALANCED_REPORT.read_text())
     runs = {"default": seeds["cells"], "balanced": report_seed_cells(report)}
     metrics = ("single_accuracy", "exact_all_unseen")
-    lines = [f"`{COMMANDS['demo_balanced']}` ([its report](demo/demo_balanced/report.md)), greedy, 64 held-out "
-             "prompts, the oracle judges; the default's seeds as above.", "",
+    lines = [f"`{COMMANDS['demo_balanced']}` with the balanced code, which the current code no longer has (lists "
+             "at 4:1 in `pipeline.REQUEST_WEIGHTS` and `pipeline.top_up`, in the project's history; "
+             "[its report](demo/demo_balanced/report.md)), greedy, 64 held-out prompts, the oracle judges; the "
+             "default's seeds as above.", "",
              "| run | seed | " + " | ".join(METRIC_NAMES[m] for m in metrics)
              + " | " + " | ".join(f"{METRIC_NAMES[m]} minus the starting policy" for m in metrics) + " |",
              "|" + " --- |" * (2 + 2 * len(metrics))]  # fmt: skip
