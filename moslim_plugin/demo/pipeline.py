@@ -38,7 +38,16 @@ from pathlib import Path
 
 import torch
 
-from moslim_plugin import UserError, add_threads_flag, integer, nonnegative_int, positive, positive_int, set_threads
+from moslim_plugin import (
+    UserError,
+    add_threads_flag,
+    integer,
+    nonnegative_int,
+    positive,
+    positive_int,
+    probability,
+    set_threads,
+)
 from moslim_plugin.core.directives import DEFAULT_STYLE, PLACEMENTS, STYLES, apply_directive
 from moslim_plugin.core.mappings import parse_mapping_kwargs, resolve_mapping
 from moslim_plugin.data.datasets import TargetSampler
@@ -92,6 +101,10 @@ def build_parser():
     # subset = k = 1..K objectives per request, each k equally likely; single = one; uniform = all K.
     p.add_argument("--moslim.sampling", default="subset", choices=("subset", "single", "uniform"),
                    help="how many objectives each sample / RL request asks for (subset: 1..K)")  # fmt: skip
+    # Off by default until it is measured against the default (docs/results.md, "Balancing the level shares").
+    p.add_argument("--demo.top_up", type=probability, default=0.0,
+                   help="top up the samples of every level below this share of them (the level-share bar is 0.15; "
+                   "0: off)")  # fmt: skip
     p.add_argument("--demo.curve_every", type=nonnegative_int, default=0,
                    help="evaluate each RL run every N steps on the first held-out prompts (0: off)")  # fmt: skip
     p.add_argument("--demo.curve_prompts", type=positive_int, default=32, help="held-out prompts the curve evaluates")
@@ -128,17 +141,62 @@ def build_parser():
 
 def sample_stage(model, tokenizer, demo, n, seed):
     """n responses to training prompts, each under a request drawn as the RL draws them (`request_rows`: k = 1..K
-    objectives), labelled by the oracle."""
-    rollout, rows = demo.args.rollout, request_rows(demo, n, seed)
+    objectives), labelled by the oracle, plus, with --demo.top_up, the `top_up` of the levels below that share of
+    them. Returns (samples, the top-up's counts or None)."""
+    rollout = demo.args.rollout
     torch.manual_seed(seed)
-    _, _, texts = generate(
-        model, tokenizer, [r["messages"] for r in rows], rollout.max_new_tokens, rollout.temperature,
-        batch_size=demo.args.moslim.generate_batch_size, desc="sample (policy)",
-    )  # fmt: skip
-    return [
-        {"question": r["question"], "request": r["request"], "response": t, "labels": judge(t, demo.spec)}
-        for r, t in zip(rows, texts)
-    ]
+
+    def answer(rows):
+        _, _, texts = generate(
+            model, tokenizer, [r["messages"] for r in rows], rollout.max_new_tokens, rollout.temperature,
+            batch_size=demo.args.moslim.generate_batch_size, desc="sample (policy)",
+        )  # fmt: skip
+        return [
+            {"question": r["question"], "request": r["request"], "response": t, "labels": judge(t, demo.spec)}
+            for r, t in zip(rows, texts)
+        ]
+
+    samples = answer(request_rows(demo, n, seed))
+    if not demo.args.demo.top_up:
+        return samples, None
+    extra, counts = top_up(demo, samples, answer, demo.args.demo.top_up, seed)
+    return samples + extra, counts
+
+
+TOP_UP_BATCH = 32  # answers per top-up round
+
+
+def top_up(demo, samples, answer, share, seed):
+    """More samples of the levels below `share` of `samples`: requests asking for the rarest such level (from a
+    second draw of `request_rows`) are answered by `answer`, and the answers the oracle puts at that level are kept,
+    until every level reaches the share or len(samples) more answers were generated (the bound: the 135M policy
+    writes a list in about one of four answers asked for one). The RL's prompts are not changed. Returns (the kept
+    samples, each naming its level in "top_up"; {"share", "generated", "kept": {level: count}, "unmet": [levels
+    still below the share]})."""
+    spec, budget = demo.spec, len(samples)
+    pool = request_rows(demo, 8 * budget, seed + 1)
+    extra, generated, kept = [], 0, {}
+
+    def below():
+        rows = samples + extra
+        shares = {(name, lv): sum(s["labels"][name] == lv for s in rows) / len(rows)
+                  for name, levels in zip(spec.names, spec.levels) for lv in range(levels)}  # fmt: skip
+        return sorted((value, key) for key, value in shares.items() if value < share)
+
+    while below() and generated < budget:
+        _, (name, level) = below()[0]
+        batch = [r for r in pool if r["request"].get(name) == level][: min(TOP_UP_BATCH, budget - generated)]
+        if not batch:  # no request left that asks for this level: no answer could be kept
+            break
+        pool = [r for r in pool if all(r is not b for b in batch)]
+        generated += len(batch)
+        hits = [dict(s, top_up=f"{name}={level}") for s in answer(batch) if s["labels"][name] == level]
+        extra += hits
+        kept[f"{name}={level}"] = kept.get(f"{name}={level}", 0) + len(hits)
+    unmet = [f"{name}={level}" for _, (name, level) in below()]
+    print(f"top-up: {generated} answers generated for levels below {share:.0%}, kept {kept}"
+          + (f"; still below: {unmet}" if unmet else ""), flush=True)  # fmt: skip
+    return extra, {"share": share, "generated": generated, "kept": kept, "unmet": unmet}
 
 
 def augment(samples, spec, seed):
@@ -213,6 +271,11 @@ class Demo:
         if kwargs.get("norm") in ("dataset", "running"):
             kwargs = {**kwargs, "norm": "sample"}
         self.spec = demo_spec(args.demo.rules)
+        if args.demo.top_up > 1 / max(self.spec.levels):  # no sample set can give every level more
+            raise UserError(
+                f"--demo.top_up {args.demo.top_up}: expected a share in [0, {1 / max(self.spec.levels):.3f}]"
+                f" (1 / the most levels an objective has): no samples give every level more"
+            )
         check_mapping(args.moslim.mapping, kwargs, self.spec, None)
         self.out = make_output_dir(args.out, "--out")
         self.request_weights, self.unseen = REQUEST_WEIGHTS, [dict(u) for u in UNSEEN]
@@ -412,7 +475,7 @@ def main(argv=None) -> int:
 
     demo.stage("sample")
     model, tokenizer = load_policy(demo.policy_path, args.moslim.trainable_layers, device=args.device)
-    samples = sample_stage(model, tokenizer, demo, size["samples"], seed=0)
+    samples, top = sample_stage(model, tokenizer, demo, size["samples"], seed=0)
     with open(out / "samples.jsonl", "w") as f:
         f.writelines(json.dumps(s) + "\n" for s in samples)
     demo.done("sample")
@@ -440,6 +503,7 @@ def main(argv=None) -> int:
     demo.stage("report")
     summary = summarize(evals, args.seeds, rm_result, ric_losses)
     summary["level_shares"] = level_shares(demo.spec, samples, histories)
+    summary["sample_top_up"] = top
     summary.update(joint_summary(evals, args.seeds, demo.joint, demo.unseen))
     summary["agreement_monitor"] = agreement_monitor(
         demo.spec, histories, size["batch"] * args.rollout.n_samples_per_prompt

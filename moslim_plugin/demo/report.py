@@ -273,7 +273,7 @@ def flags_of(args) -> dict:
             "rollout.batch_size", "rollout.max_new_tokens", "rollout.temperature", "reward.clip_range",
             "moslim.trainable_layers", "data.max_samples", "moslim.generate_batch_size", "rollout.micro_batch_size",
             "moslim.mapping_kwargs", "train.max_epochs", "train.batch_size", "ds.lora.rank",
-            "moslim.rollout_dtype", "moslim.sampling"]  # fmt: skip
+            "moslim.rollout_dtype", "moslim.sampling", "demo.top_up"]  # fmt: skip
     out = {}
     for key in keys:
         value = args
@@ -287,7 +287,7 @@ def report_markdown(demo, evals, summary, plots) -> str:
     spec, args, size, timings = demo.spec, demo.args, demo.size, demo.timings
     plot, grid, curves, curve = plots
     ci = summary["base_accuracy_ci95"], summary["ric_accuracy_ci95"]
-    rm = summary["rm_eval"]
+    rm, top = summary["rm_eval"], summary.get("sample_top_up")
     rm_keys = sorted(k for k, v in next(iter(rm.values())).items() if isinstance(v, (int, float)))  # not confusion
     agreement = {name: e["metrics"].get("rm_agreement", {}) for name, e in evals.items()}
     unseen = ", ".join(f"({', '.join(f'{n}={lv}' for n, lv in u.items())})" for u in demo.unseen) or "none"
@@ -365,7 +365,11 @@ def report_markdown(demo, evals, summary, plots) -> str:
         "",
         f"Level shares (RL can only reinforce a level it samples; bar: every level >= {MIN_LEVEL_SHARE * 100:.0f} %): "
         + level_shares_text(summary["level_shares"])
-        + ".",
+        + ("." if top is None else
+           f". The samples include the top-up of the levels below {top['share']:.0%}: {top['generated']} answers "
+           f"generated to requests for them, {sum(top['kept'].values())} kept ("
+           + (", ".join(f"{k}: {v}" for k, v in top["kept"].items()) or "none needed") + ")"
+           + (f", still below: {', '.join(top['unmet'])}" if top["unmet"] else "") + "."),
         "",
         "RM against the oracle on each policy's greedy answers to the held-out prompts (argmax class vs oracle "
         "level; accuracy / macro-F1; single-objective, joint and no-preference answers). The starting policy's row "
