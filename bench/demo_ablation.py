@@ -10,7 +10,8 @@ prompts, by the same oracle, with the same budget:
 - base_tagged / base_natural: the starting policy with tagged / natural directives (evaluation only). Greedy
   decoding is deterministic and the sampled evaluation uses the demo's fixed sampling seed (as for every policy),
   so these are evaluated once, not per seed;
-- ric: RiC SFT on the demo's samples, as many as MOSLIM's rollouts (refused otherwise). Its epochs and lr are
+- ric: RiC SFT on the demo's samples: the drawn ones are as many as MOSLIM's rollouts (refused otherwise), and a
+  top-up of the rare levels (`--demo.top_up`) comes with them, as it does to the reward model. Its epochs and lr are
   picked by a grid: each trial trains on the samples whose question is not held back and is scored (oracle,
   greedy, the evaluation's requests) on `--ric.val_prompts` held-back train prompts; the chosen one is retrained
   on all samples once per seed (the seed orders the samples);
@@ -477,7 +478,8 @@ def check_resumable(out, results, inputs) -> None:
 
 def build_demos(a, report, samples) -> dict:
     """One run context (pipeline.Demo) per setting: the demo's flags plus the setting's own. Refuses settings whose
-    MOSLIM rollouts do not number the demo's samples (RiC's data), and a RiC grid with nothing left to train on."""
+    MOSLIM rollouts do not number the demo's drawn samples (RiC's data, besides a top-up of the rare levels), and a
+    RiC grid with nothing left to train on."""
     from moslim_plugin.demo.pipeline import Demo
 
     demo_dir = Path(a.demo_dir)
@@ -492,12 +494,13 @@ def build_demos(a, report, samples) -> dict:
     for name in [n for n in a.settings if n.startswith(("moslim", "mapping"))]:  # long: more rollouts by design
         size, args = demos[name].size, demos[name].args
         n_rl = size["rl_steps"] * size["batch"] * args.rollout.n_samples_per_prompt
-        if n_rl != len(samples):
+        drawn = sum("top_up" not in s for s in samples)
+        if n_rl != drawn:
             raise UserError(
                 f"{name} would train on {size['rl_steps']} steps x {size['batch']} prompts x "
-                f"{args.rollout.n_samples_per_prompt} samples = {n_rl} rollouts but RiC on the demo's {len(samples)} "
+                f"{args.rollout.n_samples_per_prompt} samples = {n_rl} rollouts but RiC on the demo's {drawn} drawn "
                 f"samples ({demo_dir / 'samples.jsonl'}): not the same number; rerun the demo with --demo.samples "
-                f"{n_rl} (or sizes whose product is {len(samples)})"
+                f"{n_rl} (or sizes whose product is {drawn})"
             )
     questions = len({s["question"] for s in samples})
     if "ric" in a.settings and questions <= a.ric_val_prompts:

@@ -340,15 +340,26 @@ def small_data_recipe() -> str:
 DEMO_REPORT = ROOT / "docs/demo/report.json"  # the current default pipeline's latest run (its seeds: settings.seeds)
 V7_REPORT = ROOT / "docs/demo/run_3ec2e72/report.json"  # demo_v7: the pipeline before joint requests, 3 seeds
 MAKE_DEMO_REPORT = ROOT / "docs/demo/make_demo/report.json"  # `make demo` itself, timed on 2 idle cores
-# The level-share experiment, not adopted: lists asked 4:1 and the rare levels' samples topped up, 3 seeds.
-BALANCED_REPORT = ROOT / "docs/demo/demo_balanced/report.json"
+# The level-share experiments, 3 seeds each: name -> (its report, its command, what it changed). The first is the
+# baseline the others are compared with: the default they started from.
+BALANCING_RUNS = {
+    "no top-up": (DEMO_REPORT, "python -m moslim_plugin demo --out runs/demo_default",
+                  "lists asked in 2 of 3 format requests, no top-up"),
+    "balanced": (ROOT / "docs/demo/demo_balanced/report.json",
+                 "python -m moslim_plugin demo --seeds 1 2 3 --demo.top_up 0.15 --out runs/demo_balanced",
+                 "lists asked in 4 of 5 format requests (`pipeline.REQUEST_WEIGHTS` at 4:1, since set back to 2:1: "
+                 "the command needs that edit) and the samples topped up to 15 %"),
+    "top-up": (ROOT / "docs/demo/demo_topup/report.json",
+               "python -m moslim_plugin demo --seeds 1 2 3 --demo.top_up 0.15 --out runs/demo_topup",
+               "the samples topped up to 15 %; lists asked 2:1, as without it"),
+}  # fmt: skip
 # The runs the docs promise but nobody has run yet: each one's region says so, with its command, until its results
 # file exists (then `python -m bench.render_docs` renders the numbers in its place).
 COMMANDS = {
     "demo_joint": "python -m moslim_plugin demo --seeds 1 2 3 --out runs/demo_joint",
     "make_demo": "time make demo",
     "numeral_probe": "python -m bench.numeral_probe --demo_dir runs/demo_joint",
-    "demo_balanced": "python -m moslim_plugin demo --seeds 1 2 3 --out runs/demo_balanced",
+    "demo_balancing": BALANCING_RUNS["top-up"][1],
     "demo_mappings": "python -m bench.demo_ablation --demo_dir runs/demo_default --seeds 1 2 3 --settings moslim_best "
     "mapping_expected_level mapping_target_logprob --out bench/results/demo_mappings.json",
     "demo_long": "python -m bench.demo_ablation --demo_dir runs/demo_default --seeds 1 --settings long "
@@ -473,7 +484,7 @@ def demo_joint() -> str:
         "- Hacking monitor, RM = oracle on the rollouts (first -> last quarter of the RL steps): "
         + monitor_text(s["agreement_monitor"]) + ".",
     ]  # fmt: skip
-    added = default_seeds()
+    added = run_seeds(DEMO_REPORT)
     if added:
         trained = "" if added["command"] is None else " on this run's RM and flags"
         lines += [
@@ -557,17 +568,17 @@ def report_seed_cells(report: dict) -> dict:
             for seed in report["settings"]["seeds"]}  # fmt: skip
 
 
-def default_seeds() -> dict | None:
-    """Every seed of the run in docs/demo/report.json: its own when it trained several (command None), else the
+def run_seeds(path: Path) -> dict | None:
+    """Every seed of the demo run whose report is `path`: its own when it trained several (command None), else the
     ablation's `moslim_best` cells when they were trained on that very run with its own flags and mapping
     (bench/results/demo_mappings.json; seed 1 is then the run's own policy), with the demo's targets judged over them;
     None otherwise."""
     from bench.demo_ablation import sha256
     from moslim_plugin.demo.report import targets
 
-    if not DEMO_REPORT.is_file():
+    if not path.is_file():
         return None
-    report = json.loads(DEMO_REPORT.read_text())
+    report = json.loads(path.read_text())
     if len(report["settings"]["seeds"]) > 1:
         return {"cells": report_seed_cells(report), "targets": report["summary"]["targets"], "command": None,
                 "heldout_prompts": report["settings"]["heldout_prompts"]}  # fmt: skip
@@ -575,13 +586,13 @@ def default_seeds() -> dict | None:
         return None
     result = load("demo_mappings")
     cells, settings = result["cells"].get("moslim_best"), result["demo_settings"]
-    digest, flags = sha256(DEMO_REPORT), settings["rl_flags"].items()
+    digest, flags = sha256(path), settings["rl_flags"].items()
     if not cells or result["inputs"]["demo_report_sha256"] != digest:
         return None  # trained on another run
     if any(
         c["mapping"] != settings["mapping"] or any(c["rl_flags"].get(k) != v for k, v in flags) for c in cells.values()
     ):
-        return None  # another --best_flags: not the default's seeds
+        return None  # another --best_flags: not the run's seeds
     summary = {
         "paired": {f"MOSLIM seed {seed}": c["paired"] for seed, c in cells.items()},
         "moslim_accuracy_mean": statistics.mean(c["metrics"]["mean"]["accuracy"] for c in cells.values()),
@@ -592,12 +603,11 @@ def default_seeds() -> dict | None:
 
 @renderer
 def demo_seeds() -> str:
-    """The default's MOSLIM RL on every seed (`default_seeds`): each seed's paired differences against the starting
+    """The default's MOSLIM RL on every seed (`run_seeds`): each seed's paired differences against the starting
     policy and RiC, the demo's targets judged over the seeds and the rarest level of each seed's rollouts."""
-    from moslim_plugin.demo.oracle import demo_spec
-    from moslim_plugin.demo.report import LEVEL_SHARE_LABELS, MIN_LEVEL_SHARE, level_shares, paired_text
+    from moslim_plugin.demo.report import paired_text
 
-    seeds = default_seeds()
+    seeds = run_seeds(DEMO_REPORT)
     if seeds is None:
         return not_run("demo_seeds")
     cells, verdict = seeds["cells"], seeds["targets"]
@@ -626,61 +636,80 @@ def demo_seeds() -> str:
         f"- Target, single-objective accuracy (mean over MOSLIM seeds) >= {single['target']:.2f}: "
         f"{MET[single['met']]} ({single['value']:.3f}).",
     ]  # fmt: skip
-    # Each seed's rollouts by level, from the per-step shares its RL logged (the demo's own seed: its report's).
-    report, spec = json.loads(DEMO_REPORT.read_text()), demo_spec()
+    # The demo's own seed, when its cell has no history: its report's shares.
+    lines += rarest_levels(cells, json.loads(DEMO_REPORT.read_text())["summary"]["level_shares"])
+    return "\n".join(lines)
+
+
+def rarest_levels(cells: dict, report_shares: dict) -> list[str]:
+    """A line per kind of rollout share: each seed's rarest level, from the per-step shares its RL logged (a cell
+    without a history: `report_shares`), marked below the bar."""
+    from moslim_plugin.demo.oracle import demo_spec
+    from moslim_plugin.demo.report import LEVEL_SHARE_LABELS, MIN_LEVEL_SHARE, level_shares
+
+    lines = []
     for where in ("rl_rollouts", "rl_rollouts_asking"):
         rarest = []
         for seed, c in cells.items():
-            shares = (level_shares(spec, [], {seed: c["history"]}) if c.get("history")
-                      else report["summary"]["level_shares"]).get(where)  # fmt: skip
+            shares = (level_shares(demo_spec(), [], {seed: c["history"]}) if c.get("history")
+                      else report_shares).get(where)  # fmt: skip
             if shares:  # runs before the asking shares were logged have none
                 level = min(shares, key=shares.get)
                 rarest.append(f"seed {seed} {level} {shares[level]:.2f}"
                               + (" **below**" if shares[level] < MIN_LEVEL_SHARE else ""))  # fmt: skip
-        if rarest:  # the shares among the rollouts asking for an objective are logged only since they were added
+        if rarest:
             lines.append(f"- The rarest level per seed ({LEVEL_SHARE_LABELS[where]}; bar: {MIN_LEVEL_SHARE * 100:.0f} "
                          "%): " + "; ".join(rarest) + ".")  # fmt: skip
-    return "\n".join(lines)
+    return lines
 
 
 @renderer
-def demo_balanced() -> str:
-    """The balanced run beside the default's seeds: both answer the same held-out items, and their starting policy's
-    answers are the same, so each seed's paired difference against it compares the two."""
+def demo_balancing() -> str:
+    """The level-share experiments (`BALANCING_RUNS`), every seed of each: every run answers the same held-out items
+    with the same starting policy's answers, so each seed's paired difference against it compares the runs. Per run
+    besides the baseline: the metrics on which every one of its seeds is below (or above) every baseline seed; per
+    run: its level shares and each seed's rarest level."""
     from moslim_plugin.demo.report import level_shares_text, paired_text
 
-    seeds = default_seeds()
-    if seeds is None or not BALANCED_REPORT.is_file():
-        return not_run("demo_balanced")
-    report = json.loads(BALANCED_REPORT.read_text())
-    runs = {"default": seeds["cells"], "balanced": report_seed_cells(report)}
+    (baseline, (base_path, _, _)), *_ = BALANCING_RUNS.items()
+    found = {name: (run_seeds(path), json.loads(path.read_text())) for name, (path, _, _) in BALANCING_RUNS.items()
+             if path.is_file() and run_seeds(path)}  # fmt: skip
+    if baseline not in found or len(found) < 2:
+        return not_run("demo_balancing")
+    cells = {name: seeds["cells"] for name, (seeds, _) in found.items()}
     metrics = ("single_accuracy", "exact_all_unseen")
-    lines = [f"`{COMMANDS['demo_balanced']}` with the balanced code, which the current code no longer has (lists "
-             "at 4:1 in `pipeline.REQUEST_WEIGHTS` and `pipeline.top_up`, in the project's history; "
-             "[its report](demo/demo_balanced/report.md)), greedy, 64 held-out prompts, the oracle judges; the "
-             "default's seeds as above.", "",
-             "| run | seed | " + " | ".join(METRIC_NAMES[m] for m in metrics)
-             + " | " + " | ".join(f"{METRIC_NAMES[m]} minus the starting policy" for m in metrics) + " |",
-             "|" + " --- |" * (2 + 2 * len(metrics))]  # fmt: skip
-    for run, cells in runs.items():
-        for seed, c in cells.items():
+    lines = ["Greedy, 64 held-out prompts, the oracle judges. The runs, 3 seeds each:", ""]
+    lines += [f"- {name}: {what}; `{command}`; [its report]({path.with_suffix('.md').relative_to(ROOT / 'docs')})"
+              + (f", seeds {', '.join(list(cells[name])[1:])} by `{found[name][0]['command']}`"
+                 if found[name][0]["command"] else "") + "."
+              for name, (path, command, what) in BALANCING_RUNS.items() if name in found]  # fmt: skip
+    lines += ["", "| run | seed | " + " | ".join(METRIC_NAMES[m] for m in metrics)
+              + " | " + " | ".join(f"{METRIC_NAMES[m]} minus the starting policy" for m in metrics) + " |",
+              "|" + " --- |" * (2 + 2 * len(metrics))]  # fmt: skip
+    for run, by_seed in cells.items():
+        for seed, c in by_seed.items():
             start = c["paired"]["starting policy"]
             lines.append(f"| {run} | {seed} | " + " | ".join(value_ci(c["headline"][m]) for m in metrics) + " | "
                          + " | ".join(paired_text(start[m]) for m in metrics) + " |")  # fmt: skip
-    values = {
-        run: {m: [c["headline"][m]["value"] for c in cells.values()] for m in metrics} for run, cells in runs.items()
-    }
-    lines += [
-        "",
-        "Mean over seeds (" + " / ".join(METRIC_NAMES[m] for m in metrics) + "): "
-        + "; ".join(f"{run} " + " / ".join(f"{statistics.mean(v[m]):.3f}" for m in metrics)
-                    for run, v in values.items())
-        + ". Every balanced seed below every default seed on "
-        + (", ".join(METRIC_NAMES[m] for m in metrics if max(values["balanced"][m]) < min(values["default"][m]))
-           or "neither metric") + ".",
-        "",
-        f"Level shares of the balanced run: {level_shares_text(report['summary']['level_shares'])}.",
-    ]  # fmt: skip
+    values = {run: {m: [c["headline"][m]["value"] for c in by_seed.values()] for m in metrics}
+              for run, by_seed in cells.items()}  # fmt: skip
+    lines += ["", "Mean over seeds (" + " / ".join(METRIC_NAMES[m] for m in metrics) + "): "
+              + "; ".join(f"{run} " + " / ".join(f"{statistics.mean(v[m]):.3f}" for m in metrics)
+                          for run, v in values.items()) + "."]  # fmt: skip
+    for run, (_, report) in found.items():
+        line = f"**{run}**: "
+        if run != baseline:
+            below = [METRIC_NAMES[m] for m in metrics if max(values[run][m]) < min(values[baseline][m])]
+            above = [METRIC_NAMES[m] for m in metrics if min(values[run][m]) > max(values[baseline][m])]
+            line += (f"every seed below every {baseline} seed on {', '.join(below) or 'neither metric'}, above on "
+                     f"{', '.join(above) or 'neither metric'}. ")  # fmt: skip
+        top = report["summary"].get("sample_top_up")
+        seeds = report["settings"]["seeds"]
+        of = "all seeds" if len(seeds) > 1 else f"seed {seeds[0]}"  # a one-seed report's shares are its seed's
+        line += f"Level shares ({of}): {level_shares_text(report['summary']['level_shares'])}." + (
+            f" The top-up generated {top['generated']} answers and kept "
+            + ", ".join(f"{v} of {k}" for k, v in top["kept"].items()) + "." if top else "")  # fmt: skip
+        lines += ["", line, *rarest_levels(cells[run], report["summary"]["level_shares"])]
     return "\n".join(lines)
 
 
@@ -732,7 +761,7 @@ def readme_results() -> str:
     if DEMO_REPORT.is_file():
         report = json.loads(DEMO_REPORT.read_text())
         s, seeds = report["summary"], report["settings"]["seeds"]
-        added = default_seeds()  # every seed of the default when there
+        added = run_seeds(DEMO_REPORT)  # every seed of the default when there
         verdict = added["targets"] if added else s["targets"]
         gain, single = verdict["unseen_exact_all_gain"], verdict["single_accuracy"]
         seeds = list(gain["per_seed"]) or seeds

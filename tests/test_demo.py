@@ -8,7 +8,7 @@ import pytest
 
 from moslim_plugin.demo.evaluate import eval_requests, make_judge
 from moslim_plugin.demo.metrics import accuracy_ci95, conditional_gap, controllability_metrics, spearman
-from moslim_plugin.demo.oracle import demo_spec
+from moslim_plugin.demo.oracle import demo_spec, judge
 
 
 def walk_numbers(obj, where="report"):
@@ -210,6 +210,65 @@ def test_requests_ask_for_one_to_all_objectives_never_an_unseen_combination_and_
     assert all(len(r["request"]) == 1 for r in request_rows(request_demo("single"), 60, seed=0))
 
 
+def stand_in_policy(list_every):
+    """Test input standing in for the 135M policy (no model runs in a unit test): it writes the requested length
+    and formality exactly, and a list for one in `list_every` of the requests asking for one (0: never)."""
+
+    def answer(rows):
+        samples = []
+        for i, r in enumerate(rows):
+            request = r["request"]
+            words = ["word"] * {0: 8, 1: 26, 2: 40}[request.get("length", i % 3)]
+            text = ("it's " if request.get("formality") == 1 else "") + " ".join(words)
+            if request.get("format") == 1 and list_every and i % list_every == 0:
+                text = f"- {text}\n- more"
+            samples.append({**r, "response": text, "labels": judge(text, demo_spec())})
+        return samples
+
+    return answer
+
+
+@pytest.mark.unit
+def test_the_sample_top_up_lifts_every_rare_level_to_its_share_and_stops_at_its_budget():
+    from moslim_plugin.demo.pipeline import request_rows, top_up
+
+    demo = request_demo()
+    answer = stand_in_policy(list_every=5)
+    samples = answer(request_rows(demo, 200, seed=0))
+    lists = sum(s["labels"]["format"] == 1 for s in samples) / len(samples)
+    assert lists < 0.15  # the case the top-up exists for
+    extra, counts = top_up(demo, samples, answer, 0.15, seed=0)
+    rows = samples + extra
+    for name, levels in zip(demo.spec.names, demo.spec.levels):
+        for level in range(levels):
+            assert sum(s["labels"][name] == level for s in rows) / len(rows) >= 0.15, (name, level)
+    # Only lists were kept, each marked, and counted; far fewer answers generated than the budget.
+    assert extra and all(s["top_up"] == "format=1" and s["labels"]["format"] == 1 for s in extra)
+    assert counts["kept"] == {"format=1": len(extra)} and counts["unmet"] == [] and counts["share"] == 0.15
+    assert len(extra) <= counts["generated"] < len(samples)
+    assert not {s["request"]["format"] for s in extra} - {1}  # every kept answer was asked for a list
+    # A higher share needs more lists than the lower one did.
+    assert len(top_up(demo, samples, answer, 0.2, seed=0)[0]) > len(extra)
+    # A policy that never lists: the top-up stops at its budget (as many answers as samples) and says what is unmet.
+    never = stand_in_policy(list_every=0)
+    samples = never(request_rows(demo, 100, seed=0))
+    extra, counts = top_up(demo, samples, never, 0.15, seed=0)
+    assert extra == [] and counts == {"share": 0.15, "generated": 100, "kept": {"format=1": 0}, "unmet": ["format=1"]}
+
+
+@pytest.mark.unit
+def test_a_top_up_share_no_sample_set_can_meet_is_refused_before_any_model_loads(tmp_path):
+    from openrlhf.utils.config import hierarchize
+
+    from moslim_plugin import UserError
+    from moslim_plugin.demo.pipeline import Demo, build_parser
+
+    args = hierarchize(build_parser().parse_args(["--quick", "--out", str(tmp_path / "d"), "--demo.top_up", "0.4"]))
+    with pytest.raises(UserError, match=r"--demo.top_up 0.4: expected a share in \[0, 0.333\]"):
+        Demo(args)
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.unit
 def test_level_shares_count_each_level_among_all_rollouts_and_among_those_that_asked_for_its_objective():
     from moslim_plugin.demo.report import level_shares, level_shares_text
@@ -290,6 +349,9 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
 
     assert {len(s["request"]) for s in samples} <= {1, 2, 3} and not [s for s in samples if s["request"] in UNSEEN]
     assert report["settings"]["sampling"] == "subset" and report["settings"]["unseen"] == list(UNSEEN)
+    # Without --demo.top_up the samples are the drawn ones, and the report says no top-up ran.
+    assert summary["sample_top_up"] is None and report["settings"]["rl_flags"]["demo.top_up"] == 0
+    assert len(samples) == 16 and not [s for s in samples if "top_up" in s]
     text = (out / "report.md").read_text()
     for section in ("## Targets", "## Joint requests", "## Paired differences", "## Reward-hacking monitor",
                     "## Learning curve"):  # fmt: skip
@@ -320,6 +382,45 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
     for name in spec.names:  # among the rollouts that asked for an objective, its levels partition them too
         asking = [v for k, v in shares["rl_rollouts_asking"].items() if k.startswith(f"{name}=")]
         assert not asking or sum(asking) == pytest.approx(1.0)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_level_share_region_sets_each_run_beside_its_baselines_seeds_and_says_where_all_its_seeds_fall_below(
+    quick_demo, monkeypatch, tmp_path
+):
+    from bench import render_docs
+    from moslim_plugin.demo.report import paired_text
+
+    report = json.loads((quick_demo / "report.json").read_text())
+    monkeypatch.setattr(render_docs, "ROOT", tmp_path)  # the runs' reports are linked relative to ROOT/docs
+    # The baseline is the quick demo (both seeds its own); the other run's every seed is below every baseline seed on
+    # the unseen exact-all rate (an edited copy of the report).
+    worse = json.loads(json.dumps(report))
+    lowest = min(h["exact_all_unseen"]["value"] for p, h in report["summary"]["headline"].items() if "MOSLIM" in p)
+    for seed in report["settings"]["seeds"]:
+        worse["summary"]["headline"][f"MOSLIM seed {seed}"]["exact_all_unseen"]["value"] = lowest - 0.5 + seed / 100
+    paths = {}
+    for name, content in (("base", report), ("worse", worse)):
+        paths[name] = tmp_path / f"docs/demo/{name}/report.json"
+        paths[name].parent.mkdir(parents=True)
+        paths[name].write_text(json.dumps(content))
+    runs = {name: (path, f"command {name}", f"what {name} changed") for name, path in paths.items()}
+    monkeypatch.setattr(render_docs, "BALANCING_RUNS", runs)
+    text = render_docs.demo_balancing()
+    assert "- worse: what worse changed; `command worse`; [its report](demo/worse/report.md)." in text
+    for run, source in (("base", report), ("worse", worse)):
+        for seed in report["settings"]["seeds"]:
+            head = source["summary"]["headline"][f"MOSLIM seed {seed}"]
+            gain = source["summary"]["paired"][f"MOSLIM seed {seed}"]["starting policy"]["single_accuracy"]
+            row = next(line for line in text.splitlines() if line.startswith(f"| {run} | {seed} |"))
+            assert f"| {head['exact_all_unseen']['value']:.3f} [" in row and f"| {paired_text(gain)} |" in row
+    assert "**worse**: every seed below every base seed on exact-all, unseen, above on neither metric." in text
+    assert "**base**: Level shares (all seeds): samples: " in text
+    assert "- The rarest level per seed (all RL rollouts; bar: 15 %): seed 1 " in text
+    # Without the baseline's report the region names the top-up run's command.
+    monkeypatch.setattr(render_docs, "BALANCING_RUNS", {**runs, "base": (tmp_path / "none.json", "c", "w")})
+    assert render_docs.demo_balancing() == render_docs.not_run("demo_balancing")
 
 
 @pytest.mark.integration

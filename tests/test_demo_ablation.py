@@ -120,6 +120,22 @@ def test_a_moslim_setting_whose_flags_are_the_demos_is_taken_from_its_report(dem
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_rics_fairness_check_counts_the_drawn_samples_and_lets_the_top_up_of_rare_levels_through(demo_dir, tmp_path):
+    from bench.demo_ablation import build_demos, build_parser, load_demo_run
+    from moslim_plugin import UserError
+
+    report, samples = load_demo_run(demo_dir)
+    a = build_parser().parse_args(
+        ["--demo_dir", str(demo_dir), "--out", str(tmp_path / "a.json"), "--settings", "moslim"]
+    )
+    # A top-up's answers (marked with their level) add to RiC's data as to the RM's; the drawn ones match the RL.
+    assert set(build_demos(a, report, [*samples, dict(samples[0], top_up="format=1")])) == {"moslim"}
+    with pytest.raises(UserError, match="= 8 rollouts but RiC on the demo's 7 drawn samples"):
+        build_demos(a, report, samples[1:])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_mapping_settings_train_with_their_own_mapping_and_the_long_setting_logs_a_learning_curve(
     demo_dir, tmp_path, monkeypatch
 ):
@@ -177,10 +193,10 @@ def test_the_docs_render_each_seed_of_the_default_against_the_starting_policy_an
     monkeypatch.setattr(render_docs, "DEMO_REPORT", tmp_path / "report.json")
     (tmp_path / "report.json").write_bytes((demo_dir / "report.json").read_bytes() + b" ")  # another run's report
     (tmp_path / "demo_mappings.json").write_text(json.dumps(result))
-    assert render_docs.default_seeds() is None
+    assert render_docs.run_seeds(render_docs.DEMO_REPORT) is None
     monkeypatch.setattr(render_docs, "DEMO_REPORT", demo_dir / "report.json")
     # The fixture's moslim_best trained two PPO epochs, its demo one: those are not the default's seeds.
-    assert render_docs.default_seeds() is None
+    assert render_docs.run_seeds(render_docs.DEMO_REPORT) is None
     assert render_docs.demo_seeds() == f"**Not run yet.** The command: `{render_docs.COMMANDS['demo_seeds']}`."
     assert render_docs.demo_mappings().startswith("**Not run yet.**")  # no mapping_* cell in the file
     # Its `moslim` cells are the demo's own flags (seed 1 the demo's policy): rendered as the default's seeds.
