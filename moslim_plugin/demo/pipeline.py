@@ -105,6 +105,8 @@ def build_parser():
     p.add_argument("--demo.top_up", type=probability, default=0.0,
                    help="top up the samples of every level below this share of them (the level-share bar is 0.15; "
                    "0: off)")  # fmt: skip
+    # The RM's own draw: its train/held-out split, head initialisation and row order (the samples stay the same).
+    p.add_argument("--demo.rm_seed", type=integer, default=RM_SETTINGS["seed"], help="the reward model's seed")
     p.add_argument("--demo.curve_every", type=nonnegative_int, default=0,
                    help="evaluate each RL run every N steps on the first held-out prompts (0: off)")  # fmt: skip
     p.add_argument("--demo.curve_prompts", type=positive_int, default=32, help="held-out prompts the curve evaluates")
@@ -335,7 +337,8 @@ def rm_stage(demo, samples):
     rm_batch = 8 if demo.args.quick else 16
     config = TrainRMConfig(
         model_name_or_path=str(minilm_path()), spec=demo.spec, output_dir=str(rm_dir), micro_batch_size=rm_batch,
-        batch_size=rm_batch, max_epochs=demo.size["rm_epochs"], lr=demo.args.moslim.rm_lr, **RM_SETTINGS,
+        batch_size=rm_batch, max_epochs=demo.size["rm_epochs"], lr=demo.args.moslim.rm_lr,
+        **{**RM_SETTINGS, "seed": demo.args.demo.rm_seed},
         overwrite=True,  # the RM is retrained on every run into the same folder
         max_num=0,  # and the demo resumes by stage, not inside one: no checkpoints
         device=demo.args.device,

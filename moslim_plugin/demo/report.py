@@ -273,7 +273,8 @@ def flags_of(args) -> dict:
             "rollout.batch_size", "rollout.max_new_tokens", "rollout.temperature", "reward.clip_range",
             "moslim.trainable_layers", "data.max_samples", "moslim.generate_batch_size", "rollout.micro_batch_size",
             "moslim.mapping_kwargs", "train.max_epochs", "train.batch_size", "ds.lora.rank",
-            "moslim.rollout_dtype", "moslim.sampling", "demo.top_up"]  # fmt: skip
+            "moslim.rollout_dtype", "moslim.sampling", "demo.top_up",
+            "demo.rm_seed"]  # fmt: skip
     out = {}
     for key in keys:
         value = args
