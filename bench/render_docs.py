@@ -655,7 +655,7 @@ def rarest_levels(cells: dict, report_shares: dict) -> list[str]:
                       else report_shares).get(where)  # fmt: skip
             if shares:  # runs before the asking shares were logged have none
                 level = min(shares, key=shares.get)
-                rarest.append(f"seed {seed} {level} {shares[level]:.2f}"
+                rarest.append(f"seed {seed} {level} {shares[level]:.3f}"
                               + (" **below**" if shares[level] < MIN_LEVEL_SHARE else ""))  # fmt: skip
         if rarest:
             lines.append(f"- The rarest level per seed ({LEVEL_SHARE_LABELS[where]}; bar: {MIN_LEVEL_SHARE * 100:.0f} "

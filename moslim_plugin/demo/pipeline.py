@@ -4,8 +4,10 @@
    asking for k = 1..K objectives at once (`--moslim.sampling subset`, as the OpenRLHF dataset hook draws them);
    the oracle (moslim_plugin/demo/oracle.py) labels every response with its exact level per objective. `UNSEEN`
    full combinations are never requested here or in the RL, and responses that have one are left out of the RM's
-   and RiC's data: the evaluation reports them apart, as combinations no stage trained on.
-2. rm: the multi-head reward model (all-MiniLM-L6-v2 backbone) is trained on those labels with `train-rm`.
+   and RiC's data: the evaluation reports them apart, as combinations no stage trained on. `--demo.top_up SHARE`
+   adds answers of the levels below SHARE of the samples (off by default).
+2. rm: the multi-head reward model (all-MiniLM-L6-v2 backbone) is trained on those labels with `train-rm`
+   (`--demo.rm_seed`: its split, initialisation and row order).
 3. baselines: the starting policy, and RiC (rewards-in-context): SFT of the policy on the same samples with each
    directive RELABELLED to the levels the response actually has. RiC is the natural multi-objective baseline here:
    it needs no reward model and no RL, only the samples we already have, and it conditions on the same directive.
@@ -101,7 +103,8 @@ def build_parser():
     # subset = k = 1..K objectives per request, each k equally likely; single = one; uniform = all K.
     p.add_argument("--moslim.sampling", default="subset", choices=("subset", "single", "uniform"),
                    help="how many objectives each sample / RL request asks for (subset: 1..K)")  # fmt: skip
-    # Off by default until it is measured against the default (docs/results.md, "Balancing the level shares").
+    # Off by default: it lifted lists over the level-share bar but trained worse control on unseen combinations on
+    # every seed (docs/results.md, "Balancing the level shares").
     p.add_argument("--demo.top_up", type=probability, default=0.0,
                    help="top up the samples of every level below this share of them (the level-share bar is 0.15; "
                    "0: off)")  # fmt: skip
@@ -374,8 +377,8 @@ def base_eval_stage(demo, model, tokenizer, scorer):
 # How often each level of an objective is asked for, relative to its other levels (1 each unless listed). Lists are
 # the level the 135M policy writes least, and far less when other objectives are asked for too (docs/results.md,
 # "Joint requests"): asked in 2 of every 3 format requests. Asking in 4 of 5, with the rare levels' samples topped up
-# to 15 %, met the level-share bar but trained worse control on every seed (docs/results.md, "Balancing the level
-# shares").
+# to 15 % (--demo.top_up 0.15), met the level-share bar but trained worse control on every seed, and so did the top-up
+# alone (docs/results.md, "Balancing the level shares").
 REQUEST_WEIGHTS = {"format": (1, 2)}
 # Full combinations held out of training: never requested in the samples or the RL, and no sample or edit with these
 # levels is in the RM's or RiC's data. Chosen before any run so that every level, and every pair of levels of two
