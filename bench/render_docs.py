@@ -340,8 +340,8 @@ def small_data_recipe() -> str:
 DEMO_REPORT = ROOT / "docs/demo/report.json"  # the current default pipeline's latest run (its seeds: settings.seeds)
 V7_REPORT = ROOT / "docs/demo/run_3ec2e72/report.json"  # demo_v7: the pipeline before joint requests, 3 seeds
 MAKE_DEMO_REPORT = ROOT / "docs/demo/make_demo/report.json"  # `make demo` itself, timed on 2 idle cores
-# The level-share experiments, 3 seeds each: name -> (its report, its command, what it changed). The first is the
-# baseline the others are compared with: the default they started from.
+# The level-share experiments and one redraw of the RM, 3 seeds each: name -> (its report, its command, what it
+# changed). The first is the baseline the others are compared with: the default they started from.
 BALANCING_RUNS = {
     "no top-up": (DEMO_REPORT, "python -m moslim_plugin demo --out runs/demo_default",
                   "lists asked in 2 of 3 format requests, no top-up"),
@@ -352,6 +352,10 @@ BALANCING_RUNS = {
     "top-up": (ROOT / "docs/demo/demo_topup/report.json",
                "python -m moslim_plugin demo --seeds 1 2 3 --demo.top_up 0.15 --out runs/demo_topup",
                "the samples topped up to 15 %; lists asked 2:1, as without it"),
+    "RM seed 1": (ROOT / "docs/demo/demo_rmseed1/report.json",
+                  "python -m moslim_plugin demo --seeds 1 2 3 --demo.rm_seed 1 --out runs/demo_rmseed1",
+                  "no top-up, the shares left alone: the reward model drawn again (seed 1, the baseline's 0) from the "
+                  "same samples, to see how far one RM draw moves the RL"),
 }  # fmt: skip
 # The runs the docs promise but nobody has run yet: each one's region says so, with its command, until its results
 # file exists (then `python -m bench.render_docs` renders the numbers in its place).
@@ -663,6 +667,34 @@ def rarest_levels(cells: dict, report_shares: dict) -> list[str]:
     return lines
 
 
+BALANCING_METRICS = ("single_accuracy", "exact_all_unseen")
+
+
+def balancing_runs() -> dict:
+    """`BALANCING_RUNS` whose report is there (with every seed's cells): name -> (run_seeds, report); empty without
+    the baseline or without a run beside it."""
+    found = {name: (run_seeds(path), json.loads(path.read_text())) for name, (path, _, _) in BALANCING_RUNS.items()
+             if path.is_file() and run_seeds(path)}  # fmt: skip
+    return found if next(iter(BALANCING_RUNS)) in found and len(found) > 1 else {}
+
+
+def seeds_apart(found: dict, run: str, sign: int) -> list[str]:
+    """The `BALANCING_METRICS` on which every seed of `run` is below (sign -1) or above (+1) every baseline seed."""
+    values = {name: {m: [sign * c["headline"][m]["value"] for c in seeds["cells"].values()] for m in BALANCING_METRICS}
+              for name, (seeds, _) in found.items()}  # fmt: skip
+    baseline = values[next(iter(found))]
+    return [METRIC_NAMES[m] for m in BALANCING_METRICS if min(values[run][m]) > max(baseline[m])]
+
+
+def balancing_means(found: dict) -> str:
+    """Each run's mean over seeds of `BALANCING_METRICS`, in one line."""
+    return "; ".join(
+        f"{name} " + " / ".join(f"{statistics.mean(c['headline'][m]['value'] for c in seeds['cells'].values()):.3f}"
+                                for m in BALANCING_METRICS)
+        for name, (seeds, _) in found.items()
+    )  # fmt: skip
+
+
 @renderer
 def demo_balancing() -> str:
     """The level-share experiments (`BALANCING_RUNS`), every seed of each: every run answers the same held-out items
@@ -671,13 +703,12 @@ def demo_balancing() -> str:
     run: its level shares and each seed's rarest level."""
     from moslim_plugin.demo.report import level_shares_text, paired_text
 
-    (baseline, (base_path, _, _)), *_ = BALANCING_RUNS.items()
-    found = {name: (run_seeds(path), json.loads(path.read_text())) for name, (path, _, _) in BALANCING_RUNS.items()
-             if path.is_file() and run_seeds(path)}  # fmt: skip
-    if baseline not in found or len(found) < 2:
+    found = balancing_runs()
+    if not found:
         return not_run("demo_balancing")
+    baseline = next(iter(found))
     cells = {name: seeds["cells"] for name, (seeds, _) in found.items()}
-    metrics = ("single_accuracy", "exact_all_unseen")
+    metrics = BALANCING_METRICS
     lines = ["Greedy, 64 held-out prompts, the oracle judges. The runs, 3 seeds each:", ""]
     lines += [f"- {name}: {what}; `{command}`; [its report]({path.with_suffix('.md').relative_to(ROOT / 'docs')})"
               + (f", seeds {', '.join(list(cells[name])[1:])} by `{found[name][0]['command']}`"
@@ -691,16 +722,12 @@ def demo_balancing() -> str:
             start = c["paired"]["starting policy"]
             lines.append(f"| {run} | {seed} | " + " | ".join(value_ci(c["headline"][m]) for m in metrics) + " | "
                          + " | ".join(paired_text(start[m]) for m in metrics) + " |")  # fmt: skip
-    values = {run: {m: [c["headline"][m]["value"] for c in by_seed.values()] for m in metrics}
-              for run, by_seed in cells.items()}  # fmt: skip
     lines += ["", "Mean over seeds (" + " / ".join(METRIC_NAMES[m] for m in metrics) + "): "
-              + "; ".join(f"{run} " + " / ".join(f"{statistics.mean(v[m]):.3f}" for m in metrics)
-                          for run, v in values.items()) + "."]  # fmt: skip
+              + balancing_means(found) + "."]  # fmt: skip
     for run, (_, report) in found.items():
         line = f"**{run}**: "
         if run != baseline:
-            below = [METRIC_NAMES[m] for m in metrics if max(values[run][m]) < min(values[baseline][m])]
-            above = [METRIC_NAMES[m] for m in metrics if min(values[run][m]) > max(values[baseline][m])]
+            below, above = seeds_apart(found, run, -1), seeds_apart(found, run, 1)
             line += (f"every seed below every {baseline} seed on {', '.join(below) or 'neither metric'}, above on "
                      f"{', '.join(above) or 'neither metric'}. ")  # fmt: skip
         top = report["summary"].get("sample_top_up")
@@ -805,6 +832,21 @@ def readme_results() -> str:
     else:
         mapping_row = ("demo, the built-in mappings", "not run yet",
                        f"[results](docs/results.md#mapping-ablation): `{COMMANDS['demo_mappings']}`")  # fmt: skip
+    found = balancing_runs()
+    balancing_row = (
+        "demo, the level-share runs and one redraw of the RM, 3 seeds each: mean "
+        + " / ".join(METRIC_NAMES[m] for m in BALANCING_METRICS),
+        balancing_means(found)
+        + "".join(
+            f"; {run}: every seed below every {next(iter(found))} seed on {', '.join(seeds_apart(found, run, -1))}"
+            for run in list(found)[1:]
+            if seeds_apart(found, run, -1)
+        )
+        if found
+        else "not run yet",
+        "[results](docs/results.md#balancing-the-level-shares-not-adopted)"
+        + ("" if found else f": `{COMMANDS['demo_balancing']}`"),
+    )
     recipe = load("small_data_recipe")["results"]
     hh = load("hh_rlhf_check")["results"]["backbones"]
     hh_overlap = all(
@@ -819,6 +861,7 @@ def readme_results() -> str:
     rows = [
         joint,
         mapping_row,
+        balancing_row,
         ("demo before joint requests (demo_v7), single-objective acc, 3 seeds: MOSLIM vs starting policy vs RiC",
          f"{v7['moslim_accuracy_mean']:.3f} vs {v7['base_accuracy']:.3f} vs {v7['ric_accuracy']:.3f}"
          + ("; intervals overlap" if v7_overlap else ""),

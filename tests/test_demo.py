@@ -386,6 +386,27 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_the_rm_seed_holds_out_other_questions_of_the_same_samples(quick_demo, tmp_path):
+    from openrlhf.utils.config import hierarchize
+
+    from moslim_plugin.demo.pipeline import Demo, build_parser, rm_stage
+    from moslim_plugin.integration import compat
+
+    compat.install()
+    samples = [json.loads(line) for line in (quick_demo / "samples.jsonl").read_text().splitlines()]
+    held_out = {}
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        args = hierarchize(build_parser().parse_args(["--quick", "--out", str(out), "--demo.rm_seed", str(seed)]))
+        _, result = rm_stage(Demo(args), samples)
+        assert result["split"]["seed"] == seed
+        rows = (out / "rm/held_out.jsonl").read_text().splitlines()
+        held_out[seed] = {json.loads(line)["question"] for line in rows}
+    assert held_out[0] and held_out[1] and held_out[0] != held_out[1]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_the_level_share_region_sets_each_run_beside_its_baselines_seeds_and_says_where_all_its_seeds_fall_below(
     quick_demo, monkeypatch, tmp_path
 ):
