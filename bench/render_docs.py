@@ -795,8 +795,8 @@ def readme_results() -> str:
         paired = {seed: c["paired"] for seed, c in added["cells"].items()} if added else {
             str(seed): s["paired"][f"MOSLIM seed {seed}"] for seed in seeds}  # fmt: skip
         joint = (
-            f"demo, joint requests, {len(seeds)} seed{'s' * (len(seeds) != 1)}: exact-all on unseen and on seen "
-            "combinations, MOSLIM minus the starting policy (paired 95 % CI); single-objective acc",
+            f"demo, joint requests, {len(seeds)} seed{'s' * (len(seeds) != 1)} on one RM draw: exact-all on unseen "
+            "and on seen combinations, MOSLIM minus the starting policy (paired 95 % CI); single-objective acc",
             f"unseen {'; '.join(paired_text(g) for g in gain['per_seed'].values())} (target +{gain['target']:.2f}, "
             f"interval above 0: {MET[gain['met']]}); seen "
             + "; ".join(paired_text(p["starting policy"]["exact_all_seen"]) for p in paired.values())
@@ -834,7 +834,7 @@ def readme_results() -> str:
                        f"[results](docs/results.md#mapping-ablation): `{COMMANDS['demo_mappings']}`")  # fmt: skip
     found = balancing_runs()
     balancing_row = (
-        "demo, the level-share runs and one redraw of the RM, 3 seeds each: mean "
+        "demo, the level-share runs and the default with its RM drawn again (same samples), 3 seeds each: mean "
         + " / ".join(METRIC_NAMES[m] for m in BALANCING_METRICS),
         balancing_means(found)
         + "".join(
