@@ -361,7 +361,7 @@ def test_ablation_refuses_a_demo_whose_ric_and_rl_sample_counts_differ(demo_dir,
     # The same demo run, but MOSLIM with 8 samples per prompt would see 16 rollouts against RiC's 8 samples.
     argv = ["--demo_dir", str(demo_dir), "--out", str(tmp_path / "a.json"), "--settings", "moslim_best",
             "--best_flags", "--rollout.n_samples_per_prompt 8"]  # fmt: skip
-    with pytest.raises(UserError, match="= 16 rollouts but RiC on the demo's 8 samples"):
+    with pytest.raises(UserError, match="= 16 rollouts but RiC on the demo's 8 drawn samples"):
         main_run(argv)
     assert not (tmp_path / "a.json").exists()
 
