@@ -673,8 +673,9 @@ BALANCING_METRICS = ("single_accuracy", "exact_all_unseen")
 def balancing_runs() -> dict:
     """`BALANCING_RUNS` whose report is there (with every seed's cells): name -> (run_seeds, report); empty without
     the baseline or without a run beside it."""
-    found = {name: (run_seeds(path), json.loads(path.read_text())) for name, (path, _, _) in BALANCING_RUNS.items()
-             if path.is_file() and run_seeds(path)}  # fmt: skip
+    seeds = {name: run_seeds(path) for name, (path, _, _) in BALANCING_RUNS.items()}
+    found = {name: (seeds[name], json.loads(path.read_text())) for name, (path, _, _) in BALANCING_RUNS.items()
+             if seeds[name]}  # fmt: skip
     return found if next(iter(BALANCING_RUNS)) in found and len(found) > 1 else {}
 
 
@@ -838,9 +839,9 @@ def readme_results() -> str:
         + " / ".join(METRIC_NAMES[m] for m in BALANCING_METRICS),
         balancing_means(found)
         + "".join(
-            f"; {run}: every seed below every {next(iter(found))} seed on {', '.join(seeds_apart(found, run, -1))}"
+            f"; {run}: every seed below every {next(iter(found))} seed on {', '.join(below)}"
             for run in list(found)[1:]
-            if seeds_apart(found, run, -1)
+            if (below := seeds_apart(found, run, -1))
         )
         if found
         else "not run yet",

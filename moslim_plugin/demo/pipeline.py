@@ -182,14 +182,13 @@ def top_up(demo, samples, answer, share, seed):
     pool = request_rows(demo, 8 * budget, seed + 1)
     extra, generated, kept = [], 0, {}
 
-    def below():
-        rows = samples + extra
-        shares = {(name, lv): sum(s["labels"][name] == lv for s in rows) / len(rows)
-                  for name, levels in zip(spec.names, spec.levels) for lv in range(levels)}  # fmt: skip
-        return sorted((value, key) for key, value in shares.items() if value < share)
+    def below():  # the levels under the share, rarest first, as "name=level"
+        shares = level_shares(spec, samples + extra, {})["samples"]
+        return [key for _, key in sorted((value, key) for key, value in shares.items() if value < share)]
 
     while below() and generated < budget:
-        _, (name, level) = below()[0]
+        name, level = below()[0].split("=")
+        level = int(level)
         batch = [r for r in pool if r["request"].get(name) == level][: min(TOP_UP_BATCH, budget - generated)]
         if not batch:  # no request left that asks for this level: no answer could be kept
             break
@@ -198,7 +197,7 @@ def top_up(demo, samples, answer, share, seed):
         hits = [dict(s, top_up=f"{name}={level}") for s in answer(batch) if s["labels"][name] == level]
         extra += hits
         kept[f"{name}={level}"] = kept.get(f"{name}={level}", 0) + len(hits)
-    unmet = [f"{name}={level}" for _, (name, level) in below()]
+    unmet = below()
     print(f"top-up: {generated} answers generated for levels below {share:.0%}, kept {kept}"
           + (f"; still below: {unmet}" if unmet else ""), flush=True)  # fmt: skip
     return extra, {"share": share, "generated": generated, "kept": kept, "unmet": unmet}

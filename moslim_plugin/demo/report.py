@@ -288,7 +288,7 @@ def report_markdown(demo, evals, summary, plots) -> str:
     spec, args, size, timings = demo.spec, demo.args, demo.size, demo.timings
     plot, grid, curves, curve = plots
     ci = summary["base_accuracy_ci95"], summary["ric_accuracy_ci95"]
-    rm, top = summary["rm_eval"], summary.get("sample_top_up")
+    rm, top = summary["rm_eval"], summary["sample_top_up"]
     rm_keys = sorted(k for k, v in next(iter(rm.values())).items() if isinstance(v, (int, float)))  # not confusion
     agreement = {name: e["metrics"].get("rm_agreement", {}) for name, e in evals.items()}
     unseen = ", ".join(f"({', '.join(f'{n}={lv}' for n, lv in u.items())})" for u in demo.unseen) or "none"
