@@ -356,7 +356,15 @@ BALANCING_RUNS = {
                   "python -m moslim_plugin demo --seeds 1 2 3 --demo.rm_seed 1 --out runs/demo_rmseed1",
                   "no top-up, the shares left alone: the reward model drawn again (seed 1, the baseline's 0) from the "
                   "same samples, to see how far one RM draw moves the RL"),
+    "top-up, RM seed 1": (ROOT / "docs/demo/demo_topup_rm1/report.json",
+                          "python -m moslim_plugin demo --seeds 1 2 3 --demo.top_up 0.15 --demo.rm_seed 1 "
+                          "--out runs/demo_topup_rm1",
+                          "the top-up on the RM seed of the run above: the top-up beside the baseline on a second RM "
+                          "draw"),
 }  # fmt: skip
+# The baseline and the top-up over RM draws: option -> its `BALANCING_RUNS` at --demo.rm_seed 0, 1. A run's RL seeds
+# share one RM, so RL seeds apart cannot tell an option from an RM draw; the options are compared draw by draw.
+RM_DRAWS = {"no top-up": ("no top-up", "RM seed 1"), "top-up": ("top-up", "top-up, RM seed 1")}
 # The runs the docs promise but nobody has run yet: each one's region says so, with its command, until its results
 # file exists (then `python -m bench.render_docs` renders the numbers in its place).
 COMMANDS = {
@@ -696,6 +704,49 @@ def balancing_means(found: dict) -> str:
     )  # fmt: skip
 
 
+def rm_draw_verdict(found: dict) -> dict | None:
+    """The top-up against the baseline over `RM_DRAWS` (the rule fixed before the second draw's top-up ran): each
+    draw's mean over its RL seeds, per control metric, to 3 decimals as the docs print them. The top-up is adopted
+    when its samples and all its rollouts meet the level-share bar on every draw, unless on some metric its mean is
+    below the baseline's on every draw. None until every run of `RM_DRAWS` is there."""
+    from moslim_plugin.demo.report import MIN_LEVEL_SHARE
+
+    if not all(run in found for runs in RM_DRAWS.values() for run in runs):
+        return None
+    means = {}
+    for option, runs in RM_DRAWS.items():
+        for draw, run in enumerate(runs):
+            rm_seed = found[run][1]["settings"]["rl_flags"].get("demo.rm_seed", 0)  # reports before the flag: 0
+            if rm_seed != draw:
+                raise ValueError(f"RM_DRAWS puts {run!r} at RM seed {draw}, its report ran --demo.rm_seed {rm_seed}")
+        cells = [found[run][0]["cells"].values() for run in runs]
+        means[option] = {m: [round(statistics.mean(c["headline"][m]["value"] for c in draw), 3) for draw in cells]
+                         for m in BALANCING_METRICS}  # fmt: skip
+    baseline, option = RM_DRAWS
+    worse = [m for m in BALANCING_METRICS if all(a < b for a, b in zip(means[option][m], means[baseline][m]))]
+    bar = all(share >= MIN_LEVEL_SHARE for run in RM_DRAWS[option] for where in ("samples", "rl_rollouts")
+              for share in found[run][1]["summary"]["level_shares"][where].values())  # fmt: skip
+    return {"means": means, "worse_on": worse, "bar_met": bar, "adopt": bar and not worse,
+            "share": found[RM_DRAWS[option][0]][1]["settings"]["rl_flags"]["demo.top_up"]}  # fmt: skip
+
+
+def rm_draw_text(verdict: dict) -> str:
+    baseline, option = RM_DRAWS
+    means = "; ".join(f"{name}: " + ", ".join(
+        f"RM seed {draw} " + " / ".join(f"{verdict['means'][name][m][draw]:.3f}" for m in BALANCING_METRICS)
+        for draw in range(len(RM_DRAWS[name]))) for name in RM_DRAWS)  # fmt: skip
+    worse = ", ".join(METRIC_NAMES[m] for m in verdict["worse_on"])
+    return (
+        "By RM draw, each draw's mean over its RL seeds (" + " / ".join(METRIC_NAMES[m] for m in BALANCING_METRICS)
+        + f"): {means}. The rule, fixed before the second draw's top-up ran: the top-up (`--demo.top_up "
+        f"{verdict['share']}`) becomes the default when its samples and all its rollouts meet the bar on both draws "
+        f"(**{MET[verdict['bar_met']]}**), unless on some metric its mean is below the {baseline} mean on every draw "
+        f"({'below on every draw on ' + worse if worse else 'on no metric'}). "
+        + (f"**Adopted: the demo tops up its samples to {verdict['share'] * 100:.0f} %.**" if verdict["adopt"]
+           else f"**Not adopted: {baseline} stays the default.**")
+    )  # fmt: skip
+
+
 @renderer
 def demo_balancing() -> str:
     """The level-share experiments (`BALANCING_RUNS`), every seed of each: every run answers the same held-out items
@@ -725,6 +776,8 @@ def demo_balancing() -> str:
                          + " | ".join(paired_text(start[m]) for m in metrics) + " |")  # fmt: skip
     lines += ["", "Mean over seeds (" + " / ".join(METRIC_NAMES[m] for m in metrics) + "): "
               + balancing_means(found) + "."]  # fmt: skip
+    verdict = rm_draw_verdict(found)
+    lines += ["", rm_draw_text(verdict)] if verdict else []
     for run, (_, report) in found.items():
         line = f"**{run}**: "
         if run != baseline:
