@@ -346,9 +346,9 @@ BALANCING_RUNS = {
     "no top-up": (DEMO_REPORT, "python -m moslim_plugin demo --out runs/demo_default",
                   "lists asked in 2 of 3 format requests, no top-up"),
     "balanced": (ROOT / "docs/demo/demo_balanced/report.json",
-                 "python -m moslim_plugin demo --seeds 1 2 3 --demo.top_up 0.15 --out runs/demo_balanced",
-                 "lists asked in 4 of 5 format requests (`pipeline.REQUEST_WEIGHTS` at 4:1, since set back to 2:1: "
-                 "the command needs that edit) and the samples topped up to 15 %"),
+                 "python -m moslim_plugin demo --seeds 1 2 3 --demo.top_up 0.15 --demo.list_weight 4 "
+                 "--out runs/demo_balanced",
+                 "lists asked in 4 of 5 format requests and the samples topped up to 15 %"),
     "top-up": (ROOT / "docs/demo/demo_topup/report.json",
                "python -m moslim_plugin demo --seeds 1 2 3 --demo.top_up 0.15 --out runs/demo_topup",
                "the samples topped up to 15 %; lists asked 2:1, as without it"),

@@ -171,11 +171,12 @@ def request_demo(sampling="subset"):
     from types import SimpleNamespace
 
     from moslim_plugin.core.directives import apply_directive
-    from moslim_plugin.demo.pipeline import REQUEST_WEIGHTS, UNSEEN
+    from moslim_plugin.demo.pipeline import UNSEEN
 
     spec = demo_spec()
     return SimpleNamespace(
-        spec=spec, train_prompts=[f"question {i}?" for i in range(40)], request_weights=REQUEST_WEIGHTS, unseen=UNSEEN,
+        spec=spec, train_prompts=[f"question {i}?" for i in range(40)], unseen=UNSEEN,
+        request_weights={"format": (1, 2)},  # --demo.list_weight's default
         args=SimpleNamespace(moslim=SimpleNamespace(sampling=sampling)),
         chat=lambda q, r: apply_directive(spec, r, q, "user_suffix", "natural"),
     )  # fmt: skip
@@ -198,7 +199,7 @@ def test_requests_ask_for_one_to_all_objectives_never_an_unseen_combination_and_
     # Every level and every pair of levels of two objectives still occurs among the drawn full combinations.
     for a, b in [(0, 1), (0, 2), (1, 2)]:
         assert len({(c[a], c[b]) for c in full}) == demo.spec.levels[a] * demo.spec.levels[b]
-    # REQUEST_WEIGHTS: lists 2:1 (among full requests less: two of the three unseen ones are lists, drawn again).
+    # Lists 2:1 (among full requests less: two of the three unseen ones are lists, drawn again).
     formats = Counter(r["request"]["format"] for r in rows if "format" in r["request"] and len(r["request"]) < 3)
     assert 0.60 < formats[1] / (formats[0] + formats[1]) < 0.74  # 2 of 3, within 3 standard errors of ~420 draws
     # A joint directive is one paragraph of the spec's sentences that the parser reads back.
@@ -254,6 +255,22 @@ def test_the_sample_top_up_lifts_every_rare_level_to_its_share_and_stops_at_its_
     samples = never(request_rows(demo, 100, seed=0))
     extra, counts = top_up(demo, samples, never, 0.15, seed=0)
     assert extra == [] and counts == {"share": 0.15, "generated": 100, "kept": {"format=1": 0}, "unmet": ["format=1"]}
+
+
+@pytest.mark.unit
+def test_the_list_weight_sets_how_often_format_requests_ask_for_a_list(tmp_path):
+    from openrlhf.utils.config import hierarchize
+
+    from moslim_plugin.demo.pipeline import Demo, build_parser, request_rows
+
+    def list_share(argv):
+        args = hierarchize(build_parser().parse_args(["--quick", "--out", str(tmp_path / str(len(argv))), *argv]))
+        rows = request_rows(Demo(args), 1200, seed=0)
+        formats = Counter(r["request"]["format"] for r in rows if "format" in r["request"] and len(r["request"]) < 3)
+        return formats[1] / (formats[0] + formats[1])
+
+    assert 0.60 < list_share([]) < 0.74  # 2 of 3, within 3 standard errors of ~420 draws
+    assert 0.74 < list_share(["--demo.list_weight", "4"]) < 0.86  # 4 of 5
 
 
 @pytest.mark.unit

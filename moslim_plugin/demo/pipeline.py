@@ -108,6 +108,10 @@ def build_parser():
     p.add_argument("--demo.top_up", type=probability, default=0.0,
                    help="top up the samples of every level below this share of them (the level-share bar is 0.15; "
                    "0: off)")  # fmt: skip
+    # Lists are the level the 135M policy writes least, and far less when other objectives are asked for too
+    # (docs/results.md, "Joint requests"): a format request asks for a list this many times as often as for prose.
+    p.add_argument("--demo.list_weight", type=positive_int, default=2,
+                   help="format requests ask for a list this many times as often as for prose")  # fmt: skip
     # The RM's own draw: its train/held-out split, head initialisation and row order (the samples stay the same).
     p.add_argument("--demo.rm_seed", type=integer, default=RM_SETTINGS["seed"], help="the reward model's seed")
     p.add_argument("--demo.curve_every", type=nonnegative_int, default=0,
@@ -282,7 +286,7 @@ class Demo:
             )
         check_mapping(args.moslim.mapping, kwargs, self.spec, None)
         self.out = make_output_dir(args.out, "--out")
-        self.request_weights, self.unseen = REQUEST_WEIGHTS, [dict(u) for u in UNSEEN]
+        self.request_weights, self.unseen = {"format": (1, args.demo.list_weight)}, [dict(u) for u in UNSEEN]
         self.joint = full_requests(self.spec)
         self.policy_path = Path(args.actor.model_name_or_path or smollm2_path())
         self.train_prompts = builtin_prompts("train")
@@ -373,12 +377,6 @@ def base_eval_stage(demo, model, tokenizer, scorer):
     return result
 
 
-# How often each level of an objective is asked for, relative to its other levels (1 each unless listed). Lists are
-# the level the 135M policy writes least, and far less when other objectives are asked for too (docs/results.md,
-# "Joint requests"): asked in 2 of every 3 format requests. Asking in 4 of 5, with the rare levels' samples topped up
-# to 15 % (--demo.top_up 0.15), met the level-share bar but trained worse control on every seed, and so did the top-up
-# alone (docs/results.md, "Balancing the level shares").
-REQUEST_WEIGHTS = {"format": (1, 2)}
 # Full combinations held out of training: never requested in the samples or the RL, and no sample or edit with these
 # levels is in the RM's or RiC's data. Chosen before any run so that every level, and every pair of levels of two
 # objectives, still occurs in a trained combination: only the three-way combination is new (a Latin square over
@@ -393,7 +391,7 @@ UNSEEN = (
 def request_rows(demo, n, seed):
     """n training prompts with their requests and chats: the sample stage's and the RL's rows. The prompts come in a
     seeded order, repeating when n needs more; request i is `TargetSampler`'s draw i for `--moslim.sampling` and
-    `seed`, with the run's level weights (`REQUEST_WEIGHTS`), never an unseen combination (`UNSEEN`)."""
+    `seed`, with the run's level weights (`--demo.list_weight`), never an unseen combination (`UNSEEN`)."""
     order = random.Random(seed).sample(range(len(demo.train_prompts)), len(demo.train_prompts))
     sampler = TargetSampler(demo.spec, demo.args.moslim.sampling, seed, weights=demo.request_weights,
                             exclude=demo.unseen)  # fmt: skip

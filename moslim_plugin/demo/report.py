@@ -274,7 +274,7 @@ def flags_of(args) -> dict:
             "moslim.trainable_layers", "data.max_samples", "moslim.generate_batch_size", "rollout.micro_batch_size",
             "moslim.mapping_kwargs", "train.max_epochs", "train.batch_size", "ds.lora.rank",
             "moslim.rollout_dtype", "moslim.sampling", "demo.top_up",
-            "demo.rm_seed"]  # fmt: skip
+            "demo.rm_seed", "demo.list_weight"]  # fmt: skip
     out = {}
     for key in keys:
         value = args
