@@ -358,13 +358,20 @@ BALANCING_RUNS = {
                   "same samples, to see how far one RM draw moves the RL"),
     "top-up, RM seed 1": (ROOT / "docs/demo/demo_topup_rm1/report.json",
                           "python -m moslim_plugin demo --seeds 1 2 3 --demo.top_up 0.15 --demo.rm_seed 1 "
-                          "--out runs/demo_topup_rm1",
-                          "the top-up on the RM seed of the run above: the top-up beside the baseline on a second RM "
-                          "draw"),
+                          "--out runs/demo_topup_rm1", "the top-up on the second RM draw (seed 1)"),
+    "balanced, RM seed 1": (ROOT / "docs/demo/demo_balanced_rm1/report.json",
+                            "python -m moslim_plugin demo --seeds 1 2 3 --demo.top_up 0.15 --demo.list_weight 4 "
+                            "--demo.rm_seed 1 --out runs/demo_balanced_rm1",
+                            "balanced on the second RM draw (seed 1)"),
 }  # fmt: skip
-# The baseline and the top-up over RM draws: option -> its `BALANCING_RUNS` at --demo.rm_seed 0, 1. A run's RL seeds
-# share one RM, so RL seeds apart cannot tell an option from an RM draw; the options are compared draw by draw.
-RM_DRAWS = {"no top-up": ("no top-up", "RM seed 1"), "top-up": ("top-up", "top-up, RM seed 1")}
+# The options over RM draws: option -> (its flags, its `BALANCING_RUNS` at --demo.rm_seed 0, 1); the first is the
+# baseline. A run's RL seeds share one RM, so RL seeds apart cannot tell an option from an RM draw; the options are
+# compared with the baseline draw by draw.
+RM_DRAWS = {
+    "no top-up": ("", ("no top-up", "RM seed 1")),
+    "top-up": ("--demo.top_up 0.15", ("top-up", "top-up, RM seed 1")),
+    "balanced": ("--demo.top_up 0.15 --demo.list_weight 4", ("balanced", "balanced, RM seed 1")),
+}
 # The runs the docs promise but nobody has run yet: each one's region says so, with its command, until its results
 # file exists (then `python -m bench.render_docs` renders the numbers in its place).
 COMMANDS = {
@@ -705,46 +712,60 @@ def balancing_means(found: dict) -> str:
 
 
 def rm_draw_verdict(found: dict) -> dict | None:
-    """The top-up against the baseline over `RM_DRAWS` (the rule fixed before the second draw's top-up ran): each
-    draw's mean over its RL seeds, per control metric, to 3 decimals as the docs print them. The top-up is adopted
-    when its samples and all its rollouts meet the level-share bar on every draw, unless on some metric its mean is
-    below the baseline's on every draw. None until every run of `RM_DRAWS` is there."""
+    """The options of `RM_DRAWS` against the baseline (the rule fixed before the second draw's runs ran): each draw's
+    mean over its RL seeds, per control metric, to 3 decimals as the docs print them. An option is adopted when its
+    samples and all its rollouts meet the level-share bar on every draw, unless on some metric its mean is below the
+    baseline's on every draw; of several, the one with the higher mean unseen exact-all rate becomes the default.
+    None until the baseline and an option have every draw there."""
+    from moslim_plugin.demo.pipeline import build_parser
     from moslim_plugin.demo.report import MIN_LEVEL_SHARE
 
-    if not all(run in found for runs in RM_DRAWS.values() for run in runs):
+    done = [option for option, (_, runs) in RM_DRAWS.items() if all(run in found for run in runs)]
+    baseline = next(iter(RM_DRAWS))
+    if baseline not in done or len(done) < 2:
         return None
-    means = {}
-    for option, runs in RM_DRAWS.items():
-        for draw, run in enumerate(runs):
-            rm_seed = found[run][1]["settings"]["rl_flags"].get("demo.rm_seed", 0)  # reports before the flag: 0
-            if rm_seed != draw:
-                raise ValueError(f"RM_DRAWS puts {run!r} at RM seed {draw}, its report ran --demo.rm_seed {rm_seed}")
+    means, options = {}, {}
+    for option in done:
+        flags, runs = RM_DRAWS[option]
+        want = vars(build_parser().parse_args(flags.split()))
+        for draw, run in enumerate(runs):  # a run filed under another option or draw would decide for the wrong one
+            report = found[run][1]
+            ran = {"demo.rm_seed": report["settings"]["rl_flags"].get("demo.rm_seed", 0),  # reports before the flag
+                   "demo.list_weight": report["settings"]["request_weights"]["format"][1],
+                   "demo.top_up": (report["summary"].get("sample_top_up") or {}).get("share", 0.0)}  # fmt: skip
+            if ran != {**{k: want[k] for k in ran}, "demo.rm_seed": draw}:
+                raise ValueError(f"RM_DRAWS files {run!r} under {option!r} at RM seed {draw}, but it ran {ran}")
         cells = [found[run][0]["cells"].values() for run in runs]
         means[option] = {m: [round(statistics.mean(c["headline"][m]["value"] for c in draw), 3) for draw in cells]
                          for m in BALANCING_METRICS}  # fmt: skip
-    baseline, option = RM_DRAWS
-    worse = [m for m in BALANCING_METRICS if all(a < b for a, b in zip(means[option][m], means[baseline][m]))]
-    bar = all(share >= MIN_LEVEL_SHARE for run in RM_DRAWS[option] for where in ("samples", "rl_rollouts")
-              for share in found[run][1]["summary"]["level_shares"][where].values())  # fmt: skip
-    return {"means": means, "worse_on": worse, "bar_met": bar, "adopt": bar and not worse,
-            "share": found[RM_DRAWS[option][0]][1]["settings"]["rl_flags"]["demo.top_up"]}  # fmt: skip
+        if option != baseline:
+            worse = [m for m in BALANCING_METRICS if all(a < b for a, b in zip(means[option][m], means[baseline][m]))]
+            bar = all(share >= MIN_LEVEL_SHARE for run in runs for where in ("samples", "rl_rollouts")
+                      for share in found[run][1]["summary"]["level_shares"][where].values())  # fmt: skip
+            options[option] = {"flags": flags, "worse_on": worse, "bar_met": bar, "adopt": bar and not worse}
+    adopted = [option for option, v in options.items() if v["adopt"]]
+    best = max(adopted, key=lambda o: statistics.mean(means[o]["exact_all_unseen"])) if adopted else baseline
+    return {"baseline": baseline, "means": means, "options": options, "best": best}
 
 
 def rm_draw_text(verdict: dict) -> str:
-    baseline, option = RM_DRAWS
-    means = "; ".join(f"{name}: " + ", ".join(
-        f"RM seed {draw} " + " / ".join(f"{verdict['means'][name][m][draw]:.3f}" for m in BALANCING_METRICS)
-        for draw in range(len(RM_DRAWS[name]))) for name in RM_DRAWS)  # fmt: skip
-    worse = ", ".join(METRIC_NAMES[m] for m in verdict["worse_on"])
-    return (
-        "By RM draw, each draw's mean over its RL seeds (" + " / ".join(METRIC_NAMES[m] for m in BALANCING_METRICS)
-        + f"): {means}. The rule, fixed before the second draw's top-up ran: the top-up (`--demo.top_up "
-        f"{verdict['share']}`) becomes the default when its samples and all its rollouts meet the bar on both draws "
-        f"(**{MET[verdict['bar_met']]}**), unless on some metric its mean is below the {baseline} mean on every draw "
-        f"({'below on every draw on ' + worse if worse else 'on no metric'}). "
-        + (f"**Adopted: the demo tops up its samples to {verdict['share'] * 100:.0f} %.**" if verdict["adopt"]
-           else f"**Not adopted: {baseline} stays the default.**")
-    )  # fmt: skip
+    baseline, means = verdict["baseline"], verdict["means"]
+    names = " / ".join(METRIC_NAMES[m] for m in BALANCING_METRICS)
+    draws = "; ".join(f"{name}: " + ", ".join(
+        f"RM seed {draw} " + " / ".join(f"{means[name][m][draw]:.3f}" for m in BALANCING_METRICS)
+        for draw in range(len(means[name]["exact_all_unseen"]))) for name in means)  # fmt: skip
+    lines = [f"By RM draw, each draw's mean over its RL seeds ({names}): {draws}.", "",
+             f"The rule, fixed before the second draw's runs ran: an option replaces {baseline} when its samples and "
+             f"all its rollouts meet the bar on both draws, unless on some metric its mean is below {baseline}'s on "
+             "every draw; of several, the higher mean unseen exact-all rate."]  # fmt: skip
+    for option, v in verdict["options"].items():
+        worse = ", ".join(METRIC_NAMES[m] for m in v["worse_on"])
+        lines.append(f"- {option} (`{v['flags']}`): bar {MET[v['bar_met']]}; below {baseline} on every draw on "
+                     f"{worse or 'no metric'}: {'adopted' if v['adopt'] else 'not adopted'}.")  # fmt: skip
+    best = verdict["best"]
+    lines += ["", f"**{best} becomes the default (`{RM_DRAWS[best][0]}`).**" if best != baseline
+              else f"**{baseline} stays the default.**"]  # fmt: skip
+    return "\n".join(lines)
 
 
 @renderer

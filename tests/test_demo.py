@@ -461,41 +461,54 @@ def test_the_level_share_region_sets_each_run_beside_its_baselines_seeds_and_say
     assert render_docs.demo_balancing() == render_docs.not_run("demo_balancing")
 
 
-def draw_run(rm_seed, single, unseen, rarest=0.2, top_up=0.0):
+def draw_run(rm_seed, single, unseen, rarest=0.2, top_up=0.0, list_weight=2):
     """A `balancing_runs` entry: three RL seeds at these means on one RM draw, every level share `rarest` or more."""
     cells = {str(seed): {"headline": {"single_accuracy": {"value": single + d},
                                       "exact_all_unseen": {"value": unseen + d}}}
              for seed, d in ((1, -0.01), (2, 0.0), (3, 0.01))}  # fmt: skip
     shares = {"format=0": 1 - rarest, "format=1": rarest}
-    report = {"settings": {"rl_flags": {"demo.rm_seed": rm_seed, "demo.top_up": top_up}},
-              "summary": {"level_shares": {"samples": shares, "rl_rollouts": shares}}}  # fmt: skip
+    report = {"settings": {"rl_flags": {"demo.rm_seed": rm_seed}, "request_weights": {"format": [1, list_weight]}},
+              "summary": {"level_shares": {"samples": shares, "rl_rollouts": shares},
+                          "sample_top_up": {"share": top_up} if top_up else None}}  # fmt: skip
     return {"cells": cells}, report
 
 
 @pytest.mark.unit
-def test_the_top_up_is_adopted_over_rm_draws_unless_it_is_below_the_baseline_on_every_draw():
+def test_an_option_replaces_the_default_over_rm_draws_unless_it_is_below_it_on_every_draw():
     from bench.render_docs import rm_draw_text, rm_draw_verdict
 
-    def found(top_up_draws, rarest=0.2, rm_seeds=(0, 1)):
-        return {"no top-up": draw_run(0, 0.72, 0.12, rarest=0.09), "RM seed 1": draw_run(1, 0.71, 0.06, rarest=0.09),
-                "top-up": draw_run(rm_seeds[0], *top_up_draws[0], rarest, 0.15),
-                "top-up, RM seed 1": draw_run(rm_seeds[1], *top_up_draws[1], rarest, 0.15)}  # fmt: skip
+    def found(top_up, balanced=None, rarest=0.2, rm_seeds=(0, 1)):
+        runs = {"no top-up": draw_run(0, 0.72, 0.12, rarest=0.09), "RM seed 1": draw_run(1, 0.71, 0.06, rarest=0.09),
+                "top-up": draw_run(rm_seeds[0], *top_up[0], rarest, 0.15),
+                "top-up, RM seed 1": draw_run(rm_seeds[1], *top_up[1], rarest, 0.15)}  # fmt: skip
+        if balanced:
+            runs["balanced"] = draw_run(0, *balanced[0], rarest, 0.15, 4)
+            runs["balanced, RM seed 1"] = draw_run(1, *balanced[1], rarest, 0.15, 4)
+        return runs
 
     # Below the baseline on one RM draw, above on the other: not measured worse, and the bar holds.
     v = rm_draw_verdict(found([(0.72, 0.06), (0.72, 0.08)]))
-    assert v["adopt"] and v["worse_on"] == [] and v["means"]["top-up"]["exact_all_unseen"] == [0.06, 0.08]
-    assert "**Adopted: the demo tops up its samples to 15 %.**" in rm_draw_text(v)
+    assert v["best"] == "top-up" and v["options"]["top-up"]["worse_on"] == []
+    assert v["means"]["top-up"]["exact_all_unseen"] == [0.06, 0.08] and set(v["options"]) == {"top-up"}
+    assert "**top-up becomes the default (`--demo.top_up 0.15`).**" in rm_draw_text(v)
     # Below on every draw on one metric: not adopted, naming it.
     v = rm_draw_verdict(found([(0.72, 0.06), (0.72, 0.05)]))
-    assert not v["adopt"] and v["worse_on"] == ["exact_all_unseen"]
-    assert "below on every draw on exact-all, unseen" in rm_draw_text(v) and "**Not adopted" in rm_draw_text(v)
-    # A level under the bar in the top-up's own samples or rollouts: not adopted whatever it measured.
+    assert v["best"] == "no top-up" and v["options"]["top-up"]["worse_on"] == ["exact_all_unseen"]
+    assert "below no top-up on every draw on exact-all, unseen: not adopted" in rm_draw_text(v)
+    assert "**no top-up stays the default.**" in rm_draw_text(v)
+    # Two options adopted: the higher mean unseen rate wins.
+    v = rm_draw_verdict(found([(0.72, 0.06), (0.72, 0.08)], balanced=[(0.72, 0.10), (0.72, 0.09)]))
+    assert v["options"]["balanced"]["adopt"] and v["options"]["top-up"]["adopt"] and v["best"] == "balanced"
+    # A level under the bar in an option's own samples or rollouts: not adopted whatever it measured.
     v = rm_draw_verdict(found([(0.80, 0.20), (0.80, 0.20)], rarest=0.14))
-    assert not v["bar_met"] and not v["adopt"]
-    # A run whose report ran another RM seed than the draw it is filed under is refused; a missing run: no verdict.
-    with pytest.raises(ValueError, match=r"'top-up, RM seed 1' at RM seed 1, its report ran --demo.rm_seed 0"):
+    assert not v["options"]["top-up"]["bar_met"] and v["best"] == "no top-up"
+    # A run whose report ran another RM seed or option than it is filed under is refused; a missing run: no verdict.
+    with pytest.raises(ValueError, match=r"files 'top-up, RM seed 1' under 'top-up' at RM seed 1, but it ran"):
         rm_draw_verdict(found([(0.72, 0.06), (0.72, 0.08)], rm_seeds=(0, 0)))
     runs = found([(0.72, 0.06), (0.72, 0.08)])
+    runs["top-up"] = draw_run(0, 0.72, 0.06, 0.2, 0.15, list_weight=4)
+    with pytest.raises(ValueError, match=r"files 'top-up' under 'top-up' at RM seed 0, but it ran .*list_weight': 4"):
+        rm_draw_verdict(runs)
     del runs["top-up, RM seed 1"]
     assert rm_draw_verdict(runs) is None
 
