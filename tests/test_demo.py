@@ -366,9 +366,12 @@ def test_quick_demo_produces_every_stage_artefact_with_finite_numbers(quick_demo
 
     assert {len(s["request"]) for s in samples} <= {1, 2, 3} and not [s for s in samples if s["request"] in UNSEEN]
     assert report["settings"]["sampling"] == "subset" and report["settings"]["unseen"] == list(UNSEEN)
-    # Without --demo.top_up the samples are the drawn ones, and the report says no top-up ran.
-    assert summary["sample_top_up"] is None and report["settings"]["rl_flags"]["demo.top_up"] == 0
-    assert len(samples) == 16 and not [s for s in samples if "top_up" in s]
+    # The default top-up: what it generated and kept is counted, and every kept answer is at the level it was kept for.
+    top = summary["sample_top_up"]
+    assert report["settings"]["rl_flags"]["demo.top_up"] == top["share"] == 0.15 and top["generated"] <= 16
+    extra = [s for s in samples if "top_up" in s]
+    assert len(samples) == 16 + len(extra) and len(extra) == sum(top["kept"].values())
+    assert all(s["labels"][s["top_up"].split("=")[0]] == int(s["top_up"].split("=")[1]) for s in extra)
     text = (out / "report.md").read_text()
     for section in ("## Targets", "## Joint requests", "## Paired differences", "## Reward-hacking monitor",
                     "## Learning curve"):  # fmt: skip
@@ -511,6 +514,19 @@ def test_an_option_replaces_the_default_over_rm_draws_unless_it_is_below_it_on_e
         rm_draw_verdict(runs)
     del runs["top-up, RM seed 1"]
     assert rm_draw_verdict(runs) is None
+
+
+@pytest.mark.unit
+def test_the_demos_level_share_defaults_are_the_option_the_committed_rm_draws_chose():
+    from bench.render_docs import RM_DRAWS, balancing_runs, rm_draw_verdict
+    from moslim_plugin.demo.pipeline import build_parser
+
+    verdict = rm_draw_verdict(balancing_runs())
+    assert verdict is not None and "top-up" in verdict["options"]
+    default = vars(build_parser().parse_args([]))
+    for option, (flags, _) in RM_DRAWS.items():
+        if option == verdict["baseline"] or option in verdict["options"]:
+            assert (vars(build_parser().parse_args(flags.split())) == default) == (option == verdict["best"]), option
 
 
 @pytest.mark.integration
