@@ -712,10 +712,11 @@ def balancing_means(found: dict) -> str:
 
 
 def rm_draw_verdict(found: dict) -> dict | None:
-    """The options of `RM_DRAWS` against the baseline (the rule fixed before the second draw's runs ran): each draw's
-    mean over its RL seeds, per control metric, to 3 decimals as the docs print them. An option is adopted when its
-    samples and all its rollouts meet the level-share bar on every draw, unless on some metric its mean is below the
-    baseline's on every draw; of several, the one with the higher mean unseen exact-all rate becomes the default.
+    """The options of `RM_DRAWS` against the baseline (the rule fixed before the second draw's results existed):
+    each draw's mean over its RL seeds, per control metric, to 3 decimals as the docs print them. An option is adopted
+    when its samples and all its rollouts meet the level-share bar on every draw, unless on some metric its mean is
+    below the baseline's on every draw; of several, the one with the higher mean unseen exact-all rate becomes the
+    default.
     None until the baseline and an option have every draw there."""
     from moslim_plugin.demo.pipeline import build_parser
     from moslim_plugin.demo.report import MIN_LEVEL_SHARE
@@ -755,9 +756,10 @@ def rm_draw_text(verdict: dict) -> str:
         f"RM seed {draw} " + " / ".join(f"{means[name][m][draw]:.3f}" for m in BALANCING_METRICS)
         for draw in range(len(means[name]["exact_all_unseen"]))) for name in means)  # fmt: skip
     lines = [f"By RM draw, each draw's mean over its RL seeds ({names}): {draws}.", "",
-             f"The rule, fixed before the second draw's runs ran: an option replaces {baseline} when its samples and "
-             f"all its rollouts meet the bar on both draws, unless on some metric its mean is below {baseline}'s on "
-             "every draw; of several, the higher mean unseen exact-all rate."]  # fmt: skip
+             "The rule, fixed before the second draw's results existed: an option replaces "
+             f"{baseline} when its samples and all its rollouts meet the bar on both draws, unless on some metric its "
+             f"mean is below {baseline}'s on every draw; of several, the higher mean unseen exact-all "
+             "rate."]  # fmt: skip
     for option, v in verdict["options"].items():
         worse = ", ".join(METRIC_NAMES[m] for m in v["worse_on"])
         lines.append(f"- {option} (`{v['flags']}`): bar {MET[v['bar_met']]}; below {baseline} on every draw on "
