@@ -428,6 +428,14 @@ def monitor_text(monitor: dict) -> str:
     )  # fmt: skip
 
 
+def make_demo_minutes(made: dict) -> tuple[dict, float]:
+    """`make demo`'s stage timings and minutes from a run's report. `make demo` trains the first seed only; the stages
+    run one after another, so a run of several seeds times it as its total less the later seeds' RL stages."""
+    later = [f"MOSLIM RL seed {s}" for s in made["settings"]["seeds"][1:]]
+    one = {k: v for k, v in made["timings_s"].items() if k not in later}
+    return one, (one["total"] - sum(made["timings_s"][k] for k in later)) / 60
+
+
 @renderer
 def demo_joint() -> str:
     """The current default pipeline's run: every policy's headline metrics, each MOSLIM seed's paired differences,
@@ -463,10 +471,7 @@ def demo_joint() -> str:
     if MAKE_DEMO_REPORT.is_file():
         made = json.loads(MAKE_DEMO_REPORT.read_text())
         seed, later = made["settings"]["seeds"][0], [f"MOSLIM RL seed {s}" for s in made["settings"]["seeds"][1:]]
-        # `make demo` trains the first seed only; the stages run one after another, so a run of several seeds times
-        # it as its total less the later seeds' RL stages.
-        one = {k: v for k, v in made["timings_s"].items() if k not in later}
-        timed = (one["total"] - sum(made["timings_s"][k] for k in later)) / 60
+        one, timed = make_demo_minutes(made)
         own = made["summary"]["paired"][f"MOSLIM seed {seed}"]["starting policy"]
         make_demo = f"{MET[timed <= TARGETS['demo_minutes']]} ({timed:.1f} min: {stages(one)}" + (
             (f"; this run is `make demo`'s command with `--seeds {' '.join(map(str, seeds))}`, timed, less the later "
@@ -854,7 +859,8 @@ def headline(name: str, metric: str) -> float:
 def readme_results() -> str:
     """The README's results in brief: one row per result, every number from its JSON."""
     from bench.demo_ablation import demo_command
-    from moslim_plugin.demo.report import paired_text
+    from moslim_plugin.demo.pipeline import build_parser
+    from moslim_plugin.demo.report import TARGETS, paired_text
 
     v7 = json.loads(V7_REPORT.read_text())["summary"]
     tagged = load("demo_ablation_v7_base_tagged")["summary"]
@@ -947,9 +953,23 @@ def readme_results() -> str:
         f"{b['openrlhf']['pairwise_accuracy']['all']['accuracy']:.2f}"
         for b in hh.values()
     )
+    timed_at = "[results](docs/results.md#joint-control-the-current-default-pipeline)"
+    if MAKE_DEMO_REPORT.is_file():
+        made = json.loads(MAKE_DEMO_REPORT.read_text())
+        minutes = make_demo_minutes(made)[1]
+        # A timing from before the top-up became the default says so: the top-up adds its answers and their RM rows.
+        before = made["summary"].get("sample_top_up") is None and build_parser().get_default("demo.top_up") > 0
+        timing_row = (f"`make demo` (one seed) on 2 idle cores, target {TARGETS['demo_minutes']} min",
+                      f"{minutes:.1f} min: {MET[minutes <= TARGETS['demo_minutes']]}"
+                      + ("; timed before the default topped up its samples" if before else ""),
+                      f"{timed_at}: `time make demo`")  # fmt: skip
+    else:
+        timing_row = ("`make demo` (one seed) on 2 idle cores", "not timed yet",
+                      f"{timed_at}: `{COMMANDS['make_demo']}`")  # fmt: skip
     rows = [
         joint,
         *([second_row] if second_row else []),
+        timing_row,
         mapping_row,
         balancing_row,
         ("demo before joint requests (demo_v7), single-objective acc, 3 seeds: MOSLIM vs starting policy vs RiC",

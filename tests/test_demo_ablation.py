@@ -282,6 +282,7 @@ def test_the_docs_render_a_joint_demo_report_with_each_target_met_or_not(demo_di
     )
     assert f"MOSLIM seeds) >= 0.80: {verdict[single['met']]} ({single['value']:.3f})" in text
     assert "`make demo` (one seed) <= 30 min on 2 idle cores: not measured yet" in text
+    assert "| `make demo` (one seed) on 2 idle cores | not timed yet |" in readme
     # Once `make demo`'s own report is in place: its time judged, by stage, with its own seed's paired gains.
     made = tmp_path / "make_demo" / "report.json"
     made.parent.mkdir()
@@ -293,6 +294,12 @@ def test_the_docs_render_a_joint_demo_report_with_each_target_met_or_not(demo_di
     assert f"single-objective acc {paired_text(own['single_accuracy'])}, unseen exact-all " in timed
     assert f"{paired_text(own['exact_all_unseen'])}; hacking monitor, too few RL steps to compare" in timed  # one step
     assert "this run took" in timed
+    row = f"| `make demo` (one seed) on 2 idle cores, target 30 min | {minutes:.1f} min: {verdict[minutes <= 30]} |"
+    assert row in render_docs.readme_results()
+    # A timing of a run without the top-up, now the default's, says it was timed before it.
+    made.write_text(json.dumps({**report, "summary": {**s, "sample_top_up": None}}))
+    assert "; timed before the default topped up its samples |" in render_docs.readme_results()
+    made.write_text((demo_dir / "report.json").read_text())
     # When the run itself is `make demo`'s, timed: its own time, once.
     monkeypatch.setattr(render_docs, "MAKE_DEMO_REPORT", demo_dir / "report.json")
     timed = render_docs.demo_joint()
