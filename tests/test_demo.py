@@ -555,6 +555,7 @@ def test_the_docs_render_every_seed_of_a_run_that_trained_several_and_time_make_
         row = next(line for line in seeds.splitlines() if line.startswith(f"| {seed} |"))
         assert f"| {paired_text(gain)} |" in row
     assert "- The rarest level per seed (RL rollouts asking for the objective; bar: 15 %): seed 1 " in seeds
+    assert "Target" not in seeds  # the run's own targets are in its region above, once
 
 
 @pytest.mark.integration
