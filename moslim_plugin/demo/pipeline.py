@@ -108,8 +108,9 @@ def build_parser():
     p.add_argument("--demo.top_up", type=probability, default=0.15,
                    help="top up the samples of every level below this share of them (the level-share bar is 0.15; "
                    "0: off)")  # fmt: skip
-    # Lists are the level the 135M policy writes least: asked as often as prose they were 12 % of the samples, asked
-    # 2:1 they reached the bar (docs/results.md, "Why the demo's defaults"). Asking 4:1 is the balanced option.
+    # Lists are the level the 135M policy writes least: with one objective per request they were 12 % of the samples
+    # asked as often as prose and 18 % asked 2:1, but 9 % with joint requests (docs/results.md, "Why the demo's
+    # defaults", "Balancing the level shares"), hence the top-up. Asking 4:1 is the balanced option.
     p.add_argument("--demo.list_weight", type=positive_int, default=2,
                    help="format requests ask for a list this many times as often as for prose")  # fmt: skip
     # The RM's own draw: its train/held-out split, head initialisation and row order (the samples stay the same).
