@@ -709,13 +709,15 @@ def seeds_apart(found: dict, run: str, sign: int) -> list[str]:
     return [METRIC_NAMES[m] for m in BALANCING_METRICS if min(values[run][m]) > max(baseline[m])]
 
 
+def run_means(seeds: dict) -> dict:
+    """A run's mean over its seeds (`run_seeds`) of each of `BALANCING_METRICS`."""
+    return {m: statistics.mean(c["headline"][m]["value"] for c in seeds["cells"].values()) for m in BALANCING_METRICS}
+
+
 def balancing_means(found: dict) -> str:
     """Each run's mean over seeds of `BALANCING_METRICS`, in one line."""
-    return "; ".join(
-        f"{name} " + " / ".join(f"{statistics.mean(c['headline'][m]['value'] for c in seeds['cells'].values()):.3f}"
-                                for m in BALANCING_METRICS)
-        for name, (seeds, _) in found.items()
-    )  # fmt: skip
+    return "; ".join(f"{name} " + " / ".join(f"{v:.3f}" for v in run_means(seeds).values())
+                     for name, (seeds, _) in found.items())  # fmt: skip
 
 
 def rm_draw_verdict(found: dict) -> dict | None:
@@ -743,9 +745,8 @@ def rm_draw_verdict(found: dict) -> dict | None:
                    "demo.top_up": (report["summary"].get("sample_top_up") or {}).get("share", 0.0)}  # fmt: skip
             if ran != {**{k: want[k] for k in ran}, "demo.rm_seed": draw}:
                 raise ValueError(f"RM_DRAWS files {run!r} under {option!r} at RM seed {draw}, but it ran {ran}")
-        cells = [found[run][0]["cells"].values() for run in runs]
-        means[option] = {m: [round(statistics.mean(c["headline"][m]["value"] for c in draw), 3) for draw in cells]
-                         for m in BALANCING_METRICS}  # fmt: skip
+        draws = [run_means(found[run][0]) for run in runs]
+        means[option] = {m: [round(d[m], 3) for d in draws] for m in BALANCING_METRICS}
         if option != baseline:
             worse = [m for m in BALANCING_METRICS if all(a < b for a, b in zip(means[option][m], means[baseline][m]))]
             bar = all(share >= MIN_LEVEL_SHARE for run in runs for where in ("samples", "rl_rollouts")
@@ -919,8 +920,9 @@ def readme_results() -> str:
                        f"[results](docs/results.md#mapping-ablation): `{COMMANDS['demo_mappings']}`")  # fmt: skip
     found = balancing_runs()
     verdict = rm_draw_verdict(found) if found else None
-    second, second_row = RM_DRAWS[verdict["best"]][1][1] if verdict else None, None
-    if second and BALANCING_RUNS[RM_DRAWS[verdict["best"]][1][0]][0] == DEMO_REPORT:  # the default's second RM draw
+    draws, second_row = RM_DRAWS[verdict["best"]][1] if verdict else (), None
+    if draws and BALANCING_RUNS[draws[0]][0] == DEMO_REPORT:  # the default's second RM draw
+        second = draws[1]
         s2 = found[second][1]["summary"]
         second_row = (
             "demo, the same default on a second RM draw (`--demo.rm_seed 1`), 3 seeds: unseen exact-all minus the "
